@@ -87,7 +87,9 @@ class FeatureConfig:
 
     Serialized into ``index.json`` and every shard's attributes, so data describes itself.
     ``duration`` is what the model sees; ``context`` seconds are stored on each side so the
-    loader can shift in time by cropping.
+    loader can shift in time by cropping. ``db`` picks ``power_to_db`` (``"power"``) or the
+    classic recipe's ``amplitude_to_db`` applied to a power spectrogram (``"amplitude"``);
+    ``db_ref`` is the 0 dB reference (absent: each slice's maximum).
     """
 
     preset: str = "default"
@@ -99,6 +101,7 @@ class FeatureConfig:
     fmax: float = 16000.0
     power: float = 2.0
     db: str = "power"
+    db_ref: float | None = None
     top_db: float | None = 80.0
     duration: float = 10.0
     context: float = 0.5
@@ -143,6 +146,8 @@ class FeatureConfig:
             raise ConfigError(f"config dtype must be one of {STORE_DTYPES}, got {self.dtype!r}")
         if self.compression not in (None, "gzip", "lzf"):
             raise ConfigError(f"config compression must be none, gzip or lzf, got {self.compression!r}")
+        if self.db_ref is not None and not self.db_ref > 0:
+            raise ConfigError(f"config db_ref must be positive or absent (slice maximum), got {self.db_ref!r}")
         if self.top_db is not None and self.top_db <= 0:
             raise ConfigError(f"config top_db must be positive or absent, got {self.top_db!r}")
 
@@ -179,6 +184,27 @@ class FeatureConfig:
 
     def fingerprint(self) -> str:
         return fingerprint_of(self.to_dict())
+
+
+def center_offset(config: FeatureConfig, crop_frames: int | None = None) -> int:
+    """First stored frame of the centred crop of ``crop_frames`` (default ``config.crop_frames``)."""
+    crop = config.crop_frames if crop_frames is None else int(crop_frames)
+    return (config.n_frames - crop) // 2
+
+
+def crop_span(config: FeatureConfig, start: Any, offset: Any, crop_frames: int) -> tuple[Any, Any]:
+    """Seconds ``(t0, t1)`` covered by a crop of ``crop_frames`` starting at stored frame ``offset``.
+
+    ``start`` is the stored window's start (seconds); frame ``k`` sits at ``start + k * hop / sr``,
+    so the crop spans from its first to its last frame. Arguments broadcast (numpy arrays in,
+    arrays out); the same rule serves precompute labels and the loader's labels after a crop.
+    """
+    spf = config.seconds_per_frame
+    t0 = np.asarray(start, dtype=np.float64) + np.asarray(offset, dtype=np.float64) * spf
+    t1 = t0 + (int(crop_frames) - 1) * spf
+    if t0.ndim == 0:
+        return float(t0), float(t1)
+    return t0, t1
 
 
 def fingerprint_of(obj: Any) -> str:

@@ -104,6 +104,10 @@ def write_shard(
     try:
         with h5py.File(tmp, "w", libver=("earliest", "v110")) as h5:
             _write_datasets(h5, examples, config=config, stats=stats)
+            # Stored so a resumed run can reuse the shard without reading its arrays again.
+            h5.attrs["stats_count"] = stats.count
+            h5.attrs["stats_sum"] = stats.sum
+            h5.attrs["stats_sumsq"] = stats.sumsq
             h5.attrs["format"] = FORMAT_NAME
             h5.attrs["format_version"] = FORMAT_VERSION
             h5.attrs["fingerprint"] = fingerprint
@@ -157,6 +161,20 @@ def _write_datasets(h5: h5py.File, examples: list[Example], *, config: FeatureCo
         if group == "events" and key != "example":
             parts = [np.asarray(ex.events.get(key, ()), dtype=dtype) for ex in examples]
             h5.create_dataset(name, data=np.concatenate(parts) if parts else np.zeros(0, dtype=dtype))
+
+
+def read_shard_summary(path: Path) -> tuple[str, int, ShardStats, str]:
+    """Fingerprint, example count, statistics and the ``failures`` attribute of a finished shard.
+
+    Raises OSError (or KeyError) when the file is not a complete shard of this format.
+    """
+    with h5py.File(path, "r", locking=False) as h5:
+        if h5.attrs.get("format") != FORMAT_NAME or h5.attrs.get("format_version") != FORMAT_VERSION:
+            raise KeyError("format")
+        stats = ShardStats(
+            int(h5.attrs["stats_count"]), np.array(h5.attrs["stats_sum"]), np.array(h5.attrs["stats_sumsq"])
+        )
+        return str(h5.attrs["fingerprint"]), int(h5["mel"].shape[0]), stats, str(h5.attrs.get("failures", "[]"))
 
 
 def library_versions() -> dict[str, str]:

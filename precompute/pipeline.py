@@ -1,0 +1,354 @@
+"""Running a plan: parallel shard jobs, progress, resume, failures, the index last.
+
+Parallelism and progress live here and nowhere else: shard jobs go to joblib
+(``return_as="generator_unordered"``) under one tqdm bar counting slices. Workers get
+paths and configs, never open handles, and write their own shard, so the same code runs
+on a cluster through joblib's Dask or Ray backend with the output on shared storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from loader.errors import AudioError, ConfigError, LockedError, MelShardsError
+from loader.format import (
+    FAILURES_FILE,
+    INDEX_FILE,
+    KIND_FP,
+    KIND_NONE,
+    KIND_TP,
+    LABEL_UNKNOWN,
+    FeatureConfig,
+    ShardEntry,
+    atomic_write_text,
+    sha256_file,
+)
+from precompute.audio import decode
+from precompute.manifest import drop_duplicates, read_manifest
+from precompute.mel import log_mel
+from precompute.plan import KIND_LABELLED, KIND_WINDOWS, RecordingTask, ShardJob, plan_labelled, plan_windows
+from precompute.shards import TEMP_SUFFIX, Example, ShardStats, read_shard_summary, write_index, write_shard
+from precompute.windows import event_arrays, place_window, sliding_starts, window_events
+
+LOCK_FILE = ".lock"
+BACKENDS = ("loky", "threading", "dask", "ray")
+ON_ERROR = ("skip", "fail")
+
+
+@dataclass
+class ShardResult:
+    entry: ShardEntry
+    stats: ShardStats
+    failures: list[dict]
+    reused: bool = False
+
+
+@dataclass
+class Summary:
+    """What a run did; printed by the CLI."""
+
+    out: Path
+    examples: int = 0
+    shards: int = 0
+    shards_built: int = 0
+    shards_reused: int = 0
+    bytes: int = 0
+    failures: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    slices_built: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.slices_built / self.seconds if self.seconds > 0 else 0.0
+
+    def lines(self) -> list[str]:
+        raw_mb = self.bytes / 1e6
+        lines = [
+            f"{self.out}: {self.examples} examples in {self.shards} shards "
+            f"({self.shards_built} built, {self.shards_reused} reused), {raw_mb:.1f} MB",
+            f"{self.slices_built} slices computed in {self.seconds:.1f} s ({self.rate:.1f} slices/s)",
+        ]
+        if self.failures:
+            lines.append(f"{len(self.failures)} failure(s) recorded in {self.out / FAILURES_FILE}:")
+            lines += [f"  {f['message']}" for f in self.failures[:10]]
+            if len(self.failures) > 10:
+                lines.append(f"  ... and {len(self.failures) - 10} more")
+        else:
+            lines.append("no failures")
+        return lines
+
+
+def _failure(recording_id: str, path: str | None, error: Exception | str, *, slices: int, line: int | None = None) -> dict:
+    name = type(error).__name__ if isinstance(error, Exception) else "AudioError"
+    record = {"id": recording_id, "path": path, "error": name, "message": str(error), "slices": slices}
+    if line is not None:
+        record["line"] = line
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker side: one job -> one shard file.
+
+
+def build_shard(job: ShardJob, *, out: str, config: FeatureConfig, on_error: str) -> ShardResult:
+    """Compute and write the shard of ``job``. Runs in a worker process."""
+    examples: list[Example] = []
+    failures: list[dict] = []
+    for task in job.recordings:
+        try:
+            examples += _recording_examples(task, job=job, config=config, on_error=on_error, failures=failures)
+        except AudioError as err:
+            if on_error == "fail":
+                raise
+            failures.append(_failure(task.recording_id, task.path, err, slices=task.n_windows))
+    attrs = {"failures": json.dumps(failures), "kind": job.kind}
+    entry, stats = write_shard(Path(out) / job.file, examples, config=config, fingerprint=job.fingerprint, attrs=attrs)
+    return ShardResult(entry, stats, failures)
+
+
+def _recording_examples(
+    task: RecordingTask, *, job: ShardJob, config: FeatureConfig, on_error: str, failures: list[dict]
+) -> list[Example]:
+    if task.path is None:
+        raise AudioError(task.locate_error or f"{task.recording_id}: audio file not found")
+    y = decode(Path(task.path), sample_rate=config.sample_rate)
+    seconds = y.size / config.sample_rate
+    length = config.window_seconds
+    if seconds + 1e-9 < length:
+        raise AudioError(f"{task.path}: recording is {seconds:.3f} s, shorter than the {length:g} s window")
+    n_samples = int(round(length * config.sample_rate))
+    if job.kind == KIND_WINDOWS:
+        starts = sliding_starts(seconds, length=length, step=job.step)
+        return [_window_example(y, start, task=task, config=config, n_samples=n_samples) for start in starts]
+    events = event_arrays(task.rows)
+    examples = []
+    for row in task.rows:
+        if row.t_max > seconds + 1e-6:
+            err = AudioError(f"{row.where}: event ends at {row.t_max} s, beyond the end of {task.path} ({seconds:.3f} s)")
+            if on_error == "fail":
+                raise err
+            failures.append(_failure(task.recording_id, task.path, err, slices=1, line=row.line))
+            continue
+        start = place_window(row.t_min, row.t_max, length=length, recording_seconds=seconds)
+        example = _window_example(y, start, task=task, config=config, n_samples=n_samples)
+        example.labels, example.events = window_events(events, example.start, config=config)
+        example.anchor = {
+            "species_id": row.species_id, "songtype_id": row.songtype_id, "t_min": row.t_min,
+            "t_max": row.t_max, "f_min": row.f_min, "f_max": row.f_max, "kind": row.kind, "line": row.line,
+        }
+        examples.append(example)
+    return examples
+
+
+def _window_example(y: np.ndarray, start: float, *, task: RecordingTask, config: FeatureConfig, n_samples: int) -> Example:
+    first = min(int(round(start * config.sample_rate)), y.size - n_samples)
+    mel = log_mel(y[first : first + n_samples], config=config)
+    return Example(
+        mel=mel,
+        labels=np.full(config.n_classes, LABEL_UNKNOWN, dtype=np.int8),
+        recording_id=task.recording_id,
+        start=first / config.sample_rate,
+        anchor={"species_id": -1, "songtype_id": -1, "t_min": np.nan, "t_max": np.nan, "f_min": np.nan,
+                "f_max": np.nan, "kind": KIND_NONE, "line": -1},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver side.
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` for the run; released even when the process is killed."""
+    fh = open(out / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise LockedError(f"{out}: another precompute run (pid {holder}) is writing here; wait for it or stop it") from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
+def _reusable(path: Path, job: ShardJob) -> ShardResult | None:
+    if not path.is_file():
+        return None
+    try:
+        fingerprint, n, stats, failures = read_shard_summary(path)
+    except (OSError, KeyError, ValueError):
+        return None
+    if fingerprint != job.fingerprint:
+        return None
+    entry = ShardEntry(file=path.name, n=n, sha256=sha256_file(path), fingerprint=fingerprint, bytes=path.stat().st_size)
+    return ShardResult(entry, stats, json.loads(failures), reused=True)
+
+
+def _clean_strays(out: Path, keep: set[str]) -> None:
+    for path in out.iterdir():
+        stray_temp = path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)
+        stale_shard = path.name.startswith("shard-") and path.suffix == ".h5" and path.name not in keep
+        if stray_temp or stale_shard:
+            path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _backend(backend: str, *, jobs: int, scheduler: str | None) -> Iterator[None]:
+    from joblib import parallel_config
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "dask":
+        try:
+            from dask.distributed import Client, LocalCluster
+        except ImportError:
+            raise ConfigError("backend 'dask' needs dask[distributed]: pip install 'dask[distributed]'") from None
+        with contextlib.ExitStack() as stack:
+            if scheduler:
+                client = stack.enter_context(Client(scheduler))
+            else:
+                cluster = stack.enter_context(
+                    LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
+                )
+                client = stack.enter_context(Client(cluster))
+            del client
+            with parallel_config(backend="dask"):
+                yield
+        return
+    if backend == "ray":
+        try:
+            import ray
+            from ray.util.joblib import register_ray
+        except ImportError:
+            raise ConfigError("backend 'ray' needs ray: pip install 'ray'") from None
+        register_ray()
+        if not ray.is_initialized():
+            ray.init(address=scheduler, num_cpus=None if scheduler else jobs)
+        with parallel_config(backend="ray"):
+            yield
+        return
+    with parallel_config(backend=backend, n_jobs=jobs):
+        yield
+
+
+def execute(
+    jobs_planned: list[ShardJob],
+    *,
+    out: Path,
+    config: FeatureConfig,
+    kind: str,
+    jobs: int | None = None,
+    backend: str = "loky",
+    scheduler: str | None = None,
+    on_error: str = "skip",
+    prior_failures: list[dict] | None = None,
+    progress: bool = True,
+    extra_index: dict | None = None,
+) -> Summary:
+    """Build every shard of the plan that is missing or stale, then write the index."""
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    n_jobs = jobs if jobs and jobs > 0 else (os.cpu_count() or 1)
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    summary = Summary(out=out)
+    with output_lock(out):
+        _clean_strays(out, keep={job.file for job in jobs_planned})
+        results: list[ShardResult] = []
+        todo: list[ShardJob] = []
+        for job in jobs_planned:
+            reused = _reusable(out / job.file, job)
+            if reused is None:
+                todo.append(job)
+            else:
+                results.append(reused)
+        if todo:
+            # From here on the directory changes: no reader may trust the old index.
+            (out / INDEX_FILE).unlink(missing_ok=True)
+        total = sum(job.n_windows for job in todo)
+        with tqdm(total=total, unit="slice", desc=f"features -> {out.name}", disable=not progress) as bar:
+            if todo:
+                with _backend(backend, jobs=min(n_jobs, len(todo)), scheduler=scheduler):
+                    run = Parallel(n_jobs=min(n_jobs, len(todo)), return_as="generator_unordered")
+                    for result in run(
+                        delayed(build_shard)(job, out=str(out), config=config, on_error=on_error) for job in todo
+                    ):
+                        results.append(result)
+                        summary.slices_built += result.entry.n
+                        bar.update(result.entry.n + sum(f.get("slices", 1) for f in result.failures))
+        results.sort(key=lambda r: r.entry.file)
+        failures = list(prior_failures or [])
+        stats = ShardStats.empty(config.n_mels)
+        for result in results:
+            failures += result.failures
+            stats.merge(result.stats)
+        entries = [r.entry for r in results if r.entry.n > 0]
+        atomic_write_text(out / FAILURES_FILE, "".join(json.dumps(f) + "\n" for f in failures))
+        write_index(out, config=config, entries=entries, stats=stats, failures=len(failures), kind=kind,
+                    extra=extra_index)
+    summary.examples = sum(e.n for e in entries)
+    summary.shards = len(entries)
+    summary.shards_built = sum(not r.reused for r in results)
+    summary.shards_reused = sum(r.reused for r in results)
+    summary.bytes = sum(e.bytes for e in entries)
+    summary.failures = failures
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def run_features(
+    *,
+    audio_dir: Path,
+    tp: Path,
+    fp: Path | None,
+    out: Path,
+    config: FeatureConfig,
+    on_error: str = "skip",
+    **options,
+) -> Summary:
+    """Labelled slices (one window per TP and FP row) -> a feature set in ``out``."""
+    audio_dir, out = Path(audio_dir), Path(out)
+    if not audio_dir.is_dir():
+        raise ConfigError(f"{audio_dir}: audio directory not found")
+    rows, row_failures = read_manifest(tp, kind=KIND_TP, n_classes=config.n_classes, on_error=on_error)
+    if fp is not None:
+        fp_rows, fp_failures = read_manifest(fp, kind=KIND_FP, n_classes=config.n_classes, on_error=on_error)
+        rows += fp_rows
+        row_failures += fp_failures
+    rows, duplicates = drop_duplicates(rows, on_error=on_error)
+    row_failures += duplicates
+    if not rows:
+        raise MelShardsError(f"{tp}: no valid rows to precompute ({len(row_failures)} rejected)")
+    jobs = plan_labelled(rows, audio_dir=audio_dir, config=config)
+    manifests = {"tp": str(tp), "fp": None if fp is None else str(fp), "audio_dir": str(audio_dir)}
+    return execute(jobs, out=out, config=config, kind=KIND_LABELLED, on_error=on_error,
+                   prior_failures=[f.to_record() for f in row_failures],
+                   extra_index={"source": manifests}, **options)
+
+
+def run_windows(*, audio_dir: Path, out: Path, config: FeatureConfig, step: float, **options) -> Summary:
+    """Sliding windows every ``step`` seconds over unlabelled recordings -> a feature set."""
+    audio_dir, out = Path(audio_dir), Path(out)
+    jobs = plan_windows(audio_dir, config=config, step=step)
+    return execute(jobs, out=out, config=config, kind=KIND_WINDOWS,
+                   extra_index={"source": {"audio_dir": str(audio_dir), "step": step}}, **options)
+
