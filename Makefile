@@ -1,0 +1,60 @@
+# The user's verbs. `make features` then `make test` work from a fresh clone:
+# every target installs the project into .venv first when needed.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+DEMO   := data/demo
+FEATS  := features/demo
+TESTF  := features/demo-test
+RUN    ?= baseline
+EPOCHS ?= 12
+
+.DEFAULT_GOAL := help
+.PHONY: help install features train predict test bench lint format clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project with its dev tools
+
+$(DEMO)/train_tp.csv: | $(STAMP)
+	rm -rf $(DEMO).partial
+	$(PY) -m precompute demo-data $(DEMO).partial
+	rm -rf $(DEMO) && mv $(DEMO).partial $(DEMO)
+
+features: $(STAMP) $(DEMO)/train_tp.csv  ## synthesize the demo data if missing, precompute features/demo
+	$(PY) -m precompute features --audio-dir $(DEMO)/train --tp $(DEMO)/train_tp.csv \
+		--fp $(DEMO)/train_fp.csv --out $(FEATS)
+
+train: $(STAMP)  ## train the baseline on features/demo -> runs/$(RUN)/
+	$(PY) -m experiments.train --features $(FEATS) --model baseline --epochs $(EPOCHS) --fold 0 --out runs/$(RUN)
+
+predict: $(STAMP)  ## windows over the demo test set, submission CSV, test_lwlrap into runs/$(RUN)/metrics.json
+	$(PY) -m precompute windows --audio-dir $(DEMO)/test --out $(TESTF) --step 5
+	$(PY) -m experiments.predict --model runs/$(RUN)/model.keras --features $(TESTF) \
+		--out runs/$(RUN)/submission.csv --truth $(DEMO)/test_ground_truth.csv --metrics runs/$(RUN)/metrics.json
+
+test: $(STAMP)  ## run the test suite
+	$(PY) -m pytest -q
+
+bench: $(STAMP)  ## loader and precompute benchmarks -> benchmarks/results.json
+	$(PY) -m benchmarks.run
+
+lint: $(STAMP)  ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)  ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:  ## remove generated data, features and runs (keeps .venv)
+	rm -rf data features runs benchmarks/results.json benchmarks/work

@@ -1,0 +1,144 @@
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from audio_fixtures import TINY, write_dataset
+from loader.format import INDEX_FILE, read_index
+from precompute.audio import decode
+from precompute.cli import main
+from precompute.mel import log_mel
+from precompute.pipeline import run_features, run_windows
+from precompute.windows import place_window
+
+
+def read_all(root):
+    """Every dataset of every shard listed in the index, concatenated in index order."""
+    index = read_index(root)
+    out = {}
+    for entry in index.shards:
+        with h5py.File(root / entry.file, "r", locking=False) as h5:
+            def grab(name, obj, out=out):
+                if isinstance(obj, h5py.Dataset) and not name.startswith("events"):
+                    out.setdefault(name, []).append(obj[:])
+
+            h5.visititems(grab)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    paths = write_dataset(root)
+    summary = run_features(audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=root / "feat",
+                           config=TINY, jobs=2, progress=False)
+    return root, paths, summary
+
+
+def test_features_end_to_end_with_two_jobs(built):
+    root, paths, summary = built
+    index = read_index(root / "feat")
+    assert summary.failures == []
+    # Every TP and FP row became exactly one example.
+    assert index.n_examples == summary.examples == 9
+    # shard_size 3: a shard takes whole recordings until it holds at least 3 windows
+    assert [s.n for s in index.shards] == [3, 4, 2]
+    data = read_all(root / "feat")
+    anchors = sorted(zip(data["recording_id"].astype(str), data["anchor/line"], data["anchor/kind"], strict=True))
+    tp_lines = [(line.split(",")[0], i + 2) for i, line in enumerate(paths["tp"].read_text().splitlines()[1:])]
+    fp_lines = [(line.split(",")[0], i + 2) for i, line in enumerate(paths["fp"].read_text().splitlines()[1:])]
+    assert anchors == sorted([(r, n, 1) for r, n in tp_lines] + [(r, n, 0) for r, n in fp_lines])
+
+
+def test_shard_round_trip_with_plain_h5py_equals_direct_computation(built):
+    root, paths, _ = built
+    with h5py.File(root / "feat" / "shard-00000.h5", "r", locking=False) as h5:
+        assert h5["mel"].dtype == np.float16 and h5["mel"].chunks == (1, 32, TINY.n_frames)
+        assert h5["mel"].fletcher32
+        assert h5.attrs["fingerprint"] == read_index(root / "feat").shards[0].fingerprint
+        assert json.loads(h5.attrs["config"])["n_mels"] == 32
+        rid = h5["recording_id"][0].decode()
+        start = h5["start"][0]
+        t_min, t_max = h5["anchor/t_min"][0], h5["anchor/t_max"][0]
+        stored = h5["mel"][0]
+        labels = h5["labels"][:]
+        ex_of_event = h5["events/example"][:]
+        ev_species = h5["events/species_id"][:]
+    y = decode(paths["audio"] / f"{rid}.flac", sample_rate=16000)
+    assert start == pytest.approx(place_window(t_min, t_max, length=TINY.window_seconds, recording_seconds=8.0))
+    first = int(round(start * 16000))
+    expected = log_mel(y[first : first + int(TINY.window_seconds * 16000)], config=TINY)
+    np.testing.assert_array_equal(stored, expected.astype(np.float16))
+    # rec0: TP sp0 [1,2], FP sp2 [1.2,1.8], TP sp1 [5,6.5]. Windows sorted by event time:
+    # sp0 -> window [0, 2.5]: sp0 positive, sp2 confirmed negative, sp1 absent.
+    np.testing.assert_array_equal(labels[0], [1, -1, 0, -1])
+    assert sorted(ev_species[ex_of_event == 0].tolist()) == [0, 2]
+
+
+def test_index_totals_and_stats(built):
+    root, _, summary = built
+    index = read_index(root / "feat")
+    data = read_all(root / "feat")
+    assert index.n_examples == len(data["mel"]) == summary.examples
+    mel = data["mel"].astype(np.float64)
+    np.testing.assert_allclose(index.stats["mean"], mel.mean(axis=(0, 2)), atol=1e-5)
+    np.testing.assert_allclose(index.stats["std"], mel.std(axis=(0, 2)), atol=1e-4)
+
+
+def test_rerun_reuses_every_shard_and_touching_a_file_rebuilds_only_its_shard(built, tmp_path):
+    root, paths, _ = built
+    out = tmp_path / "feat"
+    first = run_features(audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=out, config=TINY,
+                         jobs=1, progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.h5")}
+    again = run_features(audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=out, config=TINY,
+                         jobs=1, progress=False)
+    assert (again.shards_built, again.shards_reused, again.slices_built) == (0, 3, 0)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.h5")} == before
+    # rec3 lives in shard 2; a new mtime changes its identity.
+    st = os.stat(paths["audio"] / "rec3.flac")
+    os.utime(paths["audio"] / "rec3.flac", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    touched = run_features(audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=out, config=TINY,
+                           jobs=1, progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.h5")}
+    assert (touched.shards_built, touched.shards_reused) == (1, 2)
+    assert [name for name in sorted(after) if after[name] != before[name]] == ["shard-00002.h5"]
+    assert read_index(out).n_examples == first.examples
+
+
+def test_sliding_windows_feature_set(built, tmp_path):
+    root, paths, _ = built
+    summary = run_windows(audio_dir=paths["audio"], out=tmp_path / "win", config=TINY, step=2.0, jobs=1,
+                          progress=False)
+    index = read_index(tmp_path / "win")
+    assert index.kind == "windows"
+    # 8 s recordings, 2.5 s windows every 2 s: starts 0, 2, 4, 5.5 -> 4 per recording.
+    assert summary.examples == index.n_examples == 16
+    data = read_all(tmp_path / "win")
+    np.testing.assert_allclose(data["start"][:4], [0.0, 2.0, 4.0, 5.5])
+    assert (data["labels"] == -1).all() and (data["anchor/kind"] == -1).all()
+
+
+def test_cli_exit_status_and_summary(built, tmp_path, capsys):
+    root, paths, _ = built
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        'preset = "default"\nsample_rate = 16000\nn_fft = 512\nhop_length = 256\nn_mels = 32\n'
+        "fmin = 50.0\nfmax = 8000.0\nduration = 2.0\ncontext = 0.25\nmin_overlap = 0.2\nn_classes = 4\n"
+    )
+    tp = tmp_path / "tp.csv"
+    tp.write_text(paths["tp"].read_text() + "rec1,9,1,1,1,2,2\nmissing,1,1,1,1,2,2\n")
+    args = ["features", "--audio-dir", str(paths["audio"]), "--tp", str(tp), "--out", str(tmp_path / "f"),
+            "--config", str(config), "--jobs", "1", "--quiet"]
+    assert main(args) == 3
+    out = capsys.readouterr().out
+    assert "7 examples in 1 shards" in out
+    assert "2 failure(s) recorded" in out
+    assert "tp.csv line 9: species_id 9 is outside the class list 0..3" in out
+    failures = [json.loads(line) for line in (tmp_path / "f" / "failures.jsonl").read_text().splitlines()]
+    assert [f["id"] for f in failures] == ["rec1", "missing"]
+    assert main([*args, "--on-error", "fail"]) == 1
+    assert "error: tp.csv line 9: species_id 9" in capsys.readouterr().err
+    assert (tmp_path / "f" / INDEX_FILE).is_file()  # the earlier good feature set is untouched
