@@ -224,7 +224,7 @@ def _backend(backend: str, *, jobs: int, scheduler: str | None) -> Iterator[None
                 client = stack.enter_context(Client(scheduler))
             else:
                 cluster = stack.enter_context(
-                    LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
+                    LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=":0")
                 )
                 client = stack.enter_context(Client(cluster))
             del client

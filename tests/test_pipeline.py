@@ -142,3 +142,15 @@ def test_cli_exit_status_and_summary(built, tmp_path, capsys):
     assert main([*args, "--on-error", "fail"]) == 1
     assert "error: tp.csv line 9: species_id 9" in capsys.readouterr().err
     assert (tmp_path / "f" / INDEX_FILE).is_file()  # the earlier good feature set is untouched
+
+
+def test_dask_backend_on_a_local_cluster_writes_the_same_arrays(built, tmp_path):
+    pytest.importorskip("dask.distributed")
+    root, paths, _ = built
+    summary = run_features(audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=tmp_path / "dask",
+                           config=TINY, jobs=2, backend="dask", progress=False)
+    assert summary.shards_built == 3
+    ours, reference = read_all(tmp_path / "dask"), read_all(root / "feat")
+    assert ours.keys() == reference.keys()
+    for name in ours:
+        np.testing.assert_array_equal(ours[name], reference[name], err_msg=name)
