@@ -13,12 +13,24 @@ HEADER = "recording_id,species_id,songtype_id,t_min,f_min,t_max,f_max\n"
 
 # Small enough that a whole run takes a fraction of a second per slice.
 TINY = FeatureConfig(
-    preset="test", sample_rate=16000, n_fft=512, hop_length=256, n_mels=32, fmin=50.0, fmax=8000.0,
-    duration=2.0, context=0.25, min_overlap=0.2, n_classes=4, shard_size=3,
+    preset="test",
+    sample_rate=16000,
+    n_fft=512,
+    hop_length=256,
+    n_mels=32,
+    fmin=50.0,
+    fmax=8000.0,
+    duration=2.0,
+    context=0.25,
+    min_overlap=0.2,
+    n_classes=4,
+    shard_size=3,
 )
 
 
-def tone_recording(seconds: float, *, sr: int, tones: list[tuple[float, float, float]], seed: int = 0) -> np.ndarray:
+def tone_recording(
+    seconds: float, *, sr: int, tones: list[tuple[float, float, float]], seed: int = 0
+) -> np.ndarray:
     """Quiet noise plus sine tones ``(t_min, t_max, hz)``. Returns float32 samples."""
     rng = np.random.default_rng(seed)
     y = 0.005 * rng.standard_normal(int(seconds * sr))
@@ -45,7 +57,9 @@ def write_dataset(root: Path, *, sr: int = 16000, seconds: float = 8.0) -> dict[
     tp_lines, fp_lines = [HEADER], [HEADER]
     for k, (rid, rows) in enumerate(events.items()):
         tones = [(t0, t1, 500.0 * (sp + 1)) for sp, t0, t1, _ in rows]
-        sf.write(audio / f"{rid}.flac", tone_recording(seconds, sr=sr, tones=tones, seed=k), sr, subtype="PCM_16")
+        sf.write(
+            audio / f"{rid}.flac", tone_recording(seconds, sr=sr, tones=tones, seed=k), sr, subtype="PCM_16"
+        )
         for sp, t0, t1, is_tp in rows:
             line = f"{rid},{sp},1,{t0},{500.0 * (sp + 1) - 50},{t1},{500.0 * (sp + 1) + 50}\n"
             (tp_lines if is_tp else fp_lines).append(line)

@@ -16,7 +16,9 @@ def test_valid_rows_are_parsed_with_their_lines(tmp_path):
     path = write(tmp_path, "r1,3,1,1.5,100,2.5,900.5\nr2,0,4,0,50,10,80\n")
     rows, failures = read_manifest(path, kind=KIND_TP, n_classes=24)
     assert failures == []
-    assert [(r.recording_id, r.species_id, r.songtype_id, r.t_min, r.t_max, r.f_max, r.line) for r in rows] == [
+    assert [
+        (r.recording_id, r.species_id, r.songtype_id, r.t_min, r.t_max, r.f_max, r.line) for r in rows
+    ] == [
         ("r1", 3, 1, 1.5, 2.5, 900.5, 2),
         ("r2", 0, 4, 0.0, 10.0, 80.0, 3),
     ]

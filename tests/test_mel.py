@@ -28,7 +28,9 @@ def test_pure_tone_lands_in_its_mel_bin(hz):
 def test_log_mel_equals_direct_librosa_to_float16_precision():
     config = TINY
     y = np.random.default_rng(1).standard_normal(config.sample_rate * 2).astype(np.float32)
-    S = librosa.feature.melspectrogram(y=y, sr=16000, n_fft=512, hop_length=256, n_mels=32, fmin=50.0, fmax=8000.0)
+    S = librosa.feature.melspectrogram(
+        y=y, sr=16000, n_fft=512, hop_length=256, n_mels=32, fmin=50.0, fmax=8000.0
+    )
     db = librosa.power_to_db(S, ref=np.max, top_db=80.0)
     expected = (db - db.min()) / (db.max() - db.min())
     got = log_mel(y, config=config).astype(np.float16).astype(np.float32)
@@ -38,9 +40,9 @@ def test_log_mel_equals_direct_librosa_to_float16_precision():
 
 def test_seed_preset_reproduces_the_classic_sequence_math():
     config = preset("seed")
-    y = sine(2500.0, sr=48000, seconds=config.window_seconds) + 0.01 * np.random.default_rng(0).standard_normal(
-        int(48000 * config.window_seconds)
-    ).astype(np.float32)
+    y = sine(2500.0, sr=48000, seconds=config.window_seconds) + 0.01 * np.random.default_rng(
+        0
+    ).standard_normal(int(48000 * config.window_seconds)).astype(np.float32)
     # The classic per-sample Sequence: librosa defaults, amplitude_to_db on power, min-max.
     mel = librosa.feature.melspectrogram(y=y, sr=48000)
     db = librosa.amplitude_to_db(mel, ref=np.max)

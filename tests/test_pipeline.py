@@ -20,6 +20,7 @@ def read_all(root):
     out = {}
     for entry in index.shards:
         with h5py.File(root / entry.file, "r", locking=False) as h5:
+
             def grab(name, obj, out=out):
                 if isinstance(obj, h5py.Dataset) and not name.startswith("events"):
                     out.setdefault(name, []).append(obj[:])
@@ -32,8 +33,15 @@ def read_all(root):
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipe")
     paths = write_dataset(root)
-    summary = run_features(audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=root / "feat",
-                           config=TINY, jobs=2, progress=False)
+    summary = run_features(
+        audio_dir=paths["audio"],
+        tp=paths["tp"],
+        fp=paths["fp"],
+        out=root / "feat",
+        config=TINY,
+        jobs=2,
+        progress=False,
+    )
     return root, paths, summary
 
 
@@ -46,9 +54,15 @@ def test_features_end_to_end_with_two_jobs(built):
     # shard_size 3: a shard takes whole recordings until it holds at least 3 windows
     assert [s.n for s in index.shards] == [3, 4, 2]
     data = read_all(root / "feat")
-    anchors = sorted(zip(data["recording_id"].astype(str), data["anchor/line"], data["anchor/kind"], strict=True))
-    tp_lines = [(line.split(",")[0], i + 2) for i, line in enumerate(paths["tp"].read_text().splitlines()[1:])]
-    fp_lines = [(line.split(",")[0], i + 2) for i, line in enumerate(paths["fp"].read_text().splitlines()[1:])]
+    anchors = sorted(
+        zip(data["recording_id"].astype(str), data["anchor/line"], data["anchor/kind"], strict=True)
+    )
+    tp_lines = [
+        (line.split(",")[0], i + 2) for i, line in enumerate(paths["tp"].read_text().splitlines()[1:])
+    ]
+    fp_lines = [
+        (line.split(",")[0], i + 2) for i, line in enumerate(paths["fp"].read_text().splitlines()[1:])
+    ]
     assert anchors == sorted([(r, n, 1) for r, n in tp_lines] + [(r, n, 0) for r, n in fp_lines])
 
 
@@ -67,7 +81,9 @@ def test_shard_round_trip_with_plain_h5py_equals_direct_computation(built):
         ex_of_event = h5["events/example"][:]
         ev_species = h5["events/species_id"][:]
     y = decode(paths["audio"] / f"{rid}.flac", sample_rate=16000)
-    assert start == pytest.approx(place_window(t_min, t_max, length=TINY.window_seconds, recording_seconds=8.0))
+    assert start == pytest.approx(
+        place_window(t_min, t_max, length=TINY.window_seconds, recording_seconds=8.0)
+    )
     first = int(round(start * 16000))
     expected = log_mel(y[first : first + int(TINY.window_seconds * 16000)], config=TINY)
     np.testing.assert_array_equal(stored, expected.astype(np.float16))
@@ -90,18 +106,21 @@ def test_index_totals_and_stats(built):
 def test_rerun_reuses_every_shard_and_touching_a_file_rebuilds_only_its_shard(built, tmp_path):
     root, paths, _ = built
     out = tmp_path / "feat"
-    first = run_features(audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=out, config=TINY,
-                         jobs=1, progress=False)
+    first = run_features(
+        audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=out, config=TINY, jobs=1, progress=False
+    )
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.h5")}
-    again = run_features(audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=out, config=TINY,
-                         jobs=1, progress=False)
+    again = run_features(
+        audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=out, config=TINY, jobs=1, progress=False
+    )
     assert (again.shards_built, again.shards_reused, again.slices_built) == (0, 3, 0)
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.h5")} == before
     # rec3 lives in shard 2; a new mtime changes its identity.
     st = os.stat(paths["audio"] / "rec3.flac")
     os.utime(paths["audio"] / "rec3.flac", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    touched = run_features(audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=out, config=TINY,
-                           jobs=1, progress=False)
+    touched = run_features(
+        audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=out, config=TINY, jobs=1, progress=False
+    )
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.h5")}
     assert (touched.shards_built, touched.shards_reused) == (1, 2)
     assert [name for name in sorted(after) if after[name] != before[name]] == ["shard-00002.h5"]
@@ -110,8 +129,9 @@ def test_rerun_reuses_every_shard_and_touching_a_file_rebuilds_only_its_shard(bu
 
 def test_sliding_windows_feature_set(built, tmp_path):
     root, paths, _ = built
-    summary = run_windows(audio_dir=paths["audio"], out=tmp_path / "win", config=TINY, step=2.0, jobs=1,
-                          progress=False)
+    summary = run_windows(
+        audio_dir=paths["audio"], out=tmp_path / "win", config=TINY, step=2.0, jobs=1, progress=False
+    )
     index = read_index(tmp_path / "win")
     assert index.kind == "windows"
     # 8 s recordings, 2.5 s windows every 2 s: starts 0, 2, 4, 5.5 -> 4 per recording.
@@ -130,8 +150,20 @@ def test_cli_exit_status_and_summary(built, tmp_path, capsys):
     )
     tp = tmp_path / "tp.csv"
     tp.write_text(paths["tp"].read_text() + "rec1,9,1,1,1,2,2\nmissing,1,1,1,1,2,2\n")
-    args = ["features", "--audio-dir", str(paths["audio"]), "--tp", str(tp), "--out", str(tmp_path / "f"),
-            "--config", str(config), "--jobs", "1", "--quiet"]
+    args = [
+        "features",
+        "--audio-dir",
+        str(paths["audio"]),
+        "--tp",
+        str(tp),
+        "--out",
+        str(tmp_path / "f"),
+        "--config",
+        str(config),
+        "--jobs",
+        "1",
+        "--quiet",
+    ]
     assert main(args) == 3
     out = capsys.readouterr().out
     assert "7 examples in 1 shards" in out
@@ -147,8 +179,16 @@ def test_cli_exit_status_and_summary(built, tmp_path, capsys):
 def test_dask_backend_on_a_local_cluster_writes_the_same_arrays(built, tmp_path):
     pytest.importorskip("dask.distributed")
     root, paths, _ = built
-    summary = run_features(audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=tmp_path / "dask",
-                           config=TINY, jobs=2, backend="dask", progress=False)
+    summary = run_features(
+        audio_dir=paths["audio"],
+        tp=paths["tp"],
+        fp=paths["fp"],
+        out=tmp_path / "dask",
+        config=TINY,
+        jobs=2,
+        backend="dask",
+        progress=False,
+    )
     assert summary.shards_built == 3
     ours, reference = read_all(tmp_path / "dask"), read_all(root / "feat")
     assert ours.keys() == reference.keys()

@@ -1,0 +1,130 @@
+"""A precompute run killed with SIGKILL at any point, then re-run, equals an uninterrupted run."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from audio_fixtures import TINY, write_dataset
+from loader.errors import FormatError
+from loader.format import INDEX_FILE, read_index
+from precompute.pipeline import run_features
+
+# Each snippet patches one step of a sequential (jobs=1) run so that the process kills itself
+# with SIGKILL there: no cleanup handler, no finally block runs.
+KILL_POINTS = {
+    "before any shard": """
+        import precompute.pipeline as target
+        original = target.build_shard
+        def patched(*a, **k):
+            die()
+        target.build_shard = patched
+    """,
+    "mid-shard": """
+        import precompute.shards as target
+        calls = []
+        original = target.ShardStats.add
+        def patched(self, mel):
+            calls.append(1)
+            if len(calls) == 2:  # one example written, the temp shard half done
+                die()
+            original(self, mel)
+        target.ShardStats.add = patched
+    """,
+    "between shards": """
+        import precompute.shards as target
+        calls = []
+        original = target.fsync_dir
+        def patched(path):
+            original(path)
+            calls.append(1)
+            if len(calls) == 2:  # two shards renamed into place, the third not started
+                die()
+        target.fsync_dir = patched
+    """,
+    "while writing the index": """
+        import precompute.shards as target
+        def patched(path, text):
+            tmp = path.with_name("." + path.name + ".123.tmp")
+            tmp.write_text(text[: len(text) // 2])
+            die()
+        target.atomic_write_text = patched
+    """,
+}
+
+RUNNER = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from audio_fixtures import TINY
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+{patch}
+from precompute.pipeline import run_features
+run_features(audio_dir=Path({audio!r}), tp=Path({tp!r}), fp=Path({fp!r}), out=Path({out!r}),
+             config=TINY, jobs=1, progress=False)
+"""
+
+
+def arrays(root):
+    index = read_index(root)
+    out = {}
+    for entry in index.shards:
+        with h5py.File(root / entry.file, "r", locking=False) as h5:
+            h5.visititems(
+                lambda n, o: out.setdefault(n, []).append(o[:]) if isinstance(o, h5py.Dataset) else None
+            )
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crash")
+    paths = write_dataset(root)
+    run_features(
+        audio_dir=paths["audio"],
+        tp=paths["tp"],
+        fp=paths["fp"],
+        out=root / "clean",
+        config=TINY,
+        jobs=1,
+        progress=False,
+    )
+    return paths, arrays(root / "clean"), read_index(root / "clean")
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_killed_run_then_rerun_equals_uninterrupted(reference, tmp_path, point):
+    paths, expected, expected_index = reference
+    out = tmp_path / "feat"
+    script = RUNNER.format(
+        tests=str(Path(__file__).parent),
+        patch=textwrap.dedent(KILL_POINTS[point]),
+        audio=str(paths["audio"]),
+        tp=str(paths["tp"]),
+        fp=str(paths["fp"]),
+        out=str(out),
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    # Nothing a killed run leaves behind is trusted: there is no index to read.
+    assert not (out / INDEX_FILE).exists()
+    with pytest.raises(FormatError, match="no index"):
+        read_index(out)
+    strays = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    if point in ("mid-shard", "while writing the index"):
+        assert len(strays) == 1, strays
+    summary = run_features(
+        audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=out, config=TINY, jobs=1, progress=False
+    )
+    assert summary.shards_reused == {"between shards": 2, "while writing the index": 3}.get(point, 0)
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+    got = arrays(out)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    assert read_index(out).fingerprint == expected_index.fingerprint
