@@ -100,7 +100,18 @@ def _failure(recording_id: str, path: str | None, error: Exception | str, *, sli
 
 
 def build_shard(job: ShardJob, *, out: str, config: FeatureConfig, on_error: str) -> ShardResult:
-    """Compute and write the shard of ``job``. Runs in a worker process."""
+    """Compute and write the shard of ``job``. Runs in a worker process.
+
+    Numeric libraries run single-threaded here: parallelism is across shards (``--jobs``), and
+    a BLAS pool per worker would oversubscribe the cores.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _build_shard(job, out=out, config=config, on_error=on_error)
+
+
+def _build_shard(job: ShardJob, *, out: str, config: FeatureConfig, on_error: str) -> ShardResult:
     examples: list[Example] = []
     failures: list[dict] = []
     for task in job.recordings:
