@@ -110,7 +110,7 @@ class FeatureConfig:
     n_classes: int = 24
     dtype: str = "float16"
     compression: str | None = None
-    shard_size: int = 128
+    shard_size: int = 32
 
     def __post_init__(self) -> None:
         positive = {

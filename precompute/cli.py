@@ -19,7 +19,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML feature config (may name a preset)")
     p.add_argument("--preset", help="feature preset: default, seed or fast (overrides the file's)")
-    p.add_argument("--shard-size", type=int, help="examples per shard (default 128)")
+    p.add_argument("--shard-size", type=int, help="examples per shard (default 32)")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:

@@ -152,6 +152,7 @@ PITCH_JITTER = 0.06  # each call's frequencies are scaled by U(1 - j, 1 + j)
 RATE_JITTER = 0.08
 CALL_SNR_DB = (5.0, 20.0)  # call power over background power in the call's band
 DISTRACTOR_SNR_DB = (3.0, 15.0)
+INSECT_SNR_DB = (4.0, 14.0)  # insect band power over the coloured noise in that band
 BACKGROUND_DBFS = -60.0  # coloured-noise rms; it sets the FLAC size (bits per sample)
 SNR_MIN_BAND_HZ = 500.0  # SNR of narrow calls is measured against at least this much band
 OVERLAP_SHARE = 0.15  # share of recordings in which two calls of different species overlap
@@ -222,13 +223,21 @@ class _Scene:
 
 
 @dataclass(frozen=True)
+class _Plan:
+    """The labelled content of one recording, planned across its split for balance."""
+
+    bouts: tuple[tuple[int, int], ...]  # (species_id, number of calls)
+    confusers: tuple[int, ...]  # species whose look-alikes appear
+
+
+@dataclass(frozen=True)
 class _Task:
     """What a worker needs to make one recording: plain values, no handles."""
 
     split: str
     index: int
     recording_id: str
-    bouts: tuple[tuple[int, int], ...]  # (species_id, number of calls)
+    plan: _Plan
     seed: int
     sample_rate: int
     seconds: float
@@ -296,23 +305,23 @@ def synthesize(
 
     out = Path(out)
     ids = _recording_ids(seed=seed, count=recordings + test_recordings)
+    split_ids = {"train": ids[:recordings], "test": ids[recordings:]}
+    _refuse_foreign_recordings(out, split_ids)
     tasks = []
-    for split, count, offset in (("train", recordings, 0), ("test", test_recordings, recordings)):
-        if count == 0:
-            continue
+    for split, names in split_ids.items():
         (out / split).mkdir(parents=True, exist_ok=True)
-        for index, bouts in enumerate(_plan_bouts(seed=seed, split=split, count=count)):
-            recording_id = ids[offset + index]
+        plans = _plan_split(seed=seed, split=split, count=len(names)) if names else []
+        for index, (recording_id, plan) in enumerate(zip(names, plans, strict=True)):
             tasks.append(
                 _Task(
-                    split,
-                    index,
-                    recording_id,
-                    bouts,
-                    seed,
-                    sample_rate,
-                    float(seconds),
-                    str(out / split / f"{recording_id}.flac"),
+                    split=split,
+                    index=index,
+                    recording_id=recording_id,
+                    plan=plan,
+                    seed=seed,
+                    sample_rate=sample_rate,
+                    seconds=float(seconds),
+                    path=str(out / split / f"{recording_id}.flac"),
                 )
             )
 
@@ -342,17 +351,12 @@ def synthesize(
     tp, fp, events = rows("train", "tp"), rows("train", "fp"), rows("test", "tp")
     _write_csv(out / "train_tp.csv", COLUMNS, tp)
     _write_csv(out / "train_fp.csv", COLUMNS, fp)
-    if test_recordings:
-        present = {(row[0], row[1]) for row in events}
-        truth = [
-            (rid, *(int((rid, s) in present) for s in range(N_SPECIES))) for rid in sorted(ids[recordings:])
-        ]
-        _write_csv(out / "test_events.csv", COLUMNS, events)
-        _write_csv(
-            out / "test_ground_truth.csv",
-            ("recording_id", *(f"s{s}" for s in range(N_SPECIES))),
-            truth,
-        )
+    present = {(row[0], row[1]) for row in events}
+    truth = [
+        (rid, *(int((rid, s) in present) for s in range(N_SPECIES))) for rid in sorted(split_ids["test"])
+    ]
+    _write_csv(out / "test_events.csv", COLUMNS, events)
+    _write_csv(out / "test_ground_truth.csv", ("recording_id", *(f"s{s}" for s in range(N_SPECIES))), truth)
 
     summary = {
         "train_recordings": recordings,
@@ -378,6 +382,22 @@ def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = 
         raise ConfigError(f"{name} {value} is out of range (expected {bound})")
 
 
+def _refuse_foreign_recordings(out: Path, split_ids: dict[str, list[str]]) -> None:
+    """Refuse an output directory holding recordings this run would not write: left next to
+    the new ones they would be taken for part of the dataset."""
+    for split, names in split_ids.items():
+        folder = out / split
+        if not folder.is_dir():
+            continue
+        wanted = set(names)
+        foreign = sorted(p.name for p in folder.glob("*.flac") if p.stem not in wanted)
+        if foreign:
+            raise ConfigError(
+                f"{folder} holds {len(foreign)} recording(s) of another run (first: {foreign[0]}); "
+                "write to an empty directory or remove it"
+            )
+
+
 def _run(tasks: list[_Task], *, jobs: int, progress: bool):
     """Yield ``(task, calls)`` as recordings finish, in any order, with one progress bar."""
     if jobs == 1:
@@ -399,12 +419,14 @@ def _recording_ids(*, seed: int, count: int) -> list[str]:
     return [f"{int(v):09x}" for v in values]
 
 
-def _plan_bouts(*, seed: int, split: str, count: int) -> list[tuple[tuple[int, int], ...]]:
-    """Which species call in each recording, and how often.
+def _plan_split(*, seed: int, split: str, count: int) -> list[_Plan]:
+    """Which species call in each recording, how often, and which species' look-alikes
+    appear.
 
     Species are dealt from reshuffled decks of all 24, so every species appears in nearly
     the same number of recordings; each species then gets ``ceil(2.5 * appearances)`` calls
     (20 with the default 96 recordings) spread over its appearances, 1 to 4 per bout.
+    Look-alikes are dealt from decks of their own.
     """
     rng = np.random.default_rng([seed, _STREAM_PLAN, _SPLITS[split]])
     sizes = []
@@ -412,18 +434,8 @@ def _plan_bouts(*, seed: int, split: str, count: int) -> list[tuple[tuple[int, i
         sizes += [size] * round(share * count)
     sizes = (sizes + [2] * count)[:count]
     sizes = [int(s) for s in rng.permutation(sizes)]
-
     deck: list[int] = []
-    chosen: list[list[int]] = []
-    for size in sizes:
-        picked: list[int] = []
-        while len(picked) < size:
-            if not any(s not in picked for s in deck):
-                deck += [int(s) for s in rng.permutation(N_SPECIES)]
-            species = next(s for s in deck if s not in picked)
-            deck.remove(species)
-            picked.append(species)
-        chosen.append(picked)
+    chosen = [_deal(deck, size, rng=rng) for size in sizes]
 
     calls = [dict.fromkeys(picked, 1) for picked in chosen]
     for species in range(N_SPECIES):
@@ -432,14 +444,39 @@ def _plan_bouts(*, seed: int, split: str, count: int) -> list[tuple[tuple[int, i
         for _ in range(extra):
             open_slots = [i for i in slots if calls[i][species] < MAX_CALLS_PER_BOUT]
             calls[open_slots[int(rng.integers(len(open_slots)))]][species] += 1
-    return [tuple((s, calls[i][s]) for s in picked) for i, picked in enumerate(chosen)]
+
+    shares = list(CONFUSERS_PER_RECORDING.values())
+    lookalike_deck: list[int] = []
+    plans = []
+    for i, picked in enumerate(chosen):
+        n_confusers = list(CONFUSERS_PER_RECORDING)[int(rng.choice(len(shares), p=shares))]
+        plans.append(
+            _Plan(
+                bouts=tuple((s, calls[i][s]) for s in picked),
+                confusers=tuple(_deal(lookalike_deck, n_confusers, rng=rng)),
+            )
+        )
+    return plans
+
+
+def _deal(deck: list[int], size: int, *, rng: np.random.Generator) -> list[int]:
+    """Take ``size`` distinct species from the front of ``deck``, adding a freshly shuffled
+    set of all species whenever the deck runs short."""
+    picked: list[int] = []
+    while len(picked) < size:
+        if not any(s not in picked for s in deck):
+            deck += [int(s) for s in rng.permutation(N_SPECIES)]
+        species = next(s for s in deck if s not in picked)
+        deck.remove(species)
+        picked.append(species)
+    return picked
 
 
 def _make_recording(task: _Task) -> tuple[_Task, list[_Call]]:
     """Sample, render and write one recording; returns its labelled calls (TP and FP)."""
     rng = np.random.default_rng([task.seed, _STREAM_RECORDING, _SPLITS[task.split], task.index])
     n_samples = round(task.seconds * task.sample_rate)
-    scene = _sample_scene(task.bouts, rng=rng, sample_rate=task.sample_rate, n_samples=n_samples)
+    scene = _sample_scene(task.plan, rng=rng, sample_rate=task.sample_rate, n_samples=n_samples)
     audio = _render_scene(scene, sample_rate=task.sample_rate, n_samples=n_samples)
     path = Path(task.path)
     partial = path.with_name(f".{path.name}.partial")
@@ -451,16 +488,22 @@ def _make_recording(task: _Task) -> tuple[_Task, list[_Call]]:
 # -- sampling ---------------------------------------------------------------------------------
 
 
-def _sample_scene(
-    bouts: tuple[tuple[int, int], ...], *, rng: np.random.Generator, sample_rate: int, n_samples: int
-) -> _Scene:
+def _sample_scene(plan: _Plan, *, rng: np.random.Generator, sample_rate: int, n_samples: int) -> _Scene:
+    """Draw the background and place every call of ``plan``; calls get their mix power from
+    their SNR and the background power in their band."""
     seconds = n_samples / sample_rate
     limit = math.floor(seconds * TICKS + 1e-6)
     level = 10 ** ((BACKGROUND_DBFS + rng.uniform(-3, 3)) / 20)
     slope = float(rng.uniform(0.9, 1.5))
 
+    grid = np.arange(2.5, sample_rate / 2, 5.0)
+    cumulative = np.concatenate([[0.0], np.cumsum(_coloured_psd(grid, slope=slope))])
+    cumulative /= cumulative[-1]
+
     def band_power(lo: float, hi: float) -> float:
-        return level**2 * _coloured_share(lo, hi, slope=slope, sample_rate=sample_rate)
+        """Power of the coloured noise between ``lo`` and ``hi`` Hz."""
+        first, last = np.searchsorted(grid, [lo, hi])
+        return level**2 * float(cumulative[last] - cumulative[first])
 
     insects = []
     for _ in range(int(rng.integers(1, 4))):
@@ -472,7 +515,7 @@ def _sample_scene(
             _Insect(
                 f_min=lo,
                 f_max=hi,
-                level=math.sqrt(band_power(lo, hi) * 10 ** (rng.uniform(6, 18) / 10)),
+                level=math.sqrt(band_power(lo, hi) * 10 ** (rng.uniform(*INSECT_SNR_DB) / 10)),
                 wobble_hz=float(rng.uniform(0.03, 0.5)),
                 wobble_depth=float(rng.uniform(0.2, 0.8)),
                 pulse_hz=float(rng.uniform(2, 12)) if pulsed else 0.0,
@@ -508,13 +551,13 @@ def _sample_scene(
 
     tp = [
         _sample_call(SPECIES[species], rng=rng, kind="tp", species_id=species)
-        for species, n_calls in bouts
+        for species, n_calls in plan.bouts
         for _ in range(n_calls)
     ]
     tp = [tp[i] for i in rng.permutation(len(tp))]
     placed: list[_Call] = []
-    overlap = len(bouts) > 1 and rng.random() < OVERLAP_SHARE / _share_with_two_species()
-    if overlap:
+    force_overlap = len(plan.bouts) > 1 and rng.random() < OVERLAP_SHARE / _share_with_two_species()
+    if force_overlap:
         first = tp[0]
         second = next(c for c in tp if c.species_id != first.species_id)
         first = replace(first, start=int(rng.integers(0, limit - first.duration + 1)))
@@ -532,8 +575,7 @@ def _sample_scene(
             placed.append(replace(call, start=start))
 
     confusers = []
-    for _ in range(int(rng.choice(3, p=list(CONFUSERS_PER_RECORDING.values())))):
-        species = int(rng.integers(N_SPECIES))
+    for species in plan.confusers:
         call = _sample_call(SPECIES[species], rng=rng, kind="fp", species_id=species)
         start = _place(call, rng=rng, limit=limit, calls=placed + confusers)
         if start is not None:
@@ -602,14 +644,6 @@ def _place(call: _Call, *, rng: np.random.Generator, limit: int, calls: list[_Ca
     return None
 
 
-def _coloured_share(lo: float, hi: float, *, slope: float, sample_rate: int) -> float:
-    """Fraction of the coloured noise's power between ``lo`` and ``hi`` Hz."""
-    grid = np.arange(2.5, sample_rate / 2, 5.0)
-    psd = _coloured_psd(grid, slope=slope)
-    inside = (grid >= lo) & (grid < hi)
-    return float(psd[inside].sum() / psd.sum())
-
-
 def _coloured_psd(freqs: np.ndarray, *, slope: float) -> np.ndarray:
     """Power spectrum shape of the background: ``f ** -slope`` above 40 Hz, nothing below
     20 Hz, rolled off above 16 kHz like a recorder's anti-alias filter."""
@@ -625,15 +659,15 @@ def _render_scene(scene: _Scene, *, sample_rate: int, n_samples: int) -> np.ndar
     """Mix the scene into int16 samples, shape (n_samples,)."""
     rng = np.random.default_rng(scene.seed)
     size = next_fast_len(n_samples, real=True)
-    freqs = np.fft.rfftfreq(size, 1 / sample_rate)
-    amplitude = np.sqrt(_coloured_psd(freqs, slope=scene.slope)).astype(np.float32)
+    freqs = np.fft.rfftfreq(size, 1 / sample_rate).astype(np.float32)
+    amplitude = np.sqrt(_coloured_psd(freqs, slope=scene.slope))
     spectrum = rng.standard_normal((2, freqs.size), dtype=np.float32)
     x = np.fft.irfft((spectrum[0] + 1j * spectrum[1]) * amplitude, size)[:n_samples]
     x *= scene.level / x.std()
 
     t = np.arange(n_samples, dtype=np.float32) / np.float32(sample_rate)
     for insect in scene.insects:
-        x += _render_insect(insect, rng=rng, t=t, freqs=freqs, size=size)
+        x += _render_insect(insect, rng=rng, t=t, sample_rate=sample_rate, size=size)
     for rain in scene.rains:
         x[rain.start : rain.start + rain.length] += _render_rain(rain, sample_rate=sample_rate)
     for call in scene.calls:
@@ -649,19 +683,27 @@ def _render_scene(scene: _Scene, *, sample_rate: int, n_samples: int) -> np.ndar
 
 
 def _render_insect(
-    insect: _Insect, *, rng: np.random.Generator, t: np.ndarray, freqs: np.ndarray, size: int
+    insect: _Insect, *, rng: np.random.Generator, t: np.ndarray, sample_rate: int, size: int
 ) -> np.ndarray:
-    """A continuous narrow noise band, slowly wobbling and optionally pulsing."""
-    inside = np.flatnonzero((freqs >= insect.f_min) & (freqs < insect.f_max))
-    spectrum = np.zeros(freqs.size, dtype=np.complex64)
-    parts = rng.standard_normal((2, inside.size), dtype=np.float32)
-    spectrum[inside] = parts[0] + 1j * parts[1]
+    """A continuous narrow noise band, slowly wobbling and optionally pulsing; ``t`` holds
+    the sample times, float32, ``size`` is the FFT length (at least ``t.size``)."""
+    first, last = (math.ceil(f * size / sample_rate) for f in (insect.f_min, insect.f_max))
+    spectrum = np.zeros(size // 2 + 1, dtype=np.complex64)
+    parts = rng.standard_normal((2, last - first), dtype=np.float32)
+    spectrum[first:last] = parts[0] + 1j * parts[1]
     band = np.fft.irfft(spectrum, size)[: t.size]
-    envelope = 1 + insect.wobble_depth * np.sin(
-        np.float32(2 * np.pi * insect.wobble_hz) * t + np.float32(insect.phase)
-    )
+    # in-place float32 arithmetic: this runs over every sample of the recording
+    envelope = np.float32(2 * np.pi * insect.wobble_hz) * t
+    envelope += np.float32(insect.phase)
+    np.sin(envelope, out=envelope)
+    envelope *= np.float32(insect.wobble_depth)
+    envelope += np.float32(1)
     if insect.pulse_hz:
-        envelope *= np.sin(np.float32(np.pi * insect.pulse_hz) * t) ** (2 * insect.pulse_sharpness)
+        pulse = np.float32(np.pi * insect.pulse_hz) * t
+        np.sin(pulse, out=pulse)
+        pulse *= pulse
+        for _ in range(insect.pulse_sharpness):
+            envelope *= pulse
     band *= envelope
     band *= insect.level / band.std()
     return band
@@ -701,7 +743,7 @@ def _render_call(call: _Call, *, n: int, sample_rate: int) -> np.ndarray:
         position = (t * call.rate) % 1 / 0.6  # each note fills 60 % of its period
         note = position < 1
         freq = hi - (hi - lo) * np.minimum(position, 1)
-        wave = np.sin(_phase(freq, sample_rate)) * np.where(note, np.sin(np.pi * position) ** 2, 0)
+        wave = np.sin(_phase(freq, sample_rate)) * np.where(note, np.sin(np.pi * position), 0)
     elif call.shape in _STACKED:
         top = hi / call.harmonics
         base = lo + (top - lo) * np.sin(np.pi * t / span)

@@ -1,0 +1,147 @@
+"""Precompute throughput against its floor, scaling, peak memory and bytes on disk.
+
+- floor: decode only the window and compute its log-mel with the same parameters, one slice
+  at a time, one core, in this process; the ideal rate on N cores is N / floor;
+- ``precompute features`` run as a user runs it (a fresh process, end to end) with
+  ``--jobs 1`` and ``--jobs`` = cores on the same subset, and on 4x the recordings;
+- peak resident memory: the sum over the process tree (driver + workers), sampled every 20 ms.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import soundfile as sf
+
+from loader.format import read_index
+from precompute.config import preset
+from precompute.mel import log_mel
+from precompute.windows import place_window
+
+
+def subset_manifests(demo: Path, work: Path, n_recordings: int) -> tuple[Path, Path, int]:
+    """TP/FP manifests restricted to the first ``n_recordings`` recordings (sorted ids)."""
+    recordings = sorted(p.stem for p in (demo / "train").glob("*.flac"))[:n_recordings]
+    keep = set(recordings)
+    work.mkdir(parents=True, exist_ok=True)
+    n_rows = 0
+    out = []
+    for name in ("train_tp.csv", "train_fp.csv"):
+        with open(demo / name) as fh:
+            rows = list(csv.reader(fh))
+        kept = [rows[0]] + [r for r in rows[1:] if r[0] in keep]
+        n_rows += len(kept) - 1
+        path = work / f"{n_recordings}_{name}"
+        with open(path, "w", newline="") as fh:
+            csv.writer(fh).writerows(kept)
+        out.append(path)
+    return out[0], out[1], n_rows
+
+
+def floor_seconds_per_slice(demo: Path, tp: Path, *, limit: int = 40) -> float:
+    """Seconds to decode one window and compute its log-mel, on one core."""
+    from threadpoolctl import threadpool_limits
+
+    config = preset("default")
+    with open(tp) as fh:
+        rows = list(csv.DictReader(fh))[:limit]
+    length = config.window_seconds
+    n = int(round(length * config.sample_rate))
+    with threadpool_limits(limits=1):
+        # Warm up imports and caches outside the timing.
+        y, _ = sf.read(demo / "train" / f"{rows[0]['recording_id']}.flac", frames=n, dtype="float32")
+        log_mel(y, config=config)
+        started = time.perf_counter()
+        for row in rows:
+            path = demo / "train" / f"{row['recording_id']}.flac"
+            seconds = sf.info(str(path)).duration
+            start = place_window(float(row["t_min"]), float(row["t_max"]), length=length, recording_seconds=seconds)
+            first = int(round(start * config.sample_rate))
+            y, _ = sf.read(path, start=first, frames=n, dtype="float32")
+            log_mel(y, config=config)
+        return (time.perf_counter() - started) / len(rows)
+
+
+def run_measured(cmd: list[str]) -> tuple[float, int, int]:
+    """Run ``cmd``; return (wall seconds, exit status, peak RSS bytes summed over its process tree)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        root = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.decode()[-500:]}")
+    return time.perf_counter() - started, proc.returncode, peak
+
+
+def features_run(demo: Path, tp: Path, fp: Path, out: Path, *, jobs: int) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "precompute", "features", "--audio-dir", str(demo / "train"), "--tp", str(tp),
+           "--fp", str(fp), "--out", str(out), "--jobs", str(jobs), "--quiet"]
+    seconds, _, peak = run_measured(cmd)
+    index = read_index(out)
+    config = index.config
+    disk = sum(s.bytes for s in index.shards)
+    return {
+        "jobs": jobs,
+        "slices": index.n_examples,
+        "seconds": seconds,
+        "slices_per_s": index.n_examples / seconds,
+        "peak_rss_mb": peak / 1e6,
+        "disk_bytes_per_slice": disk / index.n_examples,
+        "raw_float32_bytes_per_slice": config.n_mels * config.n_frames * 4,
+    }
+
+
+def run(demo: Path, work: Path, *, recordings: int = 24) -> dict:
+    cores = os.cpu_count() or 1
+    tp1, fp1, rows1 = subset_manifests(demo, work, recordings)
+    tp4, fp4, rows4 = subset_manifests(demo, work, recordings * 4)
+    floor = floor_seconds_per_slice(demo, tp4)
+    # Rates come from the larger run, where a worker's start-up (imports) is amortized as in
+    # real use; memory is compared between the two sizes.
+    small = features_run(demo, tp1, fp1, work / "f1", jobs=cores)
+    one = features_run(demo, tp4, fp4, work / "f4-1", jobs=1)
+    many = features_run(demo, tp4, fp4, work / "f4-n", jobs=cores)
+    ideal = cores / floor
+    result = {
+        "cores": cores,
+        "recordings_1x": recordings,
+        "recordings_4x": recordings * 4,
+        "floor_ms_per_slice": floor * 1e3,
+        "ideal_slices_per_s": ideal,
+        "jobs_cores_1x": small,
+        "jobs_1_4x": one,
+        "jobs_cores_4x": many,
+        "ratio_to_ideal": many["slices_per_s"] / ideal,
+        "scaling_efficiency": many["slices_per_s"] / (cores * one["slices_per_s"]) if cores > 1 else 1.0,
+        "peak_rss_ratio_4x_to_1x": many["peak_rss_mb"] / small["peak_rss_mb"],
+    }
+    for name in ("f1", "f4-1", "f4-n"):
+        shutil.rmtree(work / name, ignore_errors=True)
+    return result
