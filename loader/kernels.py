@@ -1,0 +1,246 @@
+"""Compiled loops of the reader: gather + crop + cast in one pass, and HDF5's Fletcher-32.
+
+Every kernel works on a flat source array (``uint16`` holding float16 bit patterns, or
+``float32``) and a start offset per example, in elements. The source is either a read-only
+memory map of a shard file (an example's chunk sits at a fixed byte offset) or an in-RAM
+array; the same code serves both.
+
+Half <-> single conversion uses the CPU's own instructions (LLVM ``fpext``/``fptrunc`` on
+``half``; F16C on x86, native on ARM): exact, vectorized, and immune to flush-to-zero modes
+that TensorFlow sets in its threads. ``half_conversion_ok`` checks once per process that the
+compiled conversion agrees bit for bit with numpy; where it does not (an exotic CPU), the
+reader falls back to ``copy_crop`` + numpy casts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+# -- scalar conversions ----------------------------------------------------------------------
+
+
+@intrinsic
+def _half_bits_to_single(typingctx, bits):
+    if bits != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def _single_to_half_bits(typingctx, value):
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(types.float32), codegen
+
+
+def _to_single(value):
+    """float32 value of a source element (float16 bits or float32)."""
+
+
+@overload(_to_single, inline="always")
+def _to_single_impl(value):
+    if value == types.uint16:
+        return lambda value: _half_bits_to_single(value)
+    if value == types.float32:
+        return lambda value: value
+    return None
+
+
+def _from_single(value, out):
+    """A float32 ``value`` in the element type of ``out`` (float16 bits or float32)."""
+
+
+@overload(_from_single, inline="always")
+def _from_single_impl(value, out):
+    if out.dtype == types.uint16:
+        return lambda value, out: _single_to_half_bits(value)
+    if out.dtype == types.float32:
+        return lambda value, out: value
+    return None
+
+
+def _convert(value, out):
+    """A source element in the element type of ``out``, exactly."""
+
+
+@overload(_convert, inline="always")
+def _convert_impl(value, out):
+    if value == out.dtype:
+        return lambda value, out: value
+    if value == types.uint16 and out.dtype == types.float32:
+        return lambda value, out: _half_bits_to_single(value)
+    if value == types.float32 and out.dtype == types.uint16:
+        return lambda value, out: _single_to_half_bits(value)
+    return None
+
+
+# -- gather ----------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def gather_crop(src, offsets, starts, n_frames, out, out_pos, gain, lo, hi, scale):  # pragma: no cover
+    """Crop examples out of ``src`` into ``out``, casting, optionally with a gain.
+
+    src : np.ndarray [shape=(N,)], uint16 (float16 bits) or float32
+    offsets : np.ndarray [shape=(k,)], int64 -- element offset of each example in ``src``;
+        an example is ``(n_mels, n_frames)`` C-ordered from there
+    starts : np.ndarray [shape=(k,)], int64 -- first stored frame of each crop
+    out : np.ndarray [shape=(B, n_mels, crop)], float32 or uint16 (float16 bits)
+    out_pos : np.ndarray [shape=(k,)], int64 -- row of ``out`` each example goes to
+    gain : np.ndarray [shape=(B,)], float32 -- per row of ``out``, used when ``scale``:
+        ``min(max(v * g, lo), hi)``
+    """
+    n_mels = out.shape[1]
+    crop = out.shape[2]
+    for j in range(offsets.shape[0]):
+        b = out_pos[j]
+        for m in range(n_mels):
+            first = offsets[j] + m * n_frames + starts[j]
+            seg = src[first : first + crop]
+            row = out[b, m]
+            if scale:
+                g = gain[b]
+                for t in range(crop):
+                    v = _to_single(seg[t]) * g
+                    row[t] = _from_single(min(max(v, lo), hi), out)
+            else:
+                for t in range(crop):
+                    row[t] = _convert(seg[t], out)
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def copy_crop(src, offsets, starts, n_frames, out, out_pos):  # pragma: no cover
+    """``gather_crop`` without any cast: ``out`` has the element type of ``src``."""
+    n_mels = out.shape[1]
+    crop = out.shape[2]
+    for j in range(offsets.shape[0]):
+        b = out_pos[j]
+        for m in range(n_mels):
+            first = offsets[j] + m * n_frames + starts[j]
+            seg = src[first : first + crop]
+            row = out[b, m]
+            for t in range(crop):
+                row[t] = seg[t]
+
+
+# -- Fletcher-32 -----------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def fletcher32(words, start, n_words):  # pragma: no cover
+    """HDF5's Fletcher-32 of ``n_words`` 16-bit words from ``words[start]``.
+
+    words : np.ndarray [shape=(N,)], uint16 -- the bytes of the file as native
+        (little-endian) 16-bit integers; HDF5 reads each byte pair big-endian.
+
+    HDF5 sums the words with end-around-carry folds, so each sum ends in ``[0, 0xffff]``:
+    0 only when every word is 0, otherwise the residue mod 65535 with 0 written as 0xffff.
+    The same residues are computed here in blocks of 256 words with 32-bit lanes (word ``i``
+    of a block of ``size`` adds ``w`` to sum1 and ``(size - i) * w`` to the block's sum2, at most
+    256 * 257 / 2 * 65535 < 2**32), which vectorizes. Returns ``(sum2 << 16) | sum1``, which
+    HDF5 stores little-endian after the chunk's data. Byte counts are even here (float16 or
+    float32 chunks), so HDF5's odd-trailing-byte case never arises.
+    """
+    s1 = np.uint64(0)
+    s2 = np.uint64(0)
+    nonzero = False
+    mod = np.uint64(65535)
+    k0 = 0
+    while k0 < n_words:
+        size = min(256, n_words - k0)
+        seg = words[start + k0 : start + k0 + size]
+        a = np.uint32(0)
+        c = np.uint32(0)
+        for i in range(size):
+            v = np.uint32(seg[i])
+            w = ((v & np.uint32(0xFF)) << np.uint32(8)) | (v >> np.uint32(8))
+            a += w
+            c += np.uint32(size - i) * w
+        k0 += size
+        if a != 0:
+            nonzero = True
+        # every word after this block adds the block's whole sum to sum2 once more
+        rest = np.uint64(n_words - k0) % mod
+        s2 = (s2 + np.uint64(c) % mod + rest * (np.uint64(a) % mod)) % mod
+        s1 = (s1 + np.uint64(a)) % mod
+    if not nonzero:
+        return np.uint32(0)
+    if s1 == 0:
+        s1 = mod
+    if s2 == 0:
+        s2 = mod
+    return np.uint32((s2 << np.uint64(16)) | s1)
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def first_bad_chunk(words, word_offsets, n_words):  # pragma: no cover
+    """Index into ``word_offsets`` of the first chunk whose checksum fails, or -1.
+
+    Each chunk is ``n_words`` words of data followed by its Fletcher-32 as two
+    little-endian words (low half first).
+    """
+    for j in range(word_offsets.shape[0]):
+        p = word_offsets[j]
+        q = p + n_words
+        stored = np.uint32(words[q]) | (np.uint32(words[q + 1]) << np.uint32(16))
+        if fletcher32(words, p, n_words) != stored:
+            return j
+    return -1
+
+
+# -- self-check ------------------------------------------------------------------------------
+
+_HALF_OK: bool | None = None
+
+
+def half_conversion_ok() -> bool:
+    """Whether the compiled half <-> single casts agree bit for bit with numpy, here.
+
+    Checked once per process over every float16 bit pattern (NaNs compared as NaNs) and a
+    spread of float32 values; False if compilation fails on this CPU.
+    """
+    global _HALF_OK
+    if _HALF_OK is None:
+        try:
+            _HALF_OK = _check_half_conversion()
+        except Exception:  # any compile or link failure means: use the numpy path
+            _HALF_OK = False
+    return _HALF_OK
+
+
+def _check_half_conversion() -> bool:
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    n = bits.size
+    ones = np.ones(1, np.float32)
+    zero = np.zeros(1, np.int64)
+    single = np.empty((1, 1, n), np.float32)
+    gather_crop(bits, zero, zero, n, single, zero, ones, np.float32(0), np.float32(0), False)
+    want = bits.view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    if not (np.array_equal(np.isnan(single[0, 0]), nan) and np.array_equal(single[0, 0][~nan], want[~nan])):
+        return False
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [
+            want[~nan],
+            rng.standard_normal(4096).astype(np.float32) * np.float32(1e-5),
+            rng.random(4096, dtype=np.float32),
+            (rng.random(4096, dtype=np.float32) - np.float32(0.5)) * np.float32(1.4e5),
+        ]
+    )
+    half = np.empty((1, 1, values.size), np.uint16)
+    gather_crop(values, zero, zero, values.size, half, zero, ones, np.float32(0), np.float32(0), False)
+    with np.errstate(over="ignore"):  # values past float16's range become inf, as they should
+        want_half = values.astype(np.float16)
+    return bool(np.array_equal(half[0, 0], want_half.view(np.uint16)))

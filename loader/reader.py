@@ -1,0 +1,587 @@
+"""Reading a feature set: its metadata once, then mel crops batch by batch.
+
+``FeatureSet`` reads ``index.json`` and, from every shard, the small per-example arrays
+(recording id, start, stored labels, events) and where each example's chunk lies in the file.
+It holds only numpy arrays, so it pickles cheaply into worker processes.
+
+``MelReader`` fills caller-provided batch buffers. Its fast path memory-maps each shard
+(read-only) and, because every example is one uncompressed chunk at a fixed byte offset,
+gathers, crops and casts with one compiled loop (``loader.kernels``), skipping HDF5's filter
+pipeline; it therefore checks each chunk's Fletcher-32 itself the first time this process
+reads that chunk. Shards written with compression or another layout are read with h5py
+``read_direct``, one sorted run of rows at a time, into a preallocated buffer.
+
+Process rules: h5py handles are opened lazily and belong to the process that opened them
+(keyed by ``os.getpid()``); a forked child never uses or closes its parent's handles, and
+nothing with a handle is pickled. Memory maps, checksum bitmaps and the in-RAM cache are
+plain memory, safe to inherit through ``fork``; they are dropped when pickling (``spawn``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from loader import kernels
+from loader.errors import FormatError, IntegrityError
+from loader.format import (
+    KIND_FP,
+    KIND_TP,
+    FeatureConfig,
+    Index,
+    ShardEntry,
+    check_shard_file,
+    crop_span,
+    overlap_mask,
+    read_index,
+)
+
+# Each memory map keeps a file descriptor; beyond this many, the oldest map is dropped (its
+# memory stays valid for whoever still holds an array into it).
+MAX_OPEN_MAPS = 256
+
+# Guards lazy opening (maps, handles, the cache); reentrant because loading the cache reads
+# through the same path.
+_open_lock = threading.RLock()
+
+
+def _renew_open_lock() -> None:
+    # A lock held by another thread at fork time would stay held forever in the child.
+    global _open_lock
+    _open_lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_renew_open_lock)
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """Where a shard's examples lie in its file.
+
+    ``byte_offsets`` is set when every example is one uncompressed, fletcher32-checked chunk
+    (``n_mels * n_frames`` values followed by a 4-byte checksum) that the fast path can read
+    straight from a memory map; None means read through h5py.
+    """
+
+    entry: ShardEntry
+    path: Path
+    n: int
+    first: int
+    byte_offsets: np.ndarray | None
+
+
+def open_shard(path: Path) -> h5py.File:
+    """Open a shard read-only without HDF5 file locking; FormatError if missing or unreadable."""
+    if not path.is_file():
+        raise FormatError(f"{path}: shard listed in the index is missing")
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as err:
+        raise FormatError(f"{path}: cannot open shard: {err}") from err
+
+
+def check_shard(h5: h5py.File, entry: ShardEntry, config: FeatureConfig, *, path: Path) -> None:
+    """``format.check_shard_file`` plus the file size the index recorded."""
+    size = path.stat().st_size
+    if size != entry.bytes:
+        raise FormatError(f"{path}: shard is {size} bytes, the index says {entry.bytes}")
+    check_shard_file(h5, entry, config, path=path)
+
+
+class FeatureSet:
+    """A feature set's index and per-example metadata, read once.
+
+    Attributes (``n`` = ``n_examples``; example ids are global, shard by shard in index order):
+    ``index``, ``config``, ``fingerprint``, ``classes``, ``kind``, ``shards`` (ShardLayout),
+    ``shard_of`` / ``row_of`` (n,) -- where each example is stored,
+    ``recording_id`` (n,) str, ``start`` (n,) float64, ``labels`` (n, n_classes) int8,
+    ``event_ptr`` (n + 1,) -- events of example i are ``event_ptr[i]:event_ptr[i + 1]`` of
+    ``event_species``, ``event_kind``, ``event_t_min``, ``event_t_max``.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.index: Index = read_index(root)
+        self.root = self.index.root
+        config = self.config
+        recording_ids, starts, labels, layouts = [], [], [], []
+        ev_example, ev_species, ev_kind, ev_t_min, ev_t_max = [], [], [], [], []
+        first = 0
+        for entry in self.index.shards:
+            path = self.index.shard_path(entry)
+            with open_shard(path) as h5:
+                check_shard(h5, entry, config, path=path)
+                recording_ids.append(np.asarray(h5["recording_id"].asstr()[()], dtype=object))
+                starts.append(h5["start"][()])
+                labels.append(h5["labels"][()])
+                example = h5["events/example"][()].astype(np.int64)
+                if example.size and (example.min() < 0 or example.max() >= entry.n):
+                    raise FormatError(f"{path}: events/example points outside the shard's {entry.n} rows")
+                species = h5["events/species_id"][()].astype(np.int64)
+                if species.size and (species.min() < 0 or species.max() >= config.n_classes):
+                    raise FormatError(
+                        f"{path}: events/species_id outside [0, {config.n_classes}) of the config"
+                    )
+                ev_example.append(example + first)
+                ev_species.append(species)
+                ev_kind.append(h5["events/kind"][()])
+                ev_t_min.append(h5["events/t_min"][()])
+                ev_t_max.append(h5["events/t_max"][()])
+                offsets = _direct_offsets(h5["mel"], config, file_size=entry.bytes)
+            layouts.append(ShardLayout(entry=entry, path=path, n=entry.n, first=first, byte_offsets=offsets))
+            first += entry.n
+        n = first
+        self.shards: tuple[ShardLayout, ...] = tuple(layouts)
+        self.shard_of = np.repeat(np.arange(len(layouts), dtype=np.int64), [lay.n for lay in layouts])
+        self.row_of = np.arange(n, dtype=np.int64) - np.repeat(
+            np.array([lay.first for lay in layouts], dtype=np.int64), [lay.n for lay in layouts]
+        )
+        self.recording_id = _concat(recording_ids, object)
+        self.start = _concat(starts, np.float64)
+        self.labels = _concat(labels, np.int8).reshape(n, config.n_classes)
+        example = _concat(ev_example, np.int64)
+        order = np.argsort(example, kind="stable")
+        self.event_ptr = np.concatenate([[0], np.cumsum(np.bincount(example, minlength=n))]).astype(np.int64)
+        self.event_species = _concat(ev_species, np.int64)[order]
+        self.event_kind = _concat(ev_kind, np.int8)[order]
+        self.event_t_min = _concat(ev_t_min, np.float64)[order]
+        self.event_t_max = _concat(ev_t_max, np.float64)[order]
+        mean = self.index.stats.get("mean")
+        self.bin_mean = (
+            np.asarray(mean, dtype=np.float32)
+            if mean is not None and len(mean) == config.n_mels
+            else np.zeros(config.n_mels, dtype=np.float32)
+        )
+
+    @property
+    def config(self) -> FeatureConfig:
+        return self.index.config
+
+    @property
+    def fingerprint(self) -> str:
+        return self.index.fingerprint
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        return self.index.classes
+
+    @property
+    def kind(self) -> str:
+        return self.index.kind
+
+    @property
+    def n_examples(self) -> int:
+        return int(self.shard_of.shape[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"FeatureSet({str(self.root)!r}, kind={self.kind!r}, n_examples={self.n_examples}, "
+            f"shards={len(self.shards)}, fingerprint={self.fingerprint!r})"
+        )
+
+    def crop_labels(
+        self, ids: np.ndarray, crop_start: np.ndarray, crop_frames: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Labels of what a crop shows, from the events stored with each example.
+
+        A crop of ``crop_frames`` starting at stored frame ``crop_start`` spans
+        ``format.crop_span``; an event counts in it by ``format.overlap_mask`` with the
+        config's ``min_overlap``. As in ``format.label_rows``: positive where a TP counts,
+        known negative where only FPs count, unknown elsewhere.
+
+        Returns (y, known), both np.ndarray [shape=(B, n_classes)], float32: y is 1 where
+        positive; known is 1 where positive or known negative.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        b = ids.shape[0]
+        n_classes = self.config.n_classes
+        y = np.zeros((b, n_classes), dtype=np.float32)
+        known = np.zeros((b, n_classes), dtype=np.float32)
+        lo, hi = self.event_ptr[ids], self.event_ptr[ids + 1]
+        counts = hi - lo
+        total = int(counts.sum())
+        if total == 0:
+            return y, known
+        owner = np.repeat(np.arange(b), counts)
+        events = np.arange(total) + np.repeat(lo - (np.cumsum(counts) - counts), counts)
+        t0, t1 = crop_span(self.config, self.start[ids], crop_start, crop_frames)
+        present = overlap_mask(
+            self.event_t_min[events],
+            self.event_t_max[events],
+            t0[owner],
+            t1[owner],
+            min_overlap=self.config.min_overlap,
+        )
+        kind = self.event_kind[events]
+        species = self.event_species[events]
+        tp = present & (kind == KIND_TP)
+        labelled = tp | (present & (kind == KIND_FP))
+        y[owner[tp], species[tp]] = 1.0
+        known[owner[labelled], species[labelled]] = 1.0
+        return y, known
+
+
+def open_feature_set(root: str | os.PathLike) -> FeatureSet:
+    """Read a feature set's index and metadata (validating every shard against the index)."""
+    return FeatureSet(root)
+
+
+def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    if not parts:
+        return np.zeros(0, dtype=dtype)
+    return np.concatenate(parts).astype(dtype, copy=False)
+
+
+def _direct_offsets(ds: h5py.Dataset, config: FeatureConfig, *, file_size: int) -> np.ndarray | None:
+    """Byte offset of every example's chunk when the fast path can read them, else None."""
+    n = ds.shape[0]
+    dtype = np.dtype(config.dtype)
+    if (
+        n == 0
+        or sys.byteorder != "little"
+        or ds.dtype != dtype.newbyteorder("<")
+        or ds.chunks != (1, config.n_mels, config.n_frames)
+        or not ds.fletcher32
+        or ds.compression is not None
+        or ds.shuffle
+        or ds.scaleoffset is not None
+        or ds.id.get_create_plist().get_nfilters() != 1
+    ):
+        return None
+    nbytes = config.n_mels * config.n_frames * dtype.itemsize + 4
+    offsets = np.full(n, -1, dtype=np.int64)
+    ok = True
+
+    def visit(info) -> None:
+        nonlocal ok
+        row = info.chunk_offset[0]
+        if info.byte_offset is None or info.size != nbytes or info.filter_mask != 0:
+            ok = False
+        else:
+            offsets[row] = info.byte_offset
+
+    if hasattr(ds.id, "chunk_iter"):
+        ds.id.chunk_iter(visit)
+    else:
+        for i in range(ds.id.get_num_chunks()):
+            visit(ds.id.get_chunk_info(i))
+    if (
+        not ok
+        or (offsets < 0).any()
+        or (offsets % dtype.itemsize).any()
+        or (offsets + nbytes > file_size).any()
+    ):
+        return None
+    return offsets
+
+
+@dataclass
+class _MappedShard:
+    """A shard's file memory-mapped read-only, with the chunks this process has verified."""
+
+    words: np.ndarray  # uint16 view of the whole file
+    values: np.ndarray  # the file as the stored dtype (uint16 bits for float16)
+    element_offsets: np.ndarray  # int64, start of each example in ``values``
+    verified: np.ndarray  # bool per example
+    all_verified: bool = False
+
+
+class MelReader:
+    """Reads crops of examples into batch buffers; see the module docstring.
+
+    features : the FeatureSet to read
+    verify : check each chunk's Fletcher-32 on first read by this process (fast path)
+    cache_ids : example ids to hold in RAM (loaded once per process on first read), or None
+    direct : read through memory maps where the shard layout allows; False forces h5py
+    """
+
+    def __init__(
+        self,
+        features: FeatureSet,
+        *,
+        verify: bool = True,
+        cache_ids: np.ndarray | None = None,
+        direct: bool = True,
+    ) -> None:
+        self.features = features
+        self.verify = bool(verify)
+        self.cache_ids = None if cache_ids is None else np.asarray(cache_ids, dtype=np.int64)
+        self.direct = bool(direct)
+        self._reset_local_state()
+
+    def _reset_local_state(self) -> None:
+        self._n_frames = self.features.config.n_frames
+        self._pid = os.getpid()
+        self._handles: dict[int, h5py.File] = {}
+        self._inherited_handles: list[dict[int, h5py.File]] = []
+        self._maps: dict[int, _MappedShard] = {}
+        self._cache: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __getstate__(self) -> dict:
+        return {
+            "features": self.features,
+            "verify": self.verify,
+            "cache_ids": self.cache_ids,
+            "direct": self.direct,
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset_local_state()
+
+    # -- per-process handles -----------------------------------------------------------------
+
+    def _own_handles(self) -> dict[int, h5py.File]:
+        if self._pid != os.getpid():
+            # Handles opened by the parent before a fork: keep them referenced (closing them
+            # here would touch the parent's HDF5 state) and never read through them.
+            self._inherited_handles.append(self._handles)
+            self._handles = {}
+            self._pid = os.getpid()
+        return self._handles
+
+    def _h5(self, s: int) -> h5py.File:
+        with _open_lock:
+            handles = self._own_handles()
+            h5 = handles.get(s)
+            if h5 is None:
+                layout = self.features.shards[s]
+                h5 = open_shard(layout.path)
+                try:
+                    check_shard(h5, layout.entry, self.features.config, path=layout.path)
+                except BaseException:
+                    h5.close()
+                    raise
+                handles[s] = h5
+            return h5
+
+    def _mapped(self, s: int) -> _MappedShard:
+        mapped = self._maps.get(s)
+        if mapped is not None:
+            return mapped
+        with _open_lock:
+            mapped = self._maps.get(s)
+            if mapped is not None:
+                return mapped
+            layout = self.features.shards[s]
+            config = self.features.config
+            with open_shard(layout.path) as h5:
+                check_shard(h5, layout.entry, config, path=layout.path)
+            raw = np.memmap(layout.path, dtype=np.uint8, mode="r")
+            words = raw[: raw.shape[0] // 2 * 2].view(np.uint16)
+            if config.dtype == "float16":
+                values, itemsize = words, 2
+            else:
+                values, itemsize = raw[: raw.shape[0] // 4 * 4].view(np.float32), 4
+            mapped = _MappedShard(
+                words=words,
+                values=values,
+                element_offsets=layout.byte_offsets // itemsize,
+                verified=np.zeros(layout.n, dtype=bool),
+            )
+            while len(self._maps) >= MAX_OPEN_MAPS:
+                del self._maps[next(iter(self._maps))]
+            self._maps[s] = mapped
+            return mapped
+
+    def close(self) -> None:
+        """Drop this process's handles, maps and cache (they reopen on the next read)."""
+        with _open_lock:
+            if self._pid == os.getpid():
+                for h5 in self._handles.values():
+                    h5.close()
+            self._reset_local_state()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read(
+        self,
+        ids: np.ndarray,
+        crop_start: np.ndarray,
+        out: np.ndarray,
+        *,
+        gain: np.ndarray | None = None,
+        clip: tuple[float, float] | None = None,
+    ) -> None:
+        """Fill ``out`` with crops of examples ``ids``.
+
+        ids : np.ndarray [shape=(B,)], int -- global example ids, any order
+        crop_start : np.ndarray [shape=(B,)], int -- first stored frame of each crop
+        out : np.ndarray [shape=(B, n_mels, crop, 1)], float32 or float16, C-contiguous
+        gain : np.ndarray [shape=(B,)], float32 -- multiply each example, then ``clip``
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        crop_start = np.asarray(crop_start, dtype=np.int64)
+        b, n_mels, crop = out.shape[0], out.shape[1], out.shape[2]
+        config = self.features.config
+        if ids.shape != (b,) or crop_start.shape != (b,) or n_mels != config.n_mels:
+            raise ValueError(f"read: ids {ids.shape}, starts {crop_start.shape} and out {out.shape} disagree")
+        if b == 0:
+            return
+        if crop_start.min() < 0 or crop_start.max() + crop > config.n_frames:
+            raise ValueError(
+                f"read: crops of {crop} frames from {crop_start} exceed {config.n_frames} stored"
+            )
+        target = _Target(out, gain, clip)
+        if self.cache_ids is not None:
+            values, position = self._cached()
+            where = position[ids]
+            if (where < 0).any():
+                raise ValueError("read: example ids outside the in-memory cache")
+            offsets = where * (n_mels * config.n_frames)
+            target.fill(values, offsets, crop_start, np.arange(b, dtype=np.int64), config.n_frames)
+            return
+        self._read_by_shard(ids, crop_start, target)
+
+    def _read_by_shard(self, ids: np.ndarray, crop_start: np.ndarray, target: _Target) -> None:
+        """Read ``ids`` shard by shard, rows sorted; row ``j`` of ``ids`` goes to ``out[j]``."""
+        shard = self.features.shard_of[ids]
+        rows = self.features.row_of[ids]
+        order = np.lexsort((rows, shard))
+        sorted_shard = shard[order]
+        bounds = [0, *(np.flatnonzero(sorted_shard[1:] != sorted_shard[:-1]) + 1).tolist(), order.shape[0]]
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=False):
+            group = order[lo:hi]
+            self._read_shard(int(sorted_shard[lo]), rows[group], crop_start[group], group, target)
+
+    def _read_shard(
+        self, s: int, rows: np.ndarray, starts: np.ndarray, out_pos: np.ndarray, target: _Target
+    ) -> None:
+        layout = self.features.shards[s]
+        n_frames = self._n_frames
+        if layout.byte_offsets is None or not self.direct:
+            values, offsets = self._read_rows_h5(s, rows)
+            target.fill(values, offsets, starts, out_pos, n_frames)
+            return
+        mapped = self._mapped(s)
+        if self.verify:
+            self._verify(s, mapped, rows)
+        target.fill(mapped.values, mapped.element_offsets[rows], starts, out_pos, n_frames)
+
+    def _verify(self, s: int, mapped: _MappedShard, rows: np.ndarray) -> None:
+        if mapped.all_verified:
+            return
+        todo = rows[~mapped.verified[rows]]
+        if not todo.size:
+            return
+        config = self.features.config
+        n_words = config.n_mels * config.n_frames * np.dtype(config.dtype).itemsize // 2
+        word_offsets = self.features.shards[s].byte_offsets[todo] // 2
+        bad = kernels.first_bad_chunk(mapped.words, word_offsets, n_words)
+        if bad >= 0:
+            raise self._integrity_error(s, int(todo[bad]))
+        mapped.verified[todo] = True
+        mapped.all_verified = bool(mapped.verified.all())
+
+    def _integrity_error(self, s: int, row: int, detail: str = "") -> IntegrityError:
+        layout = self.features.shards[s]
+        example = layout.first + row
+        return IntegrityError(
+            f"{layout.path}: example {row} (global id {example}, recording "
+            f"{self.features.recording_id[example]}) fails its fletcher32 checksum; the shard "
+            f"is corrupt{detail}"
+        )
+
+    def _read_rows_h5(self, s: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whole stored rows through h5py, in sorted runs, into one buffer (flat values, offsets)."""
+        config = self.features.config
+        per_example = config.n_mels * config.n_frames
+        dtype = np.dtype(config.dtype)
+        buffer = np.empty((rows.shape[0], config.n_mels, config.n_frames), dtype=dtype)
+        ds = self._h5(s)["mel"]
+        k = 0
+        for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1):
+            r0, r1 = int(run[0]), int(run[-1]) + 1
+            try:
+                ds.read_direct(buffer, source_sel=np.s_[r0:r1], dest_sel=np.s_[k : k + r1 - r0])
+            except OSError as err:
+                if "fletcher32" in str(err).lower() or "checksum" in str(err).lower():
+                    bad = self._find_bad_row(ds, run)
+                    raise self._integrity_error(s, bad, f" ({err})") from err
+                raise FormatError(
+                    f"{self.features.shards[s].path}: cannot read rows {r0}..{r1 - 1}: {err}"
+                ) from err
+            k += r1 - r0
+        flat = buffer.reshape(-1)
+        if dtype == np.float16:
+            flat = flat.view(np.uint16)
+        return flat, np.arange(rows.shape[0], dtype=np.int64) * per_example
+
+    @staticmethod
+    def _find_bad_row(ds: h5py.Dataset, run: np.ndarray) -> int:
+        for r in run:
+            try:
+                ds[int(r)]
+            except OSError:
+                return int(r)
+        return int(run[0])
+
+    def _cached(self) -> tuple[np.ndarray, np.ndarray]:
+        cache = self._cache
+        if cache is not None:
+            return cache
+        with _open_lock:
+            if self._cache is None:
+                self._cache = self._load_cache()
+            return self._cache
+
+    def _load_cache(self) -> tuple[np.ndarray, np.ndarray]:
+        config = self.features.config
+        ids = self.cache_ids
+        dtype = np.dtype(config.dtype)
+        data = np.empty((ids.shape[0], config.n_mels, config.n_frames, 1), dtype=dtype)
+        position = np.full(self.features.n_examples, -1, dtype=np.int64)
+        position[ids] = np.arange(ids.shape[0])
+        # Full-length crops through the normal path: grouped by shard, checksums verified.
+        self._read_by_shard(ids, np.zeros(ids.shape[0], dtype=np.int64), _Target(data, None, None))
+        flat = data.reshape(-1)
+        if dtype == np.float16:
+            flat = flat.view(np.uint16)
+        return flat, position
+
+
+_ONE = np.ones(1, dtype=np.float32)  # the kernel reads ``gain`` only when scaling
+
+
+class _Target:
+    """An output batch buffer and how to write into it (cast, gain, clip)."""
+
+    def __init__(self, out: np.ndarray, gain: np.ndarray | None, clip: tuple[float, float] | None) -> None:
+        if out.dtype not in (np.float32, np.float16) or not out.flags.c_contiguous:
+            raise ValueError(f"read: out must be a C-contiguous float32 or float16 array, got {out.dtype}")
+        b, n_mels, crop = out.shape[0], out.shape[1], out.shape[2]
+        self.out = out
+        view = out.reshape(b, n_mels, crop)
+        self.view = view.view(np.uint16) if out.dtype == np.float16 else view
+        self.scale = gain is not None
+        self.gain = _ONE if gain is None else np.asarray(gain, dtype=np.float32)
+        if self.scale and self.gain.shape != (b,):
+            raise ValueError(f"read: gain {self.gain.shape} does not match {b} examples")
+        lo, hi = (-np.inf, np.inf) if clip is None else clip
+        self.lo, self.hi = np.float32(lo), np.float32(hi)
+        self.native = kernels.half_conversion_ok()
+
+    def fill(
+        self, values: np.ndarray, offsets: np.ndarray, starts: np.ndarray, out_pos: np.ndarray, n_frames: int
+    ) -> None:
+        if self.native:
+            kernels.gather_crop(
+                values, offsets, starts, n_frames, self.view, out_pos, self.gain, self.lo, self.hi, self.scale
+            )
+            return
+        # Portable path for CPUs where the compiled half casts are unavailable: copy the
+        # stored values with the compiled loop, cast and scale with numpy.
+        b, n_mels, crop = self.view.shape
+        raw = np.empty((out_pos.shape[0], n_mels, crop), dtype=values.dtype)
+        kernels.copy_crop(values, offsets, starts, n_frames, raw, np.arange(out_pos.shape[0], dtype=np.int64))
+        stored = raw.view(np.float16) if values.dtype == np.uint16 else raw
+        block = stored.astype(np.float32)
+        if self.scale:
+            block *= self.gain[out_pos][:, None, None]
+            np.clip(block, self.lo, self.hi, out=block)
+        self.out.reshape(b, n_mels, crop)[out_pos] = block.astype(self.out.dtype)

@@ -1,0 +1,42 @@
+"""``tf.data`` view of a ``ShardSequence``; TensorFlow is imported here only, when called."""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from loader.sequence import ShardSequence
+
+
+def as_tf_dataset(seq: ShardSequence, *, prefetch: int | None = -1, first_epoch: int | None = None):
+    """A ``tf.data.Dataset`` yielding exactly ``seq[i]`` for each batch of an epoch.
+
+    Built with ``from_generator`` and an explicit ``output_signature``: ``x`` (None, n_mels,
+    crop_frames, 1) in the sequence's dtype, ``y`` (None, n_classes) float32, and ``known``
+    when ``seq.return_mask``. The k-th pass over the dataset (``model.fit`` makes one per
+    epoch) yields epoch ``first_epoch + k`` of the sequence; ``first_epoch`` defaults to
+    ``seq.epoch`` when this is called. ``prefetch``: batches to prefetch, -1 for
+    ``tf.data.AUTOTUNE``, 0 or None for none.
+    """
+    import tensorflow as tf
+
+    start = seq.epoch if first_epoch is None else int(first_epoch)
+    passes = itertools.count(start)
+    config = seq.config
+    signature = [
+        tf.TensorSpec((None, config.n_mels, seq.crop_frames, 1), tf.as_dtype(seq.dtype)),
+        tf.TensorSpec((None, config.n_classes), tf.float32),
+    ]
+    if seq.return_mask:
+        signature.append(tf.TensorSpec((None, config.n_classes), tf.float32))
+
+    def generate():
+        epoch = next(passes)
+        for index in range(len(seq)):
+            yield seq.batch(index, epoch=epoch)
+
+    ds = tf.data.Dataset.from_generator(generate, output_signature=tuple(signature))
+    if prefetch:
+        ds = ds.prefetch(tf.data.AUTOTUNE if prefetch == -1 else int(prefetch))
+    return ds
