@@ -18,7 +18,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import soundfile as sf
 
@@ -64,7 +63,9 @@ def floor_seconds_per_slice(demo: Path, tp: Path, *, limit: int = 40) -> float:
         for row in rows:
             path = demo / "train" / f"{row['recording_id']}.flac"
             seconds = sf.info(str(path)).duration
-            start = place_window(float(row["t_min"]), float(row["t_max"]), length=length, recording_seconds=seconds)
+            start = place_window(
+                float(row["t_min"]), float(row["t_max"]), length=length, recording_seconds=seconds
+            )
             first = int(round(start * config.sample_rate))
             y, _ = sf.read(path, start=first, frames=n, dtype="float32")
             log_mel(y, config=config)
@@ -101,8 +102,23 @@ def run_measured(cmd: list[str]) -> tuple[float, int, int]:
 
 def features_run(demo: Path, tp: Path, fp: Path, out: Path, *, jobs: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "precompute", "features", "--audio-dir", str(demo / "train"), "--tp", str(tp),
-           "--fp", str(fp), "--out", str(out), "--jobs", str(jobs), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "precompute",
+        "features",
+        "--audio-dir",
+        str(demo / "train"),
+        "--tp",
+        str(tp),
+        "--fp",
+        str(fp),
+        "--out",
+        str(out),
+        "--jobs",
+        str(jobs),
+        "--quiet",
+    ]
     seconds, _, peak = run_measured(cmd)
     index = read_index(out)
     config = index.config

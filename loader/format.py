@@ -147,7 +147,9 @@ class FeatureConfig:
         if self.compression not in (None, "gzip", "lzf"):
             raise ConfigError(f"config compression must be none, gzip or lzf, got {self.compression!r}")
         if self.db_ref is not None and not self.db_ref > 0:
-            raise ConfigError(f"config db_ref must be positive or absent (slice maximum), got {self.db_ref!r}")
+            raise ConfigError(
+                f"config db_ref must be positive or absent (slice maximum), got {self.db_ref!r}"
+            )
         if self.top_db is not None and self.top_db <= 0:
             raise ConfigError(f"config top_db must be positive or absent, got {self.top_db!r}")
 
@@ -231,9 +233,7 @@ def overlap_mask(
     return (overlap > 0) & ((overlap >= min_overlap - 1e-6) | inside)
 
 
-def label_rows(
-    species: np.ndarray, kind: np.ndarray, present: np.ndarray, *, n_classes: int
-) -> np.ndarray:
+def label_rows(species: np.ndarray, kind: np.ndarray, present: np.ndarray, *, n_classes: int) -> np.ndarray:
     """Label vector from the events present in one window.
 
     species, kind, present : np.ndarray [shape=(m,)]

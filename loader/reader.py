@@ -294,8 +294,8 @@ class _MappedShard:
 class MelReader:
     """Reads crops of examples into batch buffers; see the module docstring.
 
-    features : the FeatureSet to read
-    verify : check each chunk's Fletcher-32 on first read by this process (fast path)
+    features : the FeatureSet to read (the fast path checks each chunk's Fletcher-32 the first
+        time this process reads it; there is no switch to skip it)
     cache_ids : example ids to hold in RAM (loaded once per process on first read), or None
     direct : read through memory maps where the shard layout allows; False forces h5py
     """
@@ -304,12 +304,10 @@ class MelReader:
         self,
         features: FeatureSet,
         *,
-        verify: bool = True,
         cache_ids: np.ndarray | None = None,
         direct: bool = True,
     ) -> None:
         self.features = features
-        self.verify = bool(verify)
         self.cache_ids = None if cache_ids is None else np.asarray(cache_ids, dtype=np.int64)
         self.direct = bool(direct)
         self._reset_local_state()
@@ -325,7 +323,6 @@ class MelReader:
     def __getstate__(self) -> dict:
         return {
             "features": self.features,
-            "verify": self.verify,
             "cache_ids": self.cache_ids,
             "direct": self.direct,
         }
@@ -459,8 +456,7 @@ class MelReader:
             target.fill(values, offsets, starts, out_pos, n_frames)
             return
         mapped = self._mapped(s)
-        if self.verify:
-            self._verify(s, mapped, rows)
+        self._verify(s, mapped, rows)
         target.fill(mapped.values, mapped.element_offsets[rows], starts, out_pos, n_frames)
 
     def _verify(self, s: int, mapped: _MappedShard, rows: np.ndarray) -> None:

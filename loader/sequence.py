@@ -65,7 +65,6 @@ class ShardSequence(keras.utils.PyDataset):
     crop_frames : frames the model sees (default: the config's ``crop_frames``)
     drop_remainder : drop the last incomplete batch
     rank, world_size : this worker's share of each epoch (multi-worker training)
-    verify : check each chunk's checksum the first time a process reads it
     **pydataset_kwargs : ``workers``, ``use_multiprocessing``, ``max_queue_size`` for Keras
 
     ``x`` is (B, n_mels, crop_frames, 1); ``y`` is (B, n_classes) float32, 1 where a TP event
@@ -89,7 +88,6 @@ class ShardSequence(keras.utils.PyDataset):
         drop_remainder: bool = False,
         rank: int = 0,
         world_size: int = 1,
-        verify: bool = True,
         split_seed: int = 0,
         **pydataset_kwargs,
     ) -> None:
@@ -142,9 +140,7 @@ class ShardSequence(keras.utils.PyDataset):
                 f"split {split!r} (fold {fold} of {n_folds}) of {self.features.root} is empty: "
                 f"{np.unique(self.features.recording_id).size} recording(s) for {n_folds} folds"
             )
-        self.reader = MelReader(
-            self.features, verify=verify, cache_ids=self.example_ids if self.in_memory else None
-        )
+        self.reader = MelReader(self.features, cache_ids=self.example_ids if self.in_memory else None)
         self.clip = (0.0, 1.0) if config.normalize == "minmax" else None
         self.fill = (
             self.features.bin_mean

@@ -337,16 +337,6 @@ def test_flipped_byte_raises_integrity_error(tmp_path):
         MelReader(features, direct=False).read(ids, np.array([0, 0]), out)
 
 
-def test_without_verify_corruption_goes_unnoticed(tmp_path):
-    root = make_feature_set(tmp_path / "bad", n_recordings=2, per_recording=4, shard_size=4)
-    features = FeatureSet(root)
-    flip_byte(features.shards[0].path, int(features.shards[0].byte_offsets[0]) + 2 * 16 * 151 - 1)
-    out = np.empty((1, 16, 101, 1), np.float32)
-    MelReader(features, verify=False).read(np.array([0]), np.array([50]), out)  # documents the switch
-    with pytest.raises(IntegrityError):
-        MelReader(features).read(np.array([0]), np.array([50]), out)
-
-
 def edit_index(root, change):
     path = root / INDEX_FILE
     index = json.loads(path.read_text())
