@@ -381,11 +381,13 @@ def check_shard_file(h5: Any, entry: ShardEntry, config: FeatureConfig, *, path:
             f"({entry.fingerprint!r})"
         )
 
-    def visit(name: str, link: Any) -> None:
-        if isinstance(link, h5py.ExternalLink | h5py.SoftLink):
-            raise FormatError(f"{path}: link {name!r} points outside the shard; refusing it")
+    def indirect(name: str, link: Any) -> str | None:
+        # Returning a value stops the visit; raising inside an h5py callback is not safe.
+        return name if isinstance(link, h5py.ExternalLink | h5py.SoftLink) else None
 
-    h5.visititems_links(visit)
+    linked = h5.visititems_links(indirect)
+    if linked is not None:
+        raise FormatError(f"{path}: link {linked!r} points outside the shard; refusing it")
     expected_shapes = {
         "mel": (n, config.n_mels, config.n_frames),
         "labels": (n, config.n_classes),
