@@ -66,3 +66,28 @@ def write_dataset(root: Path, *, sr: int = 16000, seconds: float = 8.0) -> dict[
     (root / "train_tp.csv").write_text("".join(tp_lines))
     (root / "train_fp.csv").write_text("".join(fp_lines))
     return {"audio": audio, "tp": root / "train_tp.csv", "fp": root / "train_fp.csv"}
+
+
+def run_tiny(paths: dict[str, Path], out: Path, **options):
+    """``run_features`` on a ``write_dataset`` tree with the TINY config, one job, no progress bar."""
+    from precompute.pipeline import run_features
+
+    options = {"config": TINY, "jobs": 1, "progress": False, **options}
+    return run_features(audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=out, **options)
+
+
+def read_arrays(root: Path) -> dict[str, np.ndarray]:
+    """Every dataset of every shard the index lists, concatenated in index order."""
+    import h5py
+
+    from loader.format import read_index
+
+    out: dict[str, list[np.ndarray]] = {}
+    for entry in read_index(root).shards:
+        with h5py.File(root / entry.file, "r", locking=False) as h5:
+            h5.visititems(
+                lambda name, obj: (
+                    out.setdefault(name, []).append(obj[:]) if isinstance(obj, h5py.Dataset) else None
+                )
+            )
+    return {name: np.concatenate(parts) for name, parts in out.items()}

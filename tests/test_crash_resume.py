@@ -5,14 +5,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
-from audio_fixtures import TINY, write_dataset
+from audio_fixtures import read_arrays, run_tiny, write_dataset
 from loader.errors import FormatError
 from loader.format import INDEX_FILE, read_index
-from precompute.pipeline import run_features
 
 # Each snippet patches one step of a sequential (jobs=1) run so that the process kills itself
 # with SIGKILL there: no cleanup handler, no finally block runs.
@@ -70,31 +68,12 @@ run_features(audio_dir=Path({audio!r}), tp=Path({tp!r}), fp=Path({fp!r}), out=Pa
 """
 
 
-def arrays(root):
-    index = read_index(root)
-    out = {}
-    for entry in index.shards:
-        with h5py.File(root / entry.file, "r", locking=False) as h5:
-            h5.visititems(
-                lambda n, o: out.setdefault(n, []).append(o[:]) if isinstance(o, h5py.Dataset) else None
-            )
-    return {k: np.concatenate(v) for k, v in out.items()}
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("crash")
     paths = write_dataset(root)
-    run_features(
-        audio_dir=paths["audio"],
-        tp=paths["tp"],
-        fp=paths["fp"],
-        out=root / "clean",
-        config=TINY,
-        jobs=1,
-        progress=False,
-    )
-    return paths, arrays(root / "clean"), read_index(root / "clean")
+    run_tiny(paths, root / "clean")
+    return paths, read_arrays(root / "clean"), read_index(root / "clean")
 
 
 @pytest.mark.parametrize("point", list(KILL_POINTS))
@@ -118,12 +97,10 @@ def test_killed_run_then_rerun_equals_uninterrupted(reference, tmp_path, point):
     strays = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     if point in ("mid-shard", "while writing the index"):
         assert len(strays) == 1, strays
-    summary = run_features(
-        audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=out, config=TINY, jobs=1, progress=False
-    )
+    summary = run_tiny(paths, out)
     assert summary.shards_reused == {"between shards": 2, "while writing the index": 3}.get(point, 0)
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
-    got = arrays(out)
+    got = read_arrays(out)
     assert got.keys() == expected.keys()
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)

@@ -5,43 +5,20 @@ import h5py
 import numpy as np
 import pytest
 
-from audio_fixtures import TINY, write_dataset
+from audio_fixtures import TINY, read_arrays, run_tiny, write_dataset
 from loader.format import INDEX_FILE, read_index
 from precompute.audio import decode
 from precompute.cli import main
 from precompute.mel import log_mel
-from precompute.pipeline import run_features, run_windows
+from precompute.pipeline import run_windows
 from precompute.windows import place_window
-
-
-def read_all(root):
-    """Every dataset of every shard listed in the index, concatenated in index order."""
-    index = read_index(root)
-    out = {}
-    for entry in index.shards:
-        with h5py.File(root / entry.file, "r", locking=False) as h5:
-
-            def grab(name, obj, out=out):
-                if isinstance(obj, h5py.Dataset) and not name.startswith("events"):
-                    out.setdefault(name, []).append(obj[:])
-
-            h5.visititems(grab)
-    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipe")
     paths = write_dataset(root)
-    summary = run_features(
-        audio_dir=paths["audio"],
-        tp=paths["tp"],
-        fp=paths["fp"],
-        out=root / "feat",
-        config=TINY,
-        jobs=2,
-        progress=False,
-    )
+    summary = run_tiny(paths, root / "feat", jobs=2)
     return root, paths, summary
 
 
@@ -53,7 +30,7 @@ def test_features_end_to_end_with_two_jobs(built):
     assert index.n_examples == summary.examples == 9
     # shard_size 3: a shard takes whole recordings until it holds at least 3 windows
     assert [s.n for s in index.shards] == [3, 4, 2]
-    data = read_all(root / "feat")
+    data = read_arrays(root / "feat")
     anchors = sorted(
         zip(data["recording_id"].astype(str), data["anchor/line"], data["anchor/kind"], strict=True)
     )
@@ -96,7 +73,7 @@ def test_shard_round_trip_with_plain_h5py_equals_direct_computation(built):
 def test_index_totals_and_stats(built):
     root, _, summary = built
     index = read_index(root / "feat")
-    data = read_all(root / "feat")
+    data = read_arrays(root / "feat")
     assert index.n_examples == len(data["mel"]) == summary.examples
     mel = data["mel"].astype(np.float64)
     np.testing.assert_allclose(index.stats["mean"], mel.mean(axis=(0, 2)), atol=1e-5)
@@ -106,21 +83,15 @@ def test_index_totals_and_stats(built):
 def test_rerun_reuses_every_shard_and_touching_a_file_rebuilds_only_its_shard(built, tmp_path):
     root, paths, _ = built
     out = tmp_path / "feat"
-    first = run_features(
-        audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=out, config=TINY, jobs=1, progress=False
-    )
+    first = run_tiny(paths, out)
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.h5")}
-    again = run_features(
-        audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=out, config=TINY, jobs=1, progress=False
-    )
+    again = run_tiny(paths, out)
     assert (again.shards_built, again.shards_reused, again.slices_built) == (0, 3, 0)
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.h5")} == before
     # rec3 lives in shard 2; a new mtime changes its identity.
     st = os.stat(paths["audio"] / "rec3.flac")
     os.utime(paths["audio"] / "rec3.flac", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    touched = run_features(
-        audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=out, config=TINY, jobs=1, progress=False
-    )
+    touched = run_tiny(paths, out)
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.h5")}
     assert (touched.shards_built, touched.shards_reused) == (1, 2)
     assert [name for name in sorted(after) if after[name] != before[name]] == ["shard-00002.h5"]
@@ -136,7 +107,7 @@ def test_sliding_windows_feature_set(built, tmp_path):
     assert index.kind == "windows"
     # 8 s recordings, 2.5 s windows every 2 s: starts 0, 2, 4, 5.5 -> 4 per recording.
     assert summary.examples == index.n_examples == 16
-    data = read_all(tmp_path / "win")
+    data = read_arrays(tmp_path / "win")
     np.testing.assert_allclose(data["start"][:4], [0.0, 2.0, 4.0, 5.5])
     assert (data["labels"] == -1).all() and (data["anchor/kind"] == -1).all()
 
@@ -179,18 +150,9 @@ def test_cli_exit_status_and_summary(built, tmp_path, capsys):
 def test_dask_backend_on_a_local_cluster_writes_the_same_arrays(built, tmp_path):
     pytest.importorskip("dask.distributed")
     root, paths, _ = built
-    summary = run_features(
-        audio_dir=paths["audio"],
-        tp=paths["tp"],
-        fp=paths["fp"],
-        out=tmp_path / "dask",
-        config=TINY,
-        jobs=2,
-        backend="dask",
-        progress=False,
-    )
+    summary = run_tiny(paths, tmp_path / "dask", jobs=2, backend="dask")
     assert summary.shards_built == 3
-    ours, reference = read_all(tmp_path / "dask"), read_all(root / "feat")
+    ours, reference = read_arrays(tmp_path / "dask"), read_arrays(root / "feat")
     assert ours.keys() == reference.keys()
     for name in ours:
         np.testing.assert_array_equal(ours[name], reference[name], err_msg=name)
