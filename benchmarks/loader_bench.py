@@ -1,0 +1,185 @@
+"""Loader throughput: ShardSequence against references measured in the same process.
+
+All readers produce the same thing: shuffled batches of ``batch_size`` examples, cropped to
+the frames the model sees, as ``(B, n_mels, crop, 1)`` arrays.
+
+References (``../shared/BENCHMARKS.md``):
+- in-RAM: the whole feature set already in RAM as one float16 array; each batch gathered
+  with numpy fancy indexing, cropped, and cast with ``.astype`` (float32) or kept float16;
+- memory bound: bytes read plus bytes written per batch over this machine's measured copy
+  bandwidth;
+- per-sample: a Sequence written the classic way (decode the recording with librosa, cut the
+  window, mel, dB, min-max, per sample, every epoch);
+- naive h5py: one fancy-index read per shard per batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from loader import ShardSequence
+from loader.format import read_index
+
+
+def _time_batches(get: Callable[[int], object], n_batches: int, *, repeats: int = 3) -> float:
+    """Best-of-``repeats`` mean seconds per batch over ``n_batches`` calls."""
+    best = np.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for i in range(n_batches):
+            get(i)
+        best = min(best, (time.perf_counter() - started) / n_batches)
+    return best
+
+
+def copy_bandwidth(n_bytes: int = 1 << 28) -> float:
+    """Bytes per second read plus written by a large ``np.copyto`` (best of 5)."""
+    src = np.ones(n_bytes // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    best = np.inf
+    for _ in range(5):
+        started = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - started)
+    return 2 * n_bytes / best
+
+
+def load_all(root: Path) -> np.ndarray:
+    index = read_index(root)
+    parts = []
+    for entry in index.shards:
+        with h5py.File(root / entry.file, "r", locking=False) as h5:
+            parts.append(h5["mel"][:])
+    return np.concatenate(parts)
+
+
+def batch_orders(n: int, batch_size: int, n_batches: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(n) for _ in range(n_batches * batch_size // n + 1)])
+    return [order[i * batch_size : (i + 1) * batch_size] for i in range(n_batches)]
+
+
+def per_sample_baseline(demo: Path, *, n_samples: int = 6) -> float:
+    """Seconds per sample of the classic on-the-fly Sequence."""
+    import librosa
+
+    with open(demo / "train_tp.csv") as fh:
+        rows = list(csv.DictReader(fh))[:n_samples]
+
+    def one(row: dict) -> np.ndarray:
+        y, sr = librosa.load(demo / "train" / f"{row['recording_id']}.flac", sr=48000)
+        centre = 0.5 * (float(row["t_min"]) + float(row["t_max"]))
+        start = int(max(0, min(centre - 5.0, len(y) / sr - 10.0)) * sr)
+        mel = librosa.feature.melspectrogram(y=y[start : start + 10 * sr], sr=sr)
+        db = librosa.amplitude_to_db(mel, ref=np.max)
+        return ((db - db.min()) / (db.max() - db.min()))[..., None].astype(np.float32)
+
+    one(rows[0])
+    started = time.perf_counter()
+    for row in rows:
+        one(row)
+    return (time.perf_counter() - started) / len(rows)
+
+
+def naive_h5py(root: Path, orders: list[np.ndarray], *, crop: tuple[int, int]) -> Callable[[int], np.ndarray]:
+    index = read_index(root)
+    files = [h5py.File(root / e.file, "r", locking=False) for e in index.shards]
+    bounds = np.cumsum([0] + [e.n for e in index.shards])
+
+    def get(i: int) -> np.ndarray:
+        idx = np.sort(orders[i])
+        shard = np.searchsorted(bounds, idx, side="right") - 1
+        parts = [files[s]["mel"][list(idx[shard == s] - bounds[s])] for s in np.unique(shard)]
+        return np.concatenate(parts)[:, :, crop[0] : crop[1], None].astype(np.float32)
+
+    return get
+
+
+def run(features: Path, demo: Path, *, batch_size: int = 32, n_batches: int = 16) -> dict:
+    index = read_index(features)
+    config = index.config
+    crop = config.crop_frames
+    first = (config.n_frames - crop) // 2
+    data = load_all(features)
+    n = len(data)
+    orders = batch_orders(n, batch_size, n_batches)
+
+    def in_ram32(i: int) -> np.ndarray:
+        return data[orders[i], :, first : first + crop, None].astype(np.float32)
+
+    def in_ram16(i: int) -> np.ndarray:
+        return data[orders[i], :, first : first + crop, None]
+
+    samples = batch_size
+    result: dict[str, dict] = {}
+
+    def record(name: str, seconds: float) -> None:
+        result[name] = {"ms_per_batch": seconds * 1e3, "samples_per_s": samples / seconds}
+
+    record("in_ram_float32_reference", _time_batches(in_ram32, n_batches))
+    record("in_ram_float16_reference", _time_batches(in_ram16, n_batches))
+    bandwidth = copy_bandwidth()
+    read_bytes = batch_size * config.n_mels * crop * 2
+    record("memory_bound_float32", (read_bytes + 2 * read_bytes) / bandwidth)
+    record("memory_bound_float16", (read_bytes + read_bytes) / bandwidth)
+
+    variants = {
+        "shards_float32": {"augment": False},
+        "shards_float32_augment": {"augment": True},
+        "shards_float16": {"augment": False, "dtype": "float16"},
+        "in_memory_float32": {"augment": False, "in_memory": True},
+    }
+    for name, options in variants.items():
+        seq = ShardSequence(features, split="all", batch_size=batch_size, shuffle=True, seed=0, **options)
+        n_seq = min(n_batches, len(seq))
+        for i in range(len(seq)):  # first epoch: page cache, checksums verified once per process
+            seq[i]
+        seq.on_epoch_end()
+        record(name, _time_batches(seq.__getitem__, n_seq))
+
+    seq = ShardSequence(features, split="all", batch_size=batch_size, shuffle=True, seed=0, augment=False)
+    dataset = seq.as_tf_dataset()
+    for _ in dataset:
+        pass
+    started = time.perf_counter()
+    count = 0
+    for _ in range(2):
+        for _ in dataset:
+            count += 1
+    record("as_tf_dataset_float32", (time.perf_counter() - started) / count)
+
+    record(
+        "naive_h5py_fancy_index",
+        _time_batches(naive_h5py(features, orders, crop=(first, first + crop)), 4, repeats=1),
+    )
+    per_sample = per_sample_baseline(demo)
+    result["per_sample_sequence"] = {
+        "ms_per_batch": per_sample * batch_size * 1e3,
+        "samples_per_s": 1 / per_sample,
+    }
+
+    def ratio(a: str, b: str) -> float:
+        return result[a]["samples_per_s"] / result[b]["samples_per_s"]
+
+    ratios = {
+        "float32_vs_in_ram": ratio("shards_float32", "in_ram_float32_reference"),
+        "float32_augment_vs_in_ram": ratio("shards_float32_augment", "in_ram_float32_reference"),
+        "float16_vs_in_ram_float16": ratio("shards_float16", "in_ram_float16_reference"),
+        "float32_vs_per_sample": ratio("shards_float32", "per_sample_sequence"),
+        "float32_vs_memory_bound": ratio("shards_float32", "memory_bound_float32"),
+        "float32_vs_naive_h5py": ratio("shards_float32", "naive_h5py_fancy_index"),
+        "tf_dataset_vs_in_ram": ratio("as_tf_dataset_float32", "in_ram_float32_reference"),
+    }
+    return {
+        "batch": [batch_size, config.n_mels, crop, 1],
+        "examples": n,
+        "copy_bandwidth_gb_s": bandwidth / 1e9,
+        "readers": result,
+        "ratios": ratios,
+    }

@@ -1,0 +1,127 @@
+"""``make bench``: loader and precompute benchmarks, one table, ``benchmarks/results.json``.
+
+Every figure is measured in this run on the same data; targets are ratios between figures
+of this run (see ``../shared/BENCHMARKS.md``), never absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+
+TARGETS = [
+    # (section, figure, minimum)
+    ("loader", "float32_vs_in_ram", 1.5),
+    ("loader", "float32_augment_vs_in_ram", 1.0),
+    ("loader", "float16_vs_in_ram_float16", 0.8),
+    ("loader", "float32_vs_per_sample", 500.0),
+    ("loader", "float32_vs_memory_bound", 0.5),
+    ("precompute", "ratio_to_ideal", 0.8),
+    ("precompute", "scaling_efficiency", 0.85),
+]
+
+
+def ensure_demo(demo: Path, features: Path) -> None:
+    if not (demo / "train_tp.csv").is_file():
+        subprocess.run([sys.executable, "-m", "precompute", "demo-data", str(demo), "--quiet"], check=True)
+    if not (features / "index.json").is_file():
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "precompute",
+                "features",
+                "--audio-dir",
+                str(demo / "train"),
+                "--tp",
+                str(demo / "train_tp.csv"),
+                "--fp",
+                str(demo / "train_fp.csv"),
+                "--out",
+                str(features),
+                "--quiet",
+            ],
+            check=True,
+        )
+
+
+def table(results: dict) -> list[str]:
+    loader = results["loader"]
+    lines = [
+        f"machine: {results['machine']['cores']} cores, {results['machine']['python']}; "
+        f"batch {'x'.join(map(str, loader['batch']))}, {loader['examples']} examples, "
+        f"copy bandwidth {loader['copy_bandwidth_gb_s']:.1f} GB/s",
+        "",
+        f"{'loader (shuffled batches)':<34}{'ms/batch':>10}{'samples/s':>12}",
+    ]
+    for name, fig in loader["readers"].items():
+        lines.append(f"{name:<34}{fig['ms_per_batch']:>10.2f}{fig['samples_per_s']:>12.0f}")
+    pre = results["precompute"]
+    lines += [
+        "",
+        f"precompute: floor {pre['floor_ms_per_slice']:.1f} ms/slice on one core -> ideal "
+        f"{pre['ideal_slices_per_s']:.1f} slices/s on {pre['cores']} cores",
+        f"{'run':<34}{'slices':>8}{'s':>8}{'slices/s':>10}{'peak RSS MB':>13}{'disk/raw':>10}",
+    ]
+    for name in ("jobs_1_4x", "jobs_cores_4x", "jobs_cores_1x"):
+        r = pre[name]
+        lines.append(
+            f"{name + ' (jobs ' + str(r['jobs']) + ')':<34}{r['slices']:>8}{r['seconds']:>8.1f}{r['slices_per_s']:>10.1f}"
+            f"{r['peak_rss_mb']:>13.0f}{r['disk_bytes_per_slice'] / r['raw_float32_bytes_per_slice']:>10.2f}"
+        )
+    lines += ["", f"{'target':<40}{'measured':>10}{'needed':>10}  "]
+    for section, figure, minimum in TARGETS:
+        value = results[section]["ratios"][figure] if section == "loader" else results[section][figure]
+        lines.append(
+            f"{section + ': ' + figure:<40}{value:>10.2f}{minimum:>10.2f}  {'ok' if value >= minimum else 'MISSED'}"
+        )
+    lines.append(
+        f"{'precompute: peak_rss_ratio_4x_to_1x':<40}{pre['peak_rss_ratio_4x_to_1x']:>10.2f}{'~1':>10}"
+    )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", type=Path, default=ROOT / "data" / "demo")
+    parser.add_argument("--features", type=Path, default=ROOT / "features" / "demo")
+    parser.add_argument("--work", type=Path, default=HERE / "work")
+    parser.add_argument("--out", type=Path, default=HERE / "results.json")
+    parser.add_argument("--skip-precompute", action="store_true")
+    args = parser.parse_args(argv)
+
+    from benchmarks import loader_bench, precompute_bench
+
+    started = time.perf_counter()
+    ensure_demo(args.demo, args.features)
+    results = {
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "loader": loader_bench.run(args.features, args.demo),
+    }
+    if not args.skip_precompute:
+        results["precompute"] = precompute_bench.run(args.demo, args.work)
+    results["seconds"] = time.perf_counter() - started
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    if "precompute" in results:
+        print("\n".join(table(results)))
+    else:
+        print(json.dumps(results["loader"], indent=1))
+    print(f"\nwrote {args.out} in {results['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
