@@ -9,7 +9,9 @@ DEMO   := data/demo
 FEATS  := features/demo
 TESTF  := features/demo-test
 RUN    ?= baseline
-EPOCHS ?= 12
+MODEL  ?= baseline
+FOLD   ?= 0
+EPOCHS ?= 40
 
 .DEFAULT_GOAL := help
 .PHONY: help install features train predict test bench lint format clean
@@ -34,8 +36,8 @@ features: $(STAMP) $(DEMO)/train_tp.csv  ## synthesize the demo data if missing,
 	$(PY) -m precompute features --audio-dir $(DEMO)/train --tp $(DEMO)/train_tp.csv \
 		--fp $(DEMO)/train_fp.csv --out $(FEATS)
 
-train: $(STAMP)  ## train the baseline on features/demo -> runs/$(RUN)/
-	$(PY) -m experiments.train --features $(FEATS) --model baseline --epochs $(EPOCHS) --fold 0 --out runs/$(RUN)
+train: $(STAMP)  ## train the baseline on features/demo -> runs/$(RUN)/ (MODEL=, EPOCHS=, FOLD=)
+	$(PY) -m experiments.train --features $(FEATS) --model $(MODEL) --epochs $(EPOCHS) --fold $(FOLD) --out runs/$(RUN)
 
 predict: $(STAMP)  ## windows over the demo test set, submission CSV, test_lwlrap into runs/$(RUN)/metrics.json
 	$(PY) -m precompute windows --audio-dir $(DEMO)/test --out $(TESTF) --step 5

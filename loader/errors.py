@@ -31,3 +31,7 @@ class IntegrityError(FormatError):
 
 class LockedError(MelShardsError):
     """Another precompute run holds the output directory."""
+
+
+class ExperimentError(MelShardsError):
+    """A model file, run directory or prediction input is missing or does not fit."""

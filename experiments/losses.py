@@ -1,0 +1,94 @@
+"""Binary cross-entropy that knows which labels are known.
+
+In RFCX-style data a window's label vector has three kinds of entries: a TP of the species
+overlaps it (positive), only an FP overlaps it (a confirmed negative), or nothing was
+annotated (unknown: the species may still be calling). The loader yields
+``(x, y, mask)`` with ``return_mask=True``: ``y`` is 1 where a TP is present and 0
+elsewhere, ``mask`` is 1 where the label is known (TP or FP) and 0 where it is unknown.
+Keras passes the third element of a batch to the loss as ``sample_weight``;
+``MaskedBinaryCrossentropy`` reads it as that mask, per class, and turns it into weights:
+
+- ``unknown="negative"``: unknowns count as negatives with weight ``unknown_weight``;
+- ``unknown="ignore"``: unknowns get weight 0 (no gradient at all).
+
+The loss is the weighted mean ``sum(w * bce) / sum(w)`` over the batch and classes.
+
+With few FP rows (as in RFCX) most known labels are positives, so ``"ignore"`` leaves the
+model almost no negatives and it learns to score everything high; ``"negative"`` with a
+weight below 1 sits between the two.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from loader.errors import ConfigError
+
+UNKNOWN_MODES = ("negative", "ignore")
+
+
+def label_weights(mask: Any, *, unknown: str, unknown_weight: float) -> Any:
+    """Per-label weights from a known-mask.
+
+    mask : tensor [shape=(B, n_classes)], float, 1 = known (TP or FP), 0 = unknown
+
+    Returns a tensor of the same shape: 1 where known, ``unknown_weight`` (``"negative"``)
+    or 0 (``"ignore"``) where unknown.
+    """
+    fill = unknown_weight if unknown == "negative" else 0.0
+    return mask + (1.0 - mask) * fill
+
+
+@keras.saving.register_keras_serializable(package="experiments")
+class MaskedBinaryCrossentropy(keras.losses.Loss):
+    """Per-class binary cross-entropy weighted by the loader's known-mask.
+
+    Parameters
+    ----------
+    unknown : {"negative", "ignore"}
+        How labels with mask 0 count: as negatives weighted by ``unknown_weight``, or not at all.
+    unknown_weight : float >= 0
+        Weight of an unknown label under ``unknown="negative"`` (1.0 = plain BCE).
+    from_logits : bool
+        Whether ``y_pred`` holds logits rather than probabilities.
+
+    Call it as ``loss(y_true, y_pred, sample_weight=mask)`` with ``mask`` of shape
+    ``(B, n_classes)`` (what ``model.fit`` does with ``(x, y, mask)`` batches). Without a
+    mask every label counts as known, which is plain binary cross-entropy.
+    """
+
+    def __init__(
+        self,
+        unknown: str = "negative",
+        unknown_weight: float = 1.0,
+        from_logits: bool = False,
+        name: str = "masked_bce",
+        reduction: str = "mean_with_sample_weight",
+        dtype: str | None = None,
+    ) -> None:
+        if unknown not in UNKNOWN_MODES:
+            raise ConfigError(f"unknown must be one of {', '.join(UNKNOWN_MODES)}, got {unknown!r}")
+        if not unknown_weight >= 0:
+            raise ConfigError(f"unknown_weight must be >= 0, got {unknown_weight!r}")
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.unknown = unknown
+        self.unknown_weight = float(unknown_weight)
+        self.from_logits = bool(from_logits)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        # Elementwise (B, n_classes): the reduction then weights each label on its own.
+        return ops.binary_crossentropy(y_true, y_pred, from_logits=self.from_logits)
+
+    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        if sample_weight is not None:
+            mask = ops.cast(sample_weight, self.dtype)
+            sample_weight = label_weights(mask, unknown=self.unknown, unknown_weight=self.unknown_weight)
+        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(unknown=self.unknown, unknown_weight=self.unknown_weight, from_logits=self.from_logits)
+        return config

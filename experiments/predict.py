@@ -1,0 +1,266 @@
+"""Score unlabelled recordings with a trained model, in the RFCX submission layout.
+
+    python -m experiments.predict --model runs/baseline/model.keras \\
+        --features features/demo-test --out runs/baseline/submission.csv \\
+        [--truth data/demo/test_ground_truth.csv --metrics runs/baseline/metrics.json]
+
+``--features`` is a "windows" feature set (``precompute windows``: sliding windows over
+whole recordings). Every window is scored; a recording's score for a species is the
+maximum over its windows (a species is present if it calls in any window). The CSV has
+the header ``recording_id,s0,...,s{n-1}`` and one row per recording, sorted by id.
+
+With ``--truth`` (a CSV ``recording_id,s0,...`` of 0/1) the recordings are scored with
+LWLRAP; with ``--metrics`` too, ``test_lwlrap`` (and ``test_top1``) are added to that
+``metrics.json``.
+
+Prediction refuses features the model cannot have been trained for: another window shape
+or class count than the model's input and output, or (when the run's ``metrics.json`` is
+known: ``--metrics``, or the one next to the model) other feature parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from experiments.metrics import lwlrap, top1
+from loader import ShardSequence
+from loader.errors import ExperimentError, MelShardsError
+from loader.format import atomic_write_text
+
+# Feature parameters that change the arrays a model sees; a model trained on one value
+# scores garbage on another, so prediction refuses a mismatch.
+SHAPING_KEYS = (
+    "sample_rate",
+    "n_fft",
+    "hop_length",
+    "n_mels",
+    "fmin",
+    "fmax",
+    "power",
+    "db",
+    "top_db",
+    "duration",
+    "normalize",
+    "n_classes",
+)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.predict",
+        description="Score a windows feature set; write one row per recording (max over windows).",
+    )
+    p.add_argument("--model", required=True, help="a model.keras written by experiments.train")
+    p.add_argument("--features", required=True, help="windows feature set (precompute windows)")
+    p.add_argument("--out", required=True, help="submission CSV to write")
+    p.add_argument("--truth", help="CSV recording_id,s0,... of 0/1 to score against")
+    p.add_argument(
+        "--metrics",
+        help="metrics.json of the run (default: the one next to --model, if any): its feature "
+        "config is checked against --features; with --truth it gets test_lwlrap",
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    return args
+
+
+def load_model(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ExperimentError(f"{path}: no such model file (train one with python -m experiments.train)")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:  # Keras raises many types for a bad archive
+        raise ExperimentError(f"{path}: cannot load model: {type(err).__name__}: {err}") from err
+
+
+def check_fit(model: Any, seq: Any, *, model_path: Any, features: Any) -> None:
+    """Refuse features whose shape or classes differ from what the model was built for."""
+    _, n_mels, frames, channels = model.input_shape
+    n_classes = model.output_shape[-1]
+    config = seq.config
+    got = (config.n_mels, config.crop_frames, 1)
+    if (n_mels, frames, channels) != got:
+        raise ExperimentError(
+            f"{features}: features give windows of {got[0]} mels x {got[1]} frames, but "
+            f"{model_path} expects {n_mels} x {frames}"
+        )
+    if len(seq.classes) != n_classes:
+        raise ExperimentError(
+            f"{features}: features have {len(seq.classes)} classes, but {model_path} outputs {n_classes}"
+        )
+
+
+def check_feature_config(trained: dict[str, Any], config: Any, *, metrics_path: Any, features: Any) -> None:
+    """Refuse features computed with other parameters than the training features."""
+    now = config.to_dict()
+    diff = [f"{k} {trained.get(k)!r} -> {now.get(k)!r}" for k in SHAPING_KEYS if trained.get(k) != now.get(k)]
+    if diff:
+        raise ExperimentError(
+            f"{features}: feature config differs from the training features in {metrics_path}: "
+            + ", ".join(diff)
+        )
+
+
+def window_recording_ids(seq: Any) -> np.ndarray:
+    """Recording id of every example of ``seq`` in iteration order (shuffle off)."""
+    return np.asarray(seq.recording_id, dtype=object)
+
+
+def score_windows(model: Any, seq: Any) -> np.ndarray:
+    """Scores of every window of ``seq`` in order: np.ndarray [shape=(n, n_classes)], float32."""
+    out = []
+    for i in range(len(seq)):
+        batch = seq[i]
+        x = batch[0] if isinstance(batch, tuple) else batch
+        out.append(keras.ops.convert_to_numpy(model(x, training=False)))
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def max_per_recording(recording_ids: Sequence[str], scores: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Maximum score per recording over its windows.
+
+    recording_ids : (n,) the recording of each window
+    scores : np.ndarray [shape=(n, n_classes)]
+
+    Returns the sorted unique ids and np.ndarray [shape=(n_recordings, n_classes)] of the
+    per-class maximum over each recording's windows, in the same order.
+    """
+    ids = np.asarray(recording_ids, dtype=object)
+    scores = np.asarray(scores)
+    if len(ids) != len(scores):
+        raise ExperimentError(f"{len(ids)} recording ids for {len(scores)} score rows")
+    unique, inverse = np.unique(ids.astype(str), return_inverse=True)
+    table = np.full((len(unique), scores.shape[1]), -np.inf, dtype=scores.dtype)
+    np.maximum.at(table, inverse, scores)
+    return [str(u) for u in unique], table
+
+
+def write_submission(path: str | Path, recording_ids: Sequence[str], table: np.ndarray) -> Path:
+    """Write ``recording_id,s0,...`` with one row per recording, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(["recording_id"] + [f"s{j}" for j in range(table.shape[1])])]
+    for rid, row in zip(recording_ids, table, strict=True):
+        lines.append(",".join([rid] + [f"{v:.6f}" for v in row]))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def read_truth(path: str | Path, *, n_classes: int) -> tuple[list[str], np.ndarray]:
+    """Read a ``recording_id,s0,...`` 0/1 CSV; returns the ids and an int8 array."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExperimentError(f"{path}: no such truth file")
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        expected = ["recording_id"] + [f"s{j}" for j in range(n_classes)]
+        if header is None or [h.strip() for h in header] != expected:
+            raise ExperimentError(
+                f"{path}: header must be recording_id,s0,...,s{n_classes - 1} for a "
+                f"{n_classes}-class model, got {','.join(header or [])!r}"
+            )
+        ids, rows = [], []
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != n_classes + 1 or any(v.strip() not in ("0", "1") for v in row[1:]):
+                raise ExperimentError(f"{path} line {line}: expected an id and {n_classes} values of 0/1")
+            ids.append(row[0].strip())
+            rows.append([int(v) for v in row[1:]])
+    if len(set(ids)) != len(ids):
+        raise ExperimentError(f"{path}: a recording id appears more than once")
+    return ids, np.array(rows, dtype=np.int8).reshape(len(ids), n_classes)
+
+
+def score_against_truth(
+    ids: Sequence[str], table: np.ndarray, truth_ids: Sequence[str], truth: np.ndarray, *, truth_path: Any
+) -> dict[str, float]:
+    """LWLRAP and top-1 over the recordings of the truth file."""
+    row = {rid: i for i, rid in enumerate(ids)}
+    missing = [rid for rid in truth_ids if rid not in row]
+    if missing:
+        raise ExperimentError(
+            f"{truth_path}: {len(missing)} recording(s) have no prediction, e.g. {missing[0]!r}"
+        )
+    scores = table[[row[rid] for rid in truth_ids]]
+    return {
+        "test_lwlrap": lwlrap(truth, scores),
+        "test_top1": top1(truth, scores),
+        "test_recordings": len(truth_ids),
+    }
+
+
+def read_run_metrics(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ExperimentError(f"{path}: no such metrics file")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ExperimentError(f"{path}: unreadable metrics file: {err}") from err
+    if not isinstance(data, dict):
+        raise ExperimentError(f"{path}: not a metrics file (expected a JSON object)")
+    return data
+
+
+def predict(args: argparse.Namespace) -> dict[str, Any]:
+    """Score ``args.features``, write the submission CSV; returns counts and test metrics."""
+    model = load_model(args.model)
+    seq = ShardSequence(
+        args.features, split="all", shuffle=False, augment=False, batch_size=args.batch_size, dtype="float16"
+    )
+    check_fit(model, seq, model_path=args.model, features=args.features)
+    # The run's metrics.json records the training feature config: check it whether or not
+    # --metrics was given, when it sits next to the model.
+    metrics_path = Path(args.metrics) if args.metrics else Path(args.model).with_name("metrics.json")
+    run_metrics = read_run_metrics(metrics_path) if args.metrics or metrics_path.is_file() else None
+    trained = (run_metrics or {}).get("config", {}).get("features")
+    if trained:
+        check_feature_config(trained, seq.config, metrics_path=metrics_path, features=args.features)
+    n_classes = model.output_shape[-1]
+    truth_ids, truth = read_truth(args.truth, n_classes=n_classes) if args.truth else ([], None)
+
+    scores = score_windows(model, seq)
+    ids, table = max_per_recording(window_recording_ids(seq), scores)
+    write_submission(args.out, ids, table)
+    result: dict[str, Any] = {"recordings": len(ids), "windows": int(len(scores))}
+    if truth is not None:
+        result.update(score_against_truth(ids, table, truth_ids, truth, truth_path=args.truth))
+        if args.metrics:
+            run_metrics.update(result)
+            run_metrics["test_features"] = {
+                "path": str(Path(args.features).resolve()),
+                "fingerprint": seq.fingerprint,
+            }
+            atomic_write_text(metrics_path, json.dumps(run_metrics, indent=1) + "\n")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        result = predict(args)
+    except MelShardsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    line = f"{result['recordings']} recordings ({result['windows']} windows) -> {args.out}"
+    if "test_lwlrap" in result:
+        line += f"; test_lwlrap {result['test_lwlrap']:.4f}, test_top1 {result['test_top1']:.4f}"
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
