@@ -24,16 +24,26 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=None, help="parallel shard jobs (default: all cores)")
-    p.add_argument("--backend", default="loky", choices=["loky", "threading", "dask", "ray"],
-                   help="joblib backend; dask and ray run on a cluster (default loky)")
+    p.add_argument(
+        "--backend",
+        default="loky",
+        choices=["loky", "threading", "dask", "ray"],
+        help="joblib backend; dask and ray run on a cluster (default loky)",
+    )
     p.add_argument("--scheduler", help="address of a running Dask scheduler or Ray cluster")
-    p.add_argument("--on-error", default="skip", choices=["skip", "fail"],
-                   help="skip: record bad rows/recordings in failures.jsonl and go on; fail: stop at the first")
+    p.add_argument(
+        "--on-error",
+        default="skip",
+        choices=["skip", "fail"],
+        help="skip: record bad rows/recordings in failures.jsonl and go on; fail: stop at the first",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="precompute", description="Log-mel feature shards for audio event classifiers.")
+    parser = argparse.ArgumentParser(
+        prog="precompute", description="Log-mel feature shards for audio event classifiers."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo-data", help="synthesize the embedded RFCX-like demo dataset")
@@ -79,8 +89,13 @@ def _config(args: argparse.Namespace):
 
 
 def _run_options(args: argparse.Namespace) -> dict:
-    return {"jobs": args.jobs, "backend": args.backend, "scheduler": args.scheduler,
-            "on_error": args.on_error, "progress": not args.quiet}
+    return {
+        "jobs": args.jobs,
+        "backend": args.backend,
+        "scheduler": args.scheduler,
+        "on_error": args.on_error,
+        "progress": not args.quiet,
+    }
 
 
 def _report(summary) -> int:
@@ -95,22 +110,41 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo-data":
             from precompute.demo import synthesize
 
-            result = synthesize(args.out, seed=args.seed, recordings=args.recordings,
-                                test_recordings=args.test_recordings, jobs=args.jobs or os.cpu_count() or 1,
-                                progress=not args.quiet)
-            print(f"{args.out}: " + ", ".join(f"{k} {v}" for k, v in result.items() if not isinstance(v, dict | list)))
+            result = synthesize(
+                args.out,
+                seed=args.seed,
+                recordings=args.recordings,
+                test_recordings=args.test_recordings,
+                jobs=args.jobs or os.cpu_count() or 1,
+                progress=not args.quiet,
+            )
+            print(
+                f"{args.out}: "
+                + ", ".join(f"{k} {v}" for k, v in result.items() if not isinstance(v, dict | list))
+            )
             return EXIT_OK
         if args.command == "features":
             from precompute.pipeline import run_features
 
-            summary = run_features(audio_dir=args.audio_dir, tp=args.tp, fp=args.fp, out=args.out,
-                                   config=_config(args), **_run_options(args))
+            summary = run_features(
+                audio_dir=args.audio_dir,
+                tp=args.tp,
+                fp=args.fp,
+                out=args.out,
+                config=_config(args),
+                **_run_options(args),
+            )
             return _report(summary)
         if args.command == "windows":
             from precompute.pipeline import run_windows
 
-            summary = run_windows(audio_dir=args.audio_dir, out=args.out, step=args.step, config=_config(args),
-                                  **_run_options(args))
+            summary = run_windows(
+                audio_dir=args.audio_dir,
+                out=args.out,
+                step=args.step,
+                config=_config(args),
+                **_run_options(args),
+            )
             return _report(summary)
         if args.command == "inspect":
             from precompute.report import inspect_lines
@@ -137,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"precompute {args.command}: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"precompute {args.command}: interrupted; finished shards are kept, run again to resume", file=sys.stderr)
+        print(
+            f"precompute {args.command}: interrupted; finished shards are kept, run again to resume",
+            file=sys.stderr,
+        )
         return 130
     raise AssertionError(f"unhandled command {args.command}")

@@ -38,8 +38,16 @@ class Row:
 
     def key(self) -> tuple:
         """Identity of the row's content, for duplicate detection and fingerprints."""
-        return (self.recording_id, self.species_id, self.songtype_id, self.t_min, self.f_min,
-                self.t_max, self.f_max, self.kind)
+        return (
+            self.recording_id,
+            self.species_id,
+            self.songtype_id,
+            self.t_min,
+            self.f_min,
+            self.t_max,
+            self.f_max,
+            self.kind,
+        )
 
     @property
     def where(self) -> str:
@@ -162,8 +170,13 @@ def read_manifest(
             try:
                 if len(record) != len(header):
                     raise ValueError(f"{len(record)} fields, header has {len(header)}")
-                row = parse_row(dict(zip(header, record, strict=True)), kind=kind, source=source,
-                                line=line, n_classes=n_classes)
+                row = parse_row(
+                    dict(zip(header, record, strict=True)),
+                    kind=kind,
+                    source=source,
+                    line=line,
+                    n_classes=n_classes,
+                )
             except ValueError as err:
                 if on_error == "fail":
                     raise ManifestError(f"{source} line {line}: {err}") from None

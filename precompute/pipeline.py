@@ -87,7 +87,9 @@ class Summary:
         return lines
 
 
-def _failure(recording_id: str, path: str | None, error: Exception | str, *, slices: int, line: int | None = None) -> dict:
+def _failure(
+    recording_id: str, path: str | None, error: Exception | str, *, slices: int, line: int | None = None
+) -> dict:
     name = type(error).__name__ if isinstance(error, Exception) else "AudioError"
     record = {"id": recording_id, "path": path, "error": name, "message": str(error), "slices": slices}
     if line is not None:
@@ -116,13 +118,17 @@ def _build_shard(job: ShardJob, *, out: str, config: FeatureConfig, on_error: st
     failures: list[dict] = []
     for task in job.recordings:
         try:
-            examples += _recording_examples(task, job=job, config=config, on_error=on_error, failures=failures)
+            examples += _recording_examples(
+                task, job=job, config=config, on_error=on_error, failures=failures
+            )
         except AudioError as err:
             if on_error == "fail":
                 raise
             failures.append(_failure(task.recording_id, task.path, err, slices=task.n_windows))
     attrs = {"failures": json.dumps(failures), "kind": job.kind}
-    entry, stats = write_shard(Path(out) / job.file, examples, config=config, fingerprint=job.fingerprint, attrs=attrs)
+    entry, stats = write_shard(
+        Path(out) / job.file, examples, config=config, fingerprint=job.fingerprint, attrs=attrs
+    )
     return ShardResult(entry, stats, failures)
 
 
@@ -144,7 +150,9 @@ def _recording_examples(
     examples = []
     for row in task.rows:
         if row.t_max > seconds + 1e-6:
-            err = AudioError(f"{row.where}: event ends at {row.t_max} s, beyond the end of {task.path} ({seconds:.3f} s)")
+            err = AudioError(
+                f"{row.where}: event ends at {row.t_max} s, beyond the end of {task.path} ({seconds:.3f} s)"
+            )
             if on_error == "fail":
                 raise err
             failures.append(_failure(task.recording_id, task.path, err, slices=1, line=row.line))
@@ -153,14 +161,22 @@ def _recording_examples(
         example = _window_example(y, start, task=task, config=config, n_samples=n_samples)
         example.labels, example.events = window_events(events, example.start, config=config)
         example.anchor = {
-            "species_id": row.species_id, "songtype_id": row.songtype_id, "t_min": row.t_min,
-            "t_max": row.t_max, "f_min": row.f_min, "f_max": row.f_max, "kind": row.kind, "line": row.line,
+            "species_id": row.species_id,
+            "songtype_id": row.songtype_id,
+            "t_min": row.t_min,
+            "t_max": row.t_max,
+            "f_min": row.f_min,
+            "f_max": row.f_max,
+            "kind": row.kind,
+            "line": row.line,
         }
         examples.append(example)
     return examples
 
 
-def _window_example(y: np.ndarray, start: float, *, task: RecordingTask, config: FeatureConfig, n_samples: int) -> Example:
+def _window_example(
+    y: np.ndarray, start: float, *, task: RecordingTask, config: FeatureConfig, n_samples: int
+) -> Example:
     first = min(int(round(start * config.sample_rate)), y.size - n_samples)
     mel = log_mel(y[first : first + n_samples], config=config)
     return Example(
@@ -168,8 +184,16 @@ def _window_example(y: np.ndarray, start: float, *, task: RecordingTask, config:
         labels=np.full(config.n_classes, LABEL_UNKNOWN, dtype=np.int8),
         recording_id=task.recording_id,
         start=first / config.sample_rate,
-        anchor={"species_id": -1, "songtype_id": -1, "t_min": np.nan, "t_max": np.nan, "f_min": np.nan,
-                "f_max": np.nan, "kind": KIND_NONE, "line": -1},
+        anchor={
+            "species_id": -1,
+            "songtype_id": -1,
+            "t_min": np.nan,
+            "t_max": np.nan,
+            "f_min": np.nan,
+            "f_max": np.nan,
+            "kind": KIND_NONE,
+            "line": -1,
+        },
     )
 
 
@@ -187,7 +211,9 @@ def output_lock(out: Path) -> Iterator[None]:
         fh.seek(0)
         holder = fh.read().strip() or "unknown"
         fh.close()
-        raise LockedError(f"{out}: another precompute run (pid {holder}) is writing here; wait for it or stop it") from None
+        raise LockedError(
+            f"{out}: another precompute run (pid {holder}) is writing here; wait for it or stop it"
+        ) from None
     try:
         fh.seek(0)
         fh.truncate()
@@ -207,7 +233,9 @@ def _reusable(path: Path, job: ShardJob) -> ShardResult | None:
         return None
     if fingerprint != job.fingerprint:
         return None
-    entry = ShardEntry(file=path.name, n=n, sha256=sha256_file(path), fingerprint=fingerprint, bytes=path.stat().st_size)
+    entry = ShardEntry(
+        file=path.name, n=n, sha256=sha256_file(path), fingerprint=fingerprint, bytes=path.stat().st_size
+    )
     return ShardResult(entry, stats, json.loads(failures), reused=True)
 
 
@@ -229,7 +257,9 @@ def _backend(backend: str, *, jobs: int, scheduler: str | None) -> Iterator[None
         try:
             from dask.distributed import Client, LocalCluster
         except ImportError:
-            raise ConfigError("backend 'dask' needs dask[distributed]: pip install 'dask[distributed]'") from None
+            raise ConfigError(
+                "backend 'dask' needs dask[distributed]: pip install 'dask[distributed]'"
+            ) from None
         with contextlib.ExitStack() as stack:
             if scheduler:
                 client = stack.enter_context(Client(scheduler))
@@ -301,7 +331,8 @@ def execute(
                 with _backend(backend, jobs=min(n_jobs, len(todo)), scheduler=scheduler):
                     run = Parallel(n_jobs=min(n_jobs, len(todo)), return_as="generator_unordered")
                     for result in run(
-                        delayed(build_shard)(job, out=str(out), config=config, on_error=on_error) for job in todo
+                        delayed(build_shard)(job, out=str(out), config=config, on_error=on_error)
+                        for job in todo
                     ):
                         results.append(result)
                         summary.slices_built += result.entry.n
@@ -314,8 +345,15 @@ def execute(
             stats.merge(result.stats)
         entries = [r.entry for r in results if r.entry.n > 0]
         atomic_write_text(out / FAILURES_FILE, "".join(json.dumps(f) + "\n" for f in failures))
-        write_index(out, config=config, entries=entries, stats=stats, failures=len(failures), kind=kind,
-                    extra=extra_index)
+        write_index(
+            out,
+            config=config,
+            entries=entries,
+            stats=stats,
+            failures=len(failures),
+            kind=kind,
+            extra=extra_index,
+        )
     summary.examples = sum(e.n for e in entries)
     summary.shards = len(entries)
     summary.shards_built = sum(not r.reused for r in results)
@@ -351,15 +389,27 @@ def run_features(
         raise MelShardsError(f"{tp}: no valid rows to precompute ({len(row_failures)} rejected)")
     jobs = plan_labelled(rows, audio_dir=audio_dir, config=config)
     manifests = {"tp": str(tp), "fp": None if fp is None else str(fp), "audio_dir": str(audio_dir)}
-    return execute(jobs, out=out, config=config, kind=KIND_LABELLED, on_error=on_error,
-                   prior_failures=[f.to_record() for f in row_failures],
-                   extra_index={"source": manifests}, **options)
+    return execute(
+        jobs,
+        out=out,
+        config=config,
+        kind=KIND_LABELLED,
+        on_error=on_error,
+        prior_failures=[f.to_record() for f in row_failures],
+        extra_index={"source": manifests},
+        **options,
+    )
 
 
 def run_windows(*, audio_dir: Path, out: Path, config: FeatureConfig, step: float, **options) -> Summary:
     """Sliding windows every ``step`` seconds over unlabelled recordings -> a feature set."""
     audio_dir, out = Path(audio_dir), Path(out)
     jobs = plan_windows(audio_dir, config=config, step=step)
-    return execute(jobs, out=out, config=config, kind=KIND_WINDOWS,
-                   extra_index={"source": {"audio_dir": str(audio_dir), "step": step}}, **options)
-
+    return execute(
+        jobs,
+        out=out,
+        config=config,
+        kind=KIND_WINDOWS,
+        extra_index={"source": {"audio_dir": str(audio_dir), "step": step}},
+        **options,
+    )

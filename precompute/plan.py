@@ -64,7 +64,9 @@ def _locate(audio_dir: Path, recording_id: str, path: str | None) -> tuple[str |
         return None, str(err)
 
 
-def _pack(tasks: list[RecordingTask], *, config: FeatureConfig, kind: str, step: float | None) -> list[ShardJob]:
+def _pack(
+    tasks: list[RecordingTask], *, config: FeatureConfig, kind: str, step: float | None
+) -> list[ShardJob]:
     groups: list[list[RecordingTask]] = [[]]
     count = 0
     for task in tasks:
@@ -76,13 +78,16 @@ def _pack(tasks: list[RecordingTask], *, config: FeatureConfig, kind: str, step:
     versions = library_versions()
     jobs = []
     for k, group in enumerate(g for g in groups if g):
-        described = [
-            [t.recording_id, list(t.identity), [_row_key(r) for r in t.rows]]
-            for t in group
-        ]
+        described = [[t.recording_id, list(t.identity), [_row_key(r) for r in t.rows]] for t in group]
         fingerprint = fingerprint_of(
-            {"format": FORMAT_VERSION, "config": config.to_dict(), "versions": versions, "kind": kind,
-             "step": step, "recordings": described}
+            {
+                "format": FORMAT_VERSION,
+                "config": config.to_dict(),
+                "versions": versions,
+                "kind": kind,
+                "step": step,
+                "recordings": described,
+            }
         )
         jobs.append(ShardJob(k, SHARD_PATTERN.format(k), kind, tuple(group), step, fingerprint))
     return jobs
@@ -99,14 +104,24 @@ def plan_labelled(rows: list[Row], *, audio_dir: Path, config: FeatureConfig) ->
         by_recording[row.recording_id].append(row)
     tasks = []
     for recording_id in sorted(by_recording):
-        recording_rows = sorted(by_recording[recording_id], key=lambda r: (r.t_min, r.t_max, -r.kind, r.species_id))
+        recording_rows = sorted(
+            by_recording[recording_id], key=lambda r: (r.t_min, r.t_max, -r.kind, r.species_id)
+        )
         paths = {r.path for r in recording_rows}
         if len(paths) > 1:
-            raise ConfigError(f"recording {recording_id}: rows name different paths {sorted(map(str, paths))}")
+            raise ConfigError(
+                f"recording {recording_id}: rows name different paths {sorted(map(str, paths))}"
+            )
         path, error = _locate(audio_dir, recording_id, recording_rows[0].path)
         tasks.append(
-            RecordingTask(recording_id, path, error, tuple(file_identity(Path(path) if path else None)),
-                          tuple(recording_rows), len(recording_rows))
+            RecordingTask(
+                recording_id,
+                path,
+                error,
+                tuple(file_identity(Path(path) if path else None)),
+                tuple(recording_rows),
+                len(recording_rows),
+            )
         )
     return _pack(tasks, config=config, kind=KIND_LABELLED, step=None)
 

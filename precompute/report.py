@@ -82,7 +82,9 @@ def verify(root: str | Path) -> list[str]:
             continue
         digest = sha256_file(path)
         if digest != entry.sha256:
-            problems.append(f"{path}: sha256 {digest[:12]}... disagrees with the index ({entry.sha256[:12]}...)")
+            problems.append(
+                f"{path}: sha256 {digest[:12]}... disagrees with the index ({entry.sha256[:12]}...)"
+            )
         try:
             with h5py.File(path, "r", locking=False) as h5:
                 check_shard_file(h5, entry, index.config, path=path)
@@ -123,10 +125,17 @@ def preview(root: str | Path, *, out: str | Path, per_class: int = 3) -> Path:
             kind = h5["anchor/kind"][:]
             for i in range(entry.n):
                 c = int(species[i])
-                if c in picks and kind[i] == 1 and labels[i, c] == LABEL_POSITIVE and len(picks[c]) < per_class:
+                if (
+                    c in picks
+                    and kind[i] == 1
+                    and labels[i, c] == LABEL_POSITIVE
+                    and len(picks[c]) < per_class
+                ):
                     picks[c].append(h5["mel"][i].astype(np.float32))
     shown = [c for c in index.classes if picks[c]] or list(index.classes)[:1]
-    fig, axes = plt.subplots(len(shown), per_class, figsize=(2.4 * per_class, 1.2 * len(shown)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(shown), per_class, figsize=(2.4 * per_class, 1.2 * len(shown)), squeeze=False
+    )
     for row, c in enumerate(shown):
         for col in range(per_class):
             ax = axes[row, col]

@@ -130,7 +130,9 @@ def write_shard(
     return entry, stats
 
 
-def _write_datasets(h5: h5py.File, examples: list[Example], *, config: FeatureConfig, stats: ShardStats) -> None:
+def _write_datasets(
+    h5: h5py.File, examples: list[Example], *, config: FeatureConfig, stats: ShardStats
+) -> None:
     n = len(examples)
     shape = (n, config.n_mels, config.n_frames)
     mel = h5.create_dataset(
@@ -143,11 +145,15 @@ def _write_datasets(h5: h5py.File, examples: list[Example], *, config: FeatureCo
     )
     for i, ex in enumerate(examples):
         if ex.mel.shape != shape[1:]:
-            raise ValueError(f"example {i} of {ex.recording_id}: mel shape {ex.mel.shape}, expected {shape[1:]}")
+            raise ValueError(
+                f"example {i} of {ex.recording_id}: mel shape {ex.mel.shape}, expected {shape[1:]}"
+            )
         stored = ex.mel.astype(config.dtype)
         mel[i] = stored
         stats.add(stored)
-    h5.create_dataset("labels", data=np.array([ex.labels for ex in examples], dtype=np.int8).reshape(n, config.n_classes))
+    h5.create_dataset(
+        "labels", data=np.array([ex.labels for ex in examples], dtype=np.int8).reshape(n, config.n_classes)
+    )
     h5.create_dataset("recording_id", data=[ex.recording_id for ex in examples], dtype=h5py.string_dtype())
     h5.create_dataset("start", data=np.array([ex.start for ex in examples], dtype=np.float64))
     for name, dtype in SHARD_DATASETS.items():
@@ -174,7 +180,12 @@ def read_shard_summary(path: Path) -> tuple[str, int, ShardStats, str]:
         stats = ShardStats(
             int(h5.attrs["stats_count"]), np.array(h5.attrs["stats_sum"]), np.array(h5.attrs["stats_sumsq"])
         )
-        return str(h5.attrs["fingerprint"]), int(h5["mel"].shape[0]), stats, str(h5.attrs.get("failures", "[]"))
+        return (
+            str(h5.attrs["fingerprint"]),
+            int(h5["mel"].shape[0]),
+            stats,
+            str(h5.attrs.get("failures", "[]")),
+        )
 
 
 def library_versions() -> dict[str, str]:
