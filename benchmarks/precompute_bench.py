@@ -109,25 +109,24 @@ def run_measured(cmd: list[str]) -> tuple[float, int, int]:
     return time.perf_counter() - started, proc.returncode, peak
 
 
-def features_run(demo: Path, out: Path, *, jobs: int) -> dict:
-    shutil.rmtree(out, ignore_errors=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "precompute",
-        "features",
-        "--audio-dir",
-        str(demo / "train"),
+def features_command(demo: Path, out: Path, *, jobs: int | None = None) -> list[str]:
+    """The ``precompute features`` command line a user runs on a demo-layout dataset."""
+    cmd = [sys.executable, "-m", "precompute", "features", "--audio-dir", str(demo / "train")]
+    cmd += [
         "--tp",
         str(demo / "train_tp.csv"),
         "--fp",
         str(demo / "train_fp.csv"),
         "--out",
         str(out),
-        "--jobs",
-        str(jobs),
         "--quiet",
     ]
+    return cmd if jobs is None else [*cmd, "--jobs", str(jobs)]
+
+
+def features_run(demo: Path, out: Path, *, jobs: int) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = features_command(demo, out, jobs=jobs)
     seconds, _, peak = run_measured(cmd)
     index = read_index(out)
     config = index.config

@@ -31,27 +31,12 @@ TARGETS = [
 
 
 def ensure_demo(demo: Path, features: Path) -> None:
+    from benchmarks import precompute_bench
+
     if not (demo / "train_tp.csv").is_file():
         subprocess.run([sys.executable, "-m", "precompute", "demo-data", str(demo), "--quiet"], check=True)
     if not (features / "index.json").is_file():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "precompute",
-                "features",
-                "--audio-dir",
-                str(demo / "train"),
-                "--tp",
-                str(demo / "train_tp.csv"),
-                "--fp",
-                str(demo / "train_fp.csv"),
-                "--out",
-                str(features),
-                "--quiet",
-            ],
-            check=True,
-        )
+        subprocess.run(precompute_bench.features_command(demo, features), check=True)
 
 
 def table(results: dict) -> list[str]:
