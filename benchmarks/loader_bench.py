@@ -183,3 +183,49 @@ def run(features: Path, demo: Path, *, batch_size: int = 32, n_batches: int = 16
         "readers": result,
         "ratios": ratios,
     }
+
+
+KNOBS = {
+    # name -> feature parameters changed from the demo's (the loader reads float32 batches)
+    "float16, uncompressed (default)": {},
+    "float32 stored": {"dtype": "float32"},
+    "float16, gzip": {"compression": "gzip"},
+    "float16, lzf": {"compression": "lzf"},
+}
+
+
+def knobs(demo: Path, work: Path, *, batch_size: int = 32, n_batches: int = 8) -> dict:
+    """Disk size and loader speed of the storage knobs, each precomputed from the demo audio."""
+    import shutil
+    import subprocess
+
+    from benchmarks.precompute_bench import features_command
+
+    out = {}
+    for name, params in KNOBS.items():
+        root = work / (
+            "knob-" + "-".join(f"{k}-{v}" for k, v in params.items()) if params else "knob-default"
+        )
+        shutil.rmtree(root, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+        toml = work / f"{root.name}.toml"
+        toml.write_text("".join(f'{k} = "{v}"\n' for k, v in params.items()))
+        started = time.perf_counter()
+        subprocess.run(
+            [*features_command(demo, root), "--config", str(toml)], check=True, stdout=subprocess.DEVNULL
+        )
+        precompute_s = time.perf_counter() - started
+        index = read_index(root)
+        seq = ShardSequence(root, split="all", batch_size=batch_size, shuffle=True, seed=0, augment=False)
+        for i in range(len(seq)):
+            seq[i]
+        seq.on_epoch_end()
+        seconds = _time_batches(seq.__getitem__, min(n_batches, len(seq)))
+        out[name] = {
+            "mb_on_disk": sum(s.bytes for s in index.shards) / 1e6,
+            "precompute_s": precompute_s,
+            "ms_per_batch": seconds * 1e3,
+            "samples_per_s": batch_size / seconds,
+        }
+        shutil.rmtree(root, ignore_errors=True)
+    return out

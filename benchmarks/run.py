@@ -50,6 +50,14 @@ def table(results: dict) -> list[str]:
     ]
     for name, fig in loader["readers"].items():
         lines.append(f"{name:<34}{fig['ms_per_batch']:>10.2f}{fig['samples_per_s']:>12.0f}")
+    lines += [
+        "",
+        f"{'storage knob (demo, float32 batches)':<40}{'MB on disk':>11}{'precompute s':>14}{'ms/batch':>10}",
+    ]
+    for name, fig in results["knobs"].items():
+        lines.append(
+            f"{name:<40}{fig['mb_on_disk']:>11.1f}{fig['precompute_s']:>14.1f}{fig['ms_per_batch']:>10.2f}"
+        )
     pre = results["precompute"]
     lines += [
         "",
@@ -100,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_precompute:
         results["precompute"] = precompute_bench.run(args.demo, args.work)
     results["loader"] = loader_bench.run(args.features, args.demo)
+    results["knobs"] = loader_bench.knobs(args.demo, args.work)
     results["seconds"] = time.perf_counter() - started
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     if "precompute" in results:
