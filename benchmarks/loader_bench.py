@@ -194,7 +194,7 @@ KNOBS = {
 }
 
 
-def knobs(demo: Path, work: Path, *, batch_size: int = 32, n_batches: int = 8) -> dict:
+def knobs(demo: Path, work: Path, *, batch_size: int = 32, n_batches: int = 16) -> dict:
     """Disk size and loader speed of the storage knobs, each precomputed from the demo audio."""
     import shutil
     import subprocess
