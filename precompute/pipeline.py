@@ -71,10 +71,9 @@ class Summary:
         return self.slices_built / self.seconds if self.seconds > 0 else 0.0
 
     def lines(self) -> list[str]:
-        raw_mb = self.bytes / 1e6
         lines = [
             f"{self.out}: {self.examples} examples in {self.shards} shards "
-            f"({self.shards_built} built, {self.shards_reused} reused), {raw_mb:.1f} MB",
+            f"({self.shards_built} built, {self.shards_reused} reused), {self.bytes / 1e6:.1f} MB",
             f"{self.slices_built} slices computed in {self.seconds:.1f} s ({self.rate:.1f} slices/s)",
         ]
         if self.failures:
@@ -261,14 +260,14 @@ def _backend(backend: str, *, jobs: int, scheduler: str | None) -> Iterator[None
                 "backend 'dask' needs dask[distributed]: pip install 'dask[distributed]'"
             ) from None
         with contextlib.ExitStack() as stack:
+            # joblib's dask backend finds the client that is current in this context.
             if scheduler:
-                client = stack.enter_context(Client(scheduler))
+                stack.enter_context(Client(scheduler))
             else:
                 cluster = stack.enter_context(
                     LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=":0")
                 )
-                client = stack.enter_context(Client(cluster))
-            del client
+                stack.enter_context(Client(cluster))
             with parallel_config(backend="dask"):
                 yield
         return
