@@ -143,6 +143,18 @@ def run(features: Path, demo: Path, *, batch_size: int = 32, n_batches: int = 16
         seq.on_epoch_end()
         record(name, _time_batches(seq.__getitem__, n_seq))
 
+    record(
+        "naive_h5py_fancy_index",
+        _time_batches(naive_h5py(features, orders, crop=(first, first + crop)), 4, repeats=1),
+    )
+    per_sample = per_sample_baseline(demo)
+    result["per_sample_sequence"] = {
+        "ms_per_batch": per_sample * batch_size * 1e3,
+        "samples_per_s": 1 / per_sample,
+    }
+
+    # TensorFlow last: once it has run in a process, every later figure here measured slower
+    # (~0.9 -> 1.7-3 ms per float32 batch), apparently from the allocator state it leaves.
     seq = ShardSequence(features, split="all", batch_size=batch_size, shuffle=True, seed=0, augment=False)
     dataset = seq.as_tf_dataset()
     for _ in dataset:
@@ -153,16 +165,6 @@ def run(features: Path, demo: Path, *, batch_size: int = 32, n_batches: int = 16
         for _ in dataset:
             count += 1
     record("as_tf_dataset_float32", (time.perf_counter() - started) / count)
-
-    record(
-        "naive_h5py_fancy_index",
-        _time_batches(naive_h5py(features, orders, crop=(first, first + crop)), 4, repeats=1),
-    )
-    per_sample = per_sample_baseline(demo)
-    result["per_sample_sequence"] = {
-        "ms_per_batch": per_sample * batch_size * 1e3,
-        "samples_per_s": 1 / per_sample,
-    }
 
     def ratio(a: str, b: str) -> float:
         return result[a]["samples_per_s"] / result[b]["samples_per_s"]
