@@ -24,10 +24,9 @@ Presets
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from loader.errors import ConfigError
 from loader.format import FeatureConfig
