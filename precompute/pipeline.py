@@ -143,8 +143,12 @@ def _recording_examples(
         raise AudioError(f"{task.path}: recording is {seconds:.3f} s, shorter than the {length:g} s window")
     n_samples = int(round(length * config.sample_rate))
     if job.kind == KIND_WINDOWS:
-        starts = sliding_starts(seconds, length=length, step=job.step)
-        return [_window_example(y, start, task=task, config=config, n_samples=n_samples) for start in starts]
+        examples = []
+        for start in sliding_starts(seconds, length=length, step=job.step):
+            mel, start = _window_mel(y, start, config=config, n_samples=n_samples)
+            labels = np.full(config.n_classes, LABEL_UNKNOWN, dtype=np.int8)
+            examples.append(Example(mel, labels, task.recording_id, start, anchor=NO_ANCHOR))
+        return examples
     events = event_arrays(task.rows)
     examples = []
     for row in task.rows:
@@ -157,9 +161,9 @@ def _recording_examples(
             failures.append(_failure(task.recording_id, task.path, err, slices=1, line=row.line))
             continue
         start = place_window(row.t_min, row.t_max, length=length, recording_seconds=seconds)
-        example = _window_example(y, start, task=task, config=config, n_samples=n_samples)
-        example.labels, example.events = window_events(events, example.start, config=config)
-        example.anchor = {
+        mel, start = _window_mel(y, start, config=config, n_samples=n_samples)
+        labels, stored = window_events(events, start, config=config)
+        anchor = {
             "species_id": row.species_id,
             "songtype_id": row.songtype_id,
             "t_min": row.t_min,
@@ -169,31 +173,29 @@ def _recording_examples(
             "kind": row.kind,
             "line": row.line,
         }
-        examples.append(example)
+        examples.append(Example(mel, labels, task.recording_id, start, anchor=anchor, events=stored))
     return examples
 
 
-def _window_example(
-    y: np.ndarray, start: float, *, task: RecordingTask, config: FeatureConfig, n_samples: int
-) -> Example:
+# The anchor of a sliding window: no manifest row.
+NO_ANCHOR = {
+    "species_id": -1,
+    "songtype_id": -1,
+    "t_min": np.nan,
+    "t_max": np.nan,
+    "f_min": np.nan,
+    "f_max": np.nan,
+    "kind": KIND_NONE,
+    "line": -1,
+}
+
+
+def _window_mel(
+    y: np.ndarray, start: float, *, config: FeatureConfig, n_samples: int
+) -> tuple[np.ndarray, float]:
+    """Log-mel of the window starting at ``start`` seconds, and its start rounded to a sample."""
     first = min(int(round(start * config.sample_rate)), y.size - n_samples)
-    mel = log_mel(y[first : first + n_samples], config=config)
-    return Example(
-        mel=mel,
-        labels=np.full(config.n_classes, LABEL_UNKNOWN, dtype=np.int8),
-        recording_id=task.recording_id,
-        start=first / config.sample_rate,
-        anchor={
-            "species_id": -1,
-            "songtype_id": -1,
-            "t_min": np.nan,
-            "t_max": np.nan,
-            "f_min": np.nan,
-            "f_max": np.nan,
-            "kind": KIND_NONE,
-            "line": -1,
-        },
-    )
+    return log_mel(y[first : first + n_samples], config=config), first / config.sample_rate
 
 
 # ---------------------------------------------------------------------------------------------
