@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import h5py
@@ -151,10 +150,3 @@ def preview(root: str | Path, *, out: str | Path, per_class: int = 3) -> Path:
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
-
-
-def failures(root: str | Path) -> list[dict]:
-    path = Path(root) / FAILURES_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -32,12 +32,12 @@ def dataset(tmp_path, *, bad_audio=None, bad_rows="", fp_rows=""):
     return audio
 
 
-def run(tmp_path, audio, on_error="skip"):
+def run(tmp_path, audio, on_error="skip", out="out"):
     return run_features(
         audio_dir=audio,
         tp=tmp_path / "tp.csv",
         fp=tmp_path / "fp.csv",
-        out=tmp_path / "out",
+        out=tmp_path / out,
         config=TINY,
         jobs=1,
         progress=False,
@@ -126,16 +126,7 @@ def test_bad_audio_is_recorded_and_good_slices_written(tmp_path, case):
     assert recorded == summary.failures
     assert read_index(tmp_path / "out").failures == 1
     with pytest.raises(AudioError, match=message):
-        run_features(
-            audio_dir=audio,
-            tp=tmp_path / "tp.csv",
-            fp=tmp_path / "fp.csv",
-            out=tmp_path / "strict",
-            config=TINY,
-            jobs=1,
-            progress=False,
-            on_error="fail",
-        )
+        run(tmp_path, audio, on_error="fail", out="strict")
 
 
 @pytest.mark.parametrize("case", list(ROW_CASES))
