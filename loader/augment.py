@@ -59,6 +59,18 @@ class AugmentParams:
     partner: np.ndarray
     weight: np.ndarray
 
+    def rows(self, lo: int, hi: int) -> AugmentParams:
+        """The draws of rows ``lo:hi``, without mixup (it pairs rows across the whole batch)."""
+        n = hi - lo
+        return AugmentParams(
+            crop_start=self.crop_start[lo:hi],
+            gain=None if self.gain is None else self.gain[lo:hi],
+            freq=self.freq[lo:hi],
+            time=self.time[lo:hi],
+            partner=np.full(n, -1, dtype=np.int64),
+            weight=np.ones(n, dtype=np.float32),
+        )
+
 
 def _check_int(name: str, value: Any, *, low: int = 0) -> None:
     if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
@@ -210,17 +222,30 @@ class Augment:
         clip : (low, high) applied after the gain, or None
         gain : False when the reader already applied ``params.gain`` while gathering
         """
-        n_mels = x.shape[1]
         if gain and params.gain is not None:
             _scale(x, params.gain, clip)
-        mixed = np.flatnonzero(params.partner >= 0) if self.mixup_p > 0 else ()
-        if len(mixed):
-            lam = params.weight[mixed].reshape(-1, 1, 1, 1)
-            other = x[params.partner[mixed]].astype(np.float32)
-            mine = x[mixed].astype(np.float32)
-            x[mixed] = (lam * mine + (1 - lam) * other).astype(x.dtype)
+        self.apply_mixup(x, params)
+        self.apply_masks(x, params, fill=fill)
+
+    def mixes(self, params: AugmentParams) -> bool:
+        """Whether any example of the batch is mixed with another."""
+        return self.mixup_p > 0 and bool((params.partner >= 0).any())
+
+    def apply_mixup(self, x: np.ndarray, params: AugmentParams) -> None:
+        """Mix the chosen examples with their partners (taken before mixing), in place."""
+        if not self.mixes(params):
+            return
+        mixed = np.flatnonzero(params.partner >= 0)
+        lam = params.weight[mixed].reshape(-1, 1, 1, 1)
+        other = x[params.partner[mixed]].astype(np.float32)
+        mine = x[mixed].astype(np.float32)
+        x[mixed] = (lam * mine + (1 - lam) * other).astype(x.dtype)
+
+    def apply_masks(self, x: np.ndarray, params: AugmentParams, *, fill: np.ndarray | None = None) -> None:
+        """Set the frequency and time bands of ``params`` to ``fill`` (per mel bin, default 0)."""
         if not (params.freq.shape[1] or params.time.shape[1]):
             return
+        n_mels = x.shape[1]
         values = np.zeros(n_mels, dtype=x.dtype) if fill is None else np.asarray(fill, dtype=x.dtype)
         if params.freq.shape[1]:
             bins = _band_cover(params.freq, n_mels)

@@ -29,6 +29,7 @@ import numpy as np
 
 from loader import sampler
 from loader.augment import Augment, AugmentParams
+from loader.batches import InProcessRows, ProcessRows, ThreadRows
 from loader.errors import ConfigError
 from loader.format import FeatureConfig, center_offset
 from loader.reader import FeatureSet, MelReader
@@ -94,6 +95,11 @@ class ShardSequence(keras.utils.PyDataset):
         unknown = sorted(set(pydataset_kwargs) - set(PYDATASET_ARGS))
         if unknown:
             raise ConfigError(f"ShardSequence got unknown argument(s) {', '.join(unknown)}")
+        workers = _check_int("workers", pydataset_kwargs.pop("workers", 1), low=1)
+        use_multiprocessing = bool(pydataset_kwargs.pop("use_multiprocessing", False))
+        # Keras is told nothing about workers: it would send every batch through a pipe (its
+        # processes) or a queue (its threads). The sequence splits each batch across its own
+        # workers instead (``loader.batches``) and Keras builds batches in its in-process path.
         super().__init__(**pydataset_kwargs)
         sampler.check_split(split, fold=fold, n_folds=n_folds)
         self.batch_size = _check_int("batch_size", batch_size, low=1)
@@ -150,8 +156,36 @@ class ShardSequence(keras.utils.PyDataset):
         self._order: tuple[int, np.ndarray] | None = None
         self._center_labels: tuple[np.ndarray, np.ndarray] | None = None
         self._center = center_offset(config, self.crop_frames)
+        shape = (self.batch_size, config.n_mels, self.crop_frames, 1)
+        rows_args = (self.reader, self.augment)
+        rows_kwargs = {"fill": self.fill, "clip": self.clip, "shape": shape, "dtype": self.dtype}
+        if workers > 1 or use_multiprocessing:
+            kind = ProcessRows if use_multiprocessing else ThreadRows
+            self._rows = kind(*rows_args, **rows_kwargs, workers=workers)
+        else:
+            self._rows = InProcessRows(*rows_args, **rows_kwargs)
 
     # -- description -------------------------------------------------------------------------
+
+    @property
+    def worker_mode(self) -> str:
+        """How batches are built: ``"in-process"``, ``"threads"`` or ``"processes"``."""
+        return self._rows.mode
+
+    @property
+    def n_workers(self) -> int:
+        """Threads or processes that build the rows of each batch (1 in process)."""
+        return self._rows.workers
+
+    def close(self) -> None:
+        """Stop this sequence's worker threads or processes (they restart on the next batch)."""
+        self._rows.close()
+
+    def __enter__(self) -> ShardSequence:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def config(self) -> FeatureConfig:
@@ -242,11 +276,13 @@ class ShardSequence(keras.utils.PyDataset):
             index += len(self)
         ids = self.batch_example_ids(index, epoch=epoch)
         params = self.batch_params(index, ids.shape[0], epoch=epoch)
-        config = self.config
-        x = np.empty((ids.shape[0], config.n_mels, self.crop_frames, 1), dtype=self.dtype)
-        self.reader.read(ids, params.crop_start, x, gain=params.gain, clip=self.clip)
+        x = self._rows.take(ids.shape[0])
+        mixes = self.augment.mixes(params)
+        self._rows.build(x, ids, params, masks=not mixes)
+        if mixes:  # mixup reads rows built by other workers; masks come after it
+            self.augment.apply_mixup(x, params)
+            self.augment.apply_masks(x, params, fill=self.fill)
         y, known = self._labels(ids, params.crop_start)
-        self.augment.apply(x, params, fill=self.fill, clip=self.clip, gain=False)
         y, known = self.augment.mix_labels(y, known, params)
         return (x, y, known) if self.return_mask else (x, y)
 

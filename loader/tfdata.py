@@ -18,6 +18,10 @@ def as_tf_dataset(seq: ShardSequence, *, prefetch: int | None = -1, first_epoch:
     epoch) yields epoch ``first_epoch + k`` of the sequence; ``first_epoch`` defaults to
     ``seq.epoch`` when this is called. ``prefetch``: batches to prefetch, -1 for
     ``tf.data.AUTOTUNE``, 0 or None for none.
+
+    The batches are the sequence's own arrays (built in its worker mode, 64-byte aligned), which
+    TensorFlow wraps without copying; its prefetch thread builds the next batch while the model
+    trains on the current one.
     """
     import tensorflow as tf
 
@@ -37,6 +41,8 @@ def as_tf_dataset(seq: ShardSequence, *, prefetch: int | None = -1, first_epoch:
             yield seq.batch(index, epoch=epoch)
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=tuple(signature))
+    # Tell Keras how many batches an epoch has, as it knows for a PyDataset.
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(seq)))
     if prefetch:
         ds = ds.prefetch(tf.data.AUTOTUNE if prefetch == -1 else int(prefetch))
     return ds

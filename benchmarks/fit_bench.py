@@ -1,0 +1,234 @@
+"""End to end: samples per second inside ``model.fit``, not ``seq[i]`` in a loop.
+
+Every input is fed to the same ``model.fit`` of the same model (global average pooling and a
+dense layer: as cheap as a model gets, so the input path shows), with the same batch shape,
+batch count and dtype. The reference is a zero-cost ``PyDataset`` whose ``__getitem__``
+returns one ready batch. Rates come from whole epochs after a warm-up epoch; the inputs are
+measured in turn, round after round, and each ratio is the median over the rounds of the
+ratio to the zero-cost rate measured in the same round (this machine is shared and noisy).
+
+Run on its own (``python -m benchmarks.fit_bench``) it prints a table; ``make bench`` runs it
+in a separate process, since TensorFlow changes the timing of whatever runs after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402 -- after the log level
+import numpy as np  # noqa: E402
+
+from loader import ShardSequence  # noqa: E402
+from loader.buffers import BufferPool  # noqa: E402
+
+ROOT = Path(__file__).parent.parent
+
+
+class ZeroCost(keras.utils.PyDataset):
+    """``n_batches`` batches that cost nothing to make: the same ready arrays every time."""
+
+    def __init__(
+        self,
+        n_batches: int,
+        x_shape: tuple[int, ...],
+        n_classes: int,
+        dtype: str,
+        *,
+        aligned: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.n_batches = n_batches
+        x = np.random.default_rng(0).random(x_shape, dtype=np.float32).astype(dtype)
+        if aligned:  # memory TensorFlow wraps without a copy, like ShardSequence's batches
+            self.x = BufferPool(x_shape, dtype).take()
+            self.x[...] = x
+        else:
+            self.x = x
+        self.y = (np.random.default_rng(1).random((x_shape[0], n_classes)) < 0.1).astype(np.float32)
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.x, self.y
+
+
+class PerSample(keras.utils.PyDataset):
+    """The classic Sequence: decode, cut, mel, dB and min-max for every sample of every epoch."""
+
+    def __init__(self, demo: Path, n_batches: int, batch_size: int, crop_frames: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        with open(demo / "train_tp.csv") as fh:
+            self.rows = list(csv.DictReader(fh))
+        self.demo, self.n_batches, self.batch_size, self.crop = demo, n_batches, batch_size, crop_frames
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        from benchmarks.loader_bench import classic_example
+
+        rows = [self.rows[(index * self.batch_size + k) % len(self.rows)] for k in range(self.batch_size)]
+        x = np.stack([classic_example(self.demo, row)[:, : self.crop] for row in rows])
+        y = np.zeros((len(rows), 24), np.float32)
+        for k, row in enumerate(rows):
+            y[k, int(row["species_id"])] = 1
+        return x, y
+
+
+def tiny_model(input_shape: tuple[int, ...], n_classes: int, *, dtype: str) -> keras.Model:
+    """Pooling and a dense layer. float16 input is cast by the float32 pooling layer."""
+    inputs = keras.Input(input_shape, dtype=dtype)
+    pooled = keras.layers.GlobalAveragePooling2D(dtype="float32")(inputs)
+    outputs = keras.layers.Dense(n_classes, activation="sigmoid")(pooled)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    return model
+
+
+class _EpochTimes(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        self.seconds.append(time.perf_counter() - self._started)
+
+
+def fit_rate(
+    model: keras.Model, data, *, samples_per_epoch: int, epochs: int, steps: int | None = None
+) -> float:
+    """Samples per second over every epoch but the first (``fit(shuffle=False)``, silent)."""
+    times = _EpochTimes()
+    model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[times])
+    return samples_per_epoch * (epochs - 1) / sum(times.seconds[1:])
+
+
+def run(features: Path, demo: Path, *, rounds: int = 5, epochs: int = 6, batch_size: int = 32) -> dict:
+    def sequence(**options) -> ShardSequence:
+        base = {"split": "all", "batch_size": batch_size, "shuffle": True, "drop_remainder": True}
+        return ShardSequence(features, **{**base, **options})
+
+    probe = sequence()
+    n_batches, n_classes = len(probe), len(probe.classes)
+    x_shape = (batch_size, probe.config.n_mels, probe.crop_frames, 1)
+    samples = n_batches * batch_size
+    models = {dtype: tiny_model(x_shape[1:], n_classes, dtype=dtype) for dtype in ("float32", "float16")}
+
+    # name -> (reference name, dtype, make the input); ShardSequence inputs use the default
+    # augmentation, as training does.
+    inputs = {
+        "zero_cost": ("zero_cost", "float32", lambda: ZeroCost(n_batches, x_shape, n_classes, "float32")),
+        "zero_cost_aligned": (
+            "zero_cost",
+            "float32",
+            lambda: ZeroCost(n_batches, x_shape, n_classes, "float32", aligned=True),
+        ),
+        "shard_sequence": ("zero_cost", "float32", lambda: sequence(augment=True)),
+        "shard_sequence_threads_2": ("zero_cost", "float32", lambda: sequence(augment=True, workers=2)),
+        "shard_sequence_processes_2": (
+            "zero_cost",
+            "float32",
+            lambda: sequence(augment=True, workers=2, use_multiprocessing=True),
+        ),
+        "as_tf_dataset": ("zero_cost", "float32", lambda: sequence(augment=True).as_tf_dataset()),
+        "zero_cost_float16": (
+            "zero_cost_float16",
+            "float16",
+            lambda: ZeroCost(n_batches, x_shape, n_classes, "float16"),
+        ),
+        "shard_sequence_float16": (
+            "zero_cost_float16",
+            "float16",
+            lambda: sequence(augment=True, dtype="float16"),
+        ),
+        "zero_cost_keras_processes_2": (
+            "zero_cost",
+            "float32",
+            lambda: ZeroCost(n_batches, x_shape, n_classes, "float32", workers=2, use_multiprocessing=True),
+        ),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in inputs}
+    for _ in range(rounds):
+        for name, (_, dtype, make) in inputs.items():
+            data = make()
+            rates[name].append(fit_rate(models[dtype], data, samples_per_epoch=samples, epochs=epochs))
+            if isinstance(data, ShardSequence):
+                data.close()
+
+    # The classic per-sample Sequence is ~1000x slower: a few batches, with Keras' worker
+    # processes as its users run it; librosa imported and warm before Keras forks them.
+    from benchmarks.loader_bench import classic_example
+
+    classic_example(demo, PerSample(demo, 1, 1, 1).rows[0])
+    per_sample = PerSample(demo, 3, batch_size, x_shape[2], workers=2, use_multiprocessing=True)
+    rates["per_sample_keras_processes_2"] = [
+        fit_rate(models["float32"], per_sample, samples_per_epoch=3 * batch_size, epochs=2)
+    ]
+
+    figures = {}
+    for name, values in rates.items():
+        reference = inputs.get(name, ("zero_cost",))[0]
+        ratios = [v / r for v, r in zip(values, rates[reference], strict=False)]
+        figures[name] = {
+            "samples_per_s": float(np.median(values)),
+            "ratio_to_zero_cost": float(np.median(ratios)),
+            "ratios": [round(r, 3) for r in ratios],
+        }
+        if reference == "zero_cost":
+            strict = [v / r for v, r in zip(values, rates["zero_cost_aligned"], strict=False)]
+            figures[name]["ratio_to_zero_cost_aligned"] = float(np.median(strict))
+    return {
+        "batch": list(x_shape),
+        "batches_per_epoch": n_batches,
+        "epochs_timed": epochs - 1,
+        "rounds": rounds,
+        "model": "GlobalAveragePooling2D + Dense",
+        "inputs": figures,
+    }
+
+
+def table(result: dict) -> list[str]:
+    lines = [
+        f"model.fit, {result['model']}, batch {'x'.join(map(str, result['batch']))}, "
+        f"{result['batches_per_epoch']} batches x {result['epochs_timed']} epochs, median of "
+        f"{result['rounds']} rounds",
+        f"{'input':<34}{'samples/s':>12}{'vs zero-cost':>14}{'vs aligned':>12}",
+    ]
+    for name, fig in result["inputs"].items():
+        strict = fig.get("ratio_to_zero_cost_aligned")
+        lines.append(
+            f"{name:<34}{fig['samples_per_s']:>12.0f}{fig['ratio_to_zero_cost']:>14.2f}"
+            + (f"{strict:>12.2f}" if strict is not None else f"{'':>12}")
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--features", type=Path, default=ROOT / "features" / "demo")
+    parser.add_argument("--demo", type=Path, default=ROOT / "data" / "demo")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    result = run(args.features, args.demo, rounds=args.rounds)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    print("\n".join(table(result)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
