@@ -116,7 +116,38 @@ def fit_rate(
     return samples_per_epoch * (epochs - 1) / sum(times.seconds[1:])
 
 
-def run(features: Path, demo: Path, *, rounds: int = 5, epochs: int = 6, batch_size: int = 32) -> dict:
+def real_model(features: Path, demo: Path, x_shape, n_classes: int, sequence, *, steps: int = 6) -> dict:
+    """The experiments' baseline CNN on this machine's CPU: is the input or the model the limit?"""
+    from experiments.models import build_model
+
+    model = build_model("baseline", input_shape=x_shape[1:], n_classes=n_classes)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    batch = x_shape[0]
+    inputs = {
+        "zero_cost": lambda: ZeroCost(steps, x_shape, n_classes, "float32"),
+        "shard_sequence": lambda: sequence(augment=True),
+        "per_sample_keras_processes_2": lambda: PerSample(
+            demo, steps, batch, x_shape[2], workers=2, use_multiprocessing=True
+        ),
+    }
+    out = {}
+    for name, make in inputs.items():
+        rate = fit_rate(model, make(), samples_per_epoch=steps * batch, epochs=3, steps=steps)
+        out[name] = {"samples_per_s": rate}
+    for fig in out.values():
+        fig["ratio_to_zero_cost"] = fig["samples_per_s"] / out["zero_cost"]["samples_per_s"]
+    return out
+
+
+def run(
+    features: Path,
+    demo: Path,
+    *,
+    rounds: int = 5,
+    epochs: int = 6,
+    batch_size: int = 32,
+    real_model_steps: int = 6,
+) -> dict:
     def sequence(**options) -> ShardSequence:
         base = {"split": "all", "batch_size": batch_size, "shuffle": True, "drop_remainder": True}
         return ShardSequence(features, **{**base, **options})
@@ -178,6 +209,8 @@ def run(features: Path, demo: Path, *, rounds: int = 5, epochs: int = 6, batch_s
         fit_rate(models["float32"], per_sample, samples_per_epoch=3 * batch_size, epochs=2)
     ]
 
+    real = real_model(features, demo, x_shape, n_classes, sequence) if real_model_steps else None
+
     figures = {}
     for name, values in rates.items():
         reference = inputs.get(name, ("zero_cost",))[0]
@@ -197,6 +230,7 @@ def run(features: Path, demo: Path, *, rounds: int = 5, epochs: int = 6, batch_s
         "rounds": rounds,
         "model": "GlobalAveragePooling2D + Dense",
         "inputs": figures,
+        "baseline_model": real,
     }
 
 
@@ -213,6 +247,10 @@ def table(result: dict) -> list[str]:
             f"{name:<34}{fig['samples_per_s']:>12.0f}{fig['ratio_to_zero_cost']:>14.2f}"
             + (f"{strict:>12.2f}" if strict is not None else f"{'':>12}")
         )
+    if result.get("baseline_model"):
+        lines += ["", "model.fit, the experiments' baseline CNN on this CPU"]
+        for name, fig in result["baseline_model"].items():
+            lines.append(f"{name:<34}{fig['samples_per_s']:>12.1f}{fig['ratio_to_zero_cost']:>14.2f}")
     return lines
 
 

@@ -157,8 +157,8 @@ def run(features: Path, demo: Path, *, batch_size: int = 32, n_batches: int = 16
         "samples_per_s": 1 / per_sample,
     }
 
-    # TensorFlow last: once it has run in a process, every later figure here measured slower
-    # (~0.9 -> 1.7-3 ms per float32 batch), apparently from the allocator state it leaves.
+    # TensorFlow last: its generator dataset lowers glibc's M_TRIM_THRESHOLD for the whole
+    # process (see loader.buffers), which slows every later figure that allocates big arrays.
     seq = ShardSequence(features, split="all", batch_size=batch_size, shuffle=True, seed=0, augment=False)
     dataset = seq.as_tf_dataset()
     for _ in dataset:

@@ -12,8 +12,11 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from tqdm import tqdm
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -25,6 +28,10 @@ TARGETS = [
     ("loader", "float16_vs_in_ram_float16", 0.8),
     ("loader", "float32_vs_per_sample", 500.0),
     ("loader", "float32_vs_memory_bound", 0.5),
+    ("fit", "shard_sequence", 0.7),
+    ("fit", "as_tf_dataset", 0.7),
+    ("fit", "shard_sequence_threads_2", 0.5),
+    ("fit", "shard_sequence_processes_2", 0.5),
     ("precompute", "ratio_to_ideal", 0.8),
     ("precompute", "scaling_efficiency", 0.85),
 ]
@@ -37,6 +44,17 @@ def ensure_demo(demo: Path, features: Path) -> None:
         subprocess.run([sys.executable, "-m", "precompute", "demo-data", str(demo), "--quiet"], check=True)
     if not (features / "index.json").is_file():
         subprocess.run(precompute_bench.features_command(demo, features), check=True)
+
+
+def fit_figures(features: Path, demo: Path, *, rounds: int) -> dict:
+    """``benchmarks.fit_bench`` in its own process: TensorFlow changes whatever runs after it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "fit.json"
+        cmd = [sys.executable, "-m", "benchmarks.fit_bench", "--features", str(features), "--demo", str(demo)]
+        subprocess.run(
+            [*cmd, "--rounds", str(rounds), "--json", str(out)], check=True, stdout=subprocess.DEVNULL
+        )
+        return json.loads(out.read_text())
 
 
 def table(results: dict) -> list[str]:
@@ -58,29 +76,45 @@ def table(results: dict) -> list[str]:
         lines.append(
             f"{name:<40}{fig['mb_on_disk']:>11.1f}{fig['precompute_s']:>14.1f}{fig['ms_per_batch']:>10.2f}"
         )
-    pre = results["precompute"]
-    lines += [
-        "",
-        f"precompute: floor {pre['floor_ms_per_slice']:.1f} ms/slice on one core -> ideal "
-        f"{pre['ideal_slices_per_s']:.1f} slices/s on {pre['cores']} cores",
-        f"{'run':<34}{'slices':>8}{'s':>8}{'slices/s':>10}{'peak RSS MB':>13}{'disk/raw':>10}",
-    ]
-    for name in ("jobs_1_big", "jobs_cores_big", "jobs_cores_1x"):
+    pre = results.get("precompute")
+    lines += (
+        []
+        if pre is None
+        else [
+            "",
+            f"precompute: floor {pre['floor_ms_per_slice']:.1f} ms/slice on one core -> ideal "
+            f"{pre['ideal_slices_per_s']:.1f} slices/s on {pre['cores']} cores",
+            f"{'run':<34}{'slices':>8}{'s':>8}{'slices/s':>10}{'peak RSS MB':>13}{'disk/raw':>10}",
+        ]
+    )
+    for name in ("jobs_1_big", "jobs_cores_big", "jobs_cores_1x") if pre else ():
         r = pre[name]
         lines.append(
             f"{name + ' (jobs ' + str(r['jobs']) + ')':<34}{r['slices']:>8}{r['seconds']:>8.1f}{r['slices_per_s']:>10.1f}"
             f"{r['peak_rss_mb']:>13.0f}{r['disk_bytes_per_slice'] / r['raw_float32_bytes_per_slice']:>10.2f}"
         )
+    if "fit" in results:
+        from benchmarks import fit_bench  # imports TensorFlow: only once everything is measured
+
+        lines += ["", *fit_bench.table(results["fit"])]
     lines += ["", f"{'target':<40}{'measured':>10}{'needed':>10}  "]
     for section, figure, minimum in TARGETS:
-        value = results[section]["ratios"][figure] if section == "loader" else results[section][figure]
+        if section not in results:
+            continue
+        if section == "loader":
+            value = results[section]["ratios"][figure]
+        elif section == "fit":
+            value = results[section]["inputs"][figure]["ratio_to_zero_cost"]
+        else:
+            value = results[section][figure]
         lines.append(
             f"{section + ': ' + figure:<40}{value:>10.2f}{minimum:>10.2f}  {'ok' if value >= minimum else 'MISSED'}"
         )
-    lines.append(
-        f"{'precompute: peak_rss_ratio_big_to_1x':<40}{pre['peak_rss_ratio_big_to_1x']:>10.2f}{'~1':>10}"
-    )
-    lines.append(f"{'precompute: ratio_to_ideal_1x (info)':<40}{pre['ratio_to_ideal_1x']:>10.2f}")
+    if pre:
+        lines.append(
+            f"{'precompute: peak_rss_ratio_big_to_1x':<40}{pre['peak_rss_ratio_big_to_1x']:>10.2f}{'~1':>10}"
+        )
+        lines.append(f"{'precompute: ratio_to_ideal_1x (info)':<40}{pre['ratio_to_ideal_1x']:>10.2f}")
     return lines
 
 
@@ -91,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     parser.add_argument("--skip-precompute", action="store_true")
+    parser.add_argument("--fit-rounds", type=int, default=5, help="rounds of the model.fit comparison")
     args = parser.parse_args(argv)
 
     from benchmarks import loader_bench, precompute_bench
@@ -104,19 +139,24 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
         },
     }
-    # Precompute first: its runs are separate processes and want an otherwise idle machine.
-    if not args.skip_precompute:
-        results["precompute"] = precompute_bench.run(args.demo, args.work)
-    # The knobs before the loader figures: the loader run ends with TensorFlow, after which this
-    # process allocates batch buffers more slowly (see loader_bench.run).
-    results["knobs"] = loader_bench.knobs(args.demo, args.work)
-    results["loader"] = loader_bench.run(args.features, args.demo)
+    sections = (
+        ["knobs", "loader", "fit"] if args.skip_precompute else ["precompute", "knobs", "loader", "fit"]
+    )
+    with tqdm(sections, desc="make bench", unit="section", file=sys.stderr) as bar:
+        for section in bar:
+            bar.set_postfix_str(section)
+            if section == "precompute":
+                # First: its runs are separate processes and want an otherwise idle machine.
+                results["precompute"] = precompute_bench.run(args.demo, args.work)
+            elif section == "knobs":
+                results["knobs"] = loader_bench.knobs(args.demo, args.work)
+            elif section == "loader":
+                results["loader"] = loader_bench.run(args.features, args.demo)
+            else:
+                results["fit"] = fit_figures(args.features, args.demo, rounds=args.fit_rounds)
     results["seconds"] = time.perf_counter() - started
     args.out.write_text(json.dumps(results, indent=1) + "\n")
-    if "precompute" in results:
-        print("\n".join(table(results)))
-    else:
-        print(json.dumps(results["loader"], indent=1))
+    print("\n".join(table(results)))
     print(f"\nwrote {args.out} in {results['seconds']:.0f} s")
     return 0
 

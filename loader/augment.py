@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from loader import kernels
 from loader.errors import ConfigError
 
 MASK_VALUES = ("mean", "zero")
@@ -236,25 +237,29 @@ class Augment:
         if not self.mixes(params):
             return
         mixed = np.flatnonzero(params.partner >= 0)
-        lam = params.weight[mixed].reshape(-1, 1, 1, 1)
-        other = x[params.partner[mixed]].astype(np.float32)
-        mine = x[mixed].astype(np.float32)
-        x[mixed] = (lam * mine + (1 - lam) * other).astype(x.dtype)
+        others = x[params.partner[mixed]]  # a copy: partners are taken before any row is mixed
+        for row, other in zip(mixed, others, strict=True):
+            lam = params.weight[row]
+            if x.dtype == np.float32:
+                target = x[row]
+                target *= lam
+                target += (1 - lam) * other
+            else:
+                x[row] = lam * x[row].astype(np.float32) + (1 - lam) * other.astype(np.float32)
 
     def apply_masks(self, x: np.ndarray, params: AugmentParams, *, fill: np.ndarray | None = None) -> None:
         """Set the frequency and time bands of ``params`` to ``fill`` (per mel bin, default 0)."""
-        if not (params.freq.shape[1] or params.time.shape[1]):
+        if not (params.freq.shape[1] or params.time.shape[1]) or x.shape[0] == 0:
             return
         n_mels = x.shape[1]
         values = np.zeros(n_mels, dtype=x.dtype) if fill is None else np.asarray(fill, dtype=x.dtype)
-        if params.freq.shape[1]:
-            bins = _band_cover(params.freq, n_mels)
-            rows, mels = np.nonzero(bins)
-            x[rows, mels, :, 0] = values[mels][:, None]
-        if params.time.shape[1]:
-            frames = _band_cover(params.time, x.shape[2])
-            rows, cols = np.nonzero(frames)
-            x[rows, :, cols, 0] = values
+        # The compiled loop copies bit patterns; it needs the batch's rows as one C-contiguous
+        # block, which every batch the loader builds is.
+        if not x.flags.c_contiguous:
+            raise ValueError("apply_masks: x must be C-contiguous")
+        bits = np.dtype(f"u{x.dtype.itemsize}")
+        cells = x.reshape(x.shape[:3]).view(bits)
+        kernels.mask_bands(cells, params.freq, params.time, values.view(bits))
 
     def mix_labels(
         self, y: np.ndarray, known: np.ndarray, params: AugmentParams
@@ -289,14 +294,6 @@ def _sample_bands(rng: np.random.Generator, b: int, count: int, max_width: int, 
     width = rng.integers(0, width_cap, size=(b, count), endpoint=True, dtype=np.int64)
     first = np.floor(rng.random((b, count)) * (size - width + 1)).astype(np.int64)
     return np.stack([first, width], axis=-1)
-
-
-def _band_cover(bands: np.ndarray, size: int) -> np.ndarray:
-    """bool (B, size): which positions some band of each example covers."""
-    positions = np.arange(size)
-    first = bands[:, :, 0, None]
-    inside = (positions >= first) & (positions < first + bands[:, :, 1, None])
-    return inside.any(axis=1)
 
 
 def _scale(x: np.ndarray, gain: np.ndarray, clip: tuple[float, float] | None) -> None:

@@ -1,4 +1,4 @@
-"""Compiled loops of the reader: gather + crop + cast in one pass, and HDF5's Fletcher-32.
+"""Compiled loops of the reader: gather + crop + cast in one pass, HDF5's Fletcher-32, masks.
 
 Every kernel works on a flat source array (``uint16`` holding float16 bit patterns, or
 ``float32``) and a start offset per example, in elements. The source is either a read-only
@@ -197,6 +197,35 @@ def first_bad_chunk(words, word_offsets, n_words):  # pragma: no cover
         if fletcher32(words, p, n_words) != stored:
             return j
     return -1
+
+
+# -- augmentation ------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def mask_bands(cells, freq, time, fill):  # pragma: no cover
+    """Set every cell of the frequency and time bands to its mel bin's fill value, in place.
+
+    cells : (B, n_mels, frames) unsigned ints holding the batch's bit patterns
+    freq, time : (B, k, 2) int64 -- (first, width) of each band of each example
+    fill : (n_mels,) the fill value's bit pattern per mel bin, same dtype as ``cells``
+    """
+    n_mels, frames = cells.shape[1], cells.shape[2]
+    for b in range(cells.shape[0]):
+        for k in range(freq.shape[1]):
+            lo = freq[b, k, 0]
+            hi = min(lo + freq[b, k, 1], n_mels)
+            for m in range(lo, hi):
+                value = fill[m]
+                for t in range(frames):
+                    cells[b, m, t] = value
+        for k in range(time.shape[1]):
+            lo = time[b, k, 0]
+            hi = min(lo + time[b, k, 1], frames)
+            for m in range(n_mels):
+                value = fill[m]
+                for t in range(lo, hi):
+                    cells[b, m, t] = value
 
 
 # -- self-check ------------------------------------------------------------------------------
