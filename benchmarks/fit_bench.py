@@ -1,8 +1,8 @@
 """End to end: samples per second inside ``model.fit``, not ``seq[i]`` in a loop.
 
-Every input is fed to the same ``model.fit`` of the same model (global average pooling and a
-dense layer: as cheap as a model gets, so the input path shows), with the same batch shape,
-batch count and dtype. The reference is a zero-cost ``PyDataset`` whose ``__getitem__``
+Every input is fed to the same ``model.fit`` of the same model (by default global average
+pooling and a dense layer: as cheap as a model gets, so the input path shows; ``--model``
+picks a real CNN for a GPU), with the same batch shape, batch count and dtype. The reference is a zero-cost ``PyDataset`` whose ``__getitem__``
 returns one ready batch. Rates come from whole epochs after a warm-up epoch; the inputs are
 measured in turn, round after round, and each ratio is the median over the rounds of the
 ratio to the zero-cost rate measured in the same round (this machine is shared and noisy).
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # another (jax, torch) where TensorFlow is missing
 
 import keras  # noqa: E402 -- after the log level
 import numpy as np  # noqa: E402
@@ -85,14 +86,72 @@ class PerSample(keras.utils.PyDataset):
         return x, y
 
 
-def tiny_model(input_shape: tuple[int, ...], n_classes: int, *, dtype: str) -> keras.Model:
-    """Pooling and a dense layer. float16 input is cast by the float32 pooling layer."""
+def build(name: str, input_shape: tuple[int, ...], n_classes: int, *, dtype: str) -> keras.Model:
+    """The model every input is fed to. float16 input is cast by the model's first layer.
+
+    ``tiny``: global average pooling and a dense layer, as cheap as a model gets, so the input
+    path shows; ``baseline``: the experiments' CNN; ``efficientnetb0``: Keras' EfficientNetB0
+    (random weights) on the mel image.
+    """
     inputs = keras.Input(input_shape, dtype=dtype)
-    pooled = keras.layers.GlobalAveragePooling2D(dtype="float32")(inputs)
-    outputs = keras.layers.Dense(n_classes, activation="sigmoid")(pooled)
+    if name == "tiny":
+        features = keras.layers.GlobalAveragePooling2D(dtype="float32")(inputs)
+    elif name == "baseline":
+        from experiments.models import build_model
+
+        body = build_model("baseline", input_shape=input_shape, n_classes=n_classes)
+        model = keras.Model(inputs, body(keras.layers.Identity(dtype="float32")(inputs)))
+        model.compile(optimizer="adam", loss="binary_crossentropy")
+        return model
+    elif name == "efficientnetb0":
+        cast = keras.layers.Identity(dtype="float32")(inputs)
+        net = keras.applications.EfficientNetB0(
+            include_top=False, weights=None, input_shape=input_shape, pooling="avg"
+        )
+        features = net(cast)
+    else:
+        raise ValueError(f"unknown model {name!r}: tiny, baseline or efficientnetb0")
+    outputs = keras.layers.Dense(n_classes, activation="sigmoid", dtype="float32")(features)
     model = keras.Model(inputs, outputs)
     model.compile(optimizer="adam", loss="binary_crossentropy")
     return model
+
+
+class GpuBusy:
+    """Mean GPU utilization (%) while it runs, sampled with NVML; None where there is no GPU."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval, self.samples, self.handle = interval, [], None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self._read = lambda: pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
+        except Exception:  # no NVML, no GPU: nothing to sample
+            self.handle = None
+
+    def __enter__(self) -> GpuBusy:
+        if self.handle is not None:
+            import threading
+
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append(self._read())
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.samples)) if self.samples else None
 
 
 class _EpochTimes(keras.callbacks.Callback):
@@ -107,46 +166,43 @@ class _EpochTimes(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._started)
 
 
+class _Busy(keras.callbacks.Callback):
+    """GPU utilization over every epoch but the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meter: GpuBusy | None = None
+
+    def on_epoch_begin(self, epoch, logs=None) -> None:
+        if epoch == 1:
+            self.meter = GpuBusy().__enter__()
+
+    def on_train_end(self, logs=None) -> None:
+        if self.meter is not None:
+            self.meter.__exit__()
+
+
 def fit_rate(
     model: keras.Model, data, *, samples_per_epoch: int, epochs: int, steps: int | None = None
-) -> float:
-    """Samples per second over every epoch but the first (``fit(shuffle=False)``, silent)."""
-    times = _EpochTimes()
-    model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[times])
-    return samples_per_epoch * (epochs - 1) / sum(times.seconds[1:])
-
-
-def real_model(features: Path, demo: Path, x_shape, n_classes: int, sequence, *, steps: int = 6) -> dict:
-    """The experiments' baseline CNN on this machine's CPU: is the input or the model the limit?"""
-    from experiments.models import build_model
-
-    model = build_model("baseline", input_shape=x_shape[1:], n_classes=n_classes)
-    model.compile(optimizer="adam", loss="binary_crossentropy")
-    batch = x_shape[0]
-    inputs = {
-        "zero_cost": lambda: ZeroCost(steps, x_shape, n_classes, "float32"),
-        "shard_sequence": lambda: sequence(augment=True),
-        "per_sample_keras_processes_2": lambda: PerSample(
-            demo, steps, batch, x_shape[2], workers=2, use_multiprocessing=True
-        ),
-    }
-    out = {}
-    for name, make in inputs.items():
-        rate = fit_rate(model, make(), samples_per_epoch=steps * batch, epochs=3, steps=steps)
-        out[name] = {"samples_per_s": rate}
-    for fig in out.values():
-        fig["ratio_to_zero_cost"] = fig["samples_per_s"] / out["zero_cost"]["samples_per_s"]
-    return out
+) -> tuple[float, float | None]:
+    """Samples per second, and mean GPU busy % (None without a GPU), over every epoch but the first."""
+    times, busy = _EpochTimes(), _Busy()
+    model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[times, busy])
+    rate = samples_per_epoch * (epochs - 1) / sum(times.seconds[1:])
+    return rate, None if busy.meter is None else busy.meter.mean
 
 
 def run(
     features: Path,
     demo: Path,
     *,
+    model: str = "tiny",
     rounds: int = 5,
     epochs: int = 6,
     batch_size: int = 32,
-    real_model_steps: int = 6,
+    workers: int = 2,
+    per_sample_workers: int = 2,
+    per_sample_batches: int = 3,
 ) -> dict:
     def sequence(**options) -> ShardSequence:
         base = {"split": "all", "batch_size": batch_size, "shuffle": True, "drop_remainder": True}
@@ -156,30 +212,29 @@ def run(
     n_batches, n_classes = len(probe), len(probe.classes)
     x_shape = (batch_size, probe.config.n_mels, probe.crop_frames, 1)
     samples = n_batches * batch_size
-    models = {dtype: tiny_model(x_shape[1:], n_classes, dtype=dtype) for dtype in ("float32", "float16")}
+    models = {dtype: build(model, x_shape[1:], n_classes, dtype=dtype) for dtype in ("float32", "float16")}
+
+    def zero_cost(dtype: str, **kwargs) -> ZeroCost:
+        return ZeroCost(n_batches, x_shape, n_classes, dtype, **kwargs)
 
     # name -> (reference name, dtype, make the input); ShardSequence inputs use the default
     # augmentation, as training does.
     inputs = {
-        "zero_cost": ("zero_cost", "float32", lambda: ZeroCost(n_batches, x_shape, n_classes, "float32")),
-        "zero_cost_aligned": (
-            "zero_cost",
-            "float32",
-            lambda: ZeroCost(n_batches, x_shape, n_classes, "float32", aligned=True),
-        ),
+        "zero_cost": ("zero_cost", "float32", lambda: zero_cost("float32")),
+        "zero_cost_aligned": ("zero_cost", "float32", lambda: zero_cost("float32", aligned=True)),
         "shard_sequence": ("zero_cost", "float32", lambda: sequence(augment=True)),
-        "shard_sequence_threads_2": ("zero_cost", "float32", lambda: sequence(augment=True, workers=2)),
-        "shard_sequence_processes_2": (
+        f"shard_sequence_threads_{workers}": (
             "zero_cost",
             "float32",
-            lambda: sequence(augment=True, workers=2, use_multiprocessing=True),
+            lambda: sequence(augment=True, workers=workers),
+        ),
+        f"shard_sequence_processes_{workers}": (
+            "zero_cost",
+            "float32",
+            lambda: sequence(augment=True, workers=workers, use_multiprocessing=True),
         ),
         "as_tf_dataset": ("zero_cost", "float32", lambda: sequence(augment=True).as_tf_dataset()),
-        "zero_cost_float16": (
-            "zero_cost_float16",
-            "float16",
-            lambda: ZeroCost(n_batches, x_shape, n_classes, "float16"),
-        ),
+        "zero_cost_float16": ("zero_cost_float16", "float16", lambda: zero_cost("float16")),
         "shard_sequence_float16": (
             "zero_cost_float16",
             "float16",
@@ -188,14 +243,20 @@ def run(
         "zero_cost_keras_processes_2": (
             "zero_cost",
             "float32",
-            lambda: ZeroCost(n_batches, x_shape, n_classes, "float32", workers=2, use_multiprocessing=True),
+            lambda: zero_cost("float32", workers=2, use_multiprocessing=True),
         ),
     }
+    if keras.backend.backend() != "tensorflow":
+        del inputs["as_tf_dataset"]
     rates: dict[str, list[float]] = {name: [] for name in inputs}
+    busy: dict[str, list[float]] = {name: [] for name in inputs}
     for _ in range(rounds):
         for name, (_, dtype, make) in inputs.items():
             data = make()
-            rates[name].append(fit_rate(models[dtype], data, samples_per_epoch=samples, epochs=epochs))
+            rate, gpu = fit_rate(models[dtype], data, samples_per_epoch=samples, epochs=epochs)
+            rates[name].append(rate)
+            if gpu is not None:
+                busy[name].append(gpu)
             if isinstance(data, ShardSequence):
                 data.close()
 
@@ -204,12 +265,14 @@ def run(
     from benchmarks.loader_bench import classic_example
 
     classic_example(demo, PerSample(demo, 1, 1, 1).rows[0])
-    per_sample = PerSample(demo, 3, batch_size, x_shape[2], workers=2, use_multiprocessing=True)
-    rates["per_sample_keras_processes_2"] = [
-        fit_rate(models["float32"], per_sample, samples_per_epoch=3 * batch_size, epochs=2)
-    ]
-
-    real = real_model(features, demo, x_shape, n_classes, sequence) if real_model_steps else None
+    name = f"per_sample_keras_processes_{per_sample_workers}"
+    per_sample = PerSample(
+        demo, per_sample_batches, batch_size, x_shape[2], workers=per_sample_workers, use_multiprocessing=True
+    )
+    rate, gpu = fit_rate(
+        models["float32"], per_sample, samples_per_epoch=per_sample_batches * batch_size, epochs=2
+    )
+    rates[name], busy[name] = [rate], [] if gpu is None else [gpu]
 
     figures = {}
     for name, values in rates.items():
@@ -223,34 +286,33 @@ def run(
         if reference == "zero_cost":
             strict = [v / r for v, r in zip(values, rates["zero_cost_aligned"], strict=False)]
             figures[name]["ratio_to_zero_cost_aligned"] = float(np.median(strict))
+        if busy[name]:
+            figures[name]["gpu_busy_percent"] = float(np.median(busy[name]))
     return {
+        "backend": keras.backend.backend(),
         "batch": list(x_shape),
         "batches_per_epoch": n_batches,
         "epochs_timed": epochs - 1,
         "rounds": rounds,
-        "model": "GlobalAveragePooling2D + Dense",
+        "model": model,
         "inputs": figures,
-        "baseline_model": real,
     }
 
 
 def table(result: dict) -> list[str]:
     lines = [
-        f"model.fit, {result['model']}, batch {'x'.join(map(str, result['batch']))}, "
+        f"model.fit ({result['backend']}), model {result['model']}, batch {'x'.join(map(str, result['batch']))}, "
         f"{result['batches_per_epoch']} batches x {result['epochs_timed']} epochs, median of "
         f"{result['rounds']} rounds",
-        f"{'input':<34}{'samples/s':>12}{'vs zero-cost':>14}{'vs aligned':>12}",
+        f"{'input':<34}{'samples/s':>12}{'vs zero-cost':>14}{'vs aligned':>12}{'GPU busy %':>12}",
     ]
     for name, fig in result["inputs"].items():
-        strict = fig.get("ratio_to_zero_cost_aligned")
+        strict, gpu = fig.get("ratio_to_zero_cost_aligned"), fig.get("gpu_busy_percent")
         lines.append(
-            f"{name:<34}{fig['samples_per_s']:>12.0f}{fig['ratio_to_zero_cost']:>14.2f}"
+            f"{name:<34}{fig['samples_per_s']:>12.1f}{fig['ratio_to_zero_cost']:>14.2f}"
             + (f"{strict:>12.2f}" if strict is not None else f"{'':>12}")
+            + (f"{gpu:>12.0f}" if gpu is not None else "")
         )
-    if result.get("baseline_model"):
-        lines += ["", "model.fit, the experiments' baseline CNN on this CPU"]
-        for name, fig in result["baseline_model"].items():
-            lines.append(f"{name:<34}{fig['samples_per_s']:>12.1f}{fig['ratio_to_zero_cost']:>14.2f}")
     return lines
 
 
@@ -258,10 +320,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", type=Path, default=ROOT / "features" / "demo")
     parser.add_argument("--demo", type=Path, default=ROOT / "data" / "demo")
+    parser.add_argument("--model", default="tiny", choices=["tiny", "baseline", "efficientnetb0"])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per measurement, the first untimed")
+    parser.add_argument("--workers", type=int, default=2, help="threads / processes of the worker modes")
+    parser.add_argument("--per-sample-workers", type=int, default=2)
+    parser.add_argument("--per-sample-batches", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
-    result = run(args.features, args.demo, rounds=args.rounds)
+    result = run(
+        args.features,
+        args.demo,
+        model=args.model,
+        rounds=args.rounds,
+        epochs=args.epochs,
+        workers=args.workers,
+        per_sample_workers=args.per_sample_workers,
+        per_sample_batches=args.per_sample_batches,
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     print("\n".join(table(result)))
