@@ -223,6 +223,11 @@ def run(
         "zero_cost": ("zero_cost", "float32", lambda: zero_cost("float32")),
         "zero_cost_aligned": ("zero_cost", "float32", lambda: zero_cost("float32", aligned=True)),
         "shard_sequence": ("zero_cost", "float32", lambda: sequence(augment=True)),
+        "shard_sequence_no_lookahead": (
+            "zero_cost",
+            "float32",
+            lambda: sequence(augment=True, lookahead=False),
+        ),
         f"shard_sequence_threads_{workers}": (
             "zero_cost",
             "float32",

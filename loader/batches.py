@@ -26,6 +26,7 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import threading
 import weakref
 from typing import TYPE_CHECKING
@@ -298,3 +299,59 @@ class ProcessRows(InProcessRows):
                 self._finalizer()
             self._conns, self._processes, self._finalizer = [], [], None
             self.buffers = BufferPool(self.shape, self.dtype)
+
+
+class Lookahead:
+    """Builds the next batch in a background thread while the caller trains on this one.
+
+    ``get(index, epoch)`` returns ``build(index, epoch)``; meanwhile a thread builds batch
+    ``index + 1`` of the same epoch, the batch an in-order consumer asks for next. Keras asks
+    in order unless ``fit(shuffle=True)`` reorders whole batches; after two wrong guesses in a
+    row the look-ahead stops until the next epoch, so a shuffled order costs at most two
+    wasted batches per epoch. The batch returned is the same array either way: only the
+    thread that builds it differs. The compiled kernels release the GIL, so the thread runs
+    alongside the training step even with an in-process Keras loop (JAX, PyTorch backends).
+    """
+
+    def __init__(self, build) -> None:
+        self.build = build
+        self.__dict__.update(self._fresh_state())
+
+    @staticmethod
+    def _fresh_state() -> dict:
+        return {"_executor": None, "_pid": None, "_pending": None, "_misses": 0, "_epoch": None}
+
+    def get(self, index: int, epoch: int, n_batches: int) -> tuple[np.ndarray, ...]:
+        if self._epoch != epoch:
+            self._epoch, self._misses = epoch, 0
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == (epoch, index):
+            result = pending[1].result()
+            self._misses = 0
+        else:
+            if pending is not None:
+                pending[1].cancel()
+                self._misses += 1
+            result = self.build(index, epoch)
+        if index + 1 < n_batches and self._misses < 2:
+            self._pending = ((epoch, index + 1), self._pool().submit(self.build, index + 1, epoch))
+        return result
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._pid != os.getpid():  # a forked child never uses its parent's thread
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shard-lookahead")
+            self._pid = os.getpid()
+        return self._executor
+
+    def close(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[1].cancel()
+        if self._executor is not None and self._pid == os.getpid():
+            self._executor.shutdown(wait=True)
+        self._executor, self._pid = None, None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.update(self._fresh_state())
+        return state

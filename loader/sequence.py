@@ -29,7 +29,7 @@ import numpy as np
 
 from loader import sampler
 from loader.augment import Augment, AugmentParams
-from loader.batches import InProcessRows, ProcessRows, ThreadRows
+from loader.batches import InProcessRows, Lookahead, ProcessRows, ThreadRows
 from loader.errors import ConfigError
 from loader.format import FeatureConfig, center_offset
 from loader.reader import FeatureSet, MelReader
@@ -65,6 +65,9 @@ class ShardSequence(keras.utils.PyDataset):
     in_memory : hold the split's stored examples in RAM (loaded once per process)
     crop_frames : frames the model sees (default: the config's ``crop_frames``)
     drop_remainder : drop the last incomplete batch
+    lookahead : build batch ``i + 1`` in a background thread while the model trains on batch
+        ``i`` (``loader.batches.Lookahead``); pass ``shuffle=False`` to ``fit`` to keep it
+        useful, the sequence shuffles examples itself
     rank, world_size : this worker's share of each epoch (multi-worker training)
     **pydataset_kwargs : ``workers``, ``use_multiprocessing``, ``max_queue_size`` for Keras
 
@@ -87,6 +90,7 @@ class ShardSequence(keras.utils.PyDataset):
         in_memory: bool = False,
         crop_frames: int | None = None,
         drop_remainder: bool = False,
+        lookahead: bool = True,
         rank: int = 0,
         world_size: int = 1,
         split_seed: int = 0,
@@ -132,6 +136,8 @@ class ShardSequence(keras.utils.PyDataset):
         self.return_mask = bool(return_mask)
         self.in_memory = bool(in_memory)
         self.drop_remainder = bool(drop_remainder)
+        self.lookahead = bool(lookahead)
+        self._lookahead = Lookahead(self._build)
         self.epoch = 0
 
         self.folds = sampler.assign_folds(
@@ -178,7 +184,8 @@ class ShardSequence(keras.utils.PyDataset):
         return self._rows.workers
 
     def close(self) -> None:
-        """Stop this sequence's worker threads or processes (they restart on the next batch)."""
+        """Stop this sequence's look-ahead thread and workers (they restart on the next batch)."""
+        self._lookahead.close()
         self._rows.close()
 
     def __enter__(self) -> ShardSequence:
@@ -308,7 +315,15 @@ class ShardSequence(keras.utils.PyDataset):
         )
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
-        return self.batch(index)
+        n_batches = len(self)
+        if index < 0:
+            index += n_batches
+        if not self.lookahead or not 0 <= index < n_batches:
+            return self.batch(index)
+        return self._lookahead.get(index, self.epoch, n_batches)
+
+    def _build(self, index: int, epoch: int) -> tuple[np.ndarray, ...]:
+        return self.batch(index, epoch=epoch)
 
     def iter_numpy(self, *, epoch: int | None = None) -> Iterator[tuple[np.ndarray, ...]]:
         """Every batch of one epoch (default: the current one), as numpy arrays."""
