@@ -264,15 +264,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"{line} in {time.perf_counter() - started:.1f} s")
         return EXIT_OK
     if args.command == "verify":
+        from loader.format import read_index
         from precompute.report import verify
 
+        read_index(args.features)  # a missing or unreadable index is one error line
         problems = verify(args.features, progress=not args.quiet)
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:
             print(
-                f"precompute verify: error: {args.features}: {len(problems)} problem(s); rebuild the "
-                "feature set (run the same precompute command again)",
+                f"precompute verify: error: {args.features}: {len(problems)} problem(s); delete the "
+                "shards named above and run the same precompute command again: it rebuilds only those",
                 file=sys.stderr,
             )
             return EXIT_USER_ERROR

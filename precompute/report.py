@@ -67,10 +67,12 @@ def _value_text(value: Any) -> str:
 
 def config_lines(config: FeatureConfig, *, indent: str = "  ") -> list[str]:
     """One line per parameter: name, value, unit, meaning (each fits ``WIDTH`` columns)."""
+    values = {name: _value_text(value) for name, value in config.to_dict().items()}
+    width = max(8, *(len(text) for text in values.values()))
     lines = []
-    for name, value in config.to_dict().items():
+    for name, text in values.items():
         unit, meaning = PARAMETERS[name]
-        lines.append(fit(f"{indent}{name:<12} {_value_text(value):>8}  {unit:<8}  {meaning}"))
+        lines.append(fit(f"{indent}{name:<12} {text:>{width}}  {unit:<8}  {meaning}"))
     return lines
 
 

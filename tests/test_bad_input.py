@@ -208,3 +208,8 @@ def test_verify_names_the_shard_with_a_flipped_byte(tmp_path):
     assert any("shard-00000.h5: sha256" in p for p in problems)
     assert any("shard-00000.h5: example 1: checksum or read error" in p for p in problems)
     assert main(["verify", "--quiet", str(tmp_path / "out")]) == 2
+    # The fix verify prints: delete the named shard, run again; only that shard is rebuilt.
+    shard.unlink()
+    summary = run(tmp_path, audio)
+    assert summary.shards_built == 1
+    assert verify(tmp_path / "out") == []
