@@ -212,7 +212,15 @@ def load_config(
     if name not in preset_names():
         raise ConfigError(f"{source}: unknown preset {name!r}; known presets: {', '.join(preset_names())}")
     merged = {**preset_values(name), **data, **extra, "preset": name}
-    return FeatureConfig.from_dict(merged, source=source)
+    try:
+        return FeatureConfig.from_dict(merged, source=source)
+    except ConfigError as err:
+        # Name every layer the values came from, so the user knows what to change.
+        layers = [f"preset {name}"]
+        if path is not None:
+            layers.append(str(path))
+        layers += [f"{k}={_toml_text(v)}" for k, v in extra.items() if k != "preset"]
+        raise ConfigError(f"{' + '.join(layers)}: {err}") from None
 
 
 def config_toml(config: FeatureConfig) -> str:
@@ -220,14 +228,16 @@ def config_toml(config: FeatureConfig) -> str:
     lines = [f"# feature config (preset {config.preset}); units and meaning after each value"]
     width = max(len(n) for n in parameter_names())
     for name, value in config.to_dict().items():
-        if value is None:
-            text = '"none"'
-        elif isinstance(value, str):
-            text = f'"{value}"'
-        elif isinstance(value, bool):
-            text = "true" if value else "false"
-        else:
-            text = repr(value)
         unit, meaning = PARAMETERS[name]
-        lines.append(f"{name:<{width}} = {text:<10} # {unit}: {meaning}")
+        lines.append(f"{name:<{width}} = {_toml_text(value):<10} # {unit}: {meaning}")
     return "\n".join(lines) + "\n"
+
+
+def _toml_text(value: Any) -> str:
+    if value is None:
+        return '"none"'
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)

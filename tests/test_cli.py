@@ -88,10 +88,28 @@ def test_quiet_silences_every_command_but_its_result(paths, tmp_path, capsys):
     assert main(features_argv(paths, out, "-q")) == 0
     assert SUMMARY.fullmatch(capsys.readouterr().out)
     commands = {
-        "windows": ["windows", "--audio-dir", str(paths["audio"]), "--out", str(tmp_path / "w"), *TINY_SET],
+        "windows": [
+            "windows",
+            "--audio-dir",
+            str(paths["audio"]),
+            "--out",
+            str(tmp_path / "w"),
+            "--jobs",
+            "1",
+            *TINY_SET,
+        ],
         "verify": ["verify", str(out)],
         "inspect": ["inspect", str(out)],
-        "demo-data": ["demo-data", str(tmp_path / "demo"), "--recordings", "1", "--test-recordings", "0"],
+        "demo-data": [
+            "demo-data",
+            str(tmp_path / "demo"),
+            "--recordings",
+            "1",
+            "--test-recordings",
+            "0",
+            "--jobs",
+            "1",
+        ],
         "preview": ["preview", str(out), "--out", str(tmp_path / "p.png"), "--dpi", "20"],
         "config": ["config", *TINY_SET],
     }

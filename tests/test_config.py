@@ -184,3 +184,13 @@ def test_cli_config_errors_are_one_line_with_status_2(tmp_path, capsys, args, me
     assert captured.err.startswith("precompute features: error: ")
     assert message in captured.err and captured.err.count("\n") == 1
     assert not out.exists()
+
+
+def test_an_invalid_combination_names_the_layers_it_came_from(tmp_path):
+    (tmp_path / "my.toml").write_text('preset = "seed"\nfmin = 100.0\n')
+    with pytest.raises(
+        ConfigError,
+        match=r"^preset seed \+ \S+my\.toml \+ fmax=90\.0: config needs 0 <= fmin < fmax <= sample_rate/2, "
+        r"got fmin=100\.0 fmax=90\.0 sample_rate=48000$",
+    ):
+        load_config(tmp_path / "my.toml", overrides=parse_set(["fmax=90"]))

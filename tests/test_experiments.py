@@ -179,3 +179,16 @@ def test_training_side_needs_no_librosa_or_joblib():
         "import experiments.train, experiments.predict\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_predict_prints_one_line_and_quiet_silences_the_rest(run_dir, feature_sets, tmp_path, capsys):
+    argv = ["--model", str(run_dir / "model.keras"), "--features", str(feature_sets["windows"])]
+    argv += ["--out", str(tmp_path / "s.csv")]
+    assert predict.main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"3 recordings (9 windows) -> {tmp_path / 's.csv'}\n"
+    assert "9 windows of 3 recordings, 1 batches" in captured.err
+    assert "predict: 100%" in captured.err.replace("\r", "\n")  # the tqdm bar
+    assert predict.main([*argv, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == f"3 recordings (9 windows) -> {tmp_path / 's.csv'}\n"
