@@ -566,13 +566,17 @@ def preview(
 ) -> dict[str, Any]:
     """Write the examples picture to ``out`` and, unless ``augment_out`` is False, the
     augmentation picture (default ``augment_path(out)``). Returns what was written."""
+    from loader.console import log
+
     fig = preview_figure(root, per_class=per_class, classes=classes)
     panels = sum(1 for ax in fig.axes if ax.get_title())
     rows = len({ax.get_subplotspec().rowspan.start for ax in fig.axes if ax.get_title()})
+    log.info(f"rendering {panels} spectrograms in {rows} rows to {out}")
     size = save_figure(fig, out, dpi=dpi)
     written = {"out": Path(out), "size": size, "panels": panels, "rows": rows}
     if augment_out is not False:
         target = augment_path(out) if augment_out is None else Path(augment_out)
         written["augment_out"] = target
+        log.info(f"rendering the augmentation picture to {target}")
         written["augment_size"] = save_figure(augment_figure(root, seed=seed), target, dpi=dpi)
     return written
