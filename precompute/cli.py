@@ -181,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(quiet=args.quiet)
     try:
         return _dispatch(args)
+    except BrokenPipeError:
+        # The reader went away (`precompute inspect F | head`): not an error; silence the
+        # flush at exit that would complain about the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (MelShardsError, OSError) as err:
         return report_error(f"precompute {args.command}", err)
     except KeyboardInterrupt:
