@@ -32,8 +32,6 @@ from loader.errors import MelShardsError
 EXIT_USAGE = EXIT_USER_ERROR
 EXIT_ERROR = EXIT_USER_ERROR
 
-PRESET_HELP = "default, seed, fast or rfcx-2nd (see `precompute config --list`)"
-
 
 def _quiet_option() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
@@ -44,8 +42,14 @@ def _quiet_option() -> argparse.ArgumentParser:
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
+    from precompute.config import preset_names
+
     g = p.add_argument_group("feature config (preset < --config file < --set)")
-    g.add_argument("--preset", help=f"start from this preset: {PRESET_HELP}; default: the file's, or default")
+    g.add_argument(
+        "--preset",
+        help=f"start from this preset: {', '.join(preset_names())} (`precompute config --list`); "
+        "default: the file's, or default",
+    )
     g.add_argument("--config", type=Path, metavar="TOML", help="TOML file: any parameter, may name a preset")
     g.add_argument(
         "--set",

@@ -92,14 +92,6 @@ class Summary:
             f"{rate}; {failures}"
         )
 
-    def lines(self) -> list[str]:
-        """The summary line, then the first failures."""
-        lines = [self.line()]
-        lines += [f"  {f['message']}" for f in self.failures[:10]]
-        if len(self.failures) > 10:
-            lines.append(f"  ... and {len(self.failures) - 10} more")
-        return lines
-
 
 def _failure(
     recording_id: str, path: str | None, error: Exception | str, *, slices: int, line: int | None = None
