@@ -28,10 +28,6 @@ from loader.console import (
 )
 from loader.errors import MelShardsError
 
-# Kept for callers of the old names.
-EXIT_USAGE = EXIT_USER_ERROR
-EXIT_ERROR = EXIT_USER_ERROR
-
 
 def _quiet_option() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
