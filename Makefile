@@ -44,6 +44,10 @@ predict: $(STAMP)  ## windows over the demo test set, submission CSV, test_lwlra
 	$(PY) -m experiments.predict --model runs/$(RUN)/model.keras --features $(TESTF) \
 		--out runs/$(RUN)/submission.csv --truth $(DEMO)/test_ground_truth.csv --metrics runs/$(RUN)/metrics.json
 
+.PHONY: preview
+preview: $(STAMP)  ## pictures of features/demo: example spectrograms per species, augmentation
+	$(PY) -m precompute preview $(FEATS) --out features/demo-preview.png
+
 test: $(STAMP)  ## run the test suite
 	$(PY) -m pytest -q
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from experiments.metrics import lwlrap, top1
 from loader import ShardSequence
+from loader.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
 from loader.errors import ExperimentError, MelShardsError
 from loader.format import atomic_write_text
 
@@ -69,6 +70,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "config is checked against --features; with --truth it gets test_lwlrap",
     )
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -118,10 +120,12 @@ def window_recording_ids(seq: Any) -> np.ndarray:
     return np.asarray(seq.recording_id, dtype=object)
 
 
-def score_windows(model: Any, seq: Any) -> np.ndarray:
+def score_windows(model: Any, seq: Any, *, progress: bool = False) -> np.ndarray:
     """Scores of every window of ``seq`` in order: np.ndarray [shape=(n, n_classes)], float32."""
+    from tqdm.auto import tqdm
+
     out = []
-    for i in range(len(seq)):
+    for i in tqdm(range(len(seq)), desc="predict", unit="batch", disable=not progress):
         batch = seq[i]
         x = batch[0] if isinstance(batch, tuple) else batch
         out.append(keras.ops.convert_to_numpy(model(x, training=False)))
@@ -232,7 +236,11 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     n_classes = model.output_shape[-1]
     truth_ids, truth = read_truth(args.truth, n_classes=n_classes) if args.truth else ([], None)
 
-    scores = score_windows(model, seq)
+    log.info(
+        f"{args.features}: {seq.n_examples} windows of {len(np.unique(seq.recording_id))} recordings, "
+        f"{len(seq)} batches"
+    )
+    scores = score_windows(model, seq, progress=not getattr(args, "quiet", False))
     ids, table = max_per_recording(window_recording_ids(seq), scores)
     write_submission(args.out, ids, table)
     result: dict[str, Any] = {"recordings": len(ids), "windows": int(len(scores))}
@@ -250,16 +258,21 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_logging(quiet=args.quiet)
     try:
         result = predict(args)
-    except MelShardsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (MelShardsError, OSError) as err:
+        return report_error("experiments.predict", err)
+    except KeyboardInterrupt:
+        print("experiments.predict: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     line = f"{result['recordings']} recordings ({result['windows']} windows) -> {args.out}"
     if "test_lwlrap" in result:
         line += f"; test_lwlrap {result['test_lwlrap']:.4f}, test_top1 {result['test_top1']:.4f}"
+        if args.metrics:
+            line += f" (added to {args.metrics})"
     print(line)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

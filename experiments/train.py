@@ -22,6 +22,7 @@ Reads only the shards (through ``ShardSequence``), never audio. Writes into ``--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -38,6 +39,7 @@ from experiments.metrics import Lwlrap, Top1, class_lwlrap, lwlrap, top1
 from experiments.models import available_models, build_model
 from experiments.plots import plot_curves, read_history
 from loader import Augment, ShardSequence
+from loader.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
 from loader.errors import MelShardsError
 from loader.format import atomic_write_text
 
@@ -97,8 +99,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=False,
         help="cache the feature set in RAM",
     )
-    p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras fit verbosity")
+    p.add_argument(
+        "--verbose",
+        type=int,
+        default=2,
+        choices=(0, 1, 2),
+        help="Keras fit output on stderr: 0 none, 1 progress bar, 2 one line per epoch (default)",
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no log lines or Keras output (same as --verbose 0)"
+    )
     args = p.parse_args(argv)
+    if args.quiet:
+        args.verbose = 0
     for name in ("epochs", "batch_size", "workers", "n_folds", "patience"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -200,6 +213,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     input_shape = (config.n_mels, config.crop_frames, 1)
     model = build_model(args.model, input_shape=input_shape, n_classes=len(train_seq.classes))
     compile_model(model, args, len(train_seq))
+    log.info(
+        f"{args.features}: {train_seq.n_examples} train examples ({len(train_seq)} batches), "
+        f"{val_seq.n_examples} validation (fold {args.fold} of {args.n_folds}); model {args.model}, "
+        f"{model.count_params():,} parameters, input {input_shape}"
+    )
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,13 +236,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         keras.callbacks.CSVLogger(out / HISTORY_FILE),
     ]
     fit_start = time.perf_counter()
-    history = model.fit(
-        train_seq,
-        validation_data=val_seq,
-        epochs=args.epochs,
-        callbacks=callbacks,
-        verbose=args.verbose,
-    )
+    # Keras writes its progress to stdout; stdout is for the result line only.
+    with contextlib.redirect_stdout(sys.stderr):
+        history = model.fit(
+            train_seq,
+            validation_data=val_seq,
+            epochs=args.epochs,
+            callbacks=callbacks,
+            verbose=args.verbose,
+        )
     fit_seconds = time.perf_counter() - fit_start
     epochs_run = len(history.history.get("loss", []))
 
@@ -237,7 +257,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     plot_curves(
         read_history(out / HISTORY_FILE),
         out / CURVES_FILE,
-        title=f"{args.model} on {Path(args.features).name}, fold {args.fold}",
+        title=f"run {out.name}: model {args.model} on {Path(args.features).name}, fold {args.fold}",
     )
 
     train_seconds = float(sum(timer.seconds))
@@ -283,17 +303,21 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_logging(quiet=args.quiet)
     try:
         metrics = train(args)
-    except MelShardsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (MelShardsError, OSError) as err:
+        return report_error("experiments.train", err)
+    except KeyboardInterrupt:
+        print("experiments.train: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    log.info(f"wrote {MODEL_FILE}, {HISTORY_FILE}, {METRICS_FILE} and {CURVES_FILE} to {args.out}")
     print(
         f"{args.model}: val_lwlrap {metrics['val_lwlrap']:.4f}, val_top1 {metrics['val_top1']:.4f} "
         f"(best epoch {metrics['best_epoch']} of {metrics['epochs_run']}), "
         f"{metrics['seconds']:.0f} s, {metrics['samples_per_second']} samples/s -> {args.out}"
     )
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

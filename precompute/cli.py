@@ -1,7 +1,12 @@
 """``python -m precompute`` / ``precompute``: the command line.
 
-Exit status: 0 success; 1 an error stopped the run (one line on stderr); 2 bad usage;
-3 the feature set was written but some rows or recordings failed (see ``failures.jsonl``).
+Output: each command's result (a one-line summary, or ``inspect``'s report) on stdout;
+progress bars and log lines on stderr (``--quiet`` silences them, never warnings or errors).
+
+Exit status: 0 success; 2 an error you can fix (bad usage or config, missing or invalid
+input, a feature set that fails ``verify``, a directory locked by another run): one line on
+stderr, no traceback; 3 the feature set was written but some rows or recordings failed (see
+``failures.jsonl``); 130 interrupted. Anything else comes with a traceback and is a bug.
 """
 
 from __future__ import annotations
@@ -9,17 +14,48 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
+from loader.console import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USER_ERROR,
+    log,
+    report_error,
+    setup_logging,
+)
 from loader.errors import MelShardsError
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+def _quiet_option() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars or log lines (errors still print)"
+    )
+    return parent
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML feature config (may name a preset)")
-    p.add_argument("--preset", help="feature preset: default, seed or fast (overrides the file's)")
-    p.add_argument("--shard-size", type=int, help="examples per shard (default 32)")
+    from precompute.config import preset_names
+
+    g = p.add_argument_group("feature config (preset < --config file < --set)")
+    g.add_argument(
+        "--preset",
+        help=f"start from this preset: {', '.join(preset_names())} (`precompute config --list`); "
+        "default: the file's, or default",
+    )
+    g.add_argument("--config", type=Path, metavar="TOML", help="TOML file: any parameter, may name a preset")
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override one parameter, e.g. --set n_mels=96 (repeatable; `precompute config` lists them)",
+    )
+    g.add_argument("--shard-size", type=int, help="examples per shard (same as --set shard_size=N)")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -37,55 +73,88 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         choices=["skip", "fail"],
         help="skip: record bad rows/recordings in failures.jsonl and go on; fail: stop at the first",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="precompute", description="Log-mel feature shards for audio event classifiers."
+        prog="precompute",
+        description="Log-mel feature shards for audio event classifiers.",
+        epilog="Exit status: 0 ok, 2 an error you can fix (one line on stderr), 3 written with "
+        "failures (see failures.jsonl), 130 interrupted.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    quiet = _quiet_option()
 
-    p = sub.add_parser("demo-data", help="synthesize the embedded RFCX-like demo dataset")
-    p.add_argument("out", type=Path)
+    p = sub.add_parser("demo-data", parents=[quiet], help="synthesize the embedded RFCX-like demo dataset")
+    p.add_argument("out", type=Path, help="output directory, e.g. data/demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recordings", type=int, default=96, help="train recordings (default 96)")
     p.add_argument("--test-recordings", type=int, default=24, help="test recordings (default 24)")
     p.add_argument("--jobs", type=int, default=None, help="parallel jobs (default: all cores)")
-    p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("features", help="labelled slices (TP and FP rows) -> shards")
-    p.add_argument("--audio-dir", type=Path, required=True)
-    p.add_argument("--tp", type=Path, required=True, help="train_tp.csv")
+    p = sub.add_parser("features", parents=[quiet], help="labelled slices (TP and FP rows) -> shards")
+    p.add_argument("--audio-dir", type=Path, required=True, help="folder of <recording_id>.flac/.wav/...")
+    p.add_argument("--tp", type=Path, required=True, help="train_tp.csv (RFCX columns)")
     p.add_argument("--fp", type=Path, help="train_fp.csv (confirmed false positives)")
     p.add_argument("--out", type=Path, required=True, help="feature set directory")
     _add_config_options(p)
     _add_run_options(p)
 
-    p = sub.add_parser("windows", help="sliding windows over unlabelled recordings -> shards")
+    p = sub.add_parser(
+        "windows", parents=[quiet], help="sliding windows over unlabelled recordings -> shards"
+    )
     p.add_argument("--audio-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--step", type=float, default=5.0, help="seconds between window starts (default 5)")
     _add_config_options(p)
     _add_run_options(p)
 
-    p = sub.add_parser("inspect", help="summary of a feature set")
+    p = sub.add_parser("inspect", parents=[quiet], help="summary of a feature set (fits 100 columns)")
     p.add_argument("features", type=Path)
 
-    p = sub.add_parser("preview", help="picture of example spectrograms per class")
+    p = sub.add_parser(
+        "preview",
+        parents=[quiet],
+        help="pictures: example spectrograms per class, and what augmentation does",
+        description="Write two PNG pictures of a feature set: OUT, a grid of example spectrograms "
+        "(one row per class, --per-class examples each, on true axes: seconds and Hz; dashed lines "
+        "mark the crop the model sees, a box the labelled call), and OUT-augment.png (or "
+        "--augment-out), the same few examples before and after the loader's default augmentation "
+        "(loader.Augment(): time shift, gain, SpecAugment masks).",
+    )
     p.add_argument("features", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
-    p.add_argument("--per-class", type=int, default=3)
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write, e.g. preview.png")
+    p.add_argument("--per-class", type=int, default=3, help="examples per class (default 3)")
+    p.add_argument("--classes", help="classes to show, e.g. 0-5,9 (default: all)")
+    p.add_argument(
+        "--augment-out",
+        type=Path,
+        help="where to write the augmentation picture (default: OUT's name + -augment.png)",
+    )
+    p.add_argument("--no-augment", action="store_true", help="skip the augmentation picture")
+    p.add_argument("--seed", type=int, default=0, help="seed of the augmentation draws (default 0)")
+    p.add_argument("--dpi", type=int, default=100, help="pixels per inch (default 100)")
 
-    p = sub.add_parser("verify", help="re-check every shard against the index")
+    p = sub.add_parser("verify", parents=[quiet], help="re-check every shard against the index")
     p.add_argument("features", type=Path)
+
+    p = sub.add_parser(
+        "config",
+        parents=[quiet],
+        help="print a resolved feature config as TOML (or --list the presets)",
+        description="Print the feature config that features/windows would use with the same "
+        "options, as a TOML file you can edit and pass back with --config.",
+    )
+    _add_config_options(p)
+    p.add_argument("--list", action="store_true", help="list the presets shipped with the package")
     return parser
 
 
 def _config(args: argparse.Namespace):
-    from precompute.config import load_config
+    from precompute.config import load_config, parse_set
 
-    return load_config(args.config, preset=args.preset, shard_size=args.shard_size)
+    overrides = parse_set(args.overrides)
+    return load_config(args.config, preset=args.preset, shard_size=args.shard_size, overrides=overrides)
 
 
 def _run_options(args: argparse.Namespace) -> dict:
@@ -99,81 +168,132 @@ def _run_options(args: argparse.Namespace) -> dict:
 
 
 def _report(summary) -> int:
-    for line in summary.lines():
-        print(line)
+    for failure in summary.failures[:10]:
+        log.warning(f"  failed: {failure['message']}")
+    if len(summary.failures) > 10:
+        log.warning(f"  ... and {len(summary.failures) - 10} more in {summary.failures_path}")
+    print(summary.line())
     return EXIT_PARTIAL if summary.failures else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging(quiet=args.quiet)
     try:
-        if args.command == "demo-data":
-            from precompute.demo import synthesize
-
-            result = synthesize(
-                args.out,
-                seed=args.seed,
-                recordings=args.recordings,
-                test_recordings=args.test_recordings,
-                jobs=args.jobs or os.cpu_count() or 1,
-                progress=not args.quiet,
-            )
-            print(
-                f"{args.out}: "
-                + ", ".join(f"{k} {v}" for k, v in result.items() if not isinstance(v, dict | list))
-            )
-            return EXIT_OK
-        if args.command == "features":
-            from precompute.pipeline import run_features
-
-            summary = run_features(
-                audio_dir=args.audio_dir,
-                tp=args.tp,
-                fp=args.fp,
-                out=args.out,
-                config=_config(args),
-                **_run_options(args),
-            )
-            return _report(summary)
-        if args.command == "windows":
-            from precompute.pipeline import run_windows
-
-            summary = run_windows(
-                audio_dir=args.audio_dir,
-                out=args.out,
-                step=args.step,
-                config=_config(args),
-                **_run_options(args),
-            )
-            return _report(summary)
-        if args.command == "inspect":
-            from precompute.report import inspect_lines
-
-            print("\n".join(inspect_lines(args.features)))
-            return EXIT_OK
-        if args.command == "preview":
-            from precompute.report import preview
-
-            preview(args.features, out=args.out, per_class=args.per_class)
-            print(f"wrote {args.out}")
-            return EXIT_OK
-        if args.command == "verify":
-            from precompute.report import verify
-
-            problems = verify(args.features)
-            for problem in problems:
-                print(problem, file=sys.stderr)
-            if problems:
-                return EXIT_ERROR
-            print(f"{args.features}: every shard matches the index")
-            return EXIT_OK
-    except MelShardsError as err:
-        print(f"precompute {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+        return _dispatch(args)
+    except BrokenPipeError:
+        # The reader went away (`precompute inspect F | head`): not an error; silence the
+        # flush at exit that would complain about the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except (MelShardsError, OSError) as err:
+        return report_error(f"precompute {args.command}", err)
     except KeyboardInterrupt:
         print(
             f"precompute {args.command}: interrupted; finished shards are kept, run again to resume",
             file=sys.stderr,
         )
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    if args.command == "demo-data":
+        from precompute.demo import synthesize
+
+        log.info(
+            f"synthesizing {args.recordings} train + {args.test_recordings} test recordings into {args.out}"
+        )
+        result = synthesize(
+            args.out,
+            seed=args.seed,
+            recordings=args.recordings,
+            test_recordings=args.test_recordings,
+            jobs=args.jobs or os.cpu_count() or 1,
+            progress=not args.quiet,
+        )
+        print(
+            f"wrote {result['train_recordings']} train recordings ({result['tp_rows']} TP rows, "
+            f"{result['fp_rows']} FP rows) and {result['test_recordings']} test recordings "
+            f"({result['bytes'] / 1e6:.0f} MB) to {args.out} in {result['elapsed_s']:.1f} s"
+        )
+        return EXIT_OK
+    if args.command in ("features", "windows"):
+        from precompute.pipeline import run_features, run_windows
+
+        config = _config(args)
+        log.info(
+            f"feature config: preset {config.preset}, {config.n_mels} mels {config.fmin:g}-{config.fmax:g} Hz, "
+            f"{config.duration:g} s + {config.context:g} s context at {config.sample_rate} Hz "
+            "(`precompute config` with the same options prints all of it)"
+        )
+        if args.command == "features":
+            summary = run_features(
+                audio_dir=args.audio_dir,
+                tp=args.tp,
+                fp=args.fp,
+                out=args.out,
+                config=config,
+                **_run_options(args),
+            )
+        else:
+            summary = run_windows(
+                audio_dir=args.audio_dir, out=args.out, step=args.step, config=config, **_run_options(args)
+            )
+        return _report(summary)
+    if args.command == "inspect":
+        from precompute.report import inspect_lines
+
+        print("\n".join(inspect_lines(args.features)))
+        return EXIT_OK
+    if args.command == "preview":
+        from precompute.report import preview
+
+        log.info(f"drawing examples of {args.features}")
+        written = preview(
+            args.features,
+            out=args.out,
+            per_class=args.per_class,
+            classes=args.classes,
+            augment_out=False if args.no_augment else args.augment_out,
+            seed=args.seed,
+            dpi=args.dpi,
+        )
+        width, height = written["size"]
+        line = (
+            f"wrote {written['out']} ({width}x{height} px, {written['rows']} rows of up to "
+            f"{args.per_class} examples)"
+        )
+        if "augment_out" in written:
+            line += f" and {written['augment_out']} (augmentation)"
+        print(f"{line} in {time.perf_counter() - started:.1f} s")
+        return EXIT_OK
+    if args.command == "verify":
+        from loader.format import read_index
+        from precompute.report import verify
+
+        read_index(args.features)  # a missing or unreadable index is one error line
+        problems = verify(args.features, progress=not args.quiet)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            print(
+                f"precompute verify: error: {args.features}: {len(problems)} problem(s); delete the "
+                "shards named above and run the same precompute command again: it rebuilds only those",
+                file=sys.stderr,
+            )
+            return EXIT_USER_ERROR
+        print(f"{args.features}: every shard matches the index ({time.perf_counter() - started:.1f} s)")
+        return EXIT_OK
+    if args.command == "config":
+        from precompute.config import config_toml, preset_names, preset_values
+
+        if args.list:
+            for name in preset_names():
+                changed = preset_values(name) if name != "default" else {}
+                what = ", ".join(f"{k}={v}" for k, v in changed.items()) or "every parameter's default"
+                print(f"{name:<10} {what}")
+            return EXIT_OK
+        print(config_toml(_config(args)), end="")
+        return EXIT_OK
     raise AssertionError(f"unhandled command {args.command}")

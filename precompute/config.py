@@ -1,82 +1,243 @@
-"""Feature configurations: named presets and TOML files.
+"""Feature configurations: presets shipped as TOML files, user TOML files, ``--set`` overrides.
 
 ``FeatureConfig`` itself lives in ``loader.format`` because it describes the stored arrays
 and the loader must read it without librosa; this module only builds one.
 
-Presets
--------
-``default``
-    Our recommendation for RFCX-like data: 10 s windows the model sees plus 0.5 s of stored
-    context on each side (so the loader can shift in time by cropping instead of
-    re-decoding), 128 mel bands over 50 Hz - 16 kHz (the calls of the 24 RFCX species lie
-    between ~90 Hz and ~14 kHz; bands above 16 kHz carry only noise at 48 kHz sampling),
-    ``power_to_db`` (the correct decibel scale for a power spectrogram) clipped 80 dB below
-    the slice maximum, then per-slice min-max to [0, 1], stored as float16 (values in [0, 1]
-    keep ~3 significant digits, half the bytes of float32).
-``seed``
-    Reproduces the classic per-sample Keras ``Sequence`` exactly: librosa's default
-    mel spectrogram (power 2, n_fft 2048, hop 512, 128 mels, 0 Hz - sr/2), passed to
-    ``amplitude_to_db(ref=np.max)`` (which treats power as amplitude), per-slice min-max,
-    no stored context.
-``fast``
-    A lighter variant for quick experiments: 64 mels, hop 1024.
+A config is resolved in three layers, each overriding the one before:
+
+1. a preset: ``precompute/presets/NAME.toml`` (``default``, ``seed``, ``fast``, ``rfcx-2nd``),
+   chosen by ``--preset``, by a ``preset = "NAME"`` key in the TOML file, or ``default``;
+2. a TOML file (``--config``): any parameter, at top level or under a ``[features]`` table;
+3. ``--set key=value`` on the command line, parsed with the parameter's type.
+
+Every preset file documents its parameters with their units; ``default.toml`` sets all of
+them, to the same values as the ``FeatureConfig`` defaults (a test keeps them equal), and the
+other presets set only what differs from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
+import typing
+from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from loader.errors import ConfigError
 from loader.format import FeatureConfig
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "seed": {
-        "fmin": 0.0,
-        "fmax": 24000.0,
-        "db": "amplitude",
-        "context": 0.0,
-    },
-    "fast": {"n_mels": 64, "hop_length": 1024, "fmin": 50.0, "fmax": 16000.0},
+PRESET_DIR = "presets"
+NONE_WORDS = ("none", "null")
+
+# name -> (unit, meaning): what ``inspect`` prints and the README's parameter table says.
+PARAMETERS: dict[str, tuple[str, str]] = {
+    "preset": ("name", "preset these values started from (shapes nothing itself)"),
+    "sample_rate": ("Hz", "audio is resampled to this rate before the STFT"),
+    "n_fft": ("samples", "STFT window and FFT length"),
+    "hop_length": ("samples", "step between STFT frames"),
+    "n_mels": ("bands", "mel filters spread over fmin..fmax"),
+    "fmin": ("Hz", "lower edge of the lowest mel filter"),
+    "fmax": ("Hz", "upper edge of the highest mel filter (<= sample_rate / 2)"),
+    "power": ("exponent", "magnitude exponent: 2 power spectrogram, 1 amplitude"),
+    "db": ("mode", "power: power_to_db; amplitude: the classic amplitude_to_db"),
+    "db_ref": ("linear", "0 dB reference; none: each slice's maximum"),
+    "top_db": ("dB", "floor below the peak; none: no floor"),
+    "duration": ("s", "window the model sees"),
+    "context": ("s", "extra audio stored on each side (time-shift room)"),
+    "normalize": ("mode", "minmax: each slice scaled to [0, 1]; none: keep dB"),
+    "min_overlap": ("s", "an event counts when it overlaps this much or lies inside"),
+    "n_classes": ("classes", "species ids are 0..n_classes-1"),
+    "dtype": ("dtype", "stored dtype of mel: float16 or float32"),
+    "compression": ("filter", "HDF5 filter on mel: none, gzip or lzf (slow reads)"),
+    "shard_size": ("examples", "examples per shard file (one parallel job each)"),
 }
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(FeatureConfig)
+
+
+def _allows_none(tp: Any) -> bool:
+    return type(None) in typing.get_args(tp)
+
+
+def _base_type(tp: Any) -> Any:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def parameter_names() -> tuple[str, ...]:
+    """Every ``FeatureConfig`` parameter, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(FeatureConfig))
+
+
+def _normalize_values(data: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+    """Check names and bring TOML values to the field types.
+
+    ``"none"`` becomes None where a parameter allows it, and an integer given for a float
+    parameter becomes a float: ``fmin = 50`` and ``fmin = 50.0`` must give the same config
+    (and the same fingerprint, which hashes the JSON of the values).
+    """
+    types = _field_types()
+    unknown = sorted(set(data) - set(types))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown feature parameter(s) {', '.join(unknown)}; "
+            f"valid keys: {', '.join(parameter_names())}"
+        )
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        tp = types[name]
+        if isinstance(value, str) and value.lower() in NONE_WORDS and _allows_none(tp):
+            value = None
+        elif _base_type(tp) is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        values[name] = value
+    return values
+
+
+def preset_names() -> tuple[str, ...]:
+    """Names of the presets shipped with the package, ``default`` first."""
+    folder = resources.files("precompute") / PRESET_DIR
+    names = sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+    return tuple(sorted(names, key=lambda n: n != "default"))
+
+
+def preset_text(name: str) -> str:
+    """The TOML text of preset ``name``, comments included."""
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(preset_names())}")
+    return (resources.files("precompute") / PRESET_DIR / f"{name}.toml").read_text(encoding="utf-8")
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The parameters preset ``name`` sets (typed; the ``default`` preset sets all of them)."""
+    data = tomllib.loads(preset_text(name))
+    if "preset" in data:
+        raise ConfigError(f"preset file {name}.toml must not name a preset itself")
+    return _normalize_values(data, source=f"preset {name}")
 
 
 def preset(name: str, **overrides: Any) -> FeatureConfig:
     """The preset ``name`` with ``overrides`` applied."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
-    return FeatureConfig.from_dict({**PRESETS[name], "preset": name, **overrides}, source=f"preset {name}")
+    values = {**preset_values(name), **_normalize_values(overrides, source=f"preset {name} overrides")}
+    return FeatureConfig.from_dict({**values, "preset": name}, source=f"preset {name}")
 
 
-def load_config(path: str | Path | None = None, **overrides: Any) -> FeatureConfig:
-    """Read a TOML feature config.
+def parse_value(name: str, text: str, *, source: str = "--set") -> Any:
+    """``text`` converted to the type of parameter ``name`` (int, float, str, bool or None)."""
+    types = _field_types()
+    if name not in types:
+        raise ConfigError(
+            f"{source} {name}={text}: unknown parameter {name!r}; valid keys: {', '.join(parameter_names())}"
+        )
+    tp = types[name]
+    word = text.strip()
+    if _allows_none(tp) and word.lower() in NONE_WORDS:
+        return None
+    base = _base_type(tp)
+    unit = PARAMETERS.get(name, ("", ""))[0]
+    try:
+        if base is bool:
+            lowered = word.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(word)
+            return lowered in ("true", "1", "yes")
+        if base is int:
+            return int(word)
+        if base is float:
+            return float(word)
+    except ValueError:
+        kind = {int: "an integer", float: "a number", bool: "true or false"}[base]
+        raise ConfigError(
+            f"{source} {name}={text}: {name} must be {kind}" + (f" ({unit})" if unit else "")
+        ) from None
+    return word
 
-    The file may name a ``preset`` and override any parameter, at top level or under a
-    ``[features]`` table::
 
-        preset = "default"
-        n_mels = 96
-        context = 1.0
+def parse_set(items: Iterable[str], *, source: str = "--set") -> dict[str, Any]:
+    """``["n_mels=96", "fmax=12000"]`` -> ``{"n_mels": 96, "fmax": 12000.0}``; later items win."""
+    values: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"{source} {item!r}: expected key=value, e.g. {source} n_mels=96")
+        values[name] = parse_value(name, text, source=source)
+    return values
 
-    ``overrides`` (e.g. from the command line) win over the file.
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The feature parameters of a TOML file (top level or its ``[features]`` table)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a TOML config file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    return dict(data.get("features", data))
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> FeatureConfig:
+    """Resolve a feature config: preset < TOML file < overrides.
+
+    path : a TOML file that may name a ``preset`` and set any parameter, at top level or under
+        a ``[features]`` table::
+
+            preset = "default"
+            n_mels = 96
+            context = 1.0
+
+    overrides : parameters that win over the file (e.g. ``parse_set`` of ``--set`` options);
+        a ``preset`` key here picks the preset instead of the file's.
+    options : more overrides as keywords (``preset=``, ``shard_size=``); None values are ignored.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: invalid TOML: {err}") from None
-        data = dict(data.get("features", data))
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    name = data.pop("preset", "default")
-    if name not in PRESETS:
-        raise ConfigError(f"{path or 'config'}: unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
-    merged = {**PRESETS[name], "preset": name, **data}
-    if merged.get("top_db") == "none":
-        merged["top_db"] = None
-    return FeatureConfig.from_dict(merged, source=str(path or "config"))
+    source = str(path) if path is not None else "config"
+    data = _normalize_values(read_toml(path), source=source) if path is not None else {}
+    extra = {k: v for k, v in options.items() if v is not None}
+    extra.update(overrides or {})
+    extra = _normalize_values(extra, source="command line")
+    name = extra.pop("preset", None) or data.pop("preset", None) or "default"
+    data.pop("preset", None)
+    if name not in preset_names():
+        raise ConfigError(f"{source}: unknown preset {name!r}; known presets: {', '.join(preset_names())}")
+    merged = {**preset_values(name), **data, **extra, "preset": name}
+    try:
+        return FeatureConfig.from_dict(merged, source=source)
+    except ConfigError as err:
+        # Name every layer the values came from, so the user knows what to change.
+        layers = [f"preset {name}"]
+        if path is not None:
+            layers.append(str(path))
+        layers += [f"{k}={_toml_text(v)}" for k, v in extra.items() if k != "preset"]
+        raise ConfigError(f"{' + '.join(layers)}: {err}") from None
+
+
+def config_toml(config: FeatureConfig) -> str:
+    """``config`` as a TOML file that ``load_config`` reads back to the same config."""
+    lines = [f"# feature config (preset {config.preset}); units and meaning after each value"]
+    width = max(len(n) for n in parameter_names())
+    for name, value in config.to_dict().items():
+        unit, meaning = PARAMETERS[name]
+        lines.append(f"{name:<{width}} = {_toml_text(value):<10} # {unit}: {meaning}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_text(value: Any) -> str:
+    if value is None:
+        return '"none"'
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from loader.console import log
 from loader.errors import AudioError, ConfigError, LockedError, MelShardsError
 from loader.format import (
     FAILURES_FILE,
@@ -70,20 +71,26 @@ class Summary:
     def rate(self) -> float:
         return self.slices_built / self.seconds if self.seconds > 0 else 0.0
 
-    def lines(self) -> list[str]:
-        lines = [
-            f"{self.out}: {self.examples} examples in {self.shards} shards "
-            f"({self.shards_built} built, {self.shards_reused} reused), {self.bytes / 1e6:.1f} MB",
-            f"{self.slices_built} slices computed in {self.seconds:.1f} s ({self.rate:.1f} slices/s)",
-        ]
-        if self.failures:
-            lines.append(f"{len(self.failures)} failure(s) recorded in {self.out / FAILURES_FILE}:")
-            lines += [f"  {f['message']}" for f in self.failures[:10]]
-            if len(self.failures) > 10:
-                lines.append(f"  ... and {len(self.failures) - 10} more")
-        else:
-            lines.append("no failures")
-        return lines
+    @property
+    def failures_path(self) -> Path:
+        return self.out / FAILURES_FILE
+
+    def line(self) -> str:
+        """The one-line summary the command prints at the end."""
+        reused = f", {self.shards_reused} reused" if self.shards_reused else ""
+        rate = f", {self.rate:.1f} slices/s" if self.slices_built else ""
+        failures = (
+            f"{len(self.failures)} failure(s) recorded in {self.failures_path}"
+            if self.failures
+            else "0 failures"
+        )
+        what = f"{self.examples} examples in {self.shards} shards ({self.bytes / 1e6:.1f} MB"
+        if not self.shards_built:
+            return f"{self.out} is up to date: {what}, {self.shards_reused} reused); {failures}"
+        return (
+            f"wrote {what}; {self.shards_built} built{reused}) to {self.out} in {self.seconds:.1f} s"
+            f"{rate}; {failures}"
+        )
 
 
 def _failure(
@@ -327,6 +334,13 @@ def execute(
             # From here on the directory changes: no reader may trust the old index.
             (out / INDEX_FILE).unlink(missing_ok=True)
         total = sum(job.n_windows for job in todo)
+        planned = sum(job.n_windows for job in jobs_planned)
+        recordings = len({task.recording_id for job in jobs_planned for task in job.recordings})
+        log.info(
+            f"{planned} slices from {recordings} recordings in {len(jobs_planned)} shards: "
+            f"{len(results)} up to date, {len(todo)} to build"
+            + (f" with {min(n_jobs, len(todo))} {backend} worker(s)" if todo else "")
+        )
         with tqdm(total=total, unit="slice", desc=f"features -> {out.name}", disable=not progress) as bar:
             if todo:
                 with _backend(backend, jobs=min(n_jobs, len(todo)), scheduler=scheduler):
@@ -386,6 +400,12 @@ def run_features(
         row_failures += fp_failures
     rows, duplicates = drop_duplicates(rows, on_error=on_error)
     row_failures += duplicates
+    n_tp = sum(row.kind == KIND_TP for row in rows)
+    log.info(
+        f"manifests: {n_tp} TP rows from {tp}"
+        + (f", {len(rows) - n_tp} FP rows from {fp}" if fp is not None else "")
+        + f"; {len(row_failures)} rejected"
+    )
     if not rows:
         raise MelShardsError(f"{tp}: no valid rows to precompute ({len(row_failures)} rejected)")
     jobs = plan_labelled(rows, audio_dir=audio_dir, config=config)

@@ -1,22 +1,49 @@
-"""Looking at a finished feature set: ``inspect``, ``preview`` and ``verify``."""
+"""Looking at a finished feature set: ``inspect``, ``preview`` and ``verify``.
+
+``inspect_lines`` is the terminal report (at most ``WIDTH`` columns); ``preview_figure`` and
+``augment_figure`` build the pictures as matplotlib Figures (Agg backend, no display needed)
+and ``preview`` writes them as PNG files.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
-from loader.errors import FormatError
+from loader.errors import ConfigError, FormatError
 from loader.format import (
     FAILURES_FILE,
+    KIND_TP,
     LABEL_NEGATIVE,
     LABEL_POSITIVE,
     LABEL_UNKNOWN,
+    FeatureConfig,
+    center_offset,
     check_shard_file,
     read_index,
     sha256_file,
 )
+from precompute.config import PARAMETERS
+
+WIDTH = 100  # columns: inspect's lines fit a terminal this wide
+CMAP = "magma"
+
+
+def fit(text: str, width: int = WIDTH) -> str:
+    """``text`` cut to ``width`` columns, with "..." in the middle where something was cut."""
+    if len(text) <= width:
+        return text
+    keep = width - 3
+    return text[: keep - keep // 3] + "..." + text[len(text) - keep // 3 :]
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect
 
 
 def _labels_and_recordings(root: Path) -> tuple[np.ndarray, list[str]]:
@@ -30,43 +57,106 @@ def _labels_and_recordings(root: Path) -> tuple[np.ndarray, list[str]]:
     return (np.concatenate(labels) if labels else np.zeros((0, n_classes), np.int8)), recordings
 
 
+def _value_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def config_lines(config: FeatureConfig, *, indent: str = "  ") -> list[str]:
+    """One line per parameter: name, value, unit, meaning (each fits ``WIDTH`` columns)."""
+    values = {name: _value_text(value) for name, value in config.to_dict().items()}
+    width = max(8, *(len(text) for text in values.values()))
+    lines = []
+    for name, text in values.items():
+        unit, meaning = PARAMETERS[name]
+        lines.append(fit(f"{indent}{name:<12} {text:>{width}}  {unit:<8}  {meaning}"))
+    return lines
+
+
+def _value_summary(index_stats: dict, config: FeatureConfig) -> str:
+    mean = np.asarray(index_stats.get("mean", []), dtype=np.float64)
+    std = np.asarray(index_stats.get("std", []), dtype=np.float64)
+    what = (
+        "normalized log-mel in [0, 1] (per-slice min-max)"
+        if config.normalize == "minmax"
+        else "log-mel in dB"
+    )
+    if mean.size == 0 or mean.size != std.size:
+        return what
+    # Every bin has the same number of values, so the pooled moments are plain averages.
+    overall = float(mean.mean())
+    pooled = float(np.sqrt(max(float((std**2 + mean**2).mean()) - overall**2, 0.0)))
+    return f"{what}; mean {overall:.3f}, std {pooled:.3f}"
+
+
 def inspect_lines(root: str | Path) -> list[str]:
-    """The summary a user wants before training, as printable lines."""
+    """The summary a user wants before training, as lines of at most ``WIDTH`` columns."""
     root = Path(root)
     index = read_index(root)
     cfg = index.config
     labels, recordings = _labels_and_recordings(root)
     disk = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
     raw = index.n_examples * cfg.n_mels * cfg.n_frames * np.dtype(cfg.dtype).itemsize
+    failures = f"{index.failures}" + (f" (see {root / FAILURES_FILE})" if index.failures else "")
     lines = [
-        f"feature set   {root} ({index.kind}, format v{index.raw['format']['version']}, fingerprint {index.fingerprint})",
-        f"examples      {index.n_examples} from {len(set(recordings))} recordings in {len(index.shards)} shards",
-        f"example       mel ({cfg.n_mels}, {cfg.n_frames}) {cfg.dtype}; model sees {cfg.crop_frames} frames "
-        f"({cfg.duration:g} s) + {cfg.context:g} s context each side",
-        f"disk          {disk / 1e6:.1f} MB ({raw / 1e6:.1f} MB of raw arrays)",
-        f"failures      {index.failures}" + (f" (see {root / FAILURES_FILE})" if index.failures else ""),
-        "config        " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()),
+        f"feature set  {root}",
+        f"kind         {index.kind}, format v{index.raw['format']['version']}, fingerprint {index.fingerprint}",
+        f"examples     {index.n_examples} from {len(set(recordings))} recordings in {len(index.shards)} shards",
+        f"disk         {disk / 1e6:.1f} MB ({raw / 1e6:.1f} MB of mel arrays)",
+        f"example      mel ({cfg.n_mels}, {cfg.n_frames}) {cfg.dtype}: {cfg.n_mels} mel bands x "
+        f"{cfg.n_frames} frames ({cfg.window_seconds:g} s)",
+        f"model input  ({cfg.n_mels}, {cfg.crop_frames}, 1): {cfg.duration:g} s, cropped inside "
+        f"{cfg.context:g} s of context on each side",
+        f"values       {_value_summary(index.stats, cfg)}",
+        f"failures     {failures}",
+        "",
+        f"config (preset {cfg.preset}; change with --preset, --config FILE or --set key=value)",
+        *config_lines(cfg),
     ]
     if index.kind == "labelled" and len(labels):
-        lines.append("class  positive  negative(FP)  unknown  recordings-with-positive")
-        rec = np.array(recordings)
-        for c in index.classes:
-            pos = labels[:, c] == LABEL_POSITIVE
-            lines.append(
-                f"{c:>5}  {pos.sum():>8}  {(labels[:, c] == LABEL_NEGATIVE).sum():>12}  "
-                f"{(labels[:, c] == LABEL_UNKNOWN).sum():>7}  {len(set(rec[pos])):>24}"
-            )
-        multi = int(((labels == LABEL_POSITIVE).sum(axis=1) > 1).sum())
-        lines.append(f"multi-label examples (more than one positive): {multi}")
-    return lines
+        lines += ["", *_class_table(labels, np.array(recordings), index.classes)]
+    return [fit(line) for line in lines]
 
 
-def verify(root: str | Path) -> list[str]:
+def _class_table(labels: np.ndarray, recordings: np.ndarray, classes: tuple[int, ...]) -> list[str]:
+    """Label counts per class, two classes per line."""
+    head = "class   pos    FP  unknown  recs"
+    cells = []
+    for c in classes:
+        pos = labels[:, c] == LABEL_POSITIVE
+        cells.append(
+            f"{c:>5} {int(pos.sum()):>5} {int((labels[:, c] == LABEL_NEGATIVE).sum()):>5} "
+            f"{int((labels[:, c] == LABEL_UNKNOWN).sum()):>8} {len(set(recordings[pos])):>5}"
+        )
+    half = math.ceil(len(cells) / 2)
+    rows = [
+        "labels per class (pos: a TP counts in the centred crop; FP: only a confirmed false positive does;",
+        "unknown: neither; recs: recordings with a positive)",
+        f"{head}    {head}",
+    ]
+    for i in range(half):
+        right = cells[i + half] if i + half < len(cells) else ""
+        rows.append(f"{cells[i]}    {right}".rstrip())
+    multi = int(((labels == LABEL_POSITIVE).sum(axis=1) > 1).sum())
+    rows.append(f"examples with more than one positive class: {multi} of {labels.shape[0]}")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# verify
+
+
+def verify(root: str | Path, *, progress: bool = False) -> list[str]:
     """Re-check every shard against the index; one line per problem (empty: all good).
 
     Checks the sha256 of each file, its schema and fingerprint against the index, and reads
     every ``mel`` chunk through HDF5's fletcher32 filter.
     """
+    from tqdm.auto import tqdm
+
     root = Path(root)
     try:
         index = read_index(root)
@@ -74,79 +164,419 @@ def verify(root: str | Path) -> list[str]:
         return [str(err)]
     problems = []
     listed = {entry.file for entry in index.shards}
-    for entry in index.shards:
-        path = index.shard_path(entry)
-        if not path.is_file():
-            problems.append(f"{path}: missing (listed in the index)")
-            continue
-        digest = sha256_file(path)
-        if digest != entry.sha256:
-            problems.append(
-                f"{path}: sha256 {digest[:12]}... disagrees with the index ({entry.sha256[:12]}...)"
-            )
-        try:
-            with h5py.File(path, "r", locking=False) as h5:
-                check_shard_file(h5, entry, index.config, path=path)
-                mel = h5["mel"]
-                buf = np.empty(mel.shape[1:], dtype=mel.dtype)
-                for i in range(mel.shape[0]):
-                    try:
-                        mel.read_direct(buf, np.s_[i])
-                    except OSError as err:
-                        problems.append(f"{path}: example {i}: checksum or read error ({err})")
-                if not np.all(np.isin(h5["labels"][:], (-1, 0, 1))):
-                    problems.append(f"{path}: labels hold values other than -1, 0, 1")
-        except FormatError as err:
-            problems.append(str(err))
-        except OSError as err:
-            problems.append(f"{path}: unreadable HDF5: {err}")
+    total = sum(entry.n for entry in index.shards)
+    with tqdm(total=total, unit="example", desc=f"verify {root.name}", disable=not progress) as bar:
+        for entry in index.shards:
+            problems += _verify_shard(index, entry)
+            bar.update(entry.n)
     for path in sorted(root.glob("shard-*.h5")):
         if path.name not in listed:
             problems.append(f"{path}: not listed in the index (ignored by readers)")
     return problems
 
 
-def preview(root: str | Path, *, out: str | Path, per_class: int = 3) -> Path:
-    """Draw ``per_class`` example spectrograms of each class into a PNG."""
+def _verify_shard(index, entry) -> list[str]:
+    path = index.shard_path(entry)
+    if not path.is_file():
+        return [f"{path}: missing (listed in the index)"]
+    problems = []
+    digest = sha256_file(path)
+    if digest != entry.sha256:
+        problems.append(f"{path}: sha256 {digest[:12]}... disagrees with the index ({entry.sha256[:12]}...)")
+    try:
+        with h5py.File(path, "r", locking=False) as h5:
+            check_shard_file(h5, entry, index.config, path=path)
+            mel = h5["mel"]
+            buf = np.empty(mel.shape[1:], dtype=mel.dtype)
+            for i in range(mel.shape[0]):
+                try:
+                    mel.read_direct(buf, np.s_[i])
+                except OSError as err:
+                    problems.append(f"{path}: example {i}: checksum or read error ({err})")
+            if not np.all(np.isin(h5["labels"][:], (-1, 0, 1))):
+                problems.append(f"{path}: labels hold values other than -1, 0, 1")
+    except FormatError as err:
+        problems.append(str(err))
+    except OSError as err:
+        problems.append(f"{path}: unreadable HDF5: {err}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# preview
+
+
+@dataclass(frozen=True)
+class Example:
+    """One stored example chosen for a picture."""
+
+    id: int  # global example id (shard by shard, in index order)
+    recording_id: str
+    start: float  # stored window start in the recording, seconds
+    species: int  # the anchor row's species, -1 for sliding windows
+    box: tuple[float, float, float, float] | None  # anchor (t_min, t_max, f_min, f_max), s and Hz
+
+
+def _anchors(features) -> dict[str, np.ndarray]:
+    """Anchor columns of every example, in global example order."""
+    names = ("species_id", "kind", "t_min", "t_max", "f_min", "f_max")
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for layout in features.shards:
+        with h5py.File(layout.path, "r", locking=False) as h5:
+            for name in names:
+                parts[name].append(h5[f"anchor/{name}"][()])
+    return {name: np.concatenate(parts[name]) if parts[name] else np.zeros(0) for name in names}
+
+
+def parse_classes(text: str | None, *, classes: tuple[int, ...]) -> tuple[int, ...]:
+    """``"0-5,9"`` -> ``(0, 1, 2, 3, 4, 5, 9)``; None -> every class of the feature set."""
+    if text is None:
+        return tuple(classes)
+    chosen: list[int] = []
+    for part in text.split(","):
+        low, sep, high = part.strip().partition("-")
+        try:
+            values = range(int(low), int(high) + 1) if sep else [int(low)]
+        except ValueError:
+            raise ConfigError(f"--classes {text!r}: expected class ids like 0-5,9") from None
+        chosen += [c for c in values if c not in chosen]
+    outside = [c for c in chosen if c not in classes]
+    if outside or not chosen:
+        raise ConfigError(
+            f"--classes {text!r}: class {outside[0] if outside else '(none)'} is not in the feature "
+            f"set's classes {classes[0]}..{classes[-1]}"
+        )
+    return tuple(chosen)
+
+
+def choose_examples(features, *, classes: tuple[int, ...], per_class: int) -> dict[int, list[Example]]:
+    """Up to ``per_class`` examples anchored on a TP call of each class, chosen deterministically.
+
+    Candidates are the examples cut around a TP row of the class whose label is positive; they
+    are taken from as many different recordings as possible, spread evenly over the recordings
+    sorted by id (then by start time), so the same feature set always gives the same picture.
+    """
+    anchors = _anchors(features)
+    chosen: dict[int, list[Example]] = {}
+    for c in classes:
+        ids = np.flatnonzero(
+            (anchors["species_id"] == c)
+            & (anchors["kind"] == KIND_TP)
+            & (features.labels[:, c] == LABEL_POSITIVE)
+        )
+        order = sorted(ids, key=lambda i: (features.recording_id[i], features.start[i]))
+        # First example of each recording, then the rest: distinct recordings come first.
+        seen: set[str] = set()
+        firsts, rest = [], []
+        for i in order:
+            (rest if features.recording_id[i] in seen else firsts).append(i)
+            seen.add(features.recording_id[i])
+        pool = firsts + rest
+        if len(firsts) >= per_class:
+            pool = [firsts[int(round(j))] for j in np.linspace(0, len(firsts) - 1, per_class)]
+        chosen[c] = [
+            Example(
+                id=int(i),
+                recording_id=str(features.recording_id[i]),
+                start=float(features.start[i]),
+                species=c,
+                box=(
+                    float(anchors["t_min"][i]),
+                    float(anchors["t_max"][i]),
+                    float(anchors["f_min"][i]),
+                    float(anchors["f_max"][i]),
+                ),
+            )
+            for i in pool[:per_class]
+        ]
+    return chosen
+
+
+def _window_examples(features, *, rows: int, per_row: int) -> dict[int, list[Example]]:
+    """For a windows feature set (no labels): the first windows of the first recordings."""
+    chosen: dict[int, list[Example]] = {}
+    for row, rid in enumerate(sorted(set(features.recording_id))[:rows]):
+        ids = np.flatnonzero(features.recording_id == rid)
+        ids = sorted(ids, key=lambda i: features.start[i])[:per_row]
+        chosen[row] = [Example(int(i), rid, float(features.start[i]), -1, None) for i in ids]
+    return chosen
+
+
+def _read_windows(features, ids: list[int], *, crop_start: np.ndarray | None = None, crop: int | None = None):
+    """Stored examples ``ids`` (whole windows, or crops), np.ndarray [shape=(B, n_mels, frames)], float32."""
+    from loader.reader import MelReader
+
+    cfg = features.config
+    crop = cfg.n_frames if crop is None else crop
+    starts = np.zeros(len(ids), np.int64) if crop_start is None else crop_start
+    out = np.empty((len(ids), cfg.n_mels, crop, 1), dtype=np.float32)
+    MelReader(features).read(np.asarray(ids, dtype=np.int64), starts, out)
+    return out[..., 0]
+
+
+def _color_range(config: FeatureConfig, arrays: np.ndarray) -> tuple[float, float, str]:
+    if config.normalize == "minmax":
+        return 0.0, 1.0, "normalized log-mel (0 = slice minimum, 1 = slice maximum)"
+    low, high = np.percentile(arrays, [1, 99.9]) if arrays.size else (0.0, 1.0)
+    return float(low), float(high), "log-mel (dB)"
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    root = Path(root)
-    index = read_index(root)
-    cfg = index.config
-    picks: dict[int, list[np.ndarray]] = {c: [] for c in index.classes}
-    for entry in index.shards:
-        with h5py.File(index.shard_path(entry), "r", locking=False) as h5:
-            labels = h5["labels"][:]
-            species = h5["anchor/species_id"][:]
-            kind = h5["anchor/kind"][:]
-            for i in range(entry.n):
-                c = int(species[i])
-                if (
-                    c in picks
-                    and kind[i] == 1
-                    and labels[i, c] == LABEL_POSITIVE
-                    and len(picks[c]) < per_class
-                ):
-                    picks[c].append(h5["mel"][i].astype(np.float32))
-    shown = [c for c in index.classes if picks[c]] or list(index.classes)[:1]
-    fig, axes = plt.subplots(
-        len(shown), per_class, figsize=(2.4 * per_class, 1.2 * len(shown)), squeeze=False
+    return plt
+
+
+def _specshow(ax, mel: np.ndarray, config: FeatureConfig, *, vmin: float, vmax: float):
+    """``mel`` on true axes: seconds from the first frame shown, Hz on a mel scale."""
+    import librosa.display
+
+    img = librosa.display.specshow(
+        mel,
+        x_axis="time",
+        y_axis="mel",
+        sr=config.sample_rate,
+        hop_length=config.hop_length,
+        fmin=config.fmin,
+        fmax=config.fmax,
+        ax=ax,
+        cmap=CMAP,
+        vmin=vmin,
+        vmax=vmax,
     )
-    for row, c in enumerate(shown):
+    # The filter bank spans fmin..fmax; specshow pads half a band on each side.
+    ax.set_ylim(config.fmin, config.fmax)
+    return img
+
+
+def preview_figure(root: str | Path, *, per_class: int = 3, classes: str | tuple[int, ...] | None = None):
+    """Example spectrograms per class, one row per class, as a matplotlib Figure.
+
+    Each panel is one stored window (``duration`` plus ``context`` on each side) on true axes:
+    seconds from the window's start and Hz on a mel scale (``fmin`` to ``fmax``). Dashed lines
+    mark the centred crop the model sees, a box the labelled call the window was cut around.
+    Titles read ``species NN · recording_id @ start s``. One colour bar for the whole figure.
+    For a windows feature set (no labels) the rows are recordings instead of classes.
+    """
+    from matplotlib.patches import Rectangle
+
+    from loader.reader import FeatureSet
+
+    if per_class < 1:
+        raise ConfigError(f"--per-class must be >= 1, got {per_class}")
+    plt = _pyplot()
+    features = FeatureSet(root)
+    cfg = features.config
+    if features.kind == "labelled":
+        wanted = classes if isinstance(classes, tuple) else parse_classes(classes, classes=features.classes)
+        picks = choose_examples(features, classes=wanted, per_class=per_class)
+        rows = [c for c in wanted if picks[c]]
+    else:
+        picks = _window_examples(features, rows=6, per_row=per_class)
+        rows = list(picks)
+    if not rows:
+        raise ConfigError(f"{features.root}: no example to show (no TP example of the chosen classes)")
+    ids = [e.id for r in rows for e in picks[r]]
+    mels = dict(zip(ids, _read_windows(features, ids), strict=True))
+    vmin, vmax, label = _color_range(cfg, np.stack(list(mels.values())))
+
+    fig, axes = plt.subplots(
+        len(rows),
+        per_class,
+        figsize=(2.9 * per_class + 1.1, 1.55 * len(rows) + 0.9),
+        squeeze=False,
+        layout="constrained",
+    )
+    img = None
+    crop0 = center_offset(cfg) * cfg.seconds_per_frame
+    crop1 = crop0 + cfg.duration
+    for r, row in enumerate(rows):
         for col in range(per_class):
-            ax = axes[row, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col < len(picks[c]):
-                ax.imshow(picks[c][col], origin="lower", aspect="auto", cmap="magma")
-            if col == 0:
-                ax.set_ylabel(f"class {c}", rotation=0, ha="right", va="center", fontsize=7)
-    fig.suptitle(f"{root.name}: {cfg.n_mels} mels x {cfg.n_frames} frames", fontsize=9)
-    fig.tight_layout()
+            ax = axes[r, col]
+            if col >= len(picks[row]):
+                ax.axis("off")
+                continue
+            ex = picks[row][col]
+            img = _specshow(ax, mels[ex.id], cfg, vmin=vmin, vmax=vmax)
+            for t in (crop0, crop1):
+                ax.axvline(t, color="white", lw=0.7, ls="--", alpha=0.8)
+            if ex.box is not None:
+                t_min, t_max, f_min, f_max = ex.box
+                ax.add_patch(
+                    Rectangle(
+                        (t_min - ex.start, max(f_min, cfg.fmin)),
+                        t_max - t_min,
+                        min(f_max, cfg.fmax) - max(f_min, cfg.fmin),
+                        fill=False,
+                        edgecolor="cyan",
+                        lw=0.9,
+                    )
+                )
+            who = f"species {ex.species:02d} · " if ex.species >= 0 else ""
+            ax.set_title(f"{who}{ex.recording_id} @ {ex.start:.1f} s", fontsize=7.5)
+            ax.tick_params(labelsize=6.5)
+            ax.set_xlabel("time (s)" if r == len(rows) - 1 else "", fontsize=7)
+            ax.set_ylabel("Hz (mel scale)" if col == 0 else "", fontsize=7)
+            if r < len(rows) - 1:
+                ax.tick_params(labelbottom=False)
+            if col > 0:
+                ax.tick_params(labelleft=False)
+    bar = fig.colorbar(img, ax=axes.ravel().tolist(), shrink=min(1.0, 6 / len(rows) + 0.2), pad=0.01)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    what = "per species" if features.kind == "labelled" else "per recording (windows set)"
+    fig.suptitle(
+        f"{features.root.name}: examples {what} · {cfg.n_mels} mel bands {cfg.fmin:g}-{cfg.fmax:g} Hz, "
+        f"{cfg.window_seconds:g} s windows · dashed: the {cfg.duration:g} s the model sees"
+        + (" · box: the labelled call" if features.kind == "labelled" else ""),
+        fontsize=9,
+    )
+    return fig
+
+
+def augment_figure(root: str | Path, *, examples: int = 4, seed: int = 0, augment=None):
+    """The same examples before and after the loader's augmentation, as a matplotlib Figure.
+
+    Left column: the centred crop (what validation sees). Right column: the crop after
+    ``augment`` (default ``loader.Augment()``, what ``ShardSequence(augment=True)`` applies:
+    time shift inside the stored context, gain, SpecAugment masks filled with the per-bin
+    mean), drawn with one generator seeded by ``seed``, as ``ShardSequence`` applies them.
+    """
+    from loader.augment import Augment
+    from loader.reader import FeatureSet
+
+    plt = _pyplot()
+    features = FeatureSet(root)
+    cfg = features.config
+    augment = Augment() if augment is None else augment
+    if features.kind == "labelled":
+        # The first example of evenly spaced classes, so the rows differ.
+        step = max(1, len(features.classes) // examples)
+        picks = choose_examples(features, classes=tuple(features.classes[::step]), per_class=1)
+        chosen = [e[0] for e in picks.values() if e][:examples]
+    else:
+        chosen = [e[0] for e in _window_examples(features, rows=examples, per_row=1).values()]
+    if not chosen:
+        raise ConfigError(f"{features.root}: no example to show")
+    ids = [e.id for e in chosen]
+    crop = cfg.crop_frames
+    before = _read_windows(
+        features, ids, crop_start=np.full(len(ids), center_offset(cfg), np.int64), crop=crop
+    )
+    rng = np.random.default_rng(seed)
+    params = augment.sample_params(rng, len(ids), n_mels=cfg.n_mels, n_frames=cfg.n_frames, crop_frames=crop)
+    clip = (0.0, 1.0) if cfg.normalize == "minmax" else None
+    after = _read_windows(features, ids, crop_start=params.crop_start, crop=crop)[..., None]
+    augment.apply(after, params, fill=features.bin_mean, clip=clip, gain=True)
+    after = after[..., 0]
+    vmin, vmax, label = _color_range(cfg, before)
+
+    fig, axes = plt.subplots(
+        len(ids), 2, figsize=(8.6, 1.75 * len(ids) + 0.9), squeeze=False, layout="constrained"
+    )
+    img = None
+    spf = cfg.seconds_per_frame
+    for r, ex in enumerate(chosen):
+        shift = int(params.crop_start[r]) - center_offset(cfg)
+        gain = 1.0 if params.gain is None else float(params.gain[r])
+        n_masks = int((params.freq[r, :, 1] > 0).sum() + (params.time[r, :, 1] > 0).sum())
+        who = f"species {ex.species:02d} · " if ex.species >= 0 else ""
+        for col, (mel, what) in enumerate(
+            (
+                (before[r], "centred crop"),
+                (after[r], f"shift {shift * spf:+.2f} s, gain {gain:.2f}, {n_masks} masks"),
+            )
+        ):
+            ax = axes[r, col]
+            img = _specshow(ax, mel, cfg, vmin=vmin, vmax=vmax)
+            ax.set_title(f"{who}{ex.recording_id}: {what}", fontsize=7.5)
+            ax.tick_params(labelsize=6.5)
+            ax.set_xlabel("time in the crop (s)" if r == len(ids) - 1 else "", fontsize=7)
+            ax.set_ylabel("Hz (mel scale)" if col == 0 else "", fontsize=7)
+            if r < len(ids) - 1:
+                ax.tick_params(labelbottom=False)
+            if col > 0:
+                ax.tick_params(labelleft=False)
+    bar = fig.colorbar(img, ax=axes.ravel().tolist(), shrink=0.9, pad=0.01)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    fig.suptitle(
+        f"{features.root.name}: loader augmentation (loader.Augment defaults, seed {seed}): left as "
+        "validation sees it, right as training does",
+        fontsize=9,
+    )
+    return fig
+
+
+def augment_path(out: str | Path) -> Path:
+    """Where ``preview --out P.png`` writes the augmentation picture by default: ``P-augment.png``."""
     out = Path(out)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return out.with_name(f"{out.stem}-augment{out.suffix or '.png'}")
+
+
+def _palette() -> list[int]:
+    """256 RGB colours for the PNGs: 224 steps of ``CMAP``, 24 greys (text, antialiasing) and
+    the cyan and white of the boxes and lines. A spectrogram is mostly noise-like texture that
+    compresses badly as true colour; as palette indices it takes a third of the bytes, with no
+    visible difference (the colour map itself has 256 levels)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[CMAP](np.linspace(0.0, 1.0, 224))[:, :3]
+    grey = np.repeat(np.linspace(0.0, 1.0, 24)[:, None], 3, axis=1)
+    marks = np.array([[0, 1, 1], [0, 0.8, 0.8], [0, 0.5, 0.5], [0.5, 1, 1], [0.25, 0.63, 0.63]])
+    extra = np.vstack([marks, np.ones((3, 3))])
+    return (np.vstack([cmap, grey, extra]) * 255).round().astype(np.uint8).ravel().tolist()
+
+
+def save_figure(fig, out: str | Path, *, dpi: int) -> tuple[int, int]:
+    """Write ``fig`` as a 256-colour PNG (see ``_palette``); returns its size in pixels (w, h)."""
+    import io
+
+    from PIL import Image
+
+    plt = _pyplot()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
+    buf.seek(0)
+    palette = Image.new("P", (1, 1))
+    palette.putpalette(_palette())
+    with Image.open(buf) as image:
+        indexed = image.convert("RGB").quantize(palette=palette, dither=Image.Dither.NONE)
+    indexed.save(out, format="PNG", optimize=True)
+    return indexed.size
+
+
+def preview(
+    root: str | Path,
+    *,
+    out: str | Path,
+    per_class: int = 3,
+    classes: str | None = None,
+    augment_out: str | Path | None = None,
+    seed: int = 0,
+    dpi: int = 100,
+) -> dict[str, Any]:
+    """Write the examples picture to ``out`` and, unless ``augment_out`` is False, the
+    augmentation picture (default ``augment_path(out)``). Returns what was written."""
+    from loader.console import log
+
+    fig = preview_figure(root, per_class=per_class, classes=classes)
+    panels = sum(1 for ax in fig.axes if ax.get_title())
+    rows = len({ax.get_subplotspec().rowspan.start for ax in fig.axes if ax.get_title()})
+    log.info(f"rendering {panels} spectrograms in {rows} rows to {out}")
+    size = save_figure(fig, out, dpi=dpi)
+    written = {"out": Path(out), "size": size, "panels": panels, "rows": rows}
+    if augment_out is not False:
+        target = augment_path(out) if augment_out is None else Path(augment_out)
+        written["augment_out"] = target
+        log.info(f"rendering the augmentation picture to {target}")
+        written["augment_size"] = save_figure(augment_figure(root, seed=seed), target, dpi=dpi)
+    return written

@@ -176,11 +176,12 @@ def test_missing_or_extra_columns_stop_with_the_file_named(tmp_path, capsys, hea
             "--quiet",
         ]
     )
-    err = capsys.readouterr().err
-    assert code == 1
-    assert len(err.strip().splitlines()) == 1
-
-    assert re.search(message, err)
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1
+    assert captured.err.startswith("precompute features: error: ")
+    assert re.search(message, captured.err)
 
 
 def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
@@ -206,4 +207,9 @@ def test_verify_names_the_shard_with_a_flipped_byte(tmp_path):
     problems = verify(tmp_path / "out")
     assert any("shard-00000.h5: sha256" in p for p in problems)
     assert any("shard-00000.h5: example 1: checksum or read error" in p for p in problems)
-    assert main(["verify", str(tmp_path / "out")]) == 1
+    assert main(["verify", "--quiet", str(tmp_path / "out")]) == 2
+    # The fix verify prints: delete the named shard, run again; only that shard is rebuilt.
+    shard.unlink()
+    summary = run(tmp_path, audio)
+    assert summary.shards_built == 1
+    assert verify(tmp_path / "out") == []

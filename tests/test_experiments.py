@@ -115,9 +115,11 @@ def test_predict_writes_submission_and_test_lwlrap(run_dir, feature_sets, tmp_pa
     assert metrics["val_lwlrap"] == json.loads((run_dir / "metrics.json").read_text())["val_lwlrap"]
 
 
-def one_error_line(capsys):
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("error: ")
+def one_error_line(capsys, prog="experiments.predict"):
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == ""
+    assert "\n" not in err and err.startswith(f"{prog}: error: ")
     return err
 
 
@@ -148,7 +150,7 @@ def test_predict_refuses_features_of_another_config(feature_sets):
 def test_predict_refuses_bad_truth(run_dir, feature_sets, tmp_path, capsys):
     (tmp_path / "truth.csv").write_text("recording_id,s0,s1\nrec000,1,0\n")
     argv = ["--model", str(run_dir / "model.keras"), "--features", str(feature_sets["windows"])]
-    argv += ["--out", str(tmp_path / "s.csv"), "--truth", str(tmp_path / "truth.csv")]
+    argv += ["--out", str(tmp_path / "s.csv"), "--truth", str(tmp_path / "truth.csv"), "--quiet"]
     assert predict.main(argv) == 2
     assert "header must be recording_id,s0,...,s3" in one_error_line(capsys)
     write_truth(tmp_path / "truth.csv", [["rec000", 1, 0, 0, 0], ["rec999", 0, 1, 0, 0]])
@@ -159,9 +161,11 @@ def test_predict_refuses_bad_truth(run_dir, feature_sets, tmp_path, capsys):
 def test_train_errors_are_one_line(feature_sets, tmp_path, capsys):
     base = ["--epochs", "1", "--out", str(tmp_path / "run"), "--verbose", "0"]
     assert train.main(["--features", str(tmp_path / "missing"), *base]) == 2
-    assert "no index" in one_error_line(capsys)
+    assert "no index" in one_error_line(capsys, "experiments.train")
     assert train.main(["--features", str(feature_sets["train"]), "--model", "resnet", *base]) == 2
-    assert "unknown model 'resnet'; available models: baseline, tiny, wide" in one_error_line(capsys)
+    assert "unknown model 'resnet'; available models: baseline, tiny, wide" in one_error_line(
+        capsys, "experiments.train"
+    )
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
@@ -175,3 +179,16 @@ def test_training_side_needs_no_librosa_or_joblib():
         "import experiments.train, experiments.predict\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_predict_prints_one_line_and_quiet_silences_the_rest(run_dir, feature_sets, tmp_path, capsys):
+    argv = ["--model", str(run_dir / "model.keras"), "--features", str(feature_sets["windows"])]
+    argv += ["--out", str(tmp_path / "s.csv")]
+    assert predict.main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"3 recordings (9 windows) -> {tmp_path / 's.csv'}\n"
+    assert "9 windows of 3 recordings, 1 batches" in captured.err
+    assert "predict: 100%" in captured.err.replace("\r", "\n")  # the tqdm bar
+    assert predict.main([*argv, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == f"3 recordings (9 windows) -> {tmp_path / 's.csv'}\n"
