@@ -8,16 +8,17 @@ when a batch mixes, the caller applies mixup and then the masks over the whole b
 keeps the order the ``loader.augment`` docstring states. Every row is computed by the same
 code from the same inputs in every mode, so the modes give bit-identical batches.
 
-- ``InProcessRows``: the calling thread builds every row. With ``model.fit`` that thread is
-  Keras' ``tf.data`` prefetch thread, so the batch is built while the model trains on the
-  previous one.
+- ``InProcessRows``: the calling thread builds every row.
 - ``ThreadRows``: ``workers`` threads. The compiled kernels release the GIL, so the threads
   run in parallel; batches are never copied.
-- ``ProcessRows``: ``workers`` processes (forked; spawned where fork is unavailable) write their rows straight
-  into batch arrays in shared memory (``multiprocessing.RawArray``: a file unlinked as soon as
-  it is made, inherited by the workers, so no name is ever left on disk or in ``/dev/shm``). Only row
-  ranges and small draws travel through pipes, never batches. Workers exit when told, when
-  their parent exits or dies, or when the pool is garbage collected.
+- ``ProcessRows``: ``workers`` processes (forked; spawned where fork is unavailable) write
+  their rows straight into batch arrays in shared memory (``multiprocessing.RawArray``: a file
+  unlinked as soon as it is made and inherited by the workers, so no name is ever left on disk
+  or in ``/dev/shm``). Only row ranges and small draws travel through pipes, never batches.
+  Workers exit when told, when their parent exits or dies, or when the pool is collected.
+
+``Lookahead`` sits in front of any of them: while the model trains on batch ``i`` it builds
+batch ``i + 1`` in a background thread.
 """
 
 from __future__ import annotations
@@ -39,8 +40,6 @@ from loader.errors import MelShardsError
 if TYPE_CHECKING:
     from loader.augment import Augment, AugmentParams
     from loader.reader import MelReader
-
-MODES = ("in-process", "threads", "processes")
 
 # Forked workers start at once and inherit the reader and the shared arrays, like the worker
 # processes Keras itself forks for ``use_multiprocessing=True``; where fork is unavailable,

@@ -14,6 +14,12 @@ is then (forked, or pickled for spawn), so the workers see the advanced epoch. K
 ``fit(shuffle=True)`` also reorders whole batches with Python's global RNG; the batches
 themselves do not change, pass ``shuffle=False`` to ``fit`` for a fully reproducible order.
 
+Building: ``workers``/``use_multiprocessing`` are not handed to Keras (its worker processes
+send every batch through a pipe, its threads through a queue); the sequence builds each batch
+with its own threads or shared-memory processes (``loader.batches``), and Keras iterates it in
+process. A look-ahead thread builds batch ``i + 1`` while the model trains on batch ``i``.
+Batch arrays come from a pool and are reused once nothing refers to them (``loader.buffers``).
+
 Ranks: for multi-worker training each rank takes every ``world_size``-th position of the
 shared epoch order (``sampler.rank_part``): disjoint, equal-length shares.
 """
