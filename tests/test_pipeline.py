@@ -168,6 +168,24 @@ def assert_same_feature_set(ours, reference):
     assert (ours / "failures.jsonl").read_text() == (reference / "failures.jsonl").read_text()
 
 
+def test_shard_bytes_do_not_depend_on_when_dataset_handles_close(reference, tmp_path, monkeypatch):
+    """Dask workers keep task frames (and their h5py handles) alive a while: same bytes anyway."""
+    import h5py
+
+    loky_out, paths, _ = reference
+    create, held = h5py.Group.create_dataset, []
+
+    def create_and_hold(self, *args, **kwargs):
+        dataset = create(self, *args, **kwargs)
+        held.append(dataset)
+        return dataset
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", create_and_hold)
+    run_tiny(paths, tmp_path / "held")
+    assert len(held) == 3 * 17  # every dataset of every shard stayed open until here
+    assert read_index(tmp_path / "held").shards == read_index(loky_out).shards  # sha256 included
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """A dataset of its own (another test touches the audio of ``built``) and its loky run."""
