@@ -20,13 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from loader.errors import AudioError, ConfigError, LockedError, MelShardsError
+from loader.errors import AudioError, ConfigError, LockedError
 from loader.format import (
     FAILURES_FILE,
     INDEX_FILE,
-    KIND_FP,
     KIND_NONE,
-    KIND_TP,
     LABEL_UNKNOWN,
     FeatureConfig,
     ShardEntry,
@@ -34,9 +32,8 @@ from loader.format import (
     sha256_file,
 )
 from precompute.audio import decode
-from precompute.manifest import drop_duplicates, read_manifest
 from precompute.mel import log_mel
-from precompute.plan import KIND_LABELLED, KIND_WINDOWS, RecordingTask, ShardJob, plan_labelled, plan_windows
+from precompute.plan import KIND_LABELLED, KIND_WINDOWS, RecordingTask, ShardJob, plan_manifests, plan_windows
 from precompute.shards import TEMP_SUFFIX, Example, ShardStats, read_shard_summary, write_index, write_shard
 from precompute.windows import event_arrays, place_window, sliding_starts, window_events
 
@@ -150,9 +147,10 @@ def _recording_examples(
             labels = np.full(config.n_classes, LABEL_UNKNOWN, dtype=np.int8)
             examples.append(Example(mel, labels, task.recording_id, start, anchor=NO_ANCHOR))
         return examples
-    events = event_arrays(task.rows)
+    rows = job.recording_rows(task)
+    events = event_arrays(rows)
     examples = []
-    for row in task.rows:
+    for row in rows:
         if row.t_max > seconds + 1e-6:
             err = AudioError(
                 f"{row.where}: event ends at {row.t_max} s, beyond the end of {task.path} ({seconds:.3f} s)"
@@ -480,16 +478,7 @@ def run_features(
     audio_dir, out = Path(os.path.abspath(audio_dir)), Path(out)
     if not audio_dir.is_dir():
         raise ConfigError(f"{audio_dir}: audio directory not found")
-    rows, row_failures = read_manifest(tp, kind=KIND_TP, n_classes=config.n_classes, on_error=on_error)
-    if fp is not None:
-        fp_rows, fp_failures = read_manifest(fp, kind=KIND_FP, n_classes=config.n_classes, on_error=on_error)
-        rows += fp_rows
-        row_failures += fp_failures
-    rows, duplicates = drop_duplicates(rows, on_error=on_error)
-    row_failures += duplicates
-    if not rows:
-        raise MelShardsError(f"{tp}: no valid rows to precompute ({len(row_failures)} rejected)")
-    jobs = plan_labelled(rows, audio_dir=audio_dir, config=config)
+    jobs, row_failures = plan_manifests(tp, fp, audio_dir=audio_dir, config=config, on_error=on_error)
     manifests = {"tp": str(tp), "fp": None if fp is None else str(fp), "audio_dir": str(audio_dir)}
     return execute(
         jobs,

@@ -3,7 +3,7 @@ import pytest
 from audio_fixtures import HEADER
 from loader.errors import ManifestError
 from loader.format import KIND_FP, KIND_TP
-from precompute.manifest import drop_duplicates, read_manifest
+from precompute.manifest import RowTable, drop_duplicates, read_manifest
 
 
 def write(tmp_path, body, name="train_tp.csv", header=HEADER):
@@ -71,8 +71,8 @@ def test_missing_manifest_names_the_file(tmp_path):
 def test_duplicates_keep_the_first_and_name_it(tmp_path):
     path = write(tmp_path, "r1,1,1,0.5,10,1.5,20\nr2,1,1,0.5,10,1.5,20\nr1,1,1,0.5,10,1.5,20\n")
     rows, _ = read_manifest(path, kind=KIND_TP, n_classes=24)
-    kept, dups = drop_duplicates(rows)
+    kept, dups = drop_duplicates(RowTable.from_rows(rows))
     assert [r.line for r in kept] == [2, 3]
     assert dups[0].to_record()["message"] == "train_tp.csv line 4: duplicate of train_tp.csv line 2"
     with pytest.raises(ManifestError, match="line 4: duplicate of train_tp.csv line 2"):
-        drop_duplicates(rows, on_error="fail")
+        drop_duplicates(RowTable.from_rows(rows), on_error="fail")
