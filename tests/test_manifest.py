@@ -35,6 +35,7 @@ BAD_ROWS = [
     ("../etc/passwd,3,1,1,100,3.0,900", "line 3: recording_id '../etc/passwd' contains a path separator"),
     ("a/b,3,1,1,100,3.0,900", "line 3: recording_id 'a/b' contains a path separator"),
     ("r1,3,1,1,100,3.0", "line 3: 6 fields, header has 7"),
+    ("r1,3,40000,1,100,3.0,900", "line 3: songtype_id 40000 is outside -32768..32767 (int16 in the shards)"),
 ]
 
 
@@ -52,6 +53,12 @@ def test_fail_policy_raises_at_the_first_bad_row(tmp_path, row, message):
     path = write(tmp_path, f"good,1,1,0.5,10,1.5,20\n{row}\n")
     with pytest.raises(ManifestError, match=f"^train_tp.csv {message}"):
         read_manifest(path, kind=KIND_TP, n_classes=24, on_error="fail")
+
+
+def test_blank_lines_are_skipped_and_do_not_shift_line_numbers(tmp_path):
+    path = write(tmp_path, "r1,3,1,1.5,100,2.5,900.5\n\n,,,,,,\n  \nr2,0,4,0,50,10,80\n")
+    rows, failures = read_manifest(path, kind=KIND_TP, n_classes=24)
+    assert [(r.recording_id, r.line) for r in rows] == [("r1", 2), ("r2", 6)] and failures == []
 
 
 def test_missing_and_extra_columns_are_file_level_errors(tmp_path):
