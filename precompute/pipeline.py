@@ -300,16 +300,28 @@ def _backend(backend: str, *, jobs: int | None, tasks: int, scheduler: str | Non
 def _dask_client(scheduler: str | None, *, workers: int) -> Iterator[None]:
     """A Dask client, current in this context: joined to ``scheduler``, or to a ``LocalCluster``
     of ``workers`` single-threaded processes that is stopped on exit."""
+    import dask
     from dask.distributed import Client, LocalCluster
 
     if scheduler is None:
-        with (
-            LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-            ) as cluster,
-            Client(cluster),
-        ):
-            yield
+        # Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 in their workers, which turns off
+        # glibc's adaptive thresholds: every large numpy temporary is then a fresh mmap, and a
+        # shard takes twice the CPU (measured: 1.7 s against 0.8 s). Unset it for our own
+        # workers, and undo the variables the nannies leave in this process's environment.
+        environ = dict(os.environ)
+        try:
+            with (
+                dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}),
+                LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+                ) as cluster,
+                Client(cluster),
+            ):
+                yield
+        finally:
+            for key in set(os.environ) - set(environ):
+                del os.environ[key]
+            os.environ.update(environ)
         return
     try:
         client = Client(scheduler)

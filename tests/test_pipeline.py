@@ -199,10 +199,13 @@ def reference(tmp_path_factory):
 def dask_cluster():
     """Two single-threaded worker processes; the tests join it by address like a remote cluster."""
     distributed = pytest.importorskip("distributed")
+    environ = dict(os.environ)  # nannies leave their workers' variables in this process
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster:
         yield cluster.scheduler_address
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 def test_dask_cluster_writes_the_loky_feature_set_and_resumes_it(reference, tmp_path, dask_cluster):
@@ -234,9 +237,11 @@ def test_dask_cluster_applies_the_fault_policy_like_loky(tmp_path, dask_cluster)
 def test_dask_without_an_address_starts_and_stops_a_local_cluster(reference, tmp_path):
     pytest.importorskip("distributed")
     loky_out, paths, _ = reference
+    environ = dict(os.environ)
     summary = run_tiny(paths, tmp_path / "dask", jobs=2, backend="dask")
     assert summary.shards_built == 3
     assert_same_feature_set(tmp_path / "dask", loky_out)
+    assert dict(os.environ) == environ  # e.g. no MALLOC_TRIM_THRESHOLD_ left for later processes
     from distributed import default_client
 
     with pytest.raises(ValueError, match="No clients found"):
