@@ -247,11 +247,8 @@ def _clean_strays(out: Path, keep: set[str]) -> None:
             path.unlink(missing_ok=True)
 
 
-# Every backend's missing package, and the one line that says what to install.
-_BACKEND_PACKAGES = {
-    "dask": ("dask.distributed", "pip install 'dask[distributed]'  (the project's [dask] extra)"),
-    "ray": ("ray.util.joblib", "pip install ray  (the project's [ray] extra)"),
-}
+# The module each cluster backend imports, and the package that provides it.
+_BACKEND_PACKAGES = {"dask": ("dask.distributed", "dask[distributed]"), "ray": ("ray.util.joblib", "ray")}
 
 
 def check_backend(backend: str, *, scheduler: str | None = None) -> None:
@@ -264,12 +261,13 @@ def check_backend(backend: str, *, scheduler: str | None = None) -> None:
     if scheduler and backend not in _BACKEND_PACKAGES:
         raise ConfigError(f"--scheduler/--address {scheduler!r} needs --backend dask or ray, not {backend!r}")
     if backend in _BACKEND_PACKAGES:
-        module, install = _BACKEND_PACKAGES[backend]
+        module, package = _BACKEND_PACKAGES[backend]
         try:
             importlib.import_module(module)
         except ImportError:
             raise ConfigError(
-                f"backend {backend!r} needs {module}, which is not installed: {install}"
+                f"backend {backend!r} needs {package}, which is not installed here: "
+                f"pip install '{package}'  (the project's [{backend}] extra)"
             ) from None
 
 
