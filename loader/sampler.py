@@ -102,18 +102,45 @@ def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     return np.random.default_rng([ORDER_STREAM, seed, epoch]).permutation(n).astype(np.int64)
 
 
-def rank_part(order: np.ndarray, *, rank: int, world_size: int) -> np.ndarray:
-    """This rank's share of an epoch order: every ``world_size``-th position from ``rank``.
+def check_rank(rank: int, *, world_size: int) -> None:
+    """Refuse a ``world_size`` below 1 or a ``rank`` outside ``[0, world_size)``."""
+    if not isinstance(world_size, int | np.integer) or isinstance(world_size, bool) or world_size < 1:
+        raise ConfigError(f"world_size must be an integer >= 1, got {world_size!r}")
+    if not isinstance(rank, int | np.integer) or isinstance(rank, bool) or not 0 <= rank < world_size:
+        raise ConfigError(f"rank must be in [0, {world_size}), got {rank!r}")
 
-    Ranks get disjoint shares of equal length ``len(order) // world_size``, because
-    synchronous multi-worker training needs every rank to run the same number of steps; the
-    ``len(order) % world_size`` positions left over are skipped this epoch (when shuffled,
-    different ones each epoch).
+
+def rank_members(example_ids: np.ndarray, *, rank: int, world_size: int) -> np.ndarray:
+    """The examples of one training worker: block ``rank`` of ``world_size`` contiguous blocks.
+
+    example_ids : np.ndarray [shape=(n,)], int64 -- one split, ascending, i.e. in storage order
+        (shard by shard, row by row)
+
+    Block ``r`` is ``example_ids[r * n // world_size : (r + 1) * n // world_size]``: blocks are
+    disjoint, together the whole split, and hold ``n // world_size`` or one more examples. They
+    depend on nothing else (not the seed, not the epoch), so a worker reads the same few
+    shards every epoch (its page cache stays warm, shared storage serves each shard to one
+    worker) and neighbouring examples of a recording stay on one worker.
+
+    Returns np.ndarray [shape=(n_r,)], int64, ascending. Raises ConfigError for a bad rank or
+    when the split has fewer examples than workers.
     """
-    if world_size == 1:
-        return order
-    per_rank = order.shape[0] // world_size
-    return order[rank::world_size][:per_rank]
+    check_rank(rank, world_size=world_size)
+    n = example_ids.shape[0]
+    if n < world_size:
+        raise ConfigError(f"cannot split {n} example(s) across world_size {world_size} workers")
+    return example_ids[rank * n // world_size : (rank + 1) * n // world_size]
+
+
+def rank_epoch_size(n: int, *, world_size: int) -> int:
+    """Examples every worker visits per epoch when ``n`` are split across ``world_size``.
+
+    Synchronous multi-worker training needs every worker to run the same number of steps,
+    so every worker visits ``n // world_size`` examples: the ``n % world_size`` workers whose
+    block holds one more leave one out each epoch (the last of that epoch's order: a
+    different one every epoch when shuffled).
+    """
+    return n // world_size
 
 
 def batch_rng(*, seed: int, epoch: int, rank: int, index: int) -> np.random.Generator:

@@ -20,8 +20,11 @@ with its own threads or shared-memory processes (``loader.batches``), and Keras 
 process. A look-ahead thread builds batch ``i + 1`` while the model trains on batch ``i``.
 Batch arrays come from a pool and are reused once nothing refers to them (``loader.buffers``).
 
-Ranks: for multi-worker training each rank takes every ``world_size``-th position of the
-shared epoch order (``sampler.rank_part``): disjoint, equal-length shares.
+Ranks: for multi-worker training (``rank``, ``world_size``) each rank holds a fixed contiguous
+block of the split in storage order (``sampler.rank_members``): disjoint, together the whole
+split, sizes differing by at most one, the same whatever the seed and epoch. Each epoch a rank
+shuffles its own block and visits ``n // world_size`` of it, so every rank has the same
+``len()`` (``sampler.rank_epoch_size``). Augmentation draws also depend on the rank.
 """
 
 from __future__ import annotations
@@ -68,13 +71,14 @@ class ShardSequence(keras.utils.PyDataset):
     dtype : ``"float32"`` or ``"float16"`` for x (float16 lets the model cast on the accelerator)
     return_mask : also yield ``known`` (B, n_classes) float32: 1 where the label is known
         (a TP or an FP counts in the crop), 0 where unknown
-    in_memory : hold the split's stored examples in RAM (loaded once per process)
+    in_memory : hold this rank's stored examples in RAM (loaded once per process)
     crop_frames : frames the model sees (default: the config's ``crop_frames``)
     drop_remainder : drop the last incomplete batch
     lookahead : build batch ``i + 1`` in a background thread while the model trains on batch
         ``i`` (``loader.batches.Lookahead``); pass ``shuffle=False`` to ``fit`` to keep it
         useful, the sequence shuffles examples itself
-    rank, world_size : this worker's share of each epoch (multi-worker training)
+    rank, world_size : this worker's block of the split for multi-worker training (see
+        ``sampler.rank_members``); every rank gets the same number of batches per epoch
     **pydataset_kwargs : ``workers``, ``use_multiprocessing``, ``max_queue_size`` for Keras
 
     ``x`` is (B, n_mels, crop_frames, 1); ``y`` is (B, n_classes) float32, 1 where a TP event
@@ -158,7 +162,9 @@ class ShardSequence(keras.utils.PyDataset):
                 f"split {split!r} (fold {fold} of {n_folds}) of {self.features.root} is empty: "
                 f"{np.unique(self.features.recording_id).size} recording(s) for {n_folds} folds"
             )
-        self.reader = MelReader(self.features, cache_ids=self.example_ids if self.in_memory else None)
+        # The split stays in example_ids; this rank reads only rank_ids.
+        self.rank_ids = sampler.rank_members(self.example_ids, rank=self.rank, world_size=self.world_size)
+        self.reader = MelReader(self.features, cache_ids=self.rank_ids if self.in_memory else None)
         self.clip = (0.0, 1.0) if config.normalize == "minmax" else None
         self.fill = (
             self.features.bin_mean
@@ -253,17 +259,17 @@ class ShardSequence(keras.utils.PyDataset):
         self.epoch = _check_int("epoch", epoch, low=0)
 
     def _positions(self, epoch: int) -> np.ndarray:
-        """Positions into ``example_ids`` that this rank visits in ``epoch``, in order."""
+        """Positions into ``rank_ids`` that this rank visits in ``epoch``, in order."""
         cached = self._order
         if cached is not None and cached[0] == epoch:
             return cached[1]
-        order = sampler.epoch_order(self.n_examples, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
-        positions = sampler.rank_part(order, rank=self.rank, world_size=self.world_size)
+        order = sampler.epoch_order(self.rank_ids.shape[0], seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        positions = order[: self._rank_size()]
         self._order = (epoch, positions)
         return positions
 
     def _rank_size(self) -> int:
-        return self.n_examples if self.world_size == 1 else self.n_examples // self.world_size
+        return sampler.rank_epoch_size(self.n_examples, world_size=self.world_size)
 
     def __len__(self) -> int:
         n = self._rank_size()
@@ -278,7 +284,7 @@ class ShardSequence(keras.utils.PyDataset):
         if not 0 <= index < n_batches:
             raise IndexError(f"batch {index} out of range for {n_batches} batches")
         positions = self._positions(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
-        return self.example_ids[positions]
+        return self.rank_ids[positions]
 
     # -- batches -----------------------------------------------------------------------------
 

@@ -22,8 +22,8 @@ AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".aiff", ".aif")
 
 def find_audio(audio_dir: Path, recording_id: str, path: str | None = None) -> Path:
     """Locate a recording inside ``audio_dir``; never returns a path outside it."""
-    root = audio_dir.resolve()
     if path is not None:
+        root = audio_dir.resolve()
         candidate = (audio_dir / path).resolve()
         if not candidate.is_relative_to(root):
             raise AudioError(f"{path}: resolves outside the audio directory {audio_dir}; refusing it")
@@ -33,7 +33,10 @@ def find_audio(audio_dir: Path, recording_id: str, path: str | None = None) -> P
     for ext in AUDIO_EXTENSIONS:
         candidate = audio_dir / f"{recording_id}{ext}"
         if candidate.is_file():
-            if not candidate.resolve().is_relative_to(root):
+            # Only a link or a name with a separator can lead outside. Resolving costs a system
+            # call per path component, which adds up over many recordings: do it only then.
+            direct = candidate.parent == audio_dir and not candidate.is_symlink()
+            if not direct and not candidate.resolve().is_relative_to(audio_dir.resolve()):
                 raise AudioError(f"{candidate}: resolves outside the audio directory; refusing it")
             return candidate
     raise AudioError(

@@ -66,7 +66,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         choices=["loky", "threading", "dask", "ray"],
         help="joblib backend; dask and ray run on a cluster (default loky)",
     )
-    p.add_argument("--scheduler", help="address of a running Dask scheduler or Ray cluster")
+    p.add_argument(
+        "--scheduler",
+        "--address",
+        dest="scheduler",
+        metavar="ADDR",
+        help="join a running cluster: Dask scheduler (tcp://HOST:8786) or Ray address (HOST:6379); "
+        "without it dask and ray start a local cluster of --jobs workers",
+    )
     p.add_argument(
         "--on-error",
         default="skip",

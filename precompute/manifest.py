@@ -4,14 +4,21 @@ Every row is checked before any audio is read. A row-level problem is reported w
 file and line (``train_tp.csv line 17: t_min 12.5 >= t_max 3.0``); under the ``skip`` policy
 the row is recorded as a failure and the others go on, under ``fail`` the first one raises.
 A file-level problem (missing file, wrong columns) always raises.
+
+Manifests are read as a stream (``iter_manifest``) into a ``RowTable``: one numpy record per
+row, about 60 bytes, instead of a Python object per row, so planning a manifest of millions
+of rows takes memory in proportion with a small constant (see ``benchmarks/plan_bench.py``).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from loader.errors import ManifestError
 from loader.format import KIND_FP, KIND_TP
@@ -20,7 +27,7 @@ COLUMNS = ("recording_id", "species_id", "songtype_id", "t_min", "f_min", "t_max
 OPTIONAL_COLUMNS = ("path",)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Row:
     """One validated manifest row; ``kind`` is ``KIND_TP`` or ``KIND_FP``."""
 
@@ -54,7 +61,7 @@ class Row:
         return f"{self.source} line {self.line}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RowFailure:
     """A manifest row that was rejected; becomes a ``failures.jsonl`` line."""
 
@@ -106,6 +113,10 @@ def parse_row(fields: dict[str, str], *, kind: int, source: str, line: int, n_cl
     if not 0 <= species < n_classes:
         raise ValueError(f"species_id {species} is outside the class list 0..{n_classes - 1}")
     songtype = _number((fields["songtype_id"] or "").strip(), "songtype_id", int)
+    if not SONGTYPE_MIN <= songtype <= SONGTYPE_MAX:
+        raise ValueError(
+            f"songtype_id {songtype} is outside {SONGTYPE_MIN}..{SONGTYPE_MAX} (int16 in the shards)"
+        )
     t_min = _number(fields["t_min"], "t_min", float)
     t_max = _number(fields["t_max"], "t_max", float)
     f_min = _number(fields["f_min"], "f_min", float)
@@ -122,10 +133,10 @@ def parse_row(fields: dict[str, str], *, kind: int, source: str, line: int, n_cl
     return Row(recording_id, species, songtype, t_min, f_min, t_max, f_max, kind, source, line, path)
 
 
-def read_manifest(
-    path: str | Path, *, kind: int, n_classes: int, on_error: str = "skip"
-) -> tuple[list[Row], list[RowFailure]]:
-    """Read and validate one manifest.
+def iter_manifest(
+    path: str | Path, *, kind: int, n_classes: int, on_error: str = "skip", failures: list[RowFailure]
+) -> Iterator[Row]:
+    """Validated rows of one manifest, read as a stream; rejected rows are appended to ``failures``.
 
     Parameters
     ----------
@@ -133,8 +144,9 @@ def read_manifest(
     kind : ``KIND_TP`` for ``train_tp.csv``, ``KIND_FP`` for ``train_fp.csv``
     n_classes : species ids must lie in ``0..n_classes-1``
     on_error : ``"skip"`` records bad rows and continues, ``"fail"`` raises at the first
+    failures : receives a ``RowFailure`` per rejected row, in file order
 
-    Returns the valid rows and the rejected ones.
+    A file-level problem raises ManifestError at the first ``next()``.
     """
     path = Path(path)
     source = path.name
@@ -144,8 +156,6 @@ def read_manifest(
         fh = open(path, newline="", encoding="utf-8-sig")
     except FileNotFoundError:
         raise ManifestError(f"{path}: manifest not found") from None
-    rows: list[Row] = []
-    failures: list[RowFailure] = []
     with fh:
         reader = csv.reader(fh)
         header = next(reader, None)
@@ -165,7 +175,7 @@ def read_manifest(
             raise ManifestError(f"{source} line 1: duplicate column names in {','.join(header)}")
         for record in reader:
             line = reader.line_num
-            if not any(cell.strip() for cell in record):
+            if not (record and record[0].strip()) and not any(cell.strip() for cell in record):
                 continue
             try:
                 if len(record) != len(header):
@@ -183,23 +193,166 @@ def read_manifest(
                 recording_id = record[header.index("recording_id")] if len(record) == len(header) else ""
                 failures.append(RowFailure(source, line, recording_id.strip(), str(err)))
                 continue
-            rows.append(row)
+            yield row
+
+
+def read_manifest(
+    path: str | Path, *, kind: int, n_classes: int, on_error: str = "skip"
+) -> tuple[list[Row], list[RowFailure]]:
+    """Read and validate one manifest (``iter_manifest`` into a list): valid rows, rejected rows."""
+    failures: list[RowFailure] = []
+    rows = list(iter_manifest(path, kind=kind, n_classes=n_classes, on_error=on_error, failures=failures))
     return rows, failures
 
 
-def drop_duplicates(rows: list[Row], *, on_error: str = "skip") -> tuple[list[Row], list[RowFailure]]:
-    """Keep the first of rows with identical content (across TP and FP files)."""
-    seen: dict[tuple, Row] = {}
-    kept: list[Row] = []
-    failures: list[RowFailure] = []
-    for row in rows:
-        first = seen.get(row.key())
-        if first is None:
-            seen[row.key()] = row
-            kept.append(row)
-            continue
-        message = f"duplicate of {first.where}"
+# Int16 in the shards (``anchor/songtype_id``); RFCX uses 1 and 4.
+SONGTYPE_MIN, SONGTYPE_MAX = -(2**15), 2**15 - 1
+
+# One record per manifest row. Strings (recording id, source file, path column) are stored
+# once in the table and referred to by index.
+ROW_DTYPE = np.dtype(
+    [
+        ("recording", np.int32),
+        ("source", np.int8),
+        ("path", np.int32),
+        ("species_id", np.int16),
+        ("songtype_id", np.int16),
+        ("t_min", np.float64),
+        ("f_min", np.float64),
+        ("t_max", np.float64),
+        ("f_max", np.float64),
+        ("kind", np.int8),
+        ("line", np.int64),
+    ]
+)
+_VALUES = ("species_id", "songtype_id", "t_min", "f_min", "t_max", "f_max", "kind", "line")
+
+
+@dataclass(frozen=True, eq=False)
+class RowTable:
+    """Validated manifest rows as one numpy record array: no Python object per row.
+
+    data : np.ndarray [shape=(n,)], ``ROW_DTYPE`` -- ``recording``, ``source`` and ``path``
+        index ``recording_ids``, ``sources`` and ``paths``; the other fields are the Row's
+    recording_ids, sources, paths : the distinct strings (``paths`` holds None for rows
+        without a ``path`` column value)
+
+    ``table[i]`` and iteration give ``Row`` objects; ``take`` selects rows and keeps only
+    the strings they use, so a shard job carries its own rows and nothing more.
+    """
+
+    data: np.ndarray
+    recording_ids: tuple[str, ...]
+    sources: tuple[str, ...]
+    paths: tuple[str | None, ...]
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Row], *, chunk: int = 1 << 14) -> RowTable:
+        """Build a table from a stream of rows, converting every ``chunk`` rows to records."""
+        names: dict[str, int] = {}
+        sources: dict[str, int] = {}
+        paths: dict[str | None, int] = {None: 0}
+        parts: list[np.ndarray] = []
+        pending: list[tuple] = []
+        for row in rows:
+            pending.append(
+                (
+                    names.setdefault(row.recording_id, len(names)),
+                    sources.setdefault(row.source, len(sources)),
+                    paths.setdefault(row.path, len(paths)),
+                    row.species_id,
+                    row.songtype_id,
+                    row.t_min,
+                    row.f_min,
+                    row.t_max,
+                    row.f_max,
+                    row.kind,
+                    row.line,
+                )
+            )
+            if len(pending) == chunk:
+                parts.append(np.array(pending, dtype=ROW_DTYPE))
+                pending.clear()
+        parts.append(np.array(pending, dtype=ROW_DTYPE))
+        data = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return cls(data, tuple(names), tuple(sources), tuple(paths))
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def __getitem__(self, i: int) -> Row:
+        r = self.data[i]
+        return Row(
+            self.recording_ids[r["recording"]],
+            int(r["species_id"]),
+            int(r["songtype_id"]),
+            float(r["t_min"]),
+            float(r["f_min"]),
+            float(r["t_max"]),
+            float(r["f_max"]),
+            int(r["kind"]),
+            self.sources[r["source"]],
+            int(r["line"]),
+            self.paths[r["path"]],
+        )
+
+    def __iter__(self) -> Iterator[Row]:
+        return (self[i] for i in range(len(self)))
+
+    def take(self, index: np.ndarray | slice) -> RowTable:
+        """The rows at ``index`` (positions or a slice), with only the strings they use."""
+        data = self.data[index]
+        if isinstance(index, slice):
+            data = data.copy()
+        strings = []
+        for field, values in (
+            ("recording", self.recording_ids),
+            ("source", self.sources),
+            ("path", self.paths),
+        ):
+            if len(values) > 2:  # worth re-coding (a table has at most two sources)
+                used, data[field] = np.unique(data[field], return_inverse=True)
+                values = tuple(values[k] for k in used.tolist())
+            strings.append(values)
+        return RowTable(data, *strings)
+
+    def keys(self) -> list[list]:
+        """Each row as ``[*Row.key(), source, line]``, plain Python values (for fingerprints)."""
+        d = self.data
+        columns = [[self.recording_ids[k] for k in d["recording"].tolist()]]
+        columns += [d[name].tolist() for name in _VALUES[:-2]]
+        columns += [d["kind"].tolist(), [self.sources[k] for k in d["source"].tolist()], d["line"].tolist()]
+        return [list(values) for values in zip(*columns, strict=True)]
+
+
+def drop_duplicates(table: RowTable, *, on_error: str = "skip") -> tuple[RowTable, list[RowFailure]]:
+    """Keep the first (in reading order) of rows with identical content (``Row.key``).
+
+    Sorting the records by their key puts duplicates side by side: no per-row object, no
+    hash table. Returns the kept rows, in their order, and one failure per dropped row.
+    """
+    d = table.data
+    n = d.shape[0]
+    fields = ("recording", "species_id", "songtype_id", "t_min", "f_min", "t_max", "f_max", "kind")
+    # lexsort: last key first; position last, so a group of equal keys starts with its first row
+    order = np.lexsort([np.arange(n), *(d[f] for f in reversed(fields))])
+    repeat = np.zeros(n, dtype=bool)
+    repeat[1:] = True
+    for f in fields:
+        column = d[f][order]
+        repeat[1:] &= column[1:] == column[:-1]
+    first = order[np.maximum.accumulate(np.where(repeat, 0, np.arange(n)))]
+    dropped, firsts = order[repeat], first[repeat]
+    by_position = np.argsort(dropped, kind="stable")
+    failures = []
+    for i, j in zip(dropped[by_position].tolist(), firsts[by_position].tolist(), strict=True):
+        row, original = table[i], table[j]
+        message = f"duplicate of {original.where}"
         if on_error == "fail":
             raise ManifestError(f"{row.where}: {message}")
         failures.append(RowFailure(row.source, row.line, row.recording_id, message))
-    return kept, failures
+    if not failures:
+        return table, failures
+    keep = np.ones(n, dtype=bool)
+    keep[dropped] = False
+    return table.take(np.flatnonzero(keep)), failures

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import json
 import os
 import time
@@ -20,11 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from loader.console import log
-from loader.errors import AudioError, ConfigError, LockedError, MelShardsError
+from loader.errors import AudioError, ConfigError, LockedError
 from loader.format import (
     FAILURES_FILE,
     INDEX_FILE,
-    KIND_FP,
     KIND_NONE,
     KIND_TP,
     LABEL_UNKNOWN,
@@ -34,9 +34,8 @@ from loader.format import (
     sha256_file,
 )
 from precompute.audio import decode
-from precompute.manifest import drop_duplicates, read_manifest
 from precompute.mel import log_mel
-from precompute.plan import KIND_LABELLED, KIND_WINDOWS, RecordingTask, ShardJob, plan_labelled, plan_windows
+from precompute.plan import KIND_LABELLED, KIND_WINDOWS, RecordingTask, ShardJob, plan_manifests, plan_windows
 from precompute.shards import TEMP_SUFFIX, Example, ShardStats, read_shard_summary, write_index, write_shard
 from precompute.windows import event_arrays, place_window, sliding_starts, window_events
 
@@ -156,9 +155,10 @@ def _recording_examples(
             labels = np.full(config.n_classes, LABEL_UNKNOWN, dtype=np.int8)
             examples.append(Example(mel, labels, task.recording_id, start, anchor=NO_ANCHOR))
         return examples
-    events = event_arrays(task.rows)
+    rows = job.recording_rows(task)
+    events = event_arrays(rows)
     examples = []
-    for row in task.rows:
+    for row in rows:
         if row.t_max > seconds + 1e-6:
             err = AudioError(
                 f"{row.where}: event ends at {row.t_max} s, beyond the end of {task.path} ({seconds:.3f} s)"
@@ -255,45 +255,132 @@ def _clean_strays(out: Path, keep: set[str]) -> None:
             path.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def _backend(backend: str, *, jobs: int, scheduler: str | None) -> Iterator[None]:
-    from joblib import parallel_config
+# The module each cluster backend imports, and the package that provides it.
+_BACKEND_PACKAGES = {"dask": ("dask.distributed", "dask[distributed]"), "ray": ("ray.util.joblib", "ray")}
 
+
+def check_backend(backend: str, *, scheduler: str | None = None) -> None:
+    """Refuse an unknown backend, a cluster address without a cluster backend, a missing package.
+
+    Called before planning, so a run fails in a second and not after reading a large manifest.
+    """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "dask":
+    if scheduler and backend not in _BACKEND_PACKAGES:
+        raise ConfigError(f"--scheduler/--address {scheduler!r} needs --backend dask or ray, not {backend!r}")
+    if backend in _BACKEND_PACKAGES:
+        module, package = _BACKEND_PACKAGES[backend]
         try:
-            from dask.distributed import Client, LocalCluster
+            importlib.import_module(module)
         except ImportError:
             raise ConfigError(
-                "backend 'dask' needs dask[distributed]: pip install 'dask[distributed]'"
+                f"backend {backend!r} needs {package}, which is not installed here: "
+                f"pip install '{package}'  (the project's [{backend}] extra)"
             ) from None
-        with contextlib.ExitStack() as stack:
-            # joblib's dask backend finds the client that is current in this context.
-            if scheduler:
-                stack.enter_context(Client(scheduler))
-            else:
-                cluster = stack.enter_context(
-                    LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=":0")
-                )
-                stack.enter_context(Client(cluster))
-            with parallel_config(backend="dask"):
-                yield
-        return
-    if backend == "ray":
+
+
+@contextlib.contextmanager
+def _backend(backend: str, *, jobs: int | None, tasks: int, scheduler: str | None) -> Iterator[int]:
+    """Make ``backend`` joblib's current backend; yields the ``n_jobs`` to pass to ``Parallel``.
+
+    ``jobs``: parallel shard jobs, None for every core of this machine (local backends) or
+    of the cluster joined; never more than ``tasks``.
+    """
+    from joblib import parallel_config
+
+    check_backend(backend, scheduler=scheduler)
+    local = max(1, min(jobs or os.cpu_count() or 1, tasks))
+    if backend == "dask":
+        with _dask_client(scheduler, workers=local), parallel_config(backend="dask"):
+            # joblib's dask backend runs on every worker thread of the cluster, whatever n_jobs says.
+            yield -1
+    elif backend == "ray":
+        with _ray_cluster(scheduler, cpus=local) as cluster_cpus, parallel_config(backend=_RAY_BACKEND):
+            yield max(1, min(jobs or cluster_cpus, tasks))
+    else:
+        with parallel_config(backend=backend, n_jobs=local):
+            yield local
+
+
+@contextlib.contextmanager
+def _dask_client(scheduler: str | None, *, workers: int) -> Iterator[None]:
+    """A Dask client, current in this context: joined to ``scheduler``, or to a ``LocalCluster``
+    of ``workers`` single-threaded processes that is stopped on exit."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler is None:
+        # Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 in their workers, which turns off
+        # glibc's adaptive thresholds: every large numpy temporary is then a fresh mmap, and a
+        # shard takes twice the CPU (measured: 1.7 s against 0.8 s). Unset it for our own
+        # workers, and undo the variables the nannies leave in this process's environment.
+        environ = dict(os.environ)
         try:
-            import ray
-            from ray.util.joblib import register_ray
-        except ImportError:
-            raise ConfigError("backend 'ray' needs ray: pip install 'ray'") from None
-        register_ray()
-        if not ray.is_initialized():
-            ray.init(address=scheduler, num_cpus=None if scheduler else jobs)
-        with parallel_config(backend="ray"):
-            yield
+            with (
+                dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}),
+                LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+                ) as cluster,
+                Client(cluster),
+            ):
+                yield
+        finally:
+            for key in set(os.environ) - set(environ):
+                del os.environ[key]
+            os.environ.update(environ)
         return
-    with parallel_config(backend=backend, n_jobs=jobs):
+    try:
+        client = Client(scheduler)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--scheduler {scheduler}: cannot reach a Dask scheduler there ({err})") from None
+    with client:
         yield
+
+
+@contextlib.contextmanager
+def _ray_cluster(address: str | None, *, cpus: int) -> Iterator[int]:
+    """Ray joined at ``address``, or started here with ``cpus`` CPUs; yields the cluster's CPUs.
+
+    Ray is shut down on exit unless it was already running in this process.
+    """
+    import ray
+
+    _register_streaming_ray()
+    started = not ray.is_initialized()
+    if started and address is None:
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    elif started:
+        try:
+            ray.init(address=address)
+        except (ConnectionError, ValueError, RuntimeError) as err:
+            raise ConfigError(f"--address {address}: cannot join a Ray cluster there ({err})") from None
+    try:
+        yield int(ray.cluster_resources().get("CPU", 1))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+_RAY_BACKEND = "melshards-ray"
+
+
+def _register_streaming_ray() -> None:
+    """Register Ray's joblib backend, declaring that it can stream results.
+
+    joblib refuses ``return_as="generator_unordered"`` for backends built on
+    ``multiprocessing.Pool``, because the standard library pool's callback thread can
+    deadlock; Ray's joblib backend inherits that refusal, although its pool is a pool of Ray
+    actors with its own result thread. Streaming is what lets the progress bar count finished
+    slices, so this subclass declares it (tested: results arrive as shards finish, and a
+    worker's exception stops the run).
+    """
+    from joblib import register_parallel_backend
+    from ray.util.joblib.ray_backend import RayBackend
+
+    class StreamingRayBackend(RayBackend):
+        supports_return_generator = True
+
+    register_parallel_backend(_RAY_BACKEND, StreamingRayBackend)
 
 
 def execute(
@@ -310,13 +397,28 @@ def execute(
     progress: bool = True,
     extra_index: dict | None = None,
 ) -> Summary:
-    """Build every shard of the plan that is missing or stale, then write the index."""
+    """Build every shard of the plan that is missing or stale, then write the index.
+
+    Parameters
+    ----------
+    jobs_planned : the plan (``plan_labelled`` / ``plan_windows``), one job per shard
+    out : feature set directory; with a cluster backend it must be on storage that every
+        worker sees at the same path, as must the audio
+    jobs : parallel shard jobs; None for every core (local backends) or every worker (a
+        cluster joined with ``scheduler``)
+    backend : ``loky``, ``threading``, ``dask`` or ``ray`` (see ``_backend``)
+    scheduler : address of a running Dask scheduler or Ray cluster; None starts a local one
+    on_error : ``skip`` records failures and goes on, ``fail`` stops at the first
+
+    Every backend runs the same ``build_shard`` per job and writes the same bytes; the driver
+    only receives each shard's ``ShardResult`` (entry, statistics, failures).
+    """
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
     if on_error not in ON_ERROR:
         raise ConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-    n_jobs = jobs if jobs and jobs > 0 else (os.cpu_count() or 1)
+    check_backend(backend, scheduler=scheduler)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     summary = Summary(out=out)
@@ -336,18 +438,30 @@ def execute(
         total = sum(job.n_windows for job in todo)
         planned = sum(job.n_windows for job in jobs_planned)
         recordings = len({task.recording_id for job in jobs_planned for task in job.recordings})
+        local = backend in ("loky", "threading") and scheduler is None
+        workers = min(jobs if jobs and jobs > 0 else (os.cpu_count() or 1), len(todo))
         log.info(
             f"{planned} slices from {recordings} recordings in {len(jobs_planned)} shards: "
             f"{len(results)} up to date, {len(todo)} to build"
-            + (f" with {min(n_jobs, len(todo))} {backend} worker(s)" if todo else "")
+            + (
+                (f" with {workers} {backend} worker(s)" if local else f" on the {backend} cluster")
+                if todo
+                else ""
+            )
         )
         with tqdm(total=total, unit="slice", desc=f"features -> {out.name}", disable=not progress) as bar:
             if todo:
-                with _backend(backend, jobs=min(n_jobs, len(todo)), scheduler=scheduler):
-                    run = Parallel(n_jobs=min(n_jobs, len(todo)), return_as="generator_unordered")
+                n_jobs = jobs if jobs and jobs > 0 else None
+                with _backend(backend, jobs=n_jobs, tasks=len(todo), scheduler=scheduler) as parallel_jobs:
+                    # One task is one shard (no automatic batching), and no argument is
+                    # memory-mapped: a worker on another machine cannot see this one's /dev/shm.
+                    run = Parallel(
+                        n_jobs=parallel_jobs, return_as="generator_unordered", batch_size=1, max_nbytes=None
+                    )
+                    # Workers may run elsewhere, with another working directory.
+                    where = os.path.abspath(out)
                     for result in run(
-                        delayed(build_shard)(job, out=str(out), config=config, on_error=on_error)
-                        for job in todo
+                        delayed(build_shard)(job, out=where, config=config, on_error=on_error) for job in todo
                     ):
                         results.append(result)
                         summary.slices_built += result.entry.n
@@ -390,25 +504,19 @@ def run_features(
     **options,
 ) -> Summary:
     """Labelled slices (one window per TP and FP row) -> a feature set in ``out``."""
-    audio_dir, out = Path(audio_dir), Path(out)
+    check_backend(options.get("backend", "loky"), scheduler=options.get("scheduler"))
+    # Absolute, because the workers may run on other machines (with the same mounts).
+    audio_dir, out = Path(os.path.abspath(audio_dir)), Path(out)
     if not audio_dir.is_dir():
         raise ConfigError(f"{audio_dir}: audio directory not found")
-    rows, row_failures = read_manifest(tp, kind=KIND_TP, n_classes=config.n_classes, on_error=on_error)
-    if fp is not None:
-        fp_rows, fp_failures = read_manifest(fp, kind=KIND_FP, n_classes=config.n_classes, on_error=on_error)
-        rows += fp_rows
-        row_failures += fp_failures
-    rows, duplicates = drop_duplicates(rows, on_error=on_error)
-    row_failures += duplicates
-    n_tp = sum(row.kind == KIND_TP for row in rows)
+    jobs, row_failures = plan_manifests(tp, fp, audio_dir=audio_dir, config=config, on_error=on_error)
+    n_rows = sum(len(job.rows) for job in jobs)
+    n_tp = sum(int((job.rows.data["kind"] == KIND_TP).sum()) for job in jobs)
     log.info(
         f"manifests: {n_tp} TP rows from {tp}"
-        + (f", {len(rows) - n_tp} FP rows from {fp}" if fp is not None else "")
+        + (f", {n_rows - n_tp} FP rows from {fp}" if fp is not None else "")
         + f"; {len(row_failures)} rejected"
     )
-    if not rows:
-        raise MelShardsError(f"{tp}: no valid rows to precompute ({len(row_failures)} rejected)")
-    jobs = plan_labelled(rows, audio_dir=audio_dir, config=config)
     manifests = {"tp": str(tp), "fp": None if fp is None else str(fp), "audio_dir": str(audio_dir)}
     return execute(
         jobs,
@@ -424,7 +532,8 @@ def run_features(
 
 def run_windows(*, audio_dir: Path, out: Path, config: FeatureConfig, step: float, **options) -> Summary:
     """Sliding windows every ``step`` seconds over unlabelled recordings -> a feature set."""
-    audio_dir, out = Path(audio_dir), Path(out)
+    check_backend(options.get("backend", "loky"), scheduler=options.get("scheduler"))
+    audio_dir, out = Path(os.path.abspath(audio_dir)), Path(out)
     jobs = plan_windows(audio_dir, config=config, step=step)
     return execute(
         jobs,

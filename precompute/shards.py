@@ -104,6 +104,12 @@ def write_shard(
     try:
         with h5py.File(tmp, "w", libver=("earliest", "v110")) as h5:
             _write_datasets(h5, examples, config=config, stats=stats)
+            # Chunks are placed in the file when the chunk cache is flushed, i.e. when their
+            # dataset is closed or the file flushed. A dataset handle can outlive its function
+            # (a Dask worker's sampling profiler holds frames), which would place the chunks
+            # after the attributes below and give other bytes for the same arrays: flush here,
+            # so every backend writes byte-identical shards.
+            h5.flush()
             # Stored so a resumed run can reuse the shard without reading its arrays again.
             h5.attrs["stats_count"] = stats.count
             h5.attrs["stats_sum"] = stats.sum

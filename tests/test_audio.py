@@ -51,3 +51,10 @@ def test_find_audio_any_extension_and_never_outside(tmp_path):
         find_audio(tmp_path, "b")
     with pytest.raises(AudioError, match="outside the audio directory"):
         find_audio(tmp_path / "sub", "x", "../a.ogg")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "inside.flac").symlink_to(tmp_path / "sub" / "c.flac")
+    (tmp_path / "sub" / "c.flac").write_bytes(b"x")
+    (tmp_path / "sub" / "escape.flac").symlink_to(tmp_path / "a.ogg")
+    assert find_audio(tmp_path / "sub", "inside") == tmp_path / "sub" / "inside.flac"
+    with pytest.raises(AudioError, match=r"escape\.flac: resolves outside the audio directory"):
+        find_audio(tmp_path / "sub", "escape")

@@ -3,7 +3,7 @@ import pytest
 from audio_fixtures import HEADER
 from loader.errors import ManifestError
 from loader.format import KIND_FP, KIND_TP
-from precompute.manifest import drop_duplicates, read_manifest
+from precompute.manifest import RowTable, drop_duplicates, read_manifest
 
 
 def write(tmp_path, body, name="train_tp.csv", header=HEADER):
@@ -35,6 +35,7 @@ BAD_ROWS = [
     ("../etc/passwd,3,1,1,100,3.0,900", "line 3: recording_id '../etc/passwd' contains a path separator"),
     ("a/b,3,1,1,100,3.0,900", "line 3: recording_id 'a/b' contains a path separator"),
     ("r1,3,1,1,100,3.0", "line 3: 6 fields, header has 7"),
+    ("r1,3,40000,1,100,3.0,900", "line 3: songtype_id 40000 is outside -32768..32767 (int16 in the shards)"),
 ]
 
 
@@ -54,6 +55,12 @@ def test_fail_policy_raises_at_the_first_bad_row(tmp_path, row, message):
         read_manifest(path, kind=KIND_TP, n_classes=24, on_error="fail")
 
 
+def test_blank_lines_are_skipped_and_do_not_shift_line_numbers(tmp_path):
+    path = write(tmp_path, "r1,3,1,1.5,100,2.5,900.5\n\n,,,,,,\n  \nr2,0,4,0,50,10,80\n")
+    rows, failures = read_manifest(path, kind=KIND_TP, n_classes=24)
+    assert [(r.recording_id, r.line) for r in rows] == [("r1", 2), ("r2", 6)] and failures == []
+
+
 def test_missing_and_extra_columns_are_file_level_errors(tmp_path):
     missing = write(tmp_path, "r1,1,1,0,1\n", header="recording_id,species_id,songtype_id,t_min,t_max\n")
     with pytest.raises(ManifestError, match=r"train_tp.csv line 1: missing column\(s\) f_min, f_max"):
@@ -71,8 +78,8 @@ def test_missing_manifest_names_the_file(tmp_path):
 def test_duplicates_keep_the_first_and_name_it(tmp_path):
     path = write(tmp_path, "r1,1,1,0.5,10,1.5,20\nr2,1,1,0.5,10,1.5,20\nr1,1,1,0.5,10,1.5,20\n")
     rows, _ = read_manifest(path, kind=KIND_TP, n_classes=24)
-    kept, dups = drop_duplicates(rows)
+    kept, dups = drop_duplicates(RowTable.from_rows(rows))
     assert [r.line for r in kept] == [2, 3]
     assert dups[0].to_record()["message"] == "train_tp.csv line 4: duplicate of train_tp.csv line 2"
     with pytest.raises(ManifestError, match="line 4: duplicate of train_tp.csv line 2"):
-        drop_duplicates(rows, on_error="fail")
+        drop_duplicates(RowTable.from_rows(rows), on_error="fail")

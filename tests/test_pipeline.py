@@ -1,11 +1,14 @@
 import json
 import os
+import re
+import sys
 
 import h5py
 import numpy as np
 import pytest
 
 from audio_fixtures import TINY, read_arrays, run_tiny, write_dataset
+from loader.errors import AudioError, ConfigError
 from loader.format import INDEX_FILE, read_index
 from precompute.audio import decode
 from precompute.cli import main
@@ -155,12 +158,157 @@ def test_cli_exit_status_and_summary(built, tmp_path, capsys):
     assert (tmp_path / "f" / INDEX_FILE).is_file()  # the earlier good feature set is untouched
 
 
-def test_dask_backend_on_a_local_cluster_writes_the_same_arrays(built, tmp_path):
-    pytest.importorskip("dask.distributed")
-    root, paths, _ = built
+# -- cluster backends --------------------------------------------------------------------------
+
+
+def assert_same_feature_set(ours, reference):
+    """Every array of every shard, the index and failures.jsonl are equal."""
+    got, expected = read_arrays(ours), read_arrays(reference)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    a, b = read_index(ours), read_index(reference)
+    assert (a.fingerprint, a.n_examples, a.shards, a.stats) == (
+        b.fingerprint,
+        b.n_examples,
+        b.shards,
+        b.stats,
+    )
+    assert (ours / "failures.jsonl").read_text() == (reference / "failures.jsonl").read_text()
+
+
+def test_shard_bytes_do_not_depend_on_when_dataset_handles_close(reference, tmp_path, monkeypatch):
+    """Dask workers keep task frames (and their h5py handles) alive a while: same bytes anyway."""
+    import h5py
+
+    loky_out, paths, _ = reference
+    create, held = h5py.Group.create_dataset, []
+
+    def create_and_hold(self, *args, **kwargs):
+        dataset = create(self, *args, **kwargs)
+        held.append(dataset)
+        return dataset
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", create_and_hold)
+    run_tiny(paths, tmp_path / "held")
+    assert len(held) == 3 * 17  # every dataset of every shard stayed open until here
+    assert read_index(tmp_path / "held").shards == read_index(loky_out).shards  # sha256 included
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A dataset of its own (another test touches the audio of ``built``) and its loky run."""
+    root = tmp_path_factory.mktemp("cluster")
+    paths = write_dataset(root)
+    summary = run_tiny(paths, root / "loky", jobs=2)
+    return root / "loky", paths, summary
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    """Two single-threaded worker processes; the tests join it by address like a remote cluster."""
+    distributed = pytest.importorskip("distributed")
+    environ = dict(os.environ)  # nannies leave their workers' variables in this process
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        yield cluster.scheduler_address
+    os.environ.clear()
+    os.environ.update(environ)
+
+
+def test_dask_cluster_writes_the_loky_feature_set_and_resumes_it(reference, tmp_path, dask_cluster):
+    loky_out, paths, loky = reference
+    summary = run_tiny(paths, tmp_path / "dask", backend="dask", scheduler=dask_cluster)
+    assert (summary.shards_built, summary.slices_built, summary.examples) == (3, 9, loky.examples)
+    assert_same_feature_set(tmp_path / "dask", loky_out)
+    # The shards are the same bytes, so loky resumes a Dask run and Dask resumes a loky run.
+    again = run_tiny(paths, tmp_path / "dask", backend="dask", scheduler=dask_cluster)
+    assert (again.shards_built, again.shards_reused, again.slices_built) == (0, 3, 0)
+    assert run_tiny(paths, tmp_path / "dask", jobs=2).shards_built == 0
+
+
+def test_dask_cluster_applies_the_fault_policy_like_loky(tmp_path, dask_cluster):
+    paths = write_dataset(tmp_path / "data")
+    (paths["audio"] / "rec1.flac").write_bytes(b"<html>not audio</html>" * 50)
+    loky = run_tiny(paths, tmp_path / "loky", jobs=2)
+    dask = run_tiny(paths, tmp_path / "dask", backend="dask", scheduler=dask_cluster)
+    # rec1 holds two TP rows: both slices are recorded, every other slice is written.
+    assert [(f["id"], f["error"], f["slices"]) for f in dask.failures] == [("rec1", "AudioError", 2)]
+    assert "rec1.flac: not readable audio" in dask.failures[0]["message"]
+    assert dask.failures == loky.failures and dask.examples == loky.examples == 7
+    assert_same_feature_set(tmp_path / "dask", tmp_path / "loky")
+    with pytest.raises(AudioError, match=r"rec1\.flac: not readable audio"):
+        run_tiny(paths, tmp_path / "strict", backend="dask", scheduler=dask_cluster, on_error="fail")
+    assert not (tmp_path / "strict" / INDEX_FILE).exists()
+
+
+def test_dask_without_an_address_starts_and_stops_a_local_cluster(reference, tmp_path):
+    pytest.importorskip("distributed")
+    loky_out, paths, _ = reference
+    environ = dict(os.environ)
     summary = run_tiny(paths, tmp_path / "dask", jobs=2, backend="dask")
     assert summary.shards_built == 3
-    ours, reference = read_arrays(tmp_path / "dask"), read_arrays(root / "feat")
-    assert ours.keys() == reference.keys()
-    for name in ours:
-        np.testing.assert_array_equal(ours[name], reference[name], err_msg=name)
+    assert_same_feature_set(tmp_path / "dask", loky_out)
+    assert dict(os.environ) == environ  # e.g. no MALLOC_TRIM_THRESHOLD_ left for later processes
+    from distributed import default_client
+
+    with pytest.raises(ValueError, match="No clients found"):
+        default_client()
+
+
+def test_ray_writes_the_loky_feature_set(reference, tmp_path):
+    ray = pytest.importorskip("ray")
+    loky_out, paths, _ = reference
+    # Started here (not by the run) to keep Ray's start-up to two CPUs and to check that the run
+    # leaves a Ray it did not start running.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = run_tiny(paths, tmp_path / "ray", jobs=2, backend="ray")
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
+    assert (summary.shards_built, summary.slices_built) == (3, 9)
+    assert_same_feature_set(tmp_path / "ray", loky_out)
+
+
+@pytest.mark.parametrize(
+    ("backend", "module", "package"),
+    [("dask", "dask.distributed", "dask[distributed]"), ("ray", "ray.util.joblib", "ray")],
+)
+def test_a_missing_cluster_package_is_one_line_saying_what_to_install(
+    built, tmp_path, monkeypatch, capsys, backend, module, package
+):
+    _, paths, _ = built
+    monkeypatch.setitem(sys.modules, module, None)  # makes "import <module>" fail
+    message = (
+        f"backend '{backend}' needs {package}, which is not installed here: "
+        f"pip install '{package}'  (the project's [{backend}] extra)"
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_tiny(paths, tmp_path / "x", backend=backend)
+    args = [
+        "features",
+        "--audio-dir",
+        str(paths["audio"]),
+        "--tp",
+        str(paths["tp"]),
+        "--out",
+        str(tmp_path / "f"),
+    ]
+    assert main([*args, "--backend", backend, "--quiet"]) == 2  # a user error: exit status 2
+    assert capsys.readouterr().err.splitlines() == [f"precompute features: error: {message}"]
+    assert not (tmp_path / "f").exists()  # refused before planning or writing anything
+
+
+def test_scheduler_and_address_are_one_option_for_cluster_backends_only(built, tmp_path):
+    _, paths, _ = built
+    from precompute.cli import build_parser
+
+    args = ["features", "--audio-dir", "a", "--tp", "t.csv", "--out", "o", "--backend", "dask"]
+    assert build_parser().parse_args([*args, "--address", "tcp://h:8786"]).scheduler == "tcp://h:8786"
+    assert build_parser().parse_args([*args, "--scheduler", "tcp://h:8786"]).scheduler == "tcp://h:8786"
+    with pytest.raises(
+        ConfigError, match=r"--scheduler/--address 'tcp://h:8786' needs --backend dask or ray"
+    ):
+        run_tiny(paths, tmp_path / "x", scheduler="tcp://h:8786")

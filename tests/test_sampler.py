@@ -90,15 +90,46 @@ def test_epoch_orders():
     assert np.array_equal(sampler.epoch_order(50, seed=1, epoch=3, shuffle=False), np.arange(50))
 
 
-@pytest.mark.parametrize(("n", "world"), [(50, 1), (50, 3), (51, 4), (8, 8)])
-def test_rank_parts_are_disjoint_and_equal(n, world):
-    order = sampler.epoch_order(n, seed=0, epoch=2, shuffle=True)
-    parts = [sampler.rank_part(order, rank=r, world_size=world) for r in range(world)]
-    assert {p.size for p in parts} == {n // world}
-    union = np.concatenate(parts)
-    assert np.unique(union).size == union.size
-    assert set(union) <= set(order)
-    assert n - union.size < world
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("n", [7, 40, 101])
+def test_rank_blocks_are_disjoint_complete_balanced_and_contiguous(n, world_size):
+    split = np.sort(np.random.default_rng(n).choice(3 * n, size=n, replace=False)).astype(np.int64)
+    blocks = [sampler.rank_members(split, rank=r, world_size=world_size) for r in range(world_size)]
+    # In rank order the blocks are the split itself: disjoint, complete, each contiguous.
+    assert np.array_equal(np.concatenate(blocks), split)
+    sizes = [b.size for b in blocks]
+    assert sum(sizes) == n and max(sizes) - min(sizes) <= 1 and min(sizes) == n // world_size
+    assert all(
+        np.array_equal(b, sampler.rank_members(split, rank=r, world_size=world_size))
+        for r, b in enumerate(blocks)
+    )
+    assert sampler.rank_epoch_size(n, world_size=world_size) == n // world_size
+
+
+def test_rank_blocks_worked_example():
+    split = np.arange(10, dtype=np.int64) * 2
+    blocks = [sampler.rank_members(split, rank=r, world_size=3).tolist() for r in range(3)]
+    assert blocks == [[0, 2, 4], [6, 8, 10], [12, 14, 16, 18]]
+
+
+@pytest.mark.parametrize(
+    ("rank", "world_size", "message"),
+    [
+        (0, 0, r"world_size must be an integer >= 1, got 0"),
+        (3, 3, r"rank must be in \[0, 3\), got 3"),
+        (-1, 2, r"rank must be in \[0, 2\), got -1"),
+        (True, 2, r"rank must be in \[0, 2\), got True"),
+        (0, 2.0, r"world_size must be an integer >= 1, got 2\.0"),
+    ],
+)
+def test_bad_ranks_are_refused(rank, world_size, message):
+    with pytest.raises(ConfigError, match=message):
+        sampler.rank_members(np.arange(10), rank=rank, world_size=world_size)
+
+
+def test_fewer_examples_than_workers_is_refused():
+    with pytest.raises(ConfigError, match="cannot split 3 example\\(s\\) across world_size 4 workers"):
+        sampler.rank_members(np.arange(3), rank=0, world_size=4)
 
 
 def test_batch_rng_depends_on_every_coordinate():

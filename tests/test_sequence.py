@@ -100,18 +100,54 @@ def test_batches_are_a_function_of_seed_epoch_and_index(features):
     assert a.epoch == 0 and b.epoch == 0
 
 
-def test_rank_shares(features):
-    seqs = [
-        ShardSequence(features, split="all", batch_size=4, shuffle=True, augment=False, rank=r, world_size=3)
-        for r in range(3)
-    ]
-    assert {len(s) for s in seqs} == {4}  # 50 // 3 = 16 examples each, 4 batches
-    shares = [[i for x, _ in s for i in ids_of(x)] for s in seqs]
-    assert all(len(share) == 16 for share in shares)
-    union = sum(shares, [])
-    assert len(set(union)) == 48
-    with pytest.raises(ConfigError, match="rank must be in"):
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4, 7])
+def test_ranks_split_the_split_into_fixed_disjoint_complete_blocks(features, world_size):
+    def ranks(**kw):
+        kw = {"split": "train", "fold": 1, "batch_size": 4, "shuffle": True, "augment": False, **kw}
+        return [ShardSequence(features, rank=r, world_size=world_size, **kw) for r in range(world_size)]
+
+    seqs, again, reseeded = ranks(), ranks(), ranks(seed=7)
+    split = ShardSequence(features, split="train", fold=1).example_ids
+    blocks = [s.rank_ids for s in seqs]
+    assert sorted(np.concatenate(blocks).tolist()) == split.tolist()
+    assert sum(b.size for b in blocks) == split.size  # pairwise disjoint
+    assert max(b.size for b in blocks) - min(b.size for b in blocks) <= 1
+    # contiguous in storage order: a rank reads a run of neighbouring shards
+    assert all(blocks[r][-1] < blocks[r + 1][0] for r in range(world_size - 1))
+    per_epoch = split.size // world_size
+    assert {len(s) for s in seqs} == {-(-per_epoch // 4)}
+    for r, s in enumerate(seqs):
+        # the same block whatever the construction or the seed
+        assert np.array_equal(s.rank_ids, again[r].rank_ids) and np.array_equal(
+            s.rank_ids, reseeded[r].rank_ids
+        )
+        for epoch in (0, 1):
+            seen = [i for index in range(len(s)) for i in ids_of(s.batch(index, epoch=epoch)[0])]
+            assert len(seen) == len(set(seen)) == per_epoch
+            assert set(seen) <= set(s.rank_ids.tolist())
+            assert all(
+                np.array_equal(u, v)
+                for u, v in zip(s.batch(0, epoch=epoch), again[r].batch(0, epoch=epoch), strict=True)
+            )
+
+
+def test_ranks_draw_different_augmentations_and_one_rank_equals_no_ranks(features):
+    kw = {"split": "all", "batch_size": 8, "augment": True}
+    a, b = (ShardSequence(features, rank=r, world_size=2, **kw) for r in (0, 1))
+    pa, pb = a.batch_params(0, 8, epoch=0), b.batch_params(0, 8, epoch=0)
+    assert not np.array_equal(pa.crop_start, pb.crop_start)
+    single, plain = ShardSequence(features, rank=0, world_size=1, **kw), ShardSequence(features, **kw)
+    assert np.array_equal(single.rank_ids, np.arange(50))
+    assert all(np.array_equal(u, v) for u, v in zip(single[2], plain[2], strict=True))
+
+
+def test_bad_ranks_are_refused(features):
+    with pytest.raises(ConfigError, match=r"rank must be in \[0, 3\), got 3"):
         ShardSequence(features, rank=3, world_size=3)
+    with pytest.raises(ConfigError, match="world_size must be an integer >= 1, got 0"):
+        ShardSequence(features, world_size=0)
+    with pytest.raises(ConfigError, match=r"cannot split \d+ example\(s\) across world_size 60 workers"):
+        ShardSequence(features, split="val", rank=0, world_size=60)
 
 
 # -- content ---------------------------------------------------------------------------------
