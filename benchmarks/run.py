@@ -93,6 +93,14 @@ def table(results: dict) -> list[str]:
             f"{name + ' (jobs ' + str(r['jobs']) + ')':<34}{r['slices']:>8}{r['seconds']:>8.1f}{r['slices_per_s']:>10.1f}"
             f"{r['peak_rss_mb']:>13.0f}{r['disk_bytes_per_slice'] / r['raw_float32_bytes_per_slice']:>10.2f}"
         )
+    if "plan" in results:
+        plan = results["plan"]
+        lines += [
+            "",
+            f"planning {plan['rows']:,} manifest rows ({plan['recordings']:,} recordings, no audio read): "
+            f"{plan['plan_s']:.1f} s, {plan['rows_per_s']:,} rows/s, memory grew {plan['rss_growth_mb']:.0f} MB "
+            f"({plan['rss_growth_bytes_per_row']:.0f} bytes/row), {plan['jobs']:,} shard jobs",
+        ]
     if "fit" in results:
         from benchmarks import fit_bench  # imports TensorFlow: only once everything is measured
 
@@ -128,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit-rounds", type=int, default=5, help="rounds of the model.fit comparison")
     args = parser.parse_args(argv)
 
-    from benchmarks import loader_bench, precompute_bench
+    from benchmarks import loader_bench, plan_bench, precompute_bench
 
     started = time.perf_counter()
     ensure_demo(args.demo, args.features)
@@ -139,15 +147,17 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
         },
     }
-    sections = (
-        ["knobs", "loader", "fit"] if args.skip_precompute else ["precompute", "knobs", "loader", "fit"]
-    )
+    sections = ["plan", "knobs", "loader", "fit"]
+    if not args.skip_precompute:
+        sections.insert(0, "precompute")
     with tqdm(sections, desc="make bench", unit="section", file=sys.stderr) as bar:
         for section in bar:
             bar.set_postfix_str(section)
             if section == "precompute":
                 # First: its runs are separate processes and want an otherwise idle machine.
                 results["precompute"] = precompute_bench.run(args.demo, args.work)
+            elif section == "plan":
+                results["plan"] = plan_bench.run()
             elif section == "knobs":
                 results["knobs"] = loader_bench.knobs(args.demo, args.work)
             elif section == "loader":
