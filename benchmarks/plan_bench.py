@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -43,6 +42,19 @@ def write_manifest(root: Path, *, recordings: int, per_recording: int, n_classes
     return audio
 
 
+def _memory(field: str) -> int:
+    """Bytes of ``VmRSS`` (now) or ``VmHWM`` (peak) of this process, from ``/proc/self/status``.
+
+    Not ``ru_maxrss``: Linux carries it across ``execve``, so a child of a big process (the
+    ``make bench`` driver) would report its parent's peak.
+    """
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {field}")
+
+
 def _child(root: Path, *, traced: bool) -> dict:
     """Plan ``root``'s manifest in this (fresh) process and measure it."""
     import tracemalloc
@@ -51,15 +63,14 @@ def _child(root: Path, *, traced: bool) -> dict:
     from precompute.plan import plan_manifests
 
     config = preset("default")
-    kib = 1024  # ru_maxrss is in KiB on Linux
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib
+    before = _memory("VmRSS")
     if traced:
         tracemalloc.start()
     started = time.perf_counter()
     jobs, failures = plan_manifests(root / "tp.csv", None, audio_dir=root / "audio", config=config)
     seconds = time.perf_counter() - started
     traced_peak = tracemalloc.get_traced_memory()[1] if traced else None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib
+    peak = _memory("VmHWM")
     return {
         "jobs": len(jobs),
         "windows": sum(job.n_windows for job in jobs),
