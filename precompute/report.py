@@ -330,6 +330,25 @@ def _pyplot():
     return plt
 
 
+def _style_panel(ax, title: str, *, xlabel: str, bottom: bool, left: bool) -> None:
+    """Title and small ticks; axis labels and tick labels only on the grid's outer panels."""
+    ax.set_title(title, fontsize=7.5)
+    ax.tick_params(labelsize=6.5)
+    ax.set_xlabel(xlabel if bottom else "", fontsize=7)
+    ax.set_ylabel("Hz (mel scale)" if left else "", fontsize=7)
+    if not bottom:
+        ax.tick_params(labelbottom=False)
+    if not left:
+        ax.tick_params(labelleft=False)
+
+
+def _colorbar(fig, img, axes, label: str, *, shrink: float) -> None:
+    """One colour bar for the whole grid."""
+    bar = fig.colorbar(img, ax=axes.ravel().tolist(), shrink=shrink, pad=0.01)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+
+
 def _specshow(ax, mel: np.ndarray, config: FeatureConfig, *, vmin: float, vmax: float):
     """``mel`` on true axes: seconds from the first frame shown, Hz on a mel scale."""
     import librosa.display
@@ -416,17 +435,14 @@ def preview_figure(root: str | Path, *, per_class: int = 3, classes: str | tuple
                     )
                 )
             who = f"species {ex.species:02d} · " if ex.species >= 0 else ""
-            ax.set_title(f"{who}{ex.recording_id} @ {ex.start:.1f} s", fontsize=7.5)
-            ax.tick_params(labelsize=6.5)
-            ax.set_xlabel("time (s)" if r == len(rows) - 1 else "", fontsize=7)
-            ax.set_ylabel("Hz (mel scale)" if col == 0 else "", fontsize=7)
-            if r < len(rows) - 1:
-                ax.tick_params(labelbottom=False)
-            if col > 0:
-                ax.tick_params(labelleft=False)
-    bar = fig.colorbar(img, ax=axes.ravel().tolist(), shrink=min(1.0, 6 / len(rows) + 0.2), pad=0.01)
-    bar.set_label(label, fontsize=8)
-    bar.ax.tick_params(labelsize=7)
+            _style_panel(
+                ax,
+                f"{who}{ex.recording_id} @ {ex.start:.1f} s",
+                xlabel="time (s)",
+                bottom=r == len(rows) - 1,
+                left=col == 0,
+            )
+    _colorbar(fig, img, axes, label, shrink=min(1.0, 6 / len(rows) + 0.2))
     what = "per species" if features.kind == "labelled" else "per recording (windows set)"
     fig.suptitle(
         f"{features.root.name}: examples {what} · {cfg.n_mels} mel bands {cfg.fmin:g}-{cfg.fmax:g} Hz, "
@@ -492,17 +508,14 @@ def augment_figure(root: str | Path, *, examples: int = 4, seed: int = 0, augmen
         ):
             ax = axes[r, col]
             img = _specshow(ax, mel, cfg, vmin=vmin, vmax=vmax)
-            ax.set_title(f"{who}{ex.recording_id}: {what}", fontsize=7.5)
-            ax.tick_params(labelsize=6.5)
-            ax.set_xlabel("time in the crop (s)" if r == len(ids) - 1 else "", fontsize=7)
-            ax.set_ylabel("Hz (mel scale)" if col == 0 else "", fontsize=7)
-            if r < len(ids) - 1:
-                ax.tick_params(labelbottom=False)
-            if col > 0:
-                ax.tick_params(labelleft=False)
-    bar = fig.colorbar(img, ax=axes.ravel().tolist(), shrink=0.9, pad=0.01)
-    bar.set_label(label, fontsize=8)
-    bar.ax.tick_params(labelsize=7)
+            _style_panel(
+                ax,
+                f"{who}{ex.recording_id}: {what}",
+                xlabel="time in the crop (s)",
+                bottom=r == len(ids) - 1,
+                left=col == 0,
+            )
+    _colorbar(fig, img, axes, label, shrink=0.9)
     fig.suptitle(
         f"{features.root.name}: loader augmentation (loader.Augment defaults, seed {seed}): left as "
         "validation sees it, right as training does",
