@@ -3,16 +3,15 @@
 Batch ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)`` (and the split, rank and
 settings): the epoch order is a permutation seeded by ``(seed, e)``, every augmentation draw
 comes from a generator seeded by ``(seed, e, rank, i)``. No global random state is read, so
-a batch computed in a Keras worker process (fork or spawn), a thread, or the main process is
-the same array.
+a batch computed in a worker process (fork or spawn), a thread, or the main process is the
+same array.
 
 Epochs: ``on_epoch_end()`` advances ``epoch`` by one; ``set_epoch(e)`` sets it. Keras calls
 ``on_epoch_end`` once before the first epoch of ``fit`` (it resets its epoch iterator), so
-the first epoch of a ``fit`` call uses epoch ``epoch + 1`` of the sequence. With worker
-processes, Keras starts a fresh pool at the beginning of each epoch from the sequence as it
-is then (forked, or pickled for spawn), so the workers see the advanced epoch. Keras'
+the first epoch of a ``fit`` call uses epoch ``epoch + 1`` of the sequence. Keras'
 ``fit(shuffle=True)`` also reorders whole batches with Python's global RNG; the batches
-themselves do not change, pass ``shuffle=False`` to ``fit`` for a fully reproducible order.
+themselves do not change, pass ``shuffle=False`` to ``fit`` for a fully reproducible order
+(and a useful look-ahead).
 
 Building: ``workers``/``use_multiprocessing`` are not handed to Keras (its worker processes
 send every batch through a pipe, its threads through a queue); the sequence builds each batch
@@ -79,7 +78,9 @@ class ShardSequence(keras.utils.PyDataset):
         useful, the sequence shuffles examples itself
     rank, world_size : this worker's block of the split for multi-worker training (see
         ``sampler.rank_members``); every rank gets the same number of batches per epoch
-    **pydataset_kwargs : ``workers``, ``use_multiprocessing``, ``max_queue_size`` for Keras
+    **pydataset_kwargs : ``workers`` and ``use_multiprocessing`` pick the sequence's own worker
+        mode (``loader.batches``: threads, or processes writing into shared memory; Keras itself
+        then sees one in-process dataset); ``max_queue_size`` is passed to Keras
 
     ``x`` is (B, n_mels, crop_frames, 1); ``y`` is (B, n_classes) float32, 1 where a TP event
     counts in the crop. Windows feature sets (inference) have no labels: y and known are 0.
@@ -298,9 +299,8 @@ class ShardSequence(keras.utils.PyDataset):
         x = self._rows.take(ids.shape[0])
         mixes = self.augment.mixes(params)
         self._rows.build(x, ids, params, masks=not mixes)
-        if mixes:  # mixup reads rows built by other workers; masks come after it
-            self.augment.apply_mixup(x, params)
-            self.augment.apply_masks(x, params, fill=self.fill)
+        if mixes:  # mixup reads rows built by other workers, then the masks (the gain is applied)
+            self.augment.apply(x, params, fill=self.fill, gain=False)
         y, known = self._labels(ids, params.crop_start)
         y, known = self.augment.mix_labels(y, known, params)
         return (x, y, known) if self.return_mask else (x, y)
