@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from loader import ShardSequence
-from loader.format import read_index
+from melshards.index import read_index
 
 
 def _time_batches(get: Callable[[int], object], n_batches: int, *, repeats: int = 3) -> float:

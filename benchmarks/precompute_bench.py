@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 import soundfile as sf
 
-from loader.format import read_index
+from melshards.index import read_index
 from precompute.config import preset
 from precompute.mel import log_mel
 from precompute.windows import place_window

@@ -25,7 +25,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from loader.errors import ConfigError
+from melshards.errors import ConfigError
 
 UNKNOWN_MODES = ("negative", "ignore")
 

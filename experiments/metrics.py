@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from loader.errors import ConfigError
+from melshards.errors import ConfigError
 
 _CHUNK = 4096  # rows per block: the pairwise comparison costs rows * classes**2 bytes
 

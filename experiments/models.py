@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import keras
 from keras import layers
 
-from loader.errors import ConfigError
+from melshards.errors import ConfigError
 
 ModelBuilder = Callable[..., keras.Model]
 

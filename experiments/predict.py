@@ -33,9 +33,9 @@ import numpy as np
 
 from experiments.metrics import lwlrap, top1
 from loader import ShardSequence
-from loader.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
-from loader.errors import ExperimentError, MelShardsError
-from loader.format import atomic_write_text
+from melshards.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
+from melshards.errors import ExperimentError, MelShardsError
+from melshards.files import atomic_write_text
 
 # Feature parameters that change the arrays a model sees; a model trained on one value
 # scores garbage on another, so prediction refuses a mismatch.

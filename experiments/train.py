@@ -39,9 +39,9 @@ from experiments.metrics import Lwlrap, Top1, class_lwlrap, lwlrap, top1
 from experiments.models import available_models, build_model
 from experiments.plots import plot_curves, read_history
 from loader import Augment, ShardSequence
-from loader.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
-from loader.errors import MelShardsError
-from loader.format import atomic_write_text
+from melshards.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
+from melshards.errors import MelShardsError
+from melshards.files import atomic_write_text
 
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"

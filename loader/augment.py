@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from loader import kernels
-from loader.errors import ConfigError
+from melshards.errors import ConfigError
 
 MASK_VALUES = ("mean", "zero")
 MIXUP_LABELS = ("max", "weighted")

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from loader.buffers import ALIGNMENT, BufferPool
-from loader.errors import MelShardsError
+from melshards.errors import MelShardsError
 
 if TYPE_CHECKING:
     from loader.augment import Augment, AugmentParams

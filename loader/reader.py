@@ -20,7 +20,6 @@ plain memory, safe to inherit through ``fork``; they are dropped when pickling (
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,18 +28,12 @@ import h5py
 import numpy as np
 
 from loader import kernels
-from loader.errors import FormatError, IntegrityError
-from loader.format import (
-    KIND_FP,
-    KIND_TP,
-    FeatureConfig,
-    Index,
-    ShardEntry,
-    check_shard_file,
-    crop_span,
-    overlap_mask,
-    read_index,
-)
+from melshards.config import FeatureConfig, crop_span
+from melshards.errors import FormatError, IntegrityError
+from melshards.index import Index, ShardEntry, read_index
+from melshards.labels import overlap_mask
+from melshards.names import EVENT_EXAMPLE, EVENT_FP, EVENT_TP, MEL
+from melshards.shard import check_shard, mel_chunk_offsets, open_shard, read_metadata
 
 # Each memory map keeps a file descriptor; beyond this many, the oldest map is dropped (its
 # memory stays valid for whoever still holds an array into it).
@@ -76,24 +69,6 @@ class ShardLayout:
     byte_offsets: np.ndarray | None
 
 
-def open_shard(path: Path) -> h5py.File:
-    """Open a shard read-only without HDF5 file locking; FormatError if missing or unreadable."""
-    if not path.is_file():
-        raise FormatError(f"{path}: shard listed in the index is missing")
-    try:
-        return h5py.File(path, "r", locking=False)
-    except OSError as err:
-        raise FormatError(f"{path}: cannot open shard: {err}") from err
-
-
-def check_shard(h5: h5py.File, entry: ShardEntry, config: FeatureConfig, *, path: Path) -> None:
-    """``format.check_shard_file`` plus the file size the index recorded."""
-    size = path.stat().st_size
-    if size != entry.bytes:
-        raise FormatError(f"{path}: shard is {size} bytes, the index says {entry.bytes}")
-    check_shard_file(h5, entry, config, path=path)
-
-
 class FeatureSet:
     """A feature set's index and per-example metadata, read once.
 
@@ -116,23 +91,16 @@ class FeatureSet:
             path = self.index.shard_path(entry)
             with open_shard(path) as h5:
                 check_shard(h5, entry, config, path=path)
-                recording_ids.append(np.asarray(h5["recording_id"].asstr()[()], dtype=object))
-                starts.append(h5["start"][()])
-                labels.append(h5["labels"][()])
-                example = h5["events/example"][()].astype(np.int64)
-                if example.size and (example.min() < 0 or example.max() >= entry.n):
-                    raise FormatError(f"{path}: events/example points outside the shard's {entry.n} rows")
-                species = h5["events/species_id"][()].astype(np.int64)
-                if species.size and (species.min() < 0 or species.max() >= config.n_classes):
-                    raise FormatError(
-                        f"{path}: events/species_id outside [0, {config.n_classes}) of the config"
-                    )
-                ev_example.append(example + first)
-                ev_species.append(species)
-                ev_kind.append(h5["events/kind"][()])
-                ev_t_min.append(h5["events/t_min"][()])
-                ev_t_max.append(h5["events/t_max"][()])
-                offsets = _direct_offsets(h5["mel"], config, file_size=entry.bytes)
+                meta = read_metadata(h5, entry, config, path=path)
+                offsets = mel_chunk_offsets(h5[MEL], config, file_size=entry.bytes)
+            recording_ids.append(meta.recording_id)
+            starts.append(meta.start)
+            labels.append(meta.labels)
+            ev_example.append(meta.events[EVENT_EXAMPLE] + first)
+            ev_species.append(meta.events["species_id"])
+            ev_kind.append(meta.events["kind"])
+            ev_t_min.append(meta.events["t_min"])
+            ev_t_max.append(meta.events["t_max"])
             layouts.append(ShardLayout(entry=entry, path=path, n=entry.n, first=first, byte_offsets=offsets))
             first += entry.n
         n = first
@@ -151,10 +119,10 @@ class FeatureSet:
         self.event_kind = _concat(ev_kind, np.int8)[order]
         self.event_t_min = _concat(ev_t_min, np.float64)[order]
         self.event_t_max = _concat(ev_t_max, np.float64)[order]
-        mean = self.index.stats.get("mean")
+        mean = self.index.stats.mean
         self.bin_mean = (
             np.asarray(mean, dtype=np.float32)
-            if mean is not None and len(mean) == config.n_mels
+            if len(mean) == config.n_mels
             else np.zeros(config.n_mels, dtype=np.float32)
         )
 
@@ -190,8 +158,8 @@ class FeatureSet:
         """Labels of what a crop shows, from the events stored with each example.
 
         A crop of ``crop_frames`` starting at stored frame ``crop_start`` spans
-        ``format.crop_span``; an event counts in it by ``format.overlap_mask`` with the
-        config's ``min_overlap``. As in ``format.label_rows``: positive where a TP counts,
+        ``melshards.config.crop_span``; an event counts in it by ``melshards.labels.overlap_mask``
+        with the config's ``min_overlap``. As in ``melshards.labels.label_rows``: positive where a TP counts,
         known negative where only FPs count, unknown elsewhere.
 
         Returns (y, known), both np.ndarray [shape=(B, n_classes)], float32: y is 1 where
@@ -219,8 +187,8 @@ class FeatureSet:
         )
         kind = self.event_kind[events]
         species = self.event_species[events]
-        tp = present & (kind == KIND_TP)
-        labelled = tp | (present & (kind == KIND_FP))
+        tp = present & (kind == EVENT_TP)
+        labelled = tp | (present & (kind == EVENT_FP))
         y[owner[tp], species[tp]] = 1.0
         known[owner[labelled], species[labelled]] = 1.0
         return y, known
@@ -235,49 +203,6 @@ def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
     if not parts:
         return np.zeros(0, dtype=dtype)
     return np.concatenate(parts).astype(dtype, copy=False)
-
-
-def _direct_offsets(ds: h5py.Dataset, config: FeatureConfig, *, file_size: int) -> np.ndarray | None:
-    """Byte offset of every example's chunk when the fast path can read them, else None."""
-    n = ds.shape[0]
-    dtype = np.dtype(config.dtype)
-    if (
-        n == 0
-        or sys.byteorder != "little"
-        or ds.dtype != dtype.newbyteorder("<")
-        or ds.chunks != (1, config.n_mels, config.n_frames)
-        or not ds.fletcher32
-        or ds.compression is not None
-        or ds.shuffle
-        or ds.scaleoffset is not None
-        or ds.id.get_create_plist().get_nfilters() != 1
-    ):
-        return None
-    nbytes = config.n_mels * config.n_frames * dtype.itemsize + 4
-    offsets = np.full(n, -1, dtype=np.int64)
-    ok = True
-
-    def visit(info) -> None:
-        nonlocal ok
-        row = info.chunk_offset[0]
-        if info.byte_offset is None or info.size != nbytes or info.filter_mask != 0:
-            ok = False
-        else:
-            offsets[row] = info.byte_offset
-
-    if hasattr(ds.id, "chunk_iter"):
-        ds.id.chunk_iter(visit)
-    else:
-        for i in range(ds.id.get_num_chunks()):
-            visit(ds.id.get_chunk_info(i))
-    if (
-        not ok
-        or (offsets < 0).any()
-        or (offsets % dtype.itemsize).any()
-        or (offsets + nbytes > file_size).any()
-    ):
-        return None
-    return offsets
 
 
 @dataclass
@@ -489,7 +414,7 @@ class MelReader:
         per_example = config.n_mels * config.n_frames
         dtype = np.dtype(config.dtype)
         buffer = np.empty((rows.shape[0], config.n_mels, config.n_frames), dtype=dtype)
-        ds = self._h5(s)["mel"]
+        ds = self._h5(s)[MEL]
         k = 0
         for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1):
             r0, r1 = int(run[0]), int(run[-1]) + 1

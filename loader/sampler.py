@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from loader.errors import ConfigError
+from melshards.errors import ConfigError
 
 SPLITS = ("train", "val", "all")
 

@@ -38,9 +38,10 @@ import numpy as np
 from loader import sampler
 from loader.augment import Augment, AugmentParams
 from loader.batches import InProcessRows, Lookahead, ProcessRows, ThreadRows
-from loader.errors import ConfigError
-from loader.format import FeatureConfig, center_offset
 from loader.reader import FeatureSet, MelReader
+from melshards.config import FeatureConfig, center_offset
+from melshards.errors import ConfigError
+from melshards.names import SET_WINDOWS
 
 DTYPES = ("float32", "float16")
 PYDATASET_ARGS = ("workers", "use_multiprocessing", "max_queue_size")
@@ -89,6 +90,7 @@ class ShardSequence(keras.utils.PyDataset):
     def __init__(
         self,
         path: str | os.PathLike | FeatureSet,
+        *,
         split: str = "train",
         fold: int = 0,
         n_folds: int = 5,
@@ -136,7 +138,7 @@ class ShardSequence(keras.utils.PyDataset):
                 f"crop_frames {self.crop_frames} is longer than the {config.n_frames} frames stored "
                 f"per example in {self.features.root}"
             )
-        if self.features.kind == "windows" and split != "all":
+        if self.features.kind == SET_WINDOWS and split != "all":
             raise ConfigError(
                 f"{self.features.root} is a windows feature set (no labels): use split='all', not {split!r}"
             )
@@ -228,11 +230,6 @@ class ShardSequence(keras.utils.PyDataset):
     def recording_id(self) -> np.ndarray:
         """Recording of each example of the split, in ``example_ids`` order."""
         return self.features.recording_id[self.example_ids]
-
-    @property
-    def recording_ids(self) -> np.ndarray:
-        """Alias of ``recording_id``."""
-        return self.recording_id
 
     @property
     def start(self) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Decoding recordings: one read per recording, checked, mono, at the config's rate.
 
-Policies (documented in the README):
+Policies (documented in docs/troubleshooting.md):
 
 - more than one channel: channels are averaged to mono (what ``librosa.load`` does);
 - a sample rate other than the config's: resampled with soxr (high quality);
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from loader.errors import AudioError
+from melshards.errors import AudioError
 
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".aiff", ".aif")
 

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from loader.console import (
+from melshards.console import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
@@ -26,7 +26,8 @@ from loader.console import (
     report_error,
     setup_logging,
 )
-from loader.errors import MelShardsError
+from melshards.errors import MelShardsError
+from precompute.backends import BACKENDS
 
 
 def _quiet_option() -> argparse.ArgumentParser:
@@ -63,7 +64,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         default="loky",
-        choices=["loky", "threading", "dask", "ray"],
+        choices=BACKENDS,
         help="joblib backend; dask and ray run on a cluster (default loky)",
     )
     p.add_argument(
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet)
     try:
-        return _dispatch(args)
+        return COMMANDS[args.command](args)
     except BrokenPipeError:
         # The reader went away (`precompute inspect F | head`): not an error; silence the
         # flush at exit that would complain about the closed pipe.
@@ -203,104 +204,130 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def demo_data_command(args: argparse.Namespace) -> int:
+    from precompute.demo import synthesize
+
+    log.info(f"synthesizing {args.recordings} train + {args.test_recordings} test recordings into {args.out}")
+    result = synthesize(
+        args.out,
+        seed=args.seed,
+        recordings=args.recordings,
+        test_recordings=args.test_recordings,
+        jobs=args.jobs or os.cpu_count() or 1,
+        progress=not args.quiet,
+    )
+    print(
+        f"wrote {result['train_recordings']} train recordings ({result['tp_rows']} TP rows, "
+        f"{result['fp_rows']} FP rows) and {result['test_recordings']} test recordings "
+        f"({result['bytes'] / 1e6:.0f} MB) to {args.out} in {result['elapsed_s']:.1f} s"
+    )
+    return EXIT_OK
+
+
+def _log_config(config) -> None:
+    log.info(
+        f"feature config: preset {config.preset}, {config.n_mels} mels {config.fmin:g}-{config.fmax:g} Hz, "
+        f"{config.duration:g} s + {config.context:g} s context at {config.sample_rate} Hz "
+        "(`precompute config` with the same options prints all of it)"
+    )
+
+
+def features_command(args: argparse.Namespace) -> int:
+    from precompute.run import run_features
+
+    config = _config(args)
+    _log_config(config)
+    summary = run_features(
+        audio_dir=args.audio_dir, tp=args.tp, fp=args.fp, out=args.out, config=config, **_run_options(args)
+    )
+    return _report(summary)
+
+
+def windows_command(args: argparse.Namespace) -> int:
+    from precompute.run import run_windows
+
+    config = _config(args)
+    _log_config(config)
+    summary = run_windows(
+        audio_dir=args.audio_dir, out=args.out, step=args.step, config=config, **_run_options(args)
+    )
+    return _report(summary)
+
+
+def inspect_command(args: argparse.Namespace) -> int:
+    from precompute.inspection import inspect_lines
+
+    print("\n".join(inspect_lines(args.features)))
+    return EXIT_OK
+
+
+def preview_command(args: argparse.Namespace) -> int:
+    # The pictures show what the loader feeds a model, so they live with the experiments (and
+    # need the loader and matplotlib); this is the one command that reaches beyond precompute.
+    from experiments.pictures import preview
+
     started = time.perf_counter()
-    if args.command == "demo-data":
-        from precompute.demo import synthesize
+    log.info(f"drawing examples of {args.features}")
+    written = preview(
+        args.features,
+        out=args.out,
+        per_class=args.per_class,
+        classes=args.classes,
+        augment_out=False if args.no_augment else args.augment_out,
+        seed=args.seed,
+        dpi=args.dpi,
+    )
+    width, height = written["size"]
+    line = (
+        f"wrote {written['out']} ({width}x{height} px, {written['rows']} rows of up to "
+        f"{args.per_class} examples)"
+    )
+    if "augment_out" in written:
+        line += f" and {written['augment_out']} (augmentation)"
+    print(f"{line} in {time.perf_counter() - started:.1f} s")
+    return EXIT_OK
 
-        log.info(
-            f"synthesizing {args.recordings} train + {args.test_recordings} test recordings into {args.out}"
-        )
-        result = synthesize(
-            args.out,
-            seed=args.seed,
-            recordings=args.recordings,
-            test_recordings=args.test_recordings,
-            jobs=args.jobs or os.cpu_count() or 1,
-            progress=not args.quiet,
-        )
+
+def verify_command(args: argparse.Namespace) -> int:
+    from melshards.index import read_index
+    from melshards.verify import verify
+
+    started = time.perf_counter()
+    read_index(args.features)  # a missing or unreadable index is one error line
+    problems = verify(args.features, progress=not args.quiet)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
         print(
-            f"wrote {result['train_recordings']} train recordings ({result['tp_rows']} TP rows, "
-            f"{result['fp_rows']} FP rows) and {result['test_recordings']} test recordings "
-            f"({result['bytes'] / 1e6:.0f} MB) to {args.out} in {result['elapsed_s']:.1f} s"
+            f"precompute verify: error: {args.features}: {len(problems)} problem(s); delete the "
+            "shards named above and run the same precompute command again: it rebuilds only those",
+            file=sys.stderr,
         )
-        return EXIT_OK
-    if args.command in ("features", "windows"):
-        from precompute.pipeline import run_features, run_windows
+        return EXIT_USER_ERROR
+    print(f"{args.features}: every shard matches the index ({time.perf_counter() - started:.1f} s)")
+    return EXIT_OK
 
-        config = _config(args)
-        log.info(
-            f"feature config: preset {config.preset}, {config.n_mels} mels {config.fmin:g}-{config.fmax:g} Hz, "
-            f"{config.duration:g} s + {config.context:g} s context at {config.sample_rate} Hz "
-            "(`precompute config` with the same options prints all of it)"
-        )
-        if args.command == "features":
-            summary = run_features(
-                audio_dir=args.audio_dir,
-                tp=args.tp,
-                fp=args.fp,
-                out=args.out,
-                config=config,
-                **_run_options(args),
-            )
-        else:
-            summary = run_windows(
-                audio_dir=args.audio_dir, out=args.out, step=args.step, config=config, **_run_options(args)
-            )
-        return _report(summary)
-    if args.command == "inspect":
-        from precompute.report import inspect_lines
 
-        print("\n".join(inspect_lines(args.features)))
-        return EXIT_OK
-    if args.command == "preview":
-        from precompute.report import preview
+def config_command(args: argparse.Namespace) -> int:
+    from precompute.config import config_toml, preset_names, preset_values
 
-        log.info(f"drawing examples of {args.features}")
-        written = preview(
-            args.features,
-            out=args.out,
-            per_class=args.per_class,
-            classes=args.classes,
-            augment_out=False if args.no_augment else args.augment_out,
-            seed=args.seed,
-            dpi=args.dpi,
-        )
-        width, height = written["size"]
-        line = (
-            f"wrote {written['out']} ({width}x{height} px, {written['rows']} rows of up to "
-            f"{args.per_class} examples)"
-        )
-        if "augment_out" in written:
-            line += f" and {written['augment_out']} (augmentation)"
-        print(f"{line} in {time.perf_counter() - started:.1f} s")
+    if args.list:
+        for name in preset_names():
+            changed = preset_values(name)
+            what = ", ".join(f"{k}={v}" for k, v in changed.items()) or "every parameter's default"
+            print(f"{name:<10} {what}")
         return EXIT_OK
-    if args.command == "verify":
-        from loader.format import read_index
-        from precompute.report import verify
+    print(config_toml(_config(args)), end="")
+    return EXIT_OK
 
-        read_index(args.features)  # a missing or unreadable index is one error line
-        problems = verify(args.features, progress=not args.quiet)
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        if problems:
-            print(
-                f"precompute verify: error: {args.features}: {len(problems)} problem(s); delete the "
-                "shards named above and run the same precompute command again: it rebuilds only those",
-                file=sys.stderr,
-            )
-            return EXIT_USER_ERROR
-        print(f"{args.features}: every shard matches the index ({time.perf_counter() - started:.1f} s)")
-        return EXIT_OK
-    if args.command == "config":
-        from precompute.config import config_toml, preset_names, preset_values
 
-        if args.list:
-            for name in preset_names():
-                changed = preset_values(name) if name != "default" else {}
-                what = ", ".join(f"{k}={v}" for k, v in changed.items()) or "every parameter's default"
-                print(f"{name:<10} {what}")
-            return EXIT_OK
-        print(config_toml(_config(args)), end="")
-        return EXIT_OK
-    raise AssertionError(f"unhandled command {args.command}")
+# subcommand -> the function that runs it; ``build_parser`` defines their options.
+COMMANDS = {
+    "demo-data": demo_data_command,
+    "features": features_command,
+    "windows": windows_command,
+    "inspect": inspect_command,
+    "preview": preview_command,
+    "verify": verify_command,
+    "config": config_command,
+}

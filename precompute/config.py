@@ -1,23 +1,21 @@
 """Feature configurations: presets shipped as TOML files, user TOML files, ``--set`` overrides.
 
-``FeatureConfig`` itself lives in ``loader.format`` because it describes the stored arrays
-and the loader must read it without librosa; this module only builds one.
+``FeatureConfig`` lives in ``melshards.config``: it describes the stored arrays, the loader
+reads it without librosa, and its fields are the one source of every parameter's default,
+unit and meaning. This module only builds one.
 
 A config is resolved in three layers, each overriding the one before:
 
-1. a preset: ``precompute/presets/NAME.toml`` (``default``, ``seed``, ``fast``, ``rfcx-2nd``),
-   chosen by ``--preset``, by a ``preset = "NAME"`` key in the TOML file, or ``default``;
+1. a preset, chosen by ``--preset``, by a ``preset = "NAME"`` key in the TOML file, or
+   ``default``. The ``default`` preset is ``FeatureConfig``'s own defaults; every other preset
+   is a file ``precompute/presets/NAME.toml`` that sets only what differs from it, each value
+   with its unit and reason;
 2. a TOML file (``--config``): any parameter, at top level or under a ``[features]`` table;
 3. ``--set key=value`` on the command line, parsed with the parameter's type.
-
-Every preset file documents its parameters with their units; ``default.toml`` sets all of
-them, to the same values as the ``FeatureConfig`` defaults (a test keeps them equal), and the
-other presets set only what differs from it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import tomllib
 import typing
 from collections.abc import Iterable, Mapping
@@ -25,34 +23,27 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from loader.errors import ConfigError
-from loader.format import FeatureConfig
+from melshards.config import PARAMETERS, FeatureConfig, parameter_names
+from melshards.errors import ConfigError
 
 PRESET_DIR = "presets"
+DEFAULT_PRESET = "default"
 NONE_WORDS = ("none", "null")
 
-# name -> (unit, meaning): what ``inspect`` prints and the README's parameter table says.
-PARAMETERS: dict[str, tuple[str, str]] = {
-    "preset": ("name", "preset these values started from (shapes nothing itself)"),
-    "sample_rate": ("Hz", "audio is resampled to this rate before the STFT"),
-    "n_fft": ("samples", "STFT window and FFT length"),
-    "hop_length": ("samples", "step between STFT frames"),
-    "n_mels": ("bands", "mel filters spread over fmin..fmax"),
-    "fmin": ("Hz", "lower edge of the lowest mel filter"),
-    "fmax": ("Hz", "upper edge of the highest mel filter (<= sample_rate / 2)"),
-    "power": ("exponent", "magnitude exponent: 2 power spectrogram, 1 amplitude"),
-    "db": ("mode", "power: power_to_db; amplitude: the classic amplitude_to_db"),
-    "db_ref": ("linear", "0 dB reference; none: each slice's maximum"),
-    "top_db": ("dB", "floor below the peak; none: no floor"),
-    "duration": ("s", "window the model sees"),
-    "context": ("s", "extra audio stored on each side (time-shift room)"),
-    "normalize": ("mode", "minmax: each slice scaled to [0, 1]; none: keep dB"),
-    "min_overlap": ("s", "an event counts when it overlaps this much or lies inside"),
-    "n_classes": ("classes", "species ids are 0..n_classes-1"),
-    "dtype": ("dtype", "stored dtype of mel: float16 or float32"),
-    "compression": ("filter", "HDF5 filter on mel: none, gzip or lzf (slow reads)"),
-    "shard_size": ("examples", "examples per shard file (one parallel job each)"),
-}
+__all__ = [
+    "PARAMETERS",
+    "config_toml",
+    "load_config",
+    "parameter_names",
+    "parameter_table",
+    "parse_set",
+    "parse_value",
+    "preset",
+    "preset_names",
+    "preset_text",
+    "preset_values",
+    "read_toml",
+]
 
 
 def _field_types() -> dict[str, Any]:
@@ -66,11 +57,6 @@ def _allows_none(tp: Any) -> bool:
 def _base_type(tp: Any) -> Any:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     return args[0] if args else tp
-
-
-def parameter_names() -> tuple[str, ...]:
-    """Every ``FeatureConfig`` parameter, in declaration order."""
-    return tuple(f.name for f in dataclasses.fields(FeatureConfig))
 
 
 def _normalize_values(data: Mapping[str, Any], *, source: str) -> dict[str, Any]:
@@ -99,21 +85,25 @@ def _normalize_values(data: Mapping[str, Any], *, source: str) -> dict[str, Any]
 
 
 def preset_names() -> tuple[str, ...]:
-    """Names of the presets shipped with the package, ``default`` first."""
+    """Names of the presets: ``default`` (built in) first, then the files shipped with the package."""
     folder = resources.files("precompute") / PRESET_DIR
     names = sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
-    return tuple(sorted(names, key=lambda n: n != "default"))
+    return (DEFAULT_PRESET, *(n for n in names if n != DEFAULT_PRESET))
 
 
 def preset_text(name: str) -> str:
-    """The TOML text of preset ``name``, comments included."""
+    """The TOML text of preset ``name``, comments included (``default``: every parameter)."""
     if name not in preset_names():
         raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(preset_names())}")
+    if name == DEFAULT_PRESET:
+        return config_toml(FeatureConfig())
     return (resources.files("precompute") / PRESET_DIR / f"{name}.toml").read_text(encoding="utf-8")
 
 
 def preset_values(name: str) -> dict[str, Any]:
-    """The parameters preset ``name`` sets (typed; the ``default`` preset sets all of them)."""
+    """The parameters preset ``name`` sets (typed); ``default`` sets none, it is the defaults."""
+    if name == DEFAULT_PRESET:
+        return {}
     data = tomllib.loads(preset_text(name))
     if "preset" in data:
         raise ConfigError(f"preset file {name}.toml must not name a preset itself")
@@ -138,7 +128,7 @@ def parse_value(name: str, text: str, *, source: str = "--set") -> Any:
     if _allows_none(tp) and word.lower() in NONE_WORDS:
         return None
     base = _base_type(tp)
-    unit = PARAMETERS.get(name, ("", ""))[0]
+    unit = PARAMETERS[name][0]
     try:
         if base is bool:
             lowered = word.lower()
@@ -230,6 +220,15 @@ def config_toml(config: FeatureConfig) -> str:
     for name, value in config.to_dict().items():
         unit, meaning = PARAMETERS[name]
         lines.append(f"{name:<{width}} = {_toml_text(value):<10} # {unit}: {meaning}")
+    return "\n".join(lines) + "\n"
+
+
+def parameter_table() -> str:
+    """The Markdown table of every parameter (name, default, unit, meaning) in ``docs/presets.md``."""
+    lines = ["| parameter | default | unit | meaning |", "|---|---|---|---|"]
+    for name, value in FeatureConfig().to_dict().items():
+        unit, meaning = PARAMETERS[name]
+        lines.append(f"| `{name}` | `{_toml_text(value)}` | {unit} | {meaning} |")
     return "\n".join(lines) + "\n"
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from loader.errors import ManifestError
-from loader.format import KIND_FP, KIND_TP
+from melshards.errors import ManifestError
+from melshards.names import EVENT_FP, EVENT_TP
 
 COLUMNS = ("recording_id", "species_id", "songtype_id", "t_min", "f_min", "t_max", "f_max")
 OPTIONAL_COLUMNS = ("path",)
@@ -29,7 +29,7 @@ OPTIONAL_COLUMNS = ("path",)
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One validated manifest row; ``kind`` is ``KIND_TP`` or ``KIND_FP``."""
+    """One validated manifest row; ``kind`` is ``EVENT_TP`` or ``EVENT_FP``."""
 
     recording_id: str
     species_id: int
@@ -141,7 +141,7 @@ def iter_manifest(
     Parameters
     ----------
     path : the CSV file (RFCX columns, optionally ``path``)
-    kind : ``KIND_TP`` for ``train_tp.csv``, ``KIND_FP`` for ``train_fp.csv``
+    kind : ``EVENT_TP`` for ``train_tp.csv``, ``EVENT_FP`` for ``train_fp.csv``
     n_classes : species ids must lie in ``0..n_classes-1``
     on_error : ``"skip"`` records bad rows and continues, ``"fail"`` raises at the first
     failures : receives a ``RowFailure`` per rejected row, in file order
@@ -150,8 +150,8 @@ def iter_manifest(
     """
     path = Path(path)
     source = path.name
-    if kind not in (KIND_TP, KIND_FP):
-        raise ValueError(f"kind must be KIND_TP or KIND_FP, got {kind}")
+    if kind not in (EVENT_TP, EVENT_FP):
+        raise ValueError(f"kind must be EVENT_TP or EVENT_FP, got {kind}")
     try:
         fh = open(path, newline="", encoding="utf-8-sig")
     except FileNotFoundError:

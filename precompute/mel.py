@@ -5,7 +5,7 @@ from __future__ import annotations
 import librosa
 import numpy as np
 
-from loader.format import FeatureConfig
+from melshards.config import FeatureConfig
 
 
 def mel_filterbank(config: FeatureConfig) -> np.ndarray:

@@ -18,16 +18,30 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from loader.errors import AudioError, ConfigError, MelShardsError
-from loader.format import FORMAT_VERSION, KIND_FP, KIND_TP, SHARD_PATTERN, FeatureConfig, fingerprint_of
+from melshards.config import FeatureConfig
+from melshards.errors import AudioError, ConfigError, MelShardsError
+from melshards.files import fingerprint_of
+from melshards.names import EVENT_FP, EVENT_TP, FORMAT_VERSION, SET_LABELLED, SET_WINDOWS, SHARD_PATTERN
 from precompute.audio import AUDIO_EXTENSIONS, file_identity, find_audio
 from precompute.manifest import ROW_DTYPE, Row, RowFailure, RowTable, drop_duplicates, iter_manifest
-from precompute.shards import library_versions
-
-KIND_LABELLED = "labelled"
-KIND_WINDOWS = "windows"
 
 NO_ROWS = RowTable(np.zeros(0, dtype=ROW_DTYPE), (), (), (None,))
+
+# The libraries whose versions can change the stored numbers: part of every job's fingerprint.
+VERSIONED_LIBRARIES = ("numpy", "librosa", "soundfile", "soxr", "h5py", "scipy")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose numbers end up in the arrays ("absent" when missing)."""
+    import importlib.metadata as md
+
+    versions = {}
+    for name in VERSIONED_LIBRARIES:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +169,7 @@ def plan_labelled(rows: RowTable, *, audio_dir: Path, config: FeatureConfig) -> 
                 rows=job_rows,
                 config=config_dict,
                 versions=versions,
-                kind=KIND_LABELLED,
+                kind=SET_LABELLED,
                 step=None,
             )
         )
@@ -171,7 +185,7 @@ def plan_manifests(
     rows (bad rows of ``tp``, then of ``fp``, then duplicates, each in file order).
     """
     row_failures: list[RowFailure] = []
-    sources = [(tp, KIND_TP)] + ([(fp, KIND_FP)] if fp is not None else [])
+    sources = [(tp, EVENT_TP)] + ([(fp, EVENT_FP)] if fp is not None else [])
     rows = RowTable.from_rows(
         row
         for path, kind in sources
@@ -220,7 +234,7 @@ def plan_windows(audio_dir: Path, *, config: FeatureConfig, step: float) -> list
             rows=NO_ROWS,
             config=config_dict,
             versions=versions,
-            kind=KIND_WINDOWS,
+            kind=SET_WINDOWS,
             step=step,
         )
         for k, g in enumerate(groups)

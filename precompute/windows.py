@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from loader.format import FeatureConfig, center_offset, crop_span, label_rows, overlap_mask
+from melshards.config import FeatureConfig, center_offset, crop_span
+from melshards.labels import label_rows, overlap_mask
 from precompute.manifest import Row
 
 
@@ -49,7 +50,7 @@ def window_events(
     ``events`` are all the recording's events (``event_arrays``). Stored with the window:
     every event that counts anywhere in the stored span (context included), so the loader
     can relabel any crop. The labels returned are those of the centred ``duration`` crop,
-    i.e. what the model sees without a time shift (``format.crop_span``).
+    i.e. what the model sees without a time shift (``melshards.config.crop_span``).
 
     Returns (labels [shape=(n_classes,)] int8, stored events).
     """

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from loader.format import FeatureConfig
+from melshards.config import FeatureConfig
 
 HEADER = "recording_id,species_id,songtype_id,t_min,f_min,t_max,f_max\n"
 
@@ -70,7 +70,7 @@ def write_dataset(root: Path, *, sr: int = 16000, seconds: float = 8.0) -> dict[
 
 def run_tiny(paths: dict[str, Path], out: Path, **options):
     """``run_features`` on a ``write_dataset`` tree with the TINY config, one job, no progress bar."""
-    from precompute.pipeline import run_features
+    from precompute.run import run_features
 
     options = {"config": TINY, "jobs": 1, "progress": False, **options}
     return run_features(audio_dir=paths["audio"], tp=paths["tp"], fp=paths["fp"], out=out, **options)
@@ -80,7 +80,7 @@ def read_arrays(root: Path) -> dict[str, np.ndarray]:
     """Every dataset of every shard the index lists, concatenated in index order."""
     import h5py
 
-    from loader.format import read_index
+    from melshards.index import read_index
 
     out: dict[str, list[np.ndarray]] = {}
     for entry in read_index(root).shards:

@@ -9,7 +9,7 @@ which stored frames a batch holds:
 
 All of them are exact in float16. Events are drawn from a seeded generator; every example is
 a window centred on one of its recording's events, stored with every event of the recording
-that counts in the stored span (``format.overlap_mask``), labelled from its centred crop.
+that counts in the stored span (``melshards.labels.overlap_mask``), labelled from its centred crop.
 """
 
 from __future__ import annotations
@@ -18,18 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from loader.format import (
-    KIND_FP,
-    KIND_NONE,
-    KIND_TP,
-    SHARD_PATTERN,
-    FeatureConfig,
-    center_offset,
-    crop_span,
-    label_rows,
-    overlap_mask,
-)
-from precompute.shards import Example, ShardStats, write_index, write_shard
+from melshards.config import FeatureConfig, center_offset, crop_span
+from melshards.index import Index, write_index
+from melshards.labels import label_rows, overlap_mask
+from melshards.names import EVENT_FP, EVENT_NONE, EVENT_TP, SHARD_PATTERN
+from melshards.shard import ShardExample, ShardStats, write_shard
 
 SAMPLE_RATE = 16000
 HOP_LENGTH = 160  # 100 frames per second
@@ -90,7 +83,7 @@ def _recording_events(rng: np.random.Generator, n_events: int, n_classes: int) -
     # Skewed species frequencies so stratification has rare species to place.
     weights = 1.0 / np.arange(1, n_classes + 1)
     species = rng.choice(n_classes, size=n_events, p=weights / weights.sum())
-    kind = np.where(rng.random(n_events) < 0.75, KIND_TP, KIND_FP)
+    kind = np.where(rng.random(n_events) < 0.75, EVENT_TP, EVENT_FP)
     t_min = rng.uniform(0.5, RECORDING_SECONDS - 1.5, size=n_events)
     t_max = t_min + rng.uniform(0.05, 0.8, size=n_events)
     return {
@@ -136,7 +129,7 @@ def make_feature_set(
     )
     rng = np.random.default_rng(seed)
     window = config.window_seconds
-    examples: list[Example] = []
+    examples: list[ShardExample] = []
     for r in range(n_recordings):
         recording = f"rec{r:03d}"
         events = _recording_events(rng, per_recording + 2, n_classes)
@@ -146,12 +139,12 @@ def make_feature_set(
             if kind == "windows":
                 start = float(k * duration)
                 examples.append(
-                    Example(
+                    ShardExample(
                         mel=mel,
                         labels=np.full(n_classes, -1, dtype=np.int8),
                         recording_id=recording,
                         start=start,
-                        anchor=_anchor(-1, -1.0, -1.0, KIND_NONE, 0),
+                        anchor=_anchor(-1, -1.0, -1.0, EVENT_NONE, 0),
                     )
                 )
                 continue
@@ -164,7 +157,7 @@ def make_feature_set(
             present = overlap_mask(events["t_min"], events["t_max"], t0, t1, min_overlap=min_overlap)
             labels = label_rows(events["species_id"], events["kind"], present, n_classes=n_classes)
             examples.append(
-                Example(
+                ShardExample(
                     mel=mel,
                     labels=labels,
                     recording_id=recording,
@@ -188,10 +181,14 @@ def make_feature_set(
             examples[first : first + shard_size],
             config=config,
             fingerprint=fingerprint,
+            kind=kind,
         )
         entries.append(entry)
         stats.merge(shard_stats)
-    write_index(root, config=config, entries=entries, stats=stats, failures=0, kind=kind)
+    index = Index.build(
+        config=config, entries=entries, stats=stats.bin_stats(), failures=0, kind=kind, versions={}
+    )
+    write_index(root, index)
     return root
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from loader.errors import AudioError
+from melshards.errors import AudioError
 from precompute.audio import decode, find_audio
 
 

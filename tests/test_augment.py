@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from loader.augment import Augment, AugmentParams
-from loader.errors import ConfigError
+from melshards.errors import ConfigError
 
 B, M, C, T = 6, 16, 50, 80  # batch, mel bins, crop frames, stored frames
 

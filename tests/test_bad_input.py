@@ -10,11 +10,12 @@ import pytest
 import soundfile as sf
 
 from audio_fixtures import HEADER, TINY, tone_recording
-from loader.errors import AudioError, LockedError, ManifestError
-from loader.format import FAILURES_FILE, read_index
+from melshards.errors import AudioError, LockedError, ManifestError
+from melshards.index import read_index
+from melshards.names import FAILURES_FILE
+from melshards.verify import verify
 from precompute.cli import main
-from precompute.pipeline import output_lock, run_features
-from precompute.report import verify
+from precompute.run import output_lock, run_features
 
 SR = 16000
 GOOD = "good,1,1,2.0,450,3.0,550\ngood,2,1,5.0,950,6.0,1050\n"

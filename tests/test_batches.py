@@ -20,7 +20,7 @@ from loader import ShardSequence
 from loader.augment import Augment
 from loader.batches import row_ranges
 from loader.buffers import ALIGNMENT, BufferPool
-from loader.errors import IntegrityError
+from melshards.errors import IntegrityError
 from synthetic_features import make_feature_set
 
 MODES = {

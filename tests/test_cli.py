@@ -7,11 +7,11 @@ import re
 import pytest
 
 from audio_fixtures import TINY, write_dataset
-from loader.console import report_error, setup_logging, user_error_message
-from loader.errors import FormatError
-from loader.format import read_index
+from melshards.console import report_error, setup_logging, user_error_message
+from melshards.errors import FormatError
+from melshards.index import read_index
 from precompute.cli import main
-from precompute.pipeline import output_lock
+from precompute.run import output_lock
 
 # TINY (tests/audio_fixtures.py) spelled as --set options on top of the default preset.
 TINY_SET = [

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from loader.errors import ConfigError
-from loader.format import FeatureConfig
+from melshards.config import FeatureConfig
+from melshards.errors import ConfigError
 from precompute.cli import main
 from precompute.config import (
     PARAMETERS,
     config_toml,
     load_config,
     parameter_names,
+    parameter_table,
     parse_set,
     preset,
     preset_names,
@@ -26,14 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 FIELDS = [f.name for f in dataclasses.fields(FeatureConfig)]
 
 
-def test_the_default_preset_file_sets_every_parameter_to_the_python_default():
-    values = preset_values("default")
-    assert set(values) == set(FIELDS) - {"preset"}
-    defaults = FeatureConfig().to_dict()
-    for name, value in values.items():
-        assert value == defaults[name] and type(value) is type(defaults[name]), name
+def test_the_default_preset_is_the_feature_config_defaults():
+    assert preset_values("default") == {}
     assert preset("default") == FeatureConfig()
     assert preset("default").fingerprint() == FeatureConfig().fingerprint()
+    # Its text is generated from the fields: every parameter, with its default, unit and meaning.
+    text = preset_text("default")
+    assert tomllib.loads(text) == {
+        k: ("none" if v is None else v) for k, v in FeatureConfig().to_dict().items()
+    }
+    for name, (unit, meaning) in PARAMETERS.items():
+        assert re.search(rf"^{name} +=.*# {re.escape(unit)}: {re.escape(meaning)}$", text, re.M), name
 
 
 def test_shipped_presets_and_what_they_change():
@@ -61,18 +65,18 @@ def test_every_parameter_is_documented_with_a_unit_everywhere():
             if re.match(r"^[a-z_]+ *=", line):
                 key = line.split("=")[0].strip()
                 assert "#" in line and len(line.split("#", 1)[1].strip()) >= 10, f"{name}.toml: {key}"
-    readme = (ROOT / "README.md").read_text()
-    for name in FIELDS:
-        assert re.search(rf"^\| `{name}` \|", readme, re.M), f"README parameter table lacks {name}"
+    # docs/presets.md carries the table generated from the FeatureConfig fields, unedited.
+    presets_doc = (ROOT / "docs" / "presets.md").read_text()
+    assert parameter_table() in presets_doc
     for name in preset_names():
-        assert f"`{name}`" in readme, f"README does not describe preset {name}"
+        assert f"`{name}`" in presets_doc, f"docs/presets.md does not describe preset {name}"
 
 
 def test_presets_are_package_data():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["precompute"]
     shipped = {p.name for pattern in patterns for p in (ROOT / "precompute").glob(pattern)}
-    assert shipped == {f"{name}.toml" for name in preset_names()}
+    assert shipped == {f"{name}.toml" for name in preset_names() if name != "default"}
 
 
 def test_set_values_take_the_parameter_type():

@@ -9,21 +9,22 @@ import numpy as np
 import pytest
 
 from audio_fixtures import read_arrays, run_tiny, write_dataset
-from loader.errors import FormatError
-from loader.format import INDEX_FILE, read_index
+from melshards.errors import FormatError
+from melshards.index import read_index
+from melshards.names import INDEX_FILE
 
 # Each snippet patches one step of a sequential (jobs=1) run so that the process kills itself
 # with SIGKILL there: no cleanup handler, no finally block runs.
 KILL_POINTS = {
     "before any shard": """
-        import precompute.pipeline as target
+        import precompute.run as target
         original = target.build_shard
         def patched(*a, **k):
             die()
         target.build_shard = patched
     """,
     "mid-shard": """
-        import precompute.shards as target
+        import melshards.shard as target
         calls = []
         original = target.ShardStats.add
         def patched(self, mel):
@@ -34,7 +35,7 @@ KILL_POINTS = {
         target.ShardStats.add = patched
     """,
     "between shards": """
-        import precompute.shards as target
+        import melshards.shard as target
         calls = []
         original = target.fsync_dir
         def patched(path):
@@ -45,7 +46,7 @@ KILL_POINTS = {
         target.fsync_dir = patched
     """,
     "while writing the index": """
-        import precompute.shards as target
+        import melshards.index as target
         def patched(path, text):
             tmp = path.with_name("." + path.name + ".123.tmp")
             tmp.write_text(text[: len(text) // 2])
@@ -62,7 +63,7 @@ from audio_fixtures import TINY
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 {patch}
-from precompute.pipeline import run_features
+from precompute.run import run_features
 run_features(audio_dir=Path({audio!r}), tp=Path({tp!r}), fp=Path({fp!r}), out=Path({out!r}),
              config=TINY, jobs=1, progress=False)
 """

@@ -1,4 +1,4 @@
-"""Tests for the synthetic RFCX dataset (precompute/demo.py)."""
+"""Tests for the synthetic RFCX dataset (the precompute/demo package)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from loader.errors import ConfigError
+from melshards.errors import ConfigError
 from precompute import demo
+from precompute.demo.render import _render_call
+from precompute.demo.scene import PITCH_JITTER, TICKS, _sample_call, sample_scene
+from precompute.demo.splits import MAX_CALLS_PER_BOUT, plan_split
 
 SMALL = {"recordings": 6, "test_recordings": 2, "seconds": 20.0, "progress": False}
 HEADER = "recording_id,species_id,songtype_id,t_min,f_min,t_max,f_max"
@@ -107,8 +110,8 @@ def test_rows_are_valid_boxes(small):
             assert int(row["songtype_id"]) == species.songtype
             scale = species.confuser if name == "train_fp.csv" else 1.0
             low, high = (f * scale for f in species.band)
-            assert low * (1 - demo.PITCH_JITTER) - 0.01 <= f_min <= low * (1 + demo.PITCH_JITTER) + 0.01
-            assert high * (1 - demo.PITCH_JITTER) - 0.01 <= f_max <= high * (1 + demo.PITCH_JITTER) + 0.01
+            assert low * (1 - PITCH_JITTER) - 0.01 <= f_min <= low * (1 + PITCH_JITTER) + 0.01
+            assert high * (1 - PITCH_JITTER) - 0.01 <= f_max <= high * (1 + PITCH_JITTER) + 0.01
             length = t_max - t_min
             assert species.duration[0] - 1e-4 <= length <= species.duration[1] + 1e-4
 
@@ -215,7 +218,7 @@ def test_species_table_is_varied_and_confusers_stay_apart():
     assert set(shapes) == {"whistle", "upsweep", "downsweep", "trill", "harmonic", "clicks", "buzz"}
     assert {s.songtype for s in demo.SPECIES} == {1, 4}
     for species in demo.SPECIES:
-        assert species.band[0] >= 500 and species.band[1] * (1 + demo.PITCH_JITTER) <= 14000
+        assert species.band[0] >= 500 and species.band[1] * (1 + PITCH_JITTER) <= 14000
         assert 0.3 <= species.duration[0] <= species.duration[1] <= 3.0
 
     def centre(band, scale=1.0):
@@ -236,9 +239,9 @@ def test_species_table_is_varied_and_confusers_stay_apart():
 def test_call_energy_lies_inside_its_label_band(index):
     templates = demo.SPECIES + demo.DISTRACTORS
     rng = np.random.default_rng(index)
-    call = demo._sample_call(templates[index], rng=rng, kind="tp", species_id=index)
-    n = call.duration * 48000 // demo.TICKS
-    wave = demo._render_call(call, n=n, sample_rate=48000)
+    call = _sample_call(templates[index], rng=rng, kind="tp", species_id=index)
+    n = call.duration * 48000 // TICKS
+    wave = _render_call(call, n=n, sample_rate=48000)
     assert wave.dtype == np.float32 and wave.shape == (n,)
     assert np.mean(wave.astype(np.float64) ** 2) == pytest.approx(1.0, rel=1e-3)
     power = np.abs(np.fft.rfft(wave.astype(np.float64))) ** 2
@@ -252,14 +255,14 @@ def test_call_energy_lies_inside_its_label_band(index):
 
 
 def test_default_plan_gives_every_species_twenty_calls():
-    plans = demo._plan_split(seed=0, split="train", count=96)
+    plans = plan_split(seed=0, split="train", count=96)
     calls = Counter()
     appearances = Counter()
     for plan in plans:
         assert 1 <= len(plan.bouts) <= 3
         assert len({s for s, _ in plan.bouts}) == len(plan.bouts)
         for species, n_calls in plan.bouts:
-            assert 1 <= n_calls <= demo.MAX_CALLS_PER_BOUT
+            assert 1 <= n_calls <= MAX_CALLS_PER_BOUT
             calls[species] += n_calls
             appearances[species] += 1
     assert min(calls[s] for s in range(24)) >= 20
@@ -270,16 +273,16 @@ def test_default_plan_gives_every_species_twenty_calls():
 
 
 def test_default_scenes_place_every_call_and_overlap_some():
-    plans = demo._plan_split(seed=0, split="train", count=96)
+    plans = plan_split(seed=0, split="train", count=96)
     overlapping = 0
     for index, plan in enumerate(plans):
         rng = np.random.default_rng(index)
-        scene = demo._sample_scene(plan, rng=rng, sample_rate=48000, n_samples=60 * 48000)
+        scene = sample_scene(plan, rng=rng, sample_rate=48000, n_samples=60 * 48000)
         tp = [c for c in scene.calls if c.kind == "tp"]
         fp = [c for c in scene.calls if c.kind == "fp"]
         assert len(tp) == sum(n for _, n in plan.bouts)
         assert len(fp) == len(plan.confusers)
-        assert all(c.start >= 0 and c.stop <= 60 * demo.TICKS for c in scene.calls)
+        assert all(c.start >= 0 and c.stop <= 60 * TICKS for c in scene.calls)
         overlapping += any(
             a.start < b.stop and b.start < a.stop for a in tp for b in tp if a.species_id < b.species_id
         )

@@ -10,8 +10,8 @@ import pytest
 from experiments import predict, train
 from experiments.metrics import lwlrap
 from loader import ShardSequence
-from loader.errors import ExperimentError
-from loader.format import read_index
+from melshards.errors import ExperimentError
+from melshards.index import read_index
 from synthetic_features import make_feature_set
 
 

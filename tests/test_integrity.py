@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from loader import ShardSequence
-from loader.errors import FormatError
-from loader.format import INDEX_FILE, sha256_file
+from melshards.errors import FormatError
+from melshards.files import sha256_file
+from melshards.names import INDEX_FILE
 from synthetic_features import make_feature_set
 
 

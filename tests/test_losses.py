@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from experiments.losses import MaskedBinaryCrossentropy
-from loader.errors import ConfigError
+from melshards.errors import ConfigError
 
 # 2 samples x 3 classes; mask 0 = unknown label (no TP or FP annotation)
 Y = np.array([[1, 0, 0], [0, 1, 0]], dtype="float32")

@@ -1,8 +1,8 @@
 import pytest
 
 from audio_fixtures import HEADER
-from loader.errors import ManifestError
-from loader.format import KIND_FP, KIND_TP
+from melshards.errors import ManifestError
+from melshards.names import EVENT_FP, EVENT_TP
 from precompute.manifest import RowTable, drop_duplicates, read_manifest
 
 
@@ -14,7 +14,7 @@ def write(tmp_path, body, name="train_tp.csv", header=HEADER):
 
 def test_valid_rows_are_parsed_with_their_lines(tmp_path):
     path = write(tmp_path, "r1,3,1,1.5,100,2.5,900.5\nr2,0,4,0,50,10,80\n")
-    rows, failures = read_manifest(path, kind=KIND_TP, n_classes=24)
+    rows, failures = read_manifest(path, kind=EVENT_TP, n_classes=24)
     assert failures == []
     assert [
         (r.recording_id, r.species_id, r.songtype_id, r.t_min, r.t_max, r.f_max, r.line) for r in rows
@@ -22,7 +22,7 @@ def test_valid_rows_are_parsed_with_their_lines(tmp_path):
         ("r1", 3, 1, 1.5, 2.5, 900.5, 2),
         ("r2", 0, 4, 0.0, 10.0, 80.0, 3),
     ]
-    assert all(r.kind == KIND_TP for r in rows)
+    assert all(r.kind == EVENT_TP for r in rows)
 
 
 BAD_ROWS = [
@@ -42,7 +42,7 @@ BAD_ROWS = [
 @pytest.mark.parametrize(("row", "message"), BAD_ROWS)
 def test_bad_row_is_skipped_with_file_and_line_and_good_rows_kept(tmp_path, row, message):
     path = write(tmp_path, f"good,1,1,0.5,10,1.5,20\n{row}\ngood2,2,1,0.5,10,1.5,20\n")
-    rows, failures = read_manifest(path, kind=KIND_TP, n_classes=24)
+    rows, failures = read_manifest(path, kind=EVENT_TP, n_classes=24)
     assert [r.recording_id for r in rows] == ["good", "good2"]
     assert len(failures) == 1
     assert failures[0].to_record()["message"].startswith(f"train_tp.csv {message}")
@@ -52,32 +52,32 @@ def test_bad_row_is_skipped_with_file_and_line_and_good_rows_kept(tmp_path, row,
 def test_fail_policy_raises_at_the_first_bad_row(tmp_path, row, message):
     path = write(tmp_path, f"good,1,1,0.5,10,1.5,20\n{row}\n")
     with pytest.raises(ManifestError, match=f"^train_tp.csv {message}"):
-        read_manifest(path, kind=KIND_TP, n_classes=24, on_error="fail")
+        read_manifest(path, kind=EVENT_TP, n_classes=24, on_error="fail")
 
 
 def test_blank_lines_are_skipped_and_do_not_shift_line_numbers(tmp_path):
     path = write(tmp_path, "r1,3,1,1.5,100,2.5,900.5\n\n,,,,,,\n  \nr2,0,4,0,50,10,80\n")
-    rows, failures = read_manifest(path, kind=KIND_TP, n_classes=24)
+    rows, failures = read_manifest(path, kind=EVENT_TP, n_classes=24)
     assert [(r.recording_id, r.line) for r in rows] == [("r1", 2), ("r2", 6)] and failures == []
 
 
 def test_missing_and_extra_columns_are_file_level_errors(tmp_path):
     missing = write(tmp_path, "r1,1,1,0,1\n", header="recording_id,species_id,songtype_id,t_min,t_max\n")
     with pytest.raises(ManifestError, match=r"train_tp.csv line 1: missing column\(s\) f_min, f_max"):
-        read_manifest(missing, kind=KIND_TP, n_classes=24)
+        read_manifest(missing, kind=EVENT_TP, n_classes=24)
     extra = write(tmp_path, "r1,1,1,0,1,2,3,x\n", name="fp.csv", header=HEADER.strip() + ",comment\n")
     with pytest.raises(ManifestError, match=r"fp.csv line 1: unexpected column\(s\) comment"):
-        read_manifest(extra, kind=KIND_FP, n_classes=24)
+        read_manifest(extra, kind=EVENT_FP, n_classes=24)
 
 
 def test_missing_manifest_names_the_file(tmp_path):
     with pytest.raises(ManifestError, match="nope.csv: manifest not found"):
-        read_manifest(tmp_path / "nope.csv", kind=KIND_TP, n_classes=24)
+        read_manifest(tmp_path / "nope.csv", kind=EVENT_TP, n_classes=24)
 
 
 def test_duplicates_keep_the_first_and_name_it(tmp_path):
     path = write(tmp_path, "r1,1,1,0.5,10,1.5,20\nr2,1,1,0.5,10,1.5,20\nr1,1,1,0.5,10,1.5,20\n")
-    rows, _ = read_manifest(path, kind=KIND_TP, n_classes=24)
+    rows, _ = read_manifest(path, kind=EVENT_TP, n_classes=24)
     kept, dups = drop_duplicates(RowTable.from_rows(rows))
     assert [r.line for r in kept] == [2, 3]
     assert dups[0].to_record()["message"] == "train_tp.csv line 4: duplicate of train_tp.csv line 2"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from experiments.metrics import Lwlrap, Top1, class_lwlrap, lwlrap, positive_precisions, top1
-from loader.errors import ConfigError
+from melshards.errors import ConfigError
 
 # Four samples, three classes. Worked by hand (rank = classes scored >= the class):
 #   sample 0: truth {0, 2}, scores .9 .5 .1 -> class 0 rank 1, 1 hit: 1; class 2 rank 3, 2 hits: 2/3

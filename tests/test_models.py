@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from experiments.models import available_models, build_model
-from loader.errors import ConfigError
+from melshards.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", available_models())

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from audio_fixtures import TINY, read_arrays, run_tiny, write_dataset
-from loader.errors import AudioError, ConfigError
-from loader.format import INDEX_FILE, read_index
+from melshards.errors import AudioError, ConfigError
+from melshards.index import read_index
+from melshards.names import INDEX_FILE
 from precompute.audio import decode
 from precompute.cli import main
 from precompute.mel import log_mel
-from precompute.pipeline import run_windows
+from precompute.run import run_windows
 from precompute.windows import place_window
 
 
@@ -79,8 +80,8 @@ def test_index_totals_and_stats(built):
     data = read_arrays(root / "feat")
     assert index.n_examples == len(data["mel"]) == summary.examples
     mel = data["mel"].astype(np.float64)
-    np.testing.assert_allclose(index.stats["mean"], mel.mean(axis=(0, 2)), atol=1e-5)
-    np.testing.assert_allclose(index.stats["std"], mel.std(axis=(0, 2)), atol=1e-4)
+    np.testing.assert_allclose(index.stats.mean, mel.mean(axis=(0, 2)), atol=1e-5)
+    np.testing.assert_allclose(index.stats.std, mel.std(axis=(0, 2)), atol=1e-4)
 
 
 def test_rerun_reuses_every_shard_and_touching_a_file_rebuilds_only_its_shard(built, tmp_path):

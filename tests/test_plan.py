@@ -10,20 +10,20 @@ import pytest
 import soundfile as sf
 
 from audio_fixtures import HEADER, TINY
-from loader.errors import ConfigError, ManifestError
-from loader.format import KIND_FP, KIND_TP
+from melshards.errors import ConfigError, ManifestError
+from melshards.names import EVENT_FP, EVENT_TP
 from precompute.manifest import ROW_DTYPE, Row, RowTable, drop_duplicates, read_manifest
 from precompute.plan import plan_labelled, plan_manifests
 
 
-def row(recording_id, t_min, *, species=1, kind=KIND_TP, line=2, source="tp.csv", path=None):
+def row(recording_id, t_min, *, species=1, kind=EVENT_TP, line=2, source="tp.csv", path=None):
     return Row(recording_id, species, 1, t_min, 100.0, t_min + 1.0, 900.0, kind, source, line, path)
 
 
 def test_row_table_round_trips_rows_and_keeps_only_the_strings_it_uses():
     rows = [
         row("b", 2.5, line=2),
-        row("a", 0.5, species=3, kind=KIND_FP, line=7, source="fp.csv", path="sub/a.wav"),
+        row("a", 0.5, species=3, kind=EVENT_FP, line=7, source="fp.csv", path="sub/a.wav"),
         row("c", 1.0, line=3),
     ]
     table = RowTable.from_rows(iter(rows), chunk=2)
@@ -49,8 +49,8 @@ def test_duplicates_are_found_across_recordings_and_files_in_reading_order(tmp_p
         HEADER + "r1,1,1,0.5,10,1.5,20\nr2,1,1,0.5,10,1.5,20\nr2,1,1,0.5,10,1.5,20\nr1,1,1,0.5,10,1.5,20\n"
     )
     (tmp_path / "fp.csv").write_text(HEADER + "r1,1,1,0.5,10,1.5,20\nr1,1,1,0.5,10,1.5,20\n")
-    tp, _ = read_manifest(tmp_path / "tp.csv", kind=KIND_TP, n_classes=4)
-    fp, _ = read_manifest(tmp_path / "fp.csv", kind=KIND_FP, n_classes=4)
+    tp, _ = read_manifest(tmp_path / "tp.csv", kind=EVENT_TP, n_classes=4)
+    fp, _ = read_manifest(tmp_path / "fp.csv", kind=EVENT_FP, n_classes=4)
     kept, dropped = drop_duplicates(RowTable.from_rows(tp + fp))
     # An FP row never duplicates a TP row: the kind is part of the content.
     assert [(r.source, r.line) for r in kept] == [("tp.csv", 2), ("tp.csv", 3), ("fp.csv", 2)]
@@ -70,7 +70,7 @@ def test_a_recordings_rows_are_sorted_and_packed_whole(tmp_path):
         row("b", 3.0, line=2),
         row("a", 1.0, line=3),
         row("b", 1.0, line=4, species=2),
-        row("b", 1.0, line=5, species=0, kind=KIND_FP),
+        row("b", 1.0, line=5, species=0, kind=EVENT_FP),
         row("b", 1.0, line=6, species=0),
         row("c", 0.0, line=7),
     ]

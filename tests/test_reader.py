@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from loader import kernels
-from loader.errors import FormatError, IntegrityError
-from loader.format import INDEX_FILE, crop_span, label_rows, overlap_mask
 from loader.reader import FeatureSet, MelReader
+from melshards.config import crop_span
+from melshards.errors import FormatError, IntegrityError
+from melshards.labels import label_rows, overlap_mask
+from melshards.names import INDEX_FILE
 from synthetic_features import decode_example, decode_frames, expected_mel, make_feature_set
 
 
@@ -152,13 +154,13 @@ def test_crop_labels_follow_the_crop_and_min_overlap(features):
 
 def test_crop_labels_by_hand(tmp_path):
     # One event [2.0, 2.5] s; window stored from 1.0 s, 100 frames/s, crops of 101 frames.
-    from loader.format import KIND_TP
+    from melshards.names import EVENT_TP
 
     fs = FeatureSet(make_feature_set(tmp_path / "one", n_recordings=1, per_recording=1))
     fs.start[:] = 1.0
     fs.event_ptr = np.array([0, 2])
     fs.event_species = np.array([2, 1])
-    fs.event_kind = np.array([KIND_TP, 0], dtype=np.int8)  # species 1 is a confirmed FP
+    fs.event_kind = np.array([EVENT_TP, 0], dtype=np.int8)  # species 1 is a confirmed FP
     fs.event_t_min = np.array([2.0, 1.0])
     fs.event_t_max = np.array([2.5, 1.1])
     # crop at frame 0: [1.0, 2.0] -> TP overlaps 0 s (no); FP fully inside -> known negative

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from loader import sampler
-from loader.errors import ConfigError
+from melshards.errors import ConfigError
 
 
 def grouped_labels(n_recordings=60, seed=0, n_classes=6):

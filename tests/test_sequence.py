@@ -12,8 +12,8 @@ import pytest
 
 from loader import ShardSequence
 from loader.augment import Augment
-from loader.errors import ConfigError, FormatError
 from loader.reader import FeatureSet
+from melshards.errors import ConfigError, FormatError
 from synthetic_features import decode_example, decode_frames, make_feature_set
 
 N_FRAMES, CROP, CENTER = 151, 101, 25

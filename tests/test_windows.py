@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from audio_fixtures import TINY
-from loader.format import KIND_FP, KIND_TP, crop_span, overlap_mask
+from melshards.config import crop_span
+from melshards.labels import overlap_mask
+from melshards.names import EVENT_FP, EVENT_TP
 from precompute.windows import place_window, sliding_starts, window_events
 
 
@@ -49,10 +51,10 @@ def events(*rows):
 def test_multilabel_window_with_tp_fp_and_unknown():
     config = TINY  # window 2.5 s stored, centred 2 s crop, min_overlap 0.2
     ev = events(
-        (0, KIND_TP, 1.0, 2.0),  # inside the crop -> positive
-        (1, KIND_FP, 1.5, 1.9),  # FP only -> confirmed negative
-        (2, KIND_TP, 0.0, 0.3),  # only in the left context -> stored, not labelled
-        (3, KIND_TP, 5.0, 6.0),  # outside the stored window -> dropped
+        (0, EVENT_TP, 1.0, 2.0),  # inside the crop -> positive
+        (1, EVENT_FP, 1.5, 1.9),  # FP only -> confirmed negative
+        (2, EVENT_TP, 0.0, 0.3),  # only in the left context -> stored, not labelled
+        (3, EVENT_TP, 5.0, 6.0),  # outside the stored window -> dropped
     )
     labels, stored = window_events(ev, 0.0, config=config)
     t0, t1 = crop_span(config, 0.0, (config.n_frames - config.crop_frames) // 2, config.crop_frames)
@@ -62,13 +64,13 @@ def test_multilabel_window_with_tp_fp_and_unknown():
 
 
 def test_tp_wins_over_fp_of_the_same_species():
-    ev = events((1, KIND_FP, 1.0, 1.5), (1, KIND_TP, 1.2, 2.0))
+    ev = events((1, EVENT_FP, 1.0, 1.5), (1, EVENT_TP, 1.2, 2.0))
     labels, _ = window_events(ev, 0.0, config=TINY)
     np.testing.assert_array_equal(labels, [-1, 1, -1, -1])
 
 
 def test_min_overlap_parameter_changes_the_label():
-    ev = events((0, KIND_TP, 2.0, 3.0))  # overlaps the crop [0.24, 2.24] by 0.24 s
+    ev = events((0, EVENT_TP, 2.0, 3.0))  # overlaps the crop [0.24, 2.24] by 0.24 s
     strict = dataclasses.replace(TINY, min_overlap=0.5)
     assert window_events(ev, 0.0, config=TINY)[0][0] == 1
     assert window_events(ev, 0.0, config=strict)[0][0] == -1

@@ -1,94 +1,32 @@
-"""inspect, preview and verify on synthetic feature sets whose every stored value is known."""
+"""Preview pictures (``experiments.pictures``, ``precompute preview``) of synthetic feature sets."""
 
 import re
 
-import h5py
 import numpy as np
 import pytest
 from PIL import Image
 
-from loader import Augment
-from loader.format import KIND_TP, read_index
-from precompute.cli import main
-from precompute.report import (
-    WIDTH,
+from experiments.pictures import (
     augment_figure,
     augment_path,
     choose_examples,
-    inspect_lines,
     parse_classes,
     preview,
     preview_figure,
 )
+from loader import Augment
+from melshards.index import read_index
+from melshards.names import EVENT_TP
+from precompute.cli import main
 from synthetic_features import expected_mel, make_feature_set
-
-
-@pytest.fixture(scope="module")
-def feats(tmp_path_factory):
-    # A long directory name: inspect must still fit WIDTH columns.
-    root = tmp_path_factory.mktemp("report") / ("a-rather-long-directory-name-" * 3) / "feat"
-    return make_feature_set(root, n_recordings=10, per_recording=4, n_classes=4, seed=5)
-
-
-@pytest.fixture(scope="module")
-def table(feats):
-    """Per-example metadata read with plain h5py, in global example order."""
-    index = read_index(feats)
-    cols = {k: [] for k in ("species", "kind", "labels", "rid", "start", "t_min", "t_max")}
-    for entry in index.shards:
-        with h5py.File(feats / entry.file, "r") as h5:
-            cols["species"].append(h5["anchor/species_id"][:])
-            cols["kind"].append(h5["anchor/kind"][:])
-            cols["labels"].append(h5["labels"][:])
-            cols["rid"].append(h5["recording_id"].asstr()[:])
-            cols["start"].append(h5["start"][:])
-            cols["t_min"].append(h5["anchor/t_min"][:])
-            cols["t_max"].append(h5["anchor/t_max"][:])
-    return {k: np.concatenate(v) for k, v in cols.items()}
 
 
 def candidates(table, c):
     return [
         i
         for i in range(len(table["species"]))
-        if table["species"][i] == c and table["kind"][i] == KIND_TP and table["labels"][i, c] == 1
+        if table["species"][i] == c and table["kind"][i] == EVENT_TP and table["labels"][i, c] == 1
     ]
-
-
-# -- inspect ---------------------------------------------------------------------------------
-
-
-def test_inspect_fits_100_columns_and_prints_the_real_values(feats, table):
-    lines = inspect_lines(feats)
-    assert max(len(line) for line in lines) <= WIDTH == 100
-    text = "\n".join(lines)
-    assert "examples     40 from 10 recordings in 5 shards" in text
-    assert "example      mel (16, 151) float16: 16 mel bands x 151 frames (1.5 s)" in text
-    assert "model input  (16, 101, 1): 1 s, cropped inside 0.25 s of context on each side" in text
-    # The resolved config: every parameter with its value and unit.
-    assert re.search(r"^  sample_rate +16000  Hz +audio is resampled", text, re.M)
-    assert re.search(r"^  hop_length +160  samples +step between STFT frames", text, re.M)
-    assert re.search(r"^  n_mels +16  bands ", text, re.M)
-    assert re.search(r"^  top_db +80  dB ", text, re.M)
-    assert re.search(r"^  compression +none  filter ", text, re.M)
-    # The class table, two classes per line: counts from the labels themselves.
-    labels = table["labels"]
-    for c in range(4):
-        pos, fp, unknown = ((labels[:, c] == v).sum() for v in (1, 0, -1))
-        recs = len(set(table["rid"][labels[:, c] == 1]))
-        assert re.search(rf"(^|    ) +{c} +{pos} +{fp} +{unknown} +{recs}( |$)", text, re.M), c
-    multi = int(((labels == 1).sum(axis=1) > 1).sum())
-    assert f"examples with more than one positive class: {multi} of 40" in text
-
-
-def test_cli_inspect_of_a_missing_feature_set_is_one_line_with_status_2(tmp_path, capsys):
-    assert main(["inspect", str(tmp_path / "nope")]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert (
-        captured.err
-        == f"precompute inspect: error: {tmp_path / 'nope' / 'index.json'}: no index; not a finished feature set\n"
-    )
 
 
 # -- choosing examples -------------------------------------------------------------------------

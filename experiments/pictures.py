@@ -1,213 +1,32 @@
-"""Looking at a finished feature set: ``inspect``, ``preview`` and ``verify``.
+"""Pictures of a feature set: example spectrograms per class, and what augmentation does.
 
-``inspect_lines`` is the terminal report (at most ``WIDTH`` columns); ``preview_figure`` and
-``augment_figure`` build the pictures as matplotlib Figures (Agg backend, no display needed)
-and ``preview`` writes them as PNG files.
+``precompute preview`` draws these. They live with the experiments because they show what the
+loader feeds a model (its reader and its default augmentation); matplotlib is needed only here.
+``preview_figure`` and ``augment_figure`` build matplotlib Figures (Agg backend, no display
+needed) and ``preview`` writes them as PNG files.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
-from loader.errors import ConfigError, FormatError
-from loader.format import (
-    FAILURES_FILE,
-    KIND_TP,
-    LABEL_NEGATIVE,
-    LABEL_POSITIVE,
-    LABEL_UNKNOWN,
-    FeatureConfig,
-    center_offset,
-    check_shard_file,
-    read_index,
-    sha256_file,
-)
-from precompute.config import PARAMETERS
+from loader.augment import Augment
+from loader.reader import FeatureSet, MelReader
+from melshards.config import FeatureConfig, center_offset
+from melshards.console import log
+from melshards.errors import ConfigError
+from melshards.names import EVENT_TP, LABEL_POSITIVE, SET_LABELLED
+from melshards.shard import open_shard, read_anchors
 
-WIDTH = 100  # columns: inspect's lines fit a terminal this wide
 CMAP = "magma"
 
 
-def fit(text: str, width: int = WIDTH) -> str:
-    """``text`` cut to ``width`` columns, with "..." in the middle where something was cut."""
-    if len(text) <= width:
-        return text
-    keep = width - 3
-    return text[: keep - keep // 3] + "..." + text[len(text) - keep // 3 :]
-
-
-# ---------------------------------------------------------------------------------------------
-# inspect
-
-
-def _labels_and_recordings(root: Path) -> tuple[np.ndarray, list[str]]:
-    index = read_index(root)
-    labels, recordings = [], []
-    for entry in index.shards:
-        with h5py.File(index.shard_path(entry), "r", locking=False) as h5:
-            labels.append(h5["labels"][:])
-            recordings += [r.decode() for r in h5["recording_id"][:]]
-    n_classes = index.config.n_classes
-    return (np.concatenate(labels) if labels else np.zeros((0, n_classes), np.int8)), recordings
-
-
-def _value_text(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def config_lines(config: FeatureConfig, *, indent: str = "  ") -> list[str]:
-    """One line per parameter: name, value, unit, meaning (each fits ``WIDTH`` columns)."""
-    values = {name: _value_text(value) for name, value in config.to_dict().items()}
-    width = max(8, *(len(text) for text in values.values()))
-    lines = []
-    for name, text in values.items():
-        unit, meaning = PARAMETERS[name]
-        lines.append(fit(f"{indent}{name:<12} {text:>{width}}  {unit:<8}  {meaning}"))
-    return lines
-
-
-def _value_summary(index_stats: dict, config: FeatureConfig) -> str:
-    mean = np.asarray(index_stats.get("mean", []), dtype=np.float64)
-    std = np.asarray(index_stats.get("std", []), dtype=np.float64)
-    what = (
-        "normalized log-mel in [0, 1] (per-slice min-max)"
-        if config.normalize == "minmax"
-        else "log-mel in dB"
-    )
-    if mean.size == 0 or mean.size != std.size:
-        return what
-    # Every bin has the same number of values, so the pooled moments are plain averages.
-    overall = float(mean.mean())
-    pooled = float(np.sqrt(max(float((std**2 + mean**2).mean()) - overall**2, 0.0)))
-    return f"{what}; mean {overall:.3f}, std {pooled:.3f}"
-
-
-def inspect_lines(root: str | Path) -> list[str]:
-    """The summary a user wants before training, as lines of at most ``WIDTH`` columns."""
-    root = Path(root)
-    index = read_index(root)
-    cfg = index.config
-    labels, recordings = _labels_and_recordings(root)
-    disk = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
-    raw = index.n_examples * cfg.n_mels * cfg.n_frames * np.dtype(cfg.dtype).itemsize
-    failures = f"{index.failures}" + (f" (see {root / FAILURES_FILE})" if index.failures else "")
-    lines = [
-        f"feature set  {root}",
-        f"kind         {index.kind}, format v{index.raw['format']['version']}, fingerprint {index.fingerprint}",
-        f"examples     {index.n_examples} from {len(set(recordings))} recordings in {len(index.shards)} shards",
-        f"disk         {disk / 1e6:.1f} MB ({raw / 1e6:.1f} MB of mel arrays)",
-        f"example      mel ({cfg.n_mels}, {cfg.n_frames}) {cfg.dtype}: {cfg.n_mels} mel bands x "
-        f"{cfg.n_frames} frames ({cfg.window_seconds:g} s)",
-        f"model input  ({cfg.n_mels}, {cfg.crop_frames}, 1): {cfg.duration:g} s, cropped inside "
-        f"{cfg.context:g} s of context on each side",
-        f"values       {_value_summary(index.stats, cfg)}",
-        f"failures     {failures}",
-        "",
-        f"config (preset {cfg.preset}; change with --preset, --config FILE or --set key=value)",
-        *config_lines(cfg),
-    ]
-    if index.kind == "labelled" and len(labels):
-        lines += ["", *_class_table(labels, np.array(recordings), index.classes)]
-    return [fit(line) for line in lines]
-
-
-def _class_table(labels: np.ndarray, recordings: np.ndarray, classes: tuple[int, ...]) -> list[str]:
-    """Label counts per class, two classes per line."""
-    head = "class   pos    FP  unknown  recs"
-    cells = []
-    for c in classes:
-        pos = labels[:, c] == LABEL_POSITIVE
-        cells.append(
-            f"{c:>5} {int(pos.sum()):>5} {int((labels[:, c] == LABEL_NEGATIVE).sum()):>5} "
-            f"{int((labels[:, c] == LABEL_UNKNOWN).sum()):>8} {len(set(recordings[pos])):>5}"
-        )
-    half = math.ceil(len(cells) / 2)
-    rows = [
-        "labels per class (pos: a TP counts in the centred crop; FP: only a confirmed false positive does;",
-        "unknown: neither; recs: recordings with a positive)",
-        f"{head}    {head}",
-    ]
-    for i in range(half):
-        right = cells[i + half] if i + half < len(cells) else ""
-        rows.append(f"{cells[i]}    {right}".rstrip())
-    multi = int(((labels == LABEL_POSITIVE).sum(axis=1) > 1).sum())
-    rows.append(f"examples with more than one positive class: {multi} of {labels.shape[0]}")
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# verify
-
-
-def verify(root: str | Path, *, progress: bool = False) -> list[str]:
-    """Re-check every shard against the index; one line per problem (empty: all good).
-
-    Checks the sha256 of each file, its schema and fingerprint against the index, and reads
-    every ``mel`` chunk through HDF5's fletcher32 filter.
-    """
-    from tqdm.auto import tqdm
-
-    root = Path(root)
-    try:
-        index = read_index(root)
-    except FormatError as err:
-        return [str(err)]
-    problems = []
-    listed = {entry.file for entry in index.shards}
-    total = sum(entry.n for entry in index.shards)
-    with tqdm(total=total, unit="example", desc=f"verify {root.name}", disable=not progress) as bar:
-        for entry in index.shards:
-            problems += _verify_shard(index, entry)
-            bar.update(entry.n)
-    for path in sorted(root.glob("shard-*.h5")):
-        if path.name not in listed:
-            problems.append(f"{path}: not listed in the index (ignored by readers)")
-    return problems
-
-
-def _verify_shard(index, entry) -> list[str]:
-    path = index.shard_path(entry)
-    if not path.is_file():
-        return [f"{path}: missing (listed in the index)"]
-    problems = []
-    digest = sha256_file(path)
-    if digest != entry.sha256:
-        problems.append(f"{path}: sha256 {digest[:12]}... disagrees with the index ({entry.sha256[:12]}...)")
-    try:
-        with h5py.File(path, "r", locking=False) as h5:
-            check_shard_file(h5, entry, index.config, path=path)
-            mel = h5["mel"]
-            buf = np.empty(mel.shape[1:], dtype=mel.dtype)
-            for i in range(mel.shape[0]):
-                try:
-                    mel.read_direct(buf, np.s_[i])
-                except OSError as err:
-                    problems.append(f"{path}: example {i}: checksum or read error ({err})")
-            if not np.all(np.isin(h5["labels"][:], (-1, 0, 1))):
-                problems.append(f"{path}: labels hold values other than -1, 0, 1")
-    except FormatError as err:
-        problems.append(str(err))
-    except OSError as err:
-        problems.append(f"{path}: unreadable HDF5: {err}")
-    return problems
-
-
-# ---------------------------------------------------------------------------------------------
-# preview
-
-
 @dataclass(frozen=True)
-class Example:
+class Pick:
     """One stored example chosen for a picture."""
 
     id: int  # global example id (shard by shard, in index order)
@@ -222,9 +41,9 @@ def _anchors(features) -> dict[str, np.ndarray]:
     names = ("species_id", "kind", "t_min", "t_max", "f_min", "f_max")
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for layout in features.shards:
-        with h5py.File(layout.path, "r", locking=False) as h5:
-            for name in names:
-                parts[name].append(h5[f"anchor/{name}"][()])
+        with open_shard(layout.path) as h5:
+            for name, values in read_anchors(h5, names).items():
+                parts[name].append(values)
     return {name: np.concatenate(parts[name]) if parts[name] else np.zeros(0) for name in names}
 
 
@@ -249,7 +68,7 @@ def parse_classes(text: str | None, *, classes: tuple[int, ...]) -> tuple[int, .
     return tuple(chosen)
 
 
-def choose_examples(features, *, classes: tuple[int, ...], per_class: int) -> dict[int, list[Example]]:
+def choose_examples(features, *, classes: tuple[int, ...], per_class: int) -> dict[int, list[Pick]]:
     """Up to ``per_class`` examples anchored on a TP call of each class, chosen deterministically.
 
     Candidates are the examples cut around a TP row of the class whose label is positive; they
@@ -257,11 +76,11 @@ def choose_examples(features, *, classes: tuple[int, ...], per_class: int) -> di
     sorted by id (then by start time), so the same feature set always gives the same picture.
     """
     anchors = _anchors(features)
-    chosen: dict[int, list[Example]] = {}
+    chosen: dict[int, list[Pick]] = {}
     for c in classes:
         ids = np.flatnonzero(
             (anchors["species_id"] == c)
-            & (anchors["kind"] == KIND_TP)
+            & (anchors["kind"] == EVENT_TP)
             & (features.labels[:, c] == LABEL_POSITIVE)
         )
         order = sorted(ids, key=lambda i: (features.recording_id[i], features.start[i]))
@@ -275,7 +94,7 @@ def choose_examples(features, *, classes: tuple[int, ...], per_class: int) -> di
         if len(firsts) >= per_class:
             pool = [firsts[int(round(j))] for j in np.linspace(0, len(firsts) - 1, per_class)]
         chosen[c] = [
-            Example(
+            Pick(
                 id=int(i),
                 recording_id=str(features.recording_id[i]),
                 start=float(features.start[i]),
@@ -292,20 +111,18 @@ def choose_examples(features, *, classes: tuple[int, ...], per_class: int) -> di
     return chosen
 
 
-def _window_examples(features, *, rows: int, per_row: int) -> dict[int, list[Example]]:
+def _window_examples(features, *, rows: int, per_row: int) -> dict[int, list[Pick]]:
     """For a windows feature set (no labels): the first windows of the first recordings."""
-    chosen: dict[int, list[Example]] = {}
+    chosen: dict[int, list[Pick]] = {}
     for row, rid in enumerate(sorted(set(features.recording_id))[:rows]):
         ids = np.flatnonzero(features.recording_id == rid)
         ids = sorted(ids, key=lambda i: features.start[i])[:per_row]
-        chosen[row] = [Example(int(i), rid, float(features.start[i]), -1, None) for i in ids]
+        chosen[row] = [Pick(int(i), rid, float(features.start[i]), -1, None) for i in ids]
     return chosen
 
 
 def _read_windows(features, ids: list[int], *, crop_start: np.ndarray | None = None, crop: int | None = None):
     """Stored examples ``ids`` (whole windows, or crops), np.ndarray [shape=(B, n_mels, frames)], float32."""
-    from loader.reader import MelReader
-
     cfg = features.config
     crop = cfg.n_frames if crop is None else crop
     starts = np.zeros(len(ids), np.int64) if crop_start is None else crop_start
@@ -382,14 +199,12 @@ def preview_figure(root: str | Path, *, per_class: int = 3, classes: str | tuple
     """
     from matplotlib.patches import Rectangle
 
-    from loader.reader import FeatureSet
-
     if per_class < 1:
         raise ConfigError(f"--per-class must be >= 1, got {per_class}")
     plt = _pyplot()
     features = FeatureSet(root)
     cfg = features.config
-    if features.kind == "labelled":
+    if features.kind == SET_LABELLED:
         wanted = classes if isinstance(classes, tuple) else parse_classes(classes, classes=features.classes)
         picks = choose_examples(features, classes=wanted, per_class=per_class)
         rows = [c for c in wanted if picks[c]]
@@ -443,11 +258,11 @@ def preview_figure(root: str | Path, *, per_class: int = 3, classes: str | tuple
                 left=col == 0,
             )
     _colorbar(fig, img, axes, label, shrink=min(1.0, 6 / len(rows) + 0.2))
-    what = "per species" if features.kind == "labelled" else "per recording (windows set)"
+    what = "per species" if features.kind == SET_LABELLED else "per recording (windows set)"
     fig.suptitle(
         f"{features.root.name}: examples {what} · {cfg.n_mels} mel bands {cfg.fmin:g}-{cfg.fmax:g} Hz, "
         f"{cfg.window_seconds:g} s windows · dashed: the {cfg.duration:g} s the model sees"
-        + (" · box: the labelled call" if features.kind == "labelled" else ""),
+        + (" · box: the labelled call" if features.kind == SET_LABELLED else ""),
         fontsize=9,
     )
     return fig
@@ -461,14 +276,11 @@ def augment_figure(root: str | Path, *, examples: int = 4, seed: int = 0, augmen
     time shift inside the stored context, gain, SpecAugment masks filled with the per-bin
     mean), drawn with one generator seeded by ``seed``, as ``ShardSequence`` applies them.
     """
-    from loader.augment import Augment
-    from loader.reader import FeatureSet
-
     plt = _pyplot()
     features = FeatureSet(root)
     cfg = features.config
     augment = Augment() if augment is None else augment
-    if features.kind == "labelled":
+    if features.kind == SET_LABELLED:
         # The first example of evenly spaced classes, so the rows differ.
         step = max(1, len(features.classes) // examples)
         picks = choose_examples(features, classes=tuple(features.classes[::step]), per_class=1)
@@ -579,8 +391,6 @@ def preview(
 ) -> dict[str, Any]:
     """Write the examples picture to ``out`` and, unless ``augment_out`` is False, the
     augmentation picture (default ``augment_path(out)``). Returns what was written."""
-    from loader.console import log
-
     fig = preview_figure(root, per_class=per_class, classes=classes)
     panels = sum(1 for ax in fig.axes if ax.get_title())
     rows = len({ax.get_subplotspec().rowspan.start for ax in fig.axes if ax.get_title()})

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from loader.errors import MelShardsError
+from melshards.errors import MelShardsError
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2

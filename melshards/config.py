@@ -1,0 +1,171 @@
+"""``FeatureConfig``: every parameter that shapes the stored arrays, and the window geometry.
+
+This dataclass is the one source of the feature parameters: each field carries its default,
+its unit and its meaning. The ``default`` preset, ``PARAMETERS`` (what ``inspect`` prints and
+``docs/presets.md`` tabulates) and the names a preset file or ``--set`` may use are all derived
+from it. The config is serialized into ``index.json`` and every shard's attributes, so data
+describes itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from melshards.errors import ConfigError
+from melshards.files import fingerprint_of
+from melshards.names import MEL_DTYPES
+
+NORMALIZE_MODES = ("minmax", "none")
+DB_MODES = ("power", "amplitude")
+COMPRESSIONS = (None, "gzip", "lzf")
+
+
+def _param(default: Any, unit: str, meaning: str) -> Any:
+    return dataclasses.field(default=default, metadata={"unit": unit, "meaning": meaning})
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """Every parameter that shapes the stored arrays (defaults: the ``default`` preset).
+
+    ``duration`` is what the model sees; ``context`` seconds are stored on each side so the
+    loader can shift in time by cropping. ``db`` picks ``power_to_db`` (``"power"``) or the
+    classic recipe's ``amplitude_to_db`` applied to a power spectrogram (``"amplitude"``);
+    ``db_ref`` is the 0 dB reference (absent: each slice's maximum).
+    """
+
+    preset: str = _param("default", "name", "preset these values started from (shapes nothing itself)")
+    sample_rate: int = _param(48000, "Hz", "audio is resampled to this rate before the STFT")
+    n_fft: int = _param(2048, "samples", "STFT window and FFT length")
+    hop_length: int = _param(512, "samples", "step between STFT frames")
+    n_mels: int = _param(128, "bands", "mel filters spread over fmin..fmax")
+    fmin: float = _param(50.0, "Hz", "lower edge of the lowest mel filter")
+    fmax: float = _param(16000.0, "Hz", "upper edge of the highest mel filter (<= sample_rate / 2)")
+    power: float = _param(2.0, "exponent", "magnitude exponent: 2 power spectrogram, 1 amplitude")
+    db: str = _param("power", "mode", "power: power_to_db; amplitude: the classic amplitude_to_db")
+    db_ref: float | None = _param(None, "linear", "0 dB reference; none: each slice's maximum")
+    top_db: float | None = _param(80.0, "dB", "floor below the peak; none: no floor")
+    duration: float = _param(10.0, "s", "window the model sees")
+    context: float = _param(0.5, "s", "extra audio stored on each side (time-shift room)")
+    normalize: str = _param("minmax", "mode", "minmax: each slice scaled to [0, 1]; none: keep dB")
+    min_overlap: float = _param(0.5, "s", "an event counts when it overlaps this much or lies inside")
+    n_classes: int = _param(24, "classes", "species ids are 0..n_classes-1")
+    dtype: str = _param("float16", "dtype", "stored dtype of mel: float16 or float32")
+    compression: str | None = _param(None, "filter", "HDF5 filter on mel: none, gzip or lzf (slow reads)")
+    shard_size: int = _param(32, "examples", "examples per shard file (one parallel job each)")
+
+    def __post_init__(self) -> None:
+        positive = (
+            "sample_rate",
+            "n_fft",
+            "hop_length",
+            "n_mels",
+            "duration",
+            "n_classes",
+            "shard_size",
+            "power",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"config {name} must be a positive number, got {value!r}")
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "n_classes", "shard_size"):
+            if not isinstance(getattr(self, name), int):
+                raise ConfigError(f"config {name} must be an integer, got {getattr(self, name)!r}")
+        if self.context < 0:
+            raise ConfigError(f"config context must be >= 0 seconds, got {self.context!r}")
+        if self.min_overlap < 0:
+            raise ConfigError(f"config min_overlap must be >= 0 seconds, got {self.min_overlap!r}")
+        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ConfigError(
+                f"config needs 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin} "
+                f"fmax={self.fmax} sample_rate={self.sample_rate}"
+            )
+        if self.normalize not in NORMALIZE_MODES:
+            raise ConfigError(f"config normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}")
+        if self.db not in DB_MODES:
+            raise ConfigError(f"config db must be one of {DB_MODES}, got {self.db!r}")
+        if self.dtype not in MEL_DTYPES:
+            raise ConfigError(f"config dtype must be one of {MEL_DTYPES}, got {self.dtype!r}")
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(f"config compression must be none, gzip or lzf, got {self.compression!r}")
+        if self.db_ref is not None and not self.db_ref > 0:
+            raise ConfigError(
+                f"config db_ref must be positive or absent (slice maximum), got {self.db_ref!r}"
+            )
+        if self.top_db is not None and self.top_db <= 0:
+            raise ConfigError(f"config top_db must be positive or absent, got {self.top_db!r}")
+
+    # Geometry derived from the parameters; the loader relies on these, never recomputes.
+    @property
+    def window_seconds(self) -> float:
+        """Stored window length: ``duration`` plus ``context`` on both sides."""
+        return self.duration + 2 * self.context
+
+    @property
+    def n_frames(self) -> int:
+        """Frames stored per example."""
+        return frames_for(self.window_seconds, sample_rate=self.sample_rate, hop_length=self.hop_length)
+
+    @property
+    def crop_frames(self) -> int:
+        """Frames the model sees (``duration`` seconds)."""
+        return frames_for(self.duration, sample_rate=self.sample_rate, hop_length=self.hop_length)
+
+    @property
+    def seconds_per_frame(self) -> float:
+        return self.hop_length / self.sample_rate
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> FeatureConfig:
+        unknown = sorted(set(data) - set(parameter_names()))
+        if unknown:
+            raise ConfigError(f"{source}: unknown feature parameter(s) {', '.join(unknown)}")
+        return cls(**dict(data))
+
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.to_dict())
+
+
+def parameter_names() -> tuple[str, ...]:
+    """Every ``FeatureConfig`` parameter, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(FeatureConfig))
+
+
+# name -> (unit, meaning), in declaration order: derived from the fields above.
+PARAMETERS: dict[str, tuple[str, str]] = {
+    f.name: (f.metadata["unit"], f.metadata["meaning"]) for f in dataclasses.fields(FeatureConfig)
+}
+
+
+def frames_for(seconds: float, *, sample_rate: int, hop_length: int) -> int:
+    """Number of STFT frames (``center=True``) for a clip of ``seconds``."""
+    return 1 + int(round(seconds * sample_rate)) // hop_length
+
+
+def center_offset(config: FeatureConfig, crop_frames: int | None = None) -> int:
+    """First stored frame of the centred crop of ``crop_frames`` (default ``config.crop_frames``)."""
+    crop = config.crop_frames if crop_frames is None else int(crop_frames)
+    return (config.n_frames - crop) // 2
+
+
+def crop_span(config: FeatureConfig, start: Any, offset: Any, crop_frames: int) -> tuple[Any, Any]:
+    """Seconds ``(t0, t1)`` covered by a crop of ``crop_frames`` starting at stored frame ``offset``.
+
+    ``start`` is the stored window's start (seconds); frame ``k`` sits at ``start + k * hop / sr``,
+    so the crop spans from its first to its last frame. Arguments broadcast (numpy arrays in,
+    arrays out); the same rule serves precompute labels and the loader's labels after a crop.
+    """
+    spf = config.seconds_per_frame
+    t0 = np.asarray(start, dtype=np.float64) + np.asarray(offset, dtype=np.float64) * spf
+    t1 = t0 + (int(crop_frames) - 1) * spf
+    if t0.ndim == 0:
+        return float(t0), float(t1)
+    return t0, t1

@@ -1,0 +1,292 @@
+"""``index.json``: the one file a reader trusts, as a typed, validated ``Index``.
+
+The index is written last and atomically (``write_index``); a directory without one is not a
+finished feature set. ``Index.from_dict`` checks every field, so a reader refuses a missing,
+foreign, newer or inconsistent index with one ``FormatError`` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from melshards.config import FeatureConfig
+from melshards.errors import ConfigError, FormatError
+from melshards.files import atomic_write_text, fingerprint_of
+from melshards.names import FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, SET_KINDS, SHARD_SUFFIX
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardEntry:
+    """One shard as the index lists it: its file name, examples, sha256, job fingerprint, size."""
+
+    file: str
+    n: int
+    sha256: str
+    fingerprint: str
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str) -> ShardEntry:
+        data = _mapping(data, source)
+        _keys(data, {f.name for f in dataclasses.fields(cls)}, source)
+        entry = cls(
+            file=_text(data["file"], f"{source} file"),
+            n=_count(data["n"], f"{source} n"),
+            sha256=_text(data["sha256"], f"{source} sha256"),
+            fingerprint=_text(data["fingerprint"], f"{source} fingerprint"),
+            bytes=_count(data["bytes"], f"{source} bytes"),
+        )
+        name = entry.file
+        if Path(name).name != name or name.startswith(".") or not name.endswith(SHARD_SUFFIX):
+            raise FormatError(f"{source}: shard name {name!r} is not a plain file in the feature directory")
+        return entry
+
+
+@dataclasses.dataclass(frozen=True)
+class BinStats:
+    """Per-mel-bin mean and standard deviation of the stored values, over ``frames`` frames."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    frames: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": list(self.mean), "std": list(self.std), "frames": self.frames}
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str) -> BinStats:
+        data = _mapping(data, source)
+        _keys(data, {"mean", "std", "frames"}, source)
+        mean = _floats(data["mean"], f"{source} mean")
+        std = _floats(data["std"], f"{source} std")
+        if len(mean) != len(std):
+            raise FormatError(f"{source}: mean has {len(mean)} bins, std {len(std)}")
+        return cls(mean=mean, std=std, frames=_count(data["frames"], f"{source} frames"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Index:
+    """A feature set's index.
+
+    ``root`` is the directory it was read from (None for an index not yet on disk); it is not
+    serialized. ``n_examples``, ``n_frames`` and ``crop_frames`` are derived, written for
+    readers without this code, and checked on reading.
+    """
+
+    fingerprint: str
+    kind: str
+    config: FeatureConfig
+    classes: tuple[int, ...]
+    shards: tuple[ShardEntry, ...]
+    stats: BinStats
+    failures: int
+    versions: Mapping[str, str]
+    source: Mapping[str, Any] | None = None
+    root: Path | None = dataclasses.field(default=None, compare=False)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        config: FeatureConfig,
+        entries: Sequence[ShardEntry],
+        stats: BinStats,
+        failures: int,
+        kind: str,
+        versions: Mapping[str, str],
+        source: Mapping[str, Any] | None = None,
+    ) -> Index:
+        """The index of a finished run: shards sorted by name, fingerprint over config and shards."""
+        if kind not in SET_KINDS:
+            raise ConfigError(f"feature set kind must be one of {SET_KINDS}, got {kind!r}")
+        shards = tuple(sorted(entries, key=lambda e: e.file))
+        return cls(
+            fingerprint=fingerprint_of([config.to_dict(), [e.fingerprint for e in shards], kind]),
+            kind=kind,
+            config=config,
+            classes=tuple(range(config.n_classes)),
+            shards=shards,
+            stats=stats,
+            failures=failures,
+            versions=dict(versions),
+            source=None if source is None else dict(source),
+        )
+
+    @property
+    def n_examples(self) -> int:
+        return sum(entry.n for entry in self.shards)
+
+    def shard_path(self, entry: ShardEntry) -> Path:
+        if self.root is None:
+            raise FormatError("this index has no directory: it was not read from disk")
+        return self.root / entry.file
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            "format": {"name": FORMAT_NAME, "version": FORMAT_VERSION},
+            "fingerprint": self.fingerprint,
+            "kind": self.kind,
+            "config": self.config.to_dict(),
+            "classes": list(self.classes),
+            "n_examples": self.n_examples,
+            "n_frames": self.config.n_frames,
+            "crop_frames": self.config.crop_frames,
+            "shards": [entry.to_dict() for entry in self.shards],
+            "stats": self.stats.to_dict(),
+            "failures": self.failures,
+            "versions": dict(self.versions),
+        }
+        if self.source is not None:
+            data["source"] = dict(self.source)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = INDEX_FILE, root: Path | None = None) -> Index:
+        """Validate every field of a parsed ``index.json``; FormatError names the first bad one."""
+        fmt = data.get("format") if isinstance(data, dict) else None
+        if not isinstance(fmt, dict) or fmt.get("name") != FORMAT_NAME:
+            raise FormatError(f"{source}: not a {FORMAT_NAME} index (format={fmt!r})")
+        if fmt.get("version") != FORMAT_VERSION:
+            raise FormatError(
+                f"{source}: format version {fmt.get('version')!r} is unknown; this reader knows "
+                f"version {FORMAT_VERSION}"
+            )
+        required = {
+            "format",
+            "fingerprint",
+            "kind",
+            "config",
+            "classes",
+            "n_examples",
+            "shards",
+            "stats",
+            "failures",
+        }
+        missing = sorted(required - set(data))
+        if missing:
+            raise FormatError(f"{source}: malformed index: missing {', '.join(missing)}")
+        config_data = _mapping(data["config"], f"{source} config")
+        try:
+            config = FeatureConfig.from_dict(config_data, source=source)
+        except (ConfigError, TypeError) as err:
+            raise FormatError(f"{source}: malformed index config: {err}") from None
+        kind = data["kind"]
+        if kind not in SET_KINDS:
+            raise FormatError(f"{source}: kind {kind!r} is not one of {SET_KINDS}")
+        shards_data = data["shards"]
+        if not isinstance(shards_data, list):
+            raise FormatError(f"{source}: shards must be a list, got {type(shards_data).__name__}")
+        shards = tuple(
+            ShardEntry.from_dict(item, source=f"{source} shards[{i}]") for i, item in enumerate(shards_data)
+        )
+        if len({entry.file for entry in shards}) != len(shards):
+            raise FormatError(f"{source}: a shard file is listed twice")
+        classes = data["classes"]
+        if not isinstance(classes, list) or not all(_is_int(c) for c in classes):
+            raise FormatError(f"{source}: classes must be a list of integers")
+        if len(classes) != config.n_classes:
+            raise FormatError(
+                f"{source}: {len(classes)} classes, but the config has n_classes {config.n_classes}"
+            )
+        stats = BinStats.from_dict(data["stats"], source=f"{source} stats")
+        versions = data.get("versions", {})
+        if not isinstance(versions, dict):
+            raise FormatError(f"{source}: versions must be a mapping")
+        origin = data.get("source")
+        if origin is not None and not isinstance(origin, dict):
+            raise FormatError(f"{source}: source must be a mapping")
+        index = cls(
+            fingerprint=_text(data["fingerprint"], f"{source} fingerprint"),
+            kind=kind,
+            config=config,
+            classes=tuple(int(c) for c in classes),
+            shards=shards,
+            stats=stats,
+            failures=_count(data["failures"], f"{source} failures"),
+            versions={str(k): str(v) for k, v in versions.items()},
+            source=origin,
+            root=root,
+        )
+        n_examples = _count(data["n_examples"], f"{source} n_examples")
+        if index.n_examples != n_examples:
+            raise FormatError(
+                f"{source}: shards hold {index.n_examples} examples but n_examples is {n_examples}"
+            )
+        for name in ("n_frames", "crop_frames"):
+            if name in data and data[name] != getattr(config, name):
+                raise FormatError(
+                    f"{source}: {name} {data[name]!r} disagrees with the config's {getattr(config, name)}"
+                )
+        return index
+
+
+def read_index(root: str | os.PathLike) -> Index:
+    """Read and validate ``root/index.json``.
+
+    Raises FormatError when the index is missing, unparsable, of another format or version,
+    malformed, or names a file outside the feature directory.
+    """
+    root = Path(root)
+    path = root / INDEX_FILE
+    if not path.is_file():
+        hint = " (is a precompute run still going, or did it fail?)" if root.is_dir() else ""
+        raise FormatError(f"{path}: no index; not a finished feature set{hint}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise FormatError(f"{path}: unreadable index: {err}") from err
+    return Index.from_dict(data, source=str(path), root=root)
+
+
+def write_index(root: str | os.PathLike, index: Index) -> None:
+    """Write ``root/index.json`` atomically; the last step of every run."""
+    atomic_write_text(Path(root) / INDEX_FILE, json.dumps(index.to_dict(), indent=1) + "\n")
+
+
+# -- field checks: each names the field and what it holds ----------------------------------------
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise FormatError(f"{where}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _keys(data: Mapping[str, Any], names: set[str], where: str) -> None:
+    missing, unknown = sorted(names - set(data)), sorted(set(data) - names)
+    if missing or unknown:
+        what = [f"missing {', '.join(missing)}"] if missing else []
+        what += [f"unknown {', '.join(unknown)}"] if unknown else []
+        raise FormatError(f"{where}: malformed: {'; '.join(what)}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count(value: Any, where: str) -> int:
+    if not _is_int(value) or value < 0:
+        raise FormatError(f"{where}: expected a count (integer >= 0), got {value!r}")
+    return value
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise FormatError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _floats(value: Any, where: str) -> tuple[float, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    ):
+        raise FormatError(f"{where}: expected a list of numbers")
+    return tuple(value)

@@ -1,0 +1,90 @@
+"""Every name of the on-disk format: files, datasets, attributes, kinds and label values.
+
+Nothing else in the project spells these strings; writers and readers import them from here.
+``docs/format.md`` describes what each one holds.
+"""
+
+from __future__ import annotations
+
+FORMAT_NAME = "melshards"
+FORMAT_VERSION = 1
+
+# -- files of a feature set directory --------------------------------------------------------
+INDEX_FILE = "index.json"
+FAILURES_FILE = "failures.jsonl"
+SHARD_PATTERN = "shard-{:05d}.h5"
+SHARD_PREFIX = "shard-"
+SHARD_SUFFIX = ".h5"
+# A shard is written as ``.<final name>.<pid>.tmp`` and renamed into place when complete.
+TEMP_SUFFIX = ".tmp"
+
+# -- feature-set kinds (``index.json`` "kind", shard attribute ``kind``) ----------------------
+SET_LABELLED = "labelled"  # one window per manifest row, labelled from the events
+SET_WINDOWS = "windows"  # sliding windows over unlabelled recordings, for inference
+SET_KINDS = (SET_LABELLED, SET_WINDOWS)
+
+# -- event kinds (a manifest row's, an anchor's and a stored event's ``kind``) ----------------
+EVENT_TP = 1  # a labelled call (train_tp.csv)
+EVENT_FP = 0  # a confirmed false positive (train_fp.csv)
+EVENT_NONE = -1  # no event: the anchor of a sliding window
+
+# -- label values (dataset ``labels``) ------------------------------------------------------
+LABEL_POSITIVE = 1  # a TP of the class counts in the window
+LABEL_NEGATIVE = 0  # only FPs of the class count: a confirmed negative
+LABEL_UNKNOWN = -1  # no event of the class counts
+LABEL_VALUES = (LABEL_UNKNOWN, LABEL_NEGATIVE, LABEL_POSITIVE)
+
+# -- datasets of a shard ----------------------------------------------------------------------
+MEL = "mel"  # (n, n_mels, n_frames), the config's dtype (MEL_DTYPES), one example per chunk
+LABELS = "labels"
+RECORDING_ID = "recording_id"
+START = "start"
+ANCHOR = "anchor"  # group: the manifest row each window was cut around
+EVENTS = "events"  # group: every event overlapping each stored window, as one flat table
+
+MEL_DTYPES = ("float16", "float32")
+CHECKSUM_BYTES = 4  # fletcher32 appends this many bytes to each stored chunk
+
+# Fields of the ``anchor`` group, one value per example, with their dtypes.
+ANCHOR_FIELDS: dict[str, str] = {
+    "species_id": "int16",
+    "songtype_id": "int16",
+    "t_min": "float64",
+    "t_max": "float64",
+    "f_min": "float64",
+    "f_max": "float64",
+    "kind": "int8",
+    "line": "int32",
+}
+# Fields of the ``events`` group, one value per stored event; ``example`` points at the row.
+EVENT_EXAMPLE = "example"
+EVENT_FIELDS: dict[str, str] = {
+    "species_id": "int16",
+    "kind": "int8",
+    "t_min": "float64",
+    "t_max": "float64",
+}
+
+# Every dataset but ``mel`` (whose dtype is the config's), name -> numpy dtype; "str" is a
+# variable-length UTF-8 string.
+METADATA_DATASETS: dict[str, str] = {
+    LABELS: "int8",
+    RECORDING_ID: "str",
+    START: "float64",
+    **{f"{ANCHOR}/{key}": dtype for key, dtype in ANCHOR_FIELDS.items()},
+    f"{EVENTS}/{EVENT_EXAMPLE}": "int32",
+    **{f"{EVENTS}/{key}": dtype for key, dtype in EVENT_FIELDS.items()},
+}
+SHARD_DATASETS: tuple[str, ...] = (MEL, *METADATA_DATASETS)
+
+# -- shard attributes --------------------------------------------------------------------------
+ATTR_FORMAT = "format"
+ATTR_FORMAT_VERSION = "format_version"
+ATTR_FINGERPRINT = "fingerprint"  # the shard job's fingerprint, repeated in the index entry
+ATTR_CONFIG = "config"  # the feature config as canonical JSON
+ATTR_CONFIG_PREFIX = "config."  # and one attribute per parameter, for HDF5 tools
+ATTR_STATS_COUNT = "stats_count"  # per-mel-bin sums, so a resumed run reuses a shard unread
+ATTR_STATS_SUM = "stats_sum"
+ATTR_STATS_SUMSQ = "stats_sumsq"
+ATTR_FAILURES = "failures"  # JSON list of what the job skipped
+ATTR_KIND = "kind"  # SET_LABELLED or SET_WINDOWS

@@ -1,0 +1,377 @@
+"""A shard: writing one atomically, reading its summary and metadata, checking it.
+
+A shard under its final name is always whole: it is written as ``.shard-NNNNN.h5.<pid>.tmp``,
+flushed, fsynced and only then ``os.replace``d, so a crash or kill leaves at most a stray temp
+file, which the next run removes. Every dataset and attribute name comes from
+``melshards.names``; ``docs/format.md`` describes the layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from melshards.config import FeatureConfig
+from melshards.errors import FormatError
+from melshards.files import fsync_dir, fsync_file, sha256_file
+from melshards.index import BinStats, ShardEntry
+from melshards.names import (
+    ANCHOR,
+    ANCHOR_FIELDS,
+    ATTR_CONFIG,
+    ATTR_CONFIG_PREFIX,
+    ATTR_FAILURES,
+    ATTR_FINGERPRINT,
+    ATTR_FORMAT,
+    ATTR_FORMAT_VERSION,
+    ATTR_KIND,
+    ATTR_STATS_COUNT,
+    ATTR_STATS_SUM,
+    ATTR_STATS_SUMSQ,
+    CHECKSUM_BYTES,
+    EVENT_EXAMPLE,
+    EVENT_FIELDS,
+    EVENTS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LABELS,
+    MEL,
+    METADATA_DATASETS,
+    RECORDING_ID,
+    SHARD_DATASETS,
+    START,
+    TEMP_SUFFIX,
+)
+
+
+def temp_name(final: Path) -> Path:
+    """The name a shard is written under before it is renamed to ``final``."""
+    return final.with_name(f".{final.name}.{os.getpid()}{TEMP_SUFFIX}")
+
+
+@dataclass
+class ShardExample:
+    """One window ready to store.
+
+    mel : np.ndarray [shape=(n_mels, n_frames)], any float dtype (stored as ``config.dtype``)
+    labels : np.ndarray [shape=(n_classes,)], int8
+    anchor : the manifest row the window was cut around (``ANCHOR_FIELDS``)
+    events : per-event arrays (``EVENT_FIELDS``), each ``(m,)``
+    """
+
+    mel: np.ndarray
+    labels: np.ndarray
+    recording_id: str
+    start: float
+    anchor: Mapping[str, float | int]
+    events: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class ShardStats:
+    """Per-mel-bin sums of the stored values, merged across shards into the index's ``BinStats``."""
+
+    count: int
+    sum: np.ndarray
+    sumsq: np.ndarray
+
+    @classmethod
+    def empty(cls, n_mels: int) -> ShardStats:
+        return cls(0, np.zeros(n_mels), np.zeros(n_mels))
+
+    def add(self, mel: np.ndarray) -> None:
+        m = mel.astype(np.float64)
+        self.count += m.shape[1]
+        self.sum += m.sum(axis=1)
+        self.sumsq += np.square(m).sum(axis=1)
+
+    def merge(self, other: ShardStats) -> None:
+        self.count += other.count
+        self.sum += other.sum
+        self.sumsq += other.sumsq
+
+    def bin_stats(self) -> BinStats:
+        n = max(self.count, 1)
+        mean = self.sum / n
+        std = np.sqrt(np.maximum(self.sumsq / n - mean**2, 0.0))
+        return BinStats(
+            mean=tuple(mean.round(6).tolist()), std=tuple(std.round(6).tolist()), frames=self.count
+        )
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    """What a finished shard says of itself in its attributes (read without its arrays)."""
+
+    fingerprint: str
+    n: int
+    stats: ShardStats
+    failures: list[dict]
+
+
+def write_shard(
+    final: Path,
+    examples: Sequence[ShardExample],
+    *,
+    config: FeatureConfig,
+    fingerprint: str,
+    kind: str,
+    failures: Sequence[Mapping[str, Any]] = (),
+) -> tuple[ShardEntry, ShardStats]:
+    """Write ``examples`` as the shard ``final``, atomically.
+
+    ``fingerprint`` identifies the job that made it (a resumed run reuses the shard when it
+    matches); ``failures`` are what the job skipped, kept in the shard so a reuse remembers them.
+    Returns the index entry (with the sha256 of the finished file) and the shard's per-mel-bin
+    statistics.
+    """
+    final = Path(final)
+    tmp = temp_name(final)
+    stats = ShardStats.empty(config.n_mels)
+    try:
+        with h5py.File(tmp, "w", libver=("earliest", "v110")) as h5:
+            _write_datasets(h5, examples, config=config, stats=stats)
+            # Chunks are placed in the file when the chunk cache is flushed, i.e. when their
+            # dataset is closed or the file flushed. A dataset handle can outlive its function
+            # (a Dask worker's sampling profiler holds frames), which would place the chunks
+            # after the attributes below and give other bytes for the same arrays: flush here,
+            # so every backend writes byte-identical shards.
+            h5.flush()
+            h5.attrs[ATTR_STATS_COUNT] = stats.count
+            h5.attrs[ATTR_STATS_SUM] = stats.sum
+            h5.attrs[ATTR_STATS_SUMSQ] = stats.sumsq
+            h5.attrs[ATTR_FORMAT] = FORMAT_NAME
+            h5.attrs[ATTR_FORMAT_VERSION] = FORMAT_VERSION
+            h5.attrs[ATTR_FINGERPRINT] = fingerprint
+            h5.attrs[ATTR_CONFIG] = json.dumps(config.to_dict(), sort_keys=True)
+            for key, value in config.to_dict().items():
+                h5.attrs[f"{ATTR_CONFIG_PREFIX}{key}"] = "none" if value is None else value
+            h5.attrs[ATTR_FAILURES] = json.dumps(list(failures))
+            h5.attrs[ATTR_KIND] = kind
+            h5.flush()
+        fsync_file(tmp)
+        digest = sha256_file(tmp)
+        size = tmp.stat().st_size
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(final.parent)
+    entry = ShardEntry(file=final.name, n=len(examples), sha256=digest, fingerprint=fingerprint, bytes=size)
+    return entry, stats
+
+
+def _write_datasets(
+    h5: h5py.File, examples: Sequence[ShardExample], *, config: FeatureConfig, stats: ShardStats
+) -> None:
+    n = len(examples)
+    shape = (n, config.n_mels, config.n_frames)
+    mel = h5.create_dataset(
+        MEL,
+        shape=shape,
+        dtype=config.dtype,
+        chunks=(1, config.n_mels, config.n_frames) if n else None,
+        fletcher32=True,
+        compression=config.compression,
+    )
+    for i, ex in enumerate(examples):
+        if ex.mel.shape != shape[1:]:
+            raise ValueError(
+                f"example {i} of {ex.recording_id}: mel shape {ex.mel.shape}, expected {shape[1:]}"
+            )
+        stored = ex.mel.astype(config.dtype)
+        mel[i] = stored
+        stats.add(stored)
+    h5.create_dataset(
+        LABELS, data=np.array([ex.labels for ex in examples], dtype=np.int8).reshape(n, config.n_classes)
+    )
+    h5.create_dataset(RECORDING_ID, data=[ex.recording_id for ex in examples], dtype=h5py.string_dtype())
+    h5.create_dataset(START, data=np.array([ex.start for ex in examples], dtype=np.float64))
+    for key, dtype in ANCHOR_FIELDS.items():
+        h5.create_dataset(f"{ANCHOR}/{key}", data=np.array([ex.anchor[key] for ex in examples], dtype=dtype))
+    counts = [len(ex.events.get("species_id", ())) for ex in examples]
+    h5.create_dataset(f"{EVENTS}/{EVENT_EXAMPLE}", data=np.repeat(np.arange(n, dtype=np.int32), counts))
+    for key, dtype in EVENT_FIELDS.items():
+        parts = [np.asarray(ex.events.get(key, ()), dtype=dtype) for ex in examples]
+        h5.create_dataset(
+            f"{EVENTS}/{key}", data=np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+        )
+
+
+def read_shard_summary(path: Path) -> ShardSummary:
+    """Fingerprint, example count, statistics and failures of a finished shard, from its attributes.
+
+    Raises OSError, KeyError or ValueError when the file is not a complete shard of this format.
+    """
+    with h5py.File(path, "r", locking=False) as h5:
+        if h5.attrs.get(ATTR_FORMAT) != FORMAT_NAME or h5.attrs.get(ATTR_FORMAT_VERSION) != FORMAT_VERSION:
+            raise KeyError(ATTR_FORMAT)
+        stats = ShardStats(
+            int(h5.attrs[ATTR_STATS_COUNT]),
+            np.array(h5.attrs[ATTR_STATS_SUM]),
+            np.array(h5.attrs[ATTR_STATS_SUMSQ]),
+        )
+        return ShardSummary(
+            fingerprint=str(h5.attrs[ATTR_FINGERPRINT]),
+            n=int(h5[MEL].shape[0]),
+            stats=stats,
+            failures=json.loads(str(h5.attrs.get(ATTR_FAILURES, "[]"))),
+        )
+
+
+def open_shard(path: Path) -> h5py.File:
+    """Open a shard read-only without HDF5 file locking; FormatError if missing or unreadable.
+
+    File locking is off because it fails on NFS and many cluster file systems, and shards are
+    written once and never modified in place.
+    """
+    if not path.is_file():
+        raise FormatError(f"{path}: shard listed in the index is missing")
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as err:
+        raise FormatError(f"{path}: cannot open shard: {err}") from err
+
+
+def check_shard(
+    h5: h5py.File, entry: ShardEntry, config: FeatureConfig, *, path: Path, size: bool = True
+) -> None:
+    """Check an open shard against its index entry; FormatError names the first disagreement.
+
+    Refuses anything the index does not describe: another size (unless ``size`` is False, for
+    callers that compare the sha256 themselves), wrong counts or shapes, another fingerprint,
+    and HDF5 indirections (external links, external storage, virtual datasets) that would make
+    the reader open files outside the feature directory.
+    """
+    if size:
+        actual = path.stat().st_size
+        if actual != entry.bytes:
+            raise FormatError(f"{path}: shard is {actual} bytes, the index says {entry.bytes}")
+    n = entry.n
+    if h5.attrs.get(ATTR_FINGERPRINT) != entry.fingerprint:
+        raise FormatError(
+            f"{path}: shard fingerprint {h5.attrs.get(ATTR_FINGERPRINT)!r} disagrees with the index "
+            f"({entry.fingerprint!r})"
+        )
+
+    def indirect(name: str, link: Any) -> str | None:
+        # Returning a value stops the visit; raising inside an h5py callback is not safe.
+        return name if isinstance(link, h5py.ExternalLink | h5py.SoftLink) else None
+
+    linked = h5.visititems_links(indirect)
+    if linked is not None:
+        raise FormatError(f"{path}: link {linked!r} points outside the shard; refusing it")
+    expected_shapes = {
+        MEL: (n, config.n_mels, config.n_frames),
+        LABELS: (n, config.n_classes),
+    }
+    for name in SHARD_DATASETS:
+        if name not in h5:
+            raise FormatError(f"{path}: dataset {name!r} is missing")
+        ds = h5[name]
+        if ds.is_virtual or ds.external:
+            raise FormatError(f"{path}: dataset {name!r} uses virtual or external storage; refusing it")
+        shape = expected_shapes.get(name)
+        if shape is None and not name.startswith(f"{EVENTS}/"):
+            shape = (n,)
+        if shape is not None and ds.shape != shape:
+            raise FormatError(f"{path}: dataset {name!r} has shape {ds.shape}, index implies {shape}")
+    m = h5[f"{EVENTS}/{EVENT_EXAMPLE}"].shape[0]
+    for name in METADATA_DATASETS:
+        if name.startswith(f"{EVENTS}/") and h5[name].shape != (m,):
+            raise FormatError(f"{path}: dataset {name!r} has shape {h5[name].shape}, expected ({m},)")
+
+
+@dataclass(frozen=True)
+class ShardMetadata:
+    """The small per-example arrays of one shard (everything but ``mel``).
+
+    ``events`` maps ``EVENT_FIELDS`` names (and ``EVENT_EXAMPLE``, the row each event belongs
+    to, int64) to flat arrays, one value per stored event.
+    """
+
+    recording_id: np.ndarray  # (n,) object (str)
+    start: np.ndarray  # (n,) float64
+    labels: np.ndarray  # (n, n_classes) int8
+    events: dict[str, np.ndarray]
+
+
+def read_metadata(h5: h5py.File, entry: ShardEntry, config: FeatureConfig, *, path: Path) -> ShardMetadata:
+    """Read a checked shard's metadata; FormatError when events point outside the shard or config."""
+    example = h5[f"{EVENTS}/{EVENT_EXAMPLE}"][()].astype(np.int64)
+    if example.size and (example.min() < 0 or example.max() >= entry.n):
+        raise FormatError(f"{path}: {EVENTS}/{EVENT_EXAMPLE} points outside the shard's {entry.n} rows")
+    species = h5[f"{EVENTS}/species_id"][()].astype(np.int64)
+    if species.size and (species.min() < 0 or species.max() >= config.n_classes):
+        raise FormatError(f"{path}: {EVENTS}/species_id outside [0, {config.n_classes}) of the config")
+    events = {EVENT_EXAMPLE: example, "species_id": species}
+    for key in EVENT_FIELDS:
+        if key not in events:
+            events[key] = h5[f"{EVENTS}/{key}"][()]
+    return ShardMetadata(
+        recording_id=np.asarray(h5[RECORDING_ID].asstr()[()], dtype=object),
+        start=h5[START][()],
+        labels=h5[LABELS][()],
+        events=events,
+    )
+
+
+def read_anchors(h5: h5py.File, names: Sequence[str] = tuple(ANCHOR_FIELDS)) -> dict[str, np.ndarray]:
+    """The ``anchor`` fields ``names`` of every example of an open shard."""
+    return {name: h5[f"{ANCHOR}/{name}"][()] for name in names}
+
+
+def mel_chunk_offsets(ds: h5py.Dataset, config: FeatureConfig, *, file_size: int) -> np.ndarray | None:
+    """Byte offset of every example's ``mel`` chunk, when each can be read straight from the file.
+
+    That holds when every example is one uncompressed, fletcher32-checked chunk of
+    ``n_mels * n_frames`` little-endian values followed by ``CHECKSUM_BYTES`` of checksum (which
+    such a direct reader must skip, and verify itself). Returns None for any other layout.
+    """
+    n = ds.shape[0]
+    dtype = np.dtype(config.dtype)
+    if (
+        n == 0
+        or sys.byteorder != "little"
+        or ds.dtype != dtype.newbyteorder("<")
+        or ds.chunks != (1, config.n_mels, config.n_frames)
+        or not ds.fletcher32
+        or ds.compression is not None
+        or ds.shuffle
+        or ds.scaleoffset is not None
+        or ds.id.get_create_plist().get_nfilters() != 1
+    ):
+        return None
+    nbytes = config.n_mels * config.n_frames * dtype.itemsize + CHECKSUM_BYTES
+    offsets = np.full(n, -1, dtype=np.int64)
+    ok = True
+
+    def visit(info) -> None:
+        nonlocal ok
+        row = info.chunk_offset[0]
+        if info.byte_offset is None or info.size != nbytes or info.filter_mask != 0:
+            ok = False
+        else:
+            offsets[row] = info.byte_offset
+
+    if hasattr(ds.id, "chunk_iter"):
+        ds.id.chunk_iter(visit)
+    else:
+        for i in range(ds.id.get_num_chunks()):
+            visit(ds.id.get_chunk_info(i))
+    if (
+        not ok
+        or (offsets < 0).any()
+        or (offsets % dtype.itemsize).any()
+        or (offsets + nbytes > file_size).any()
+    ):
+        return None
+    return offsets

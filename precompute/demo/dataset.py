@@ -1,0 +1,266 @@
+"""Writing the demo dataset: ``synthesize()`` checks its arguments, plans both splits, makes
+the recordings (in parallel when asked) and writes the FLAC files, the CSVs and README.txt."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from joblib import Parallel, delayed
+from tqdm.auto import tqdm
+
+from melshards.errors import ConfigError
+from precompute.demo.render import render_scene
+from precompute.demo.scene import TICKS, Call, sample_scene
+from precompute.demo.species import N_SPECIES, SPECIES
+from precompute.demo.splits import SPLITS, STREAM_IDS, STREAM_RECORDING, Plan, plan_split
+
+COLUMNS = ("recording_id", "species_id", "songtype_id", "t_min", "f_min", "t_max", "f_max")
+
+
+@dataclass(frozen=True)
+class _Task:
+    """What a worker needs to make one recording: plain values, no handles."""
+
+    split: str
+    index: int
+    recording_id: str
+    plan: Plan
+    seed: int
+    sample_rate: int
+    seconds: float
+    path: str
+
+
+def synthesize(
+    out: str | Path,
+    *,
+    seed: int = 0,
+    recordings: int = 96,
+    test_recordings: int = 24,
+    sample_rate: int = 48000,
+    seconds: float = 60.0,
+    jobs: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Write a synthetic RFCX-style dataset into ``out``.
+
+    Parameters
+    ----------
+    out : str or Path
+        Output directory; created if missing. Files of an earlier run are overwritten.
+    seed : int
+        Everything written is a function of the seed and the other parameters (not of
+        ``jobs``).
+    recordings, test_recordings : int
+        Number of train recordings (at least 1) and of test recordings (0 or more).
+    sample_rate : int
+        Samples per second, 32000..192000.
+    seconds : float
+        Length of every recording, 5..600 s; ``seconds * sample_rate`` must be whole.
+    jobs : int
+        Worker processes (joblib); -1 for all cores.
+    progress : bool
+        Show one tqdm bar over all recordings.
+
+    Returns
+    -------
+    summary : dict
+        ``train_recordings``, ``test_recordings``, ``tp_rows``, ``fp_rows``,
+        ``test_events``, ``tp_per_species`` and ``fp_per_species`` (lists of 24 counts),
+        ``seconds`` (length of each recording), ``bytes`` (size of everything written) and
+        ``elapsed_s``.
+
+    Raises
+    ------
+    ConfigError
+        An argument is out of range.
+    """
+    began = time.perf_counter()
+    _check_int("seed", seed, minimum=0)
+    _check_int("recordings", recordings, minimum=1)
+    _check_int("test_recordings", test_recordings, minimum=0)
+    _check_int("sample_rate", sample_rate, minimum=32000, maximum=192000)
+    _check_int("jobs", jobs, minimum=-1)
+    if jobs == 0:
+        raise ConfigError("jobs 0: use a positive number of workers, or -1 for all cores")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ConfigError(f"seconds {seconds!r} is not a number")
+    if not 5.0 <= seconds <= 600.0:
+        raise ConfigError(f"seconds {seconds} is outside 5..600")
+    if abs(seconds * sample_rate - round(seconds * sample_rate)) > 1e-6:
+        raise ConfigError(f"seconds {seconds} times sample_rate {sample_rate} is not a whole count")
+
+    out = Path(out)
+    ids = _recording_ids(seed=seed, count=recordings + test_recordings)
+    split_ids = {"train": ids[:recordings], "test": ids[recordings:]}
+    _refuse_foreign_recordings(out, split_ids)
+    tasks = []
+    for split, names in split_ids.items():
+        (out / split).mkdir(parents=True, exist_ok=True)
+        plans = plan_split(seed=seed, split=split, count=len(names)) if names else []
+        for index, (recording_id, plan) in enumerate(zip(names, plans, strict=True)):
+            tasks.append(
+                _Task(
+                    split=split,
+                    index=index,
+                    recording_id=recording_id,
+                    plan=plan,
+                    seed=seed,
+                    sample_rate=sample_rate,
+                    seconds=float(seconds),
+                    path=str(out / split / f"{recording_id}.flac"),
+                )
+            )
+
+    calls: dict[tuple[str, int], tuple[str, list[Call]]] = {}
+    for task, made in _run(tasks, jobs=jobs, progress=progress):
+        calls[(task.split, task.index)] = (task.recording_id, made)
+
+    def rows(split: str, kind: str) -> list[tuple]:
+        found = []
+        for (where, _), (recording_id, made) in calls.items():
+            if where == split:
+                found += [(recording_id, c) for c in made if c.kind == kind]
+        found.sort(key=lambda item: (item[0], item[1].start, item[1].species_id))
+        return [
+            (
+                rid,
+                c.species_id,
+                c.songtype,
+                f"{c.start / TICKS:.4f}",
+                f"{c.f_min:.2f}",
+                f"{c.stop / TICKS:.4f}",
+                f"{c.f_max:.2f}",
+            )
+            for rid, c in found
+        ]
+
+    tp, fp, events = rows("train", "tp"), rows("train", "fp"), rows("test", "tp")
+    _write_csv(out / "train_tp.csv", COLUMNS, tp)
+    _write_csv(out / "train_fp.csv", COLUMNS, fp)
+    present = {(row[0], row[1]) for row in events}
+    truth = [
+        (rid, *(int((rid, s) in present) for s in range(N_SPECIES))) for rid in sorted(split_ids["test"])
+    ]
+    _write_csv(out / "test_events.csv", COLUMNS, events)
+    _write_csv(out / "test_ground_truth.csv", ("recording_id", *(f"s{s}" for s in range(N_SPECIES))), truth)
+
+    summary = {
+        "train_recordings": recordings,
+        "test_recordings": test_recordings,
+        "tp_rows": len(tp),
+        "fp_rows": len(fp),
+        "test_events": len(events),
+        "tp_per_species": [sum(1 for r in tp if r[1] == s) for s in range(N_SPECIES)],
+        "fp_per_species": [sum(1 for r in fp if r[1] == s) for s in range(N_SPECIES)],
+        "seconds": float(seconds),
+    }
+    _write_readme(out / "README.txt", seed=seed, sample_rate=sample_rate, summary=summary)
+    summary["bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    summary["elapsed_s"] = time.perf_counter() - began
+    return summary
+
+
+def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name} {value!r} is not an integer")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{name} {value} is out of range (expected {bound})")
+
+
+def _refuse_foreign_recordings(out: Path, split_ids: dict[str, list[str]]) -> None:
+    """Refuse an output directory holding recordings this run would not write: left next to
+    the new ones they would be taken for part of the dataset."""
+    for split, names in split_ids.items():
+        folder = out / split
+        if not folder.is_dir():
+            continue
+        wanted = set(names)
+        foreign = sorted(p.name for p in folder.glob("*.flac") if p.stem not in wanted)
+        if foreign:
+            raise ConfigError(
+                f"{folder} holds {len(foreign)} recording(s) of another run (first: {foreign[0]}); "
+                "write to an empty directory or remove it"
+            )
+
+
+def _run(tasks: list[_Task], *, jobs: int, progress: bool):
+    """Yield ``(task, calls)`` as recordings finish, in any order, with one progress bar."""
+    if jobs == 1:
+        results = map(_make_recording, tasks)
+    else:
+        results = Parallel(n_jobs=jobs, return_as="generator_unordered")(
+            delayed(_make_recording)(task) for task in tasks
+        )
+    with tqdm(total=len(tasks), desc="demo-data", unit="rec", disable=not progress) as bar:
+        for result in results:
+            bar.update(1)
+            yield result
+
+
+def _recording_ids(*, seed: int, count: int) -> list[str]:
+    """Distinct 9-digit hex ids (the RFCX form), train ids first."""
+    rng = np.random.default_rng([seed, STREAM_IDS])
+    values = rng.choice(16**9, size=count, replace=False)
+    return [f"{int(v):09x}" for v in values]
+
+
+def _make_recording(task: _Task) -> tuple[_Task, list[Call]]:
+    """Sample, render and write one recording; returns its labelled calls (TP and FP)."""
+    rng = np.random.default_rng([task.seed, STREAM_RECORDING, SPLITS[task.split], task.index])
+    n_samples = round(task.seconds * task.sample_rate)
+    scene = sample_scene(task.plan, rng=rng, sample_rate=task.sample_rate, n_samples=n_samples)
+    audio = render_scene(scene, sample_rate=task.sample_rate, n_samples=n_samples)
+    path = Path(task.path)
+    partial = path.with_name(f".{path.name}.partial")
+    sf.write(partial, audio, task.sample_rate, format="FLAC", subtype="PCM_16")
+    os.replace(partial, path)
+    return task, [c for c in scene.calls if c.kind != "distractor"]
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(partial, path)
+
+
+def _write_readme(path: Path, *, seed: int, sample_rate: int, summary: dict) -> None:
+    # The text still names precompute/demo.py (the module before it became a package) so
+    # that a dataset written now stays byte-identical to one written before.
+    lines = [
+        "Synthetic stand-in for the Rainforest Connection species audio detection data,",
+        "written by `precompute demo-data` (precompute/demo.py). Same layout as RFCX:",
+        "",
+        "  train/<recording_id>.flac   train recordings",
+        "  train_tp.csv                labelled species calls (true positives)",
+        "  train_fp.csv                confusable look-alikes, labelled with the species they mimic",
+        "  test/<recording_id>.flac    test recordings",
+        "  test_ground_truth.csv       1 where a species calls in a test recording",
+        "  test_events.csv             every species call in the test recordings",
+        "",
+        f"seed {seed}, {sample_rate} Hz mono 16-bit FLAC, {summary['seconds']:g} s per recording",
+        f"train recordings {summary['train_recordings']}, TP rows {summary['tp_rows']}, "
+        f"FP rows {summary['fp_rows']}",
+        f"test recordings {summary['test_recordings']}, test events {summary['test_events']}",
+        "",
+        "species (id: name, shape, band Hz, duration s, songtype):",
+    ]
+    lines += [
+        f"  {i}: {s.name}, {s.shape}, {s.band[0]:g}-{s.band[1]:g}, "
+        f"{s.duration[0]:g}-{s.duration[1]:g}, {s.songtype}"
+        for i, s in enumerate(SPECIES)
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")

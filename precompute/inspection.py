@@ -1,0 +1,132 @@
+"""``precompute inspect``: the summary a user reads before training, at most ``WIDTH`` columns."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from melshards.config import PARAMETERS, FeatureConfig
+from melshards.index import BinStats, read_index
+from melshards.names import (
+    FAILURES_FILE,
+    FORMAT_VERSION,
+    LABEL_NEGATIVE,
+    LABEL_POSITIVE,
+    LABEL_UNKNOWN,
+    LABELS,
+    RECORDING_ID,
+    SET_LABELLED,
+)
+from melshards.shard import open_shard
+
+WIDTH = 100  # columns: inspect's lines fit a terminal this wide
+
+
+def clip_line(text: str, width: int = WIDTH) -> str:
+    """``text`` cut to ``width`` columns, with "..." in the middle where something was cut."""
+    if len(text) <= width:
+        return text
+    keep = width - 3
+    return text[: keep - keep // 3] + "..." + text[len(text) - keep // 3 :]
+
+
+def _labels_and_recordings(root: Path) -> tuple[np.ndarray, list[str]]:
+    index = read_index(root)
+    labels, recordings = [], []
+    for entry in index.shards:
+        with open_shard(index.shard_path(entry)) as h5:
+            labels.append(h5[LABELS][:])
+            recordings += [r.decode() for r in h5[RECORDING_ID][:]]
+    n_classes = index.config.n_classes
+    return (np.concatenate(labels) if labels else np.zeros((0, n_classes), np.int8)), recordings
+
+
+def _value_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def config_lines(config: FeatureConfig, *, indent: str = "  ") -> list[str]:
+    """One line per parameter: name, value, unit, meaning (each fits ``WIDTH`` columns)."""
+    values = {name: _value_text(value) for name, value in config.to_dict().items()}
+    width = max(8, *(len(text) for text in values.values()))
+    lines = []
+    for name, text in values.items():
+        unit, meaning = PARAMETERS[name]
+        lines.append(clip_line(f"{indent}{name:<12} {text:>{width}}  {unit:<8}  {meaning}"))
+    return lines
+
+
+def _value_summary(stats: BinStats, config: FeatureConfig) -> str:
+    mean = np.asarray(stats.mean, dtype=np.float64)
+    std = np.asarray(stats.std, dtype=np.float64)
+    what = (
+        "normalized log-mel in [0, 1] (per-slice min-max)"
+        if config.normalize == "minmax"
+        else "log-mel in dB"
+    )
+    if mean.size == 0 or mean.size != std.size:
+        return what
+    # Every bin has the same number of values, so the pooled moments are plain averages.
+    overall = float(mean.mean())
+    pooled = float(np.sqrt(max(float((std**2 + mean**2).mean()) - overall**2, 0.0)))
+    return f"{what}; mean {overall:.3f}, std {pooled:.3f}"
+
+
+def inspect_lines(root: str | Path) -> list[str]:
+    """The summary a user wants before training, as lines of at most ``WIDTH`` columns."""
+    root = Path(root)
+    index = read_index(root)
+    cfg = index.config
+    labels, recordings = _labels_and_recordings(root)
+    disk = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
+    raw = index.n_examples * cfg.n_mels * cfg.n_frames * np.dtype(cfg.dtype).itemsize
+    failures = f"{index.failures}" + (f" (see {root / FAILURES_FILE})" if index.failures else "")
+    lines = [
+        f"feature set  {root}",
+        f"kind         {index.kind}, format v{FORMAT_VERSION}, fingerprint {index.fingerprint}",
+        f"examples     {index.n_examples} from {len(set(recordings))} recordings in {len(index.shards)} shards",
+        f"disk         {disk / 1e6:.1f} MB ({raw / 1e6:.1f} MB of mel arrays)",
+        f"example      mel ({cfg.n_mels}, {cfg.n_frames}) {cfg.dtype}: {cfg.n_mels} mel bands x "
+        f"{cfg.n_frames} frames ({cfg.window_seconds:g} s)",
+        f"model input  ({cfg.n_mels}, {cfg.crop_frames}, 1): {cfg.duration:g} s, cropped inside "
+        f"{cfg.context:g} s of context on each side",
+        f"values       {_value_summary(index.stats, cfg)}",
+        f"failures     {failures}",
+        "",
+        f"config (preset {cfg.preset}; change with --preset, --config FILE or --set key=value)",
+        *config_lines(cfg),
+    ]
+    if index.kind == SET_LABELLED and len(labels):
+        lines += ["", *_class_table(labels, np.array(recordings), index.classes)]
+    return [clip_line(line) for line in lines]
+
+
+def _class_table(labels: np.ndarray, recordings: np.ndarray, classes: tuple[int, ...]) -> list[str]:
+    """Label counts per class, two classes per line."""
+    head = "class   pos    FP  unknown  recs"
+    cells = []
+    for c in classes:
+        pos = labels[:, c] == LABEL_POSITIVE
+        cells.append(
+            f"{c:>5} {int(pos.sum()):>5} {int((labels[:, c] == LABEL_NEGATIVE).sum()):>5} "
+            f"{int((labels[:, c] == LABEL_UNKNOWN).sum()):>8} {len(set(recordings[pos])):>5}"
+        )
+    half = math.ceil(len(cells) / 2)
+    rows = [
+        "labels per class (pos: a TP counts in the centred crop; FP: only a confirmed false positive does;",
+        "unknown: neither; recs: recordings with a positive)",
+        f"{head}    {head}",
+    ]
+    for i in range(half):
+        right = cells[i + half] if i + half < len(cells) else ""
+        rows.append(f"{cells[i]}    {right}".rstrip())
+    multi = int(((labels == LABEL_POSITIVE).sum(axis=1) > 1).sum())
+    rows.append(f"examples with more than one positive class: {multi} of {labels.shape[0]}")
+    return rows

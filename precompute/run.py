@@ -1,0 +1,305 @@
+"""The driver of a precompute run: lock, resume, parallel shard jobs, failures, the index last.
+
+Parallelism and progress live here and nowhere else: shard jobs (``precompute.job``) go to
+joblib (``return_as="generator_unordered"``, on the backend ``precompute.backends`` sets up)
+under one tqdm bar counting slices. A finished shard whose job fingerprint matches the plan
+is reused; anything else is rebuilt. The index is written last, so a reader never trusts a
+directory in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from melshards.config import FeatureConfig
+from melshards.console import log
+from melshards.errors import ConfigError, LockedError
+from melshards.files import atomic_write_text, sha256_file
+from melshards.index import Index, ShardEntry, write_index
+from melshards.names import (
+    EVENT_TP,
+    FAILURES_FILE,
+    INDEX_FILE,
+    SET_LABELLED,
+    SET_WINDOWS,
+    SHARD_PREFIX,
+    SHARD_SUFFIX,
+    TEMP_SUFFIX,
+)
+from melshards.shard import ShardStats, read_shard_summary
+from precompute.backends import LOCAL_BACKENDS, check_backend, joblib_backend
+from precompute.job import ON_ERROR, ShardResult, build_shard
+from precompute.plan import ShardJob, library_versions, plan_manifests, plan_windows
+
+LOCK_FILE = ".lock"
+
+
+@dataclass
+class Summary:
+    """What a run did; printed by the CLI."""
+
+    out: Path
+    examples: int = 0
+    shards: int = 0
+    shards_built: int = 0
+    shards_reused: int = 0
+    bytes: int = 0
+    failures: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    slices_built: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.slices_built / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def failures_path(self) -> Path:
+        return self.out / FAILURES_FILE
+
+    def line(self) -> str:
+        """The one-line summary the command prints at the end."""
+        reused = f", {self.shards_reused} reused" if self.shards_reused else ""
+        rate = f", {self.rate:.1f} slices/s" if self.slices_built else ""
+        failures = (
+            f"{len(self.failures)} failure(s) recorded in {self.failures_path}"
+            if self.failures
+            else "0 failures"
+        )
+        what = f"{self.examples} examples in {self.shards} shards ({self.bytes / 1e6:.1f} MB"
+        if not self.shards_built:
+            return f"{self.out} is up to date: {what}, {self.shards_reused} reused); {failures}"
+        return (
+            f"wrote {what}; {self.shards_built} built{reused}) to {self.out} in {self.seconds:.1f} s"
+            f"{rate}; {failures}"
+        )
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` for the run; released even when the process is killed."""
+    fh = open(out / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise LockedError(
+            f"{out}: another precompute run (pid {holder}) is writing here; wait for it or stop it"
+        ) from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
+def _reusable(path: Path, job: ShardJob) -> ShardResult | None:
+    """The result of a finished shard that this job would write again, or None to rebuild it."""
+    if not path.is_file():
+        return None
+    try:
+        summary = read_shard_summary(path)
+    except (OSError, KeyError, ValueError):
+        return None
+    if summary.fingerprint != job.fingerprint:
+        return None
+    entry = ShardEntry(
+        file=path.name,
+        n=summary.n,
+        sha256=sha256_file(path),
+        fingerprint=summary.fingerprint,
+        bytes=path.stat().st_size,
+    )
+    return ShardResult(entry, summary.stats, summary.failures, reused=True)
+
+
+def _clean_strays(out: Path, keep: set[str]) -> None:
+    for path in out.iterdir():
+        stray_temp = path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)
+        stale_shard = (
+            path.name.startswith(SHARD_PREFIX) and path.suffix == SHARD_SUFFIX and path.name not in keep
+        )
+        if stray_temp or stale_shard:
+            path.unlink(missing_ok=True)
+
+
+def run_plan(
+    plan: list[ShardJob],
+    *,
+    out: Path,
+    config: FeatureConfig,
+    kind: str,
+    jobs: int | None = None,
+    backend: str = "loky",
+    scheduler: str | None = None,
+    on_error: str = "skip",
+    prior_failures: list[dict] | None = None,
+    progress: bool = True,
+    source: dict | None = None,
+) -> Summary:
+    """Build every shard of ``plan`` that is missing or stale, then write the index.
+
+    Parameters
+    ----------
+    plan : the shard jobs (``plan_manifests`` / ``plan_windows``), one per shard
+    out : feature set directory; with a cluster backend it must be on storage that every
+        worker sees at the same path, as must the audio
+    kind : ``SET_LABELLED`` or ``SET_WINDOWS``
+    jobs : parallel shard jobs; None for every core (local backends) or every worker (a
+        cluster joined with ``scheduler``)
+    backend : ``loky``, ``threading``, ``dask`` or ``ray`` (``precompute.backends``)
+    scheduler : address of a running Dask scheduler or Ray cluster; None starts a local one
+    on_error : ``skip`` records failures and goes on, ``fail`` stops at the first
+    prior_failures : failures found before any job ran (rejected manifest rows)
+    source : where the inputs came from, recorded in the index
+
+    Every backend runs the same ``build_shard`` per job and writes the same bytes; the driver
+    only receives each shard's ``ShardResult`` (entry, statistics, failures).
+    """
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    check_backend(backend, scheduler=scheduler)
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    summary = Summary(out=out)
+    with output_lock(out):
+        _clean_strays(out, keep={job.file for job in plan})
+        results: list[ShardResult] = []
+        todo: list[ShardJob] = []
+        for job in plan:
+            reused = _reusable(out / job.file, job)
+            if reused is None:
+                todo.append(job)
+            else:
+                results.append(reused)
+        if todo:
+            # From here on the directory changes: no reader may trust the old index.
+            (out / INDEX_FILE).unlink(missing_ok=True)
+        total = sum(job.n_windows for job in todo)
+        planned = sum(job.n_windows for job in plan)
+        recordings = len({task.recording_id for job in plan for task in job.recordings})
+        local = backend in LOCAL_BACKENDS and scheduler is None
+        workers = min(jobs if jobs and jobs > 0 else (os.cpu_count() or 1), len(todo))
+        log.info(
+            f"{planned} slices from {recordings} recordings in {len(plan)} shards: "
+            f"{len(results)} up to date, {len(todo)} to build"
+            + (
+                (f" with {workers} {backend} worker(s)" if local else f" on the {backend} cluster")
+                if todo
+                else ""
+            )
+        )
+        with tqdm(total=total, unit="slice", desc=f"features -> {out.name}", disable=not progress) as bar:
+            if todo:
+                n_jobs = jobs if jobs and jobs > 0 else None
+                with joblib_backend(
+                    backend, jobs=n_jobs, tasks=len(todo), scheduler=scheduler
+                ) as parallel_jobs:
+                    # One task is one shard (no automatic batching), and no argument is
+                    # memory-mapped: a worker on another machine cannot see this one's /dev/shm.
+                    parallel = Parallel(
+                        n_jobs=parallel_jobs, return_as="generator_unordered", batch_size=1, max_nbytes=None
+                    )
+                    # Workers may run elsewhere, with another working directory.
+                    where = os.path.abspath(out)
+                    for result in parallel(
+                        delayed(build_shard)(job, out=where, config=config, on_error=on_error) for job in todo
+                    ):
+                        results.append(result)
+                        summary.slices_built += result.entry.n
+                        bar.update(result.entry.n + sum(f.get("slices", 1) for f in result.failures))
+        results.sort(key=lambda r: r.entry.file)
+        failures = list(prior_failures or [])
+        stats = ShardStats.empty(config.n_mels)
+        for result in results:
+            failures += result.failures
+            stats.merge(result.stats)
+        entries = [r.entry for r in results if r.entry.n > 0]
+        atomic_write_text(out / FAILURES_FILE, "".join(json.dumps(f) + "\n" for f in failures))
+        index = Index.build(
+            config=config,
+            entries=entries,
+            stats=stats.bin_stats(),
+            failures=len(failures),
+            kind=kind,
+            versions=library_versions(),
+            source=source,
+        )
+        write_index(out, index)
+    summary.examples = index.n_examples
+    summary.shards = len(index.shards)
+    summary.shards_built = sum(not r.reused for r in results)
+    summary.shards_reused = sum(r.reused for r in results)
+    summary.bytes = sum(e.bytes for e in entries)
+    summary.failures = failures
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def run_features(
+    *,
+    audio_dir: Path,
+    tp: Path,
+    fp: Path | None,
+    out: Path,
+    config: FeatureConfig,
+    on_error: str = "skip",
+    **options,
+) -> Summary:
+    """Labelled slices (one window per TP and FP row) -> a feature set in ``out``.
+
+    ``options`` are ``run_plan``'s: ``jobs``, ``backend``, ``scheduler``, ``progress``.
+    """
+    check_backend(options.get("backend", "loky"), scheduler=options.get("scheduler"))
+    # Absolute, because the workers may run on other machines (with the same mounts).
+    audio_dir, out = Path(os.path.abspath(audio_dir)), Path(out)
+    if not audio_dir.is_dir():
+        raise ConfigError(f"{audio_dir}: audio directory not found")
+    plan, row_failures = plan_manifests(tp, fp, audio_dir=audio_dir, config=config, on_error=on_error)
+    n_rows = sum(len(job.rows) for job in plan)
+    n_tp = sum(int((job.rows.data["kind"] == EVENT_TP).sum()) for job in plan)
+    log.info(
+        f"manifests: {n_tp} TP rows from {tp}"
+        + (f", {n_rows - n_tp} FP rows from {fp}" if fp is not None else "")
+        + f"; {len(row_failures)} rejected"
+    )
+    manifests = {"tp": str(tp), "fp": None if fp is None else str(fp), "audio_dir": str(audio_dir)}
+    return run_plan(
+        plan,
+        out=out,
+        config=config,
+        kind=SET_LABELLED,
+        on_error=on_error,
+        prior_failures=[f.to_record() for f in row_failures],
+        source=manifests,
+        **options,
+    )
+
+
+def run_windows(*, audio_dir: Path, out: Path, config: FeatureConfig, step: float, **options) -> Summary:
+    """Sliding windows every ``step`` seconds over unlabelled recordings -> a feature set."""
+    check_backend(options.get("backend", "loky"), scheduler=options.get("scheduler"))
+    audio_dir, out = Path(os.path.abspath(audio_dir)), Path(out)
+    plan = plan_windows(audio_dir, config=config, step=step)
+    return run_plan(
+        plan,
+        out=out,
+        config=config,
+        kind=SET_WINDOWS,
+        source={"audio_dir": str(audio_dir), "step": step},
+        **options,
+    )
