@@ -170,7 +170,7 @@ def test_index_without_a_directory_cannot_locate_shards(index_dict):
 def test_feature_config_is_the_one_source_of_parameters():
     fields = dataclasses.fields(FeatureConfig)
     assert parameter_names() == tuple(f.name for f in fields)
-    assert PARAMETERS == {f.name: (f.metadata["unit"], f.metadata["meaning"]) for f in fields}
+    assert {f.name: (f.metadata["unit"], f.metadata["meaning"]) for f in fields} == PARAMETERS
     config = FeatureConfig(n_mels=64, top_db=None)
     assert FeatureConfig.from_dict(config.to_dict()) == config
     assert config.fingerprint() != FeatureConfig().fingerprint()
