@@ -4,6 +4,12 @@
         --features features/demo-test --out runs/baseline/submission.csv \\
         [--truth data/demo/test_ground_truth.csv --metrics runs/baseline/metrics.json]
 
+From Python::
+
+    from experiments.predict import predict
+    result = predict("features/demo-test", model="runs/baseline/model.keras",
+                     out="runs/baseline/submission.csv", truth="data/demo/test_ground_truth.csv")
+
 ``--features`` is a "windows" feature set (``precompute windows``: sliding windows over
 whole recordings). Every window is scored; a recording's score for a species is the
 maximum over its windows (a species is present if it calls in any window). The CSV has
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +41,7 @@ import numpy as np
 from experiments.metrics import lwlrap, top1
 from loader import ShardSequence
 from melshards.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
-from melshards.errors import ExperimentError, MelShardsError
+from melshards.errors import ConfigError, ExperimentError, MelShardsError
 from melshards.files import atomic_write_text
 
 # Feature parameters that change the arrays a model sees; a model trained on one value
@@ -219,37 +226,87 @@ def read_run_metrics(path: Path) -> dict[str, Any]:
     return data
 
 
-def predict(args: argparse.Namespace) -> dict[str, Any]:
-    """Score ``args.features``, write the submission CSV; returns counts and test metrics."""
-    model = load_model(args.model)
+def predict(
+    features: str | os.PathLike,
+    *,
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    truth: str | os.PathLike | None = None,
+    metrics: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Score every window of ``features``, write the submission CSV; returns counts and test metrics.
+
+    The defaults are the command line's (``python -m experiments.predict``).
+
+    Parameters
+    ----------
+    features : str or os.PathLike
+        A windows feature set (``precompute windows``) computed like the model's training
+        features.
+    model : str or os.PathLike
+        A ``model.keras`` written by ``experiments.train``.
+    out : str or os.PathLike
+        Submission CSV to write: ``recording_id,s0,...`` and one row per recording, the
+        maximum over its windows.
+    truth : str or os.PathLike, optional
+        CSV ``recording_id,s0,...`` of 0/1: the recordings are scored against it.
+    metrics : str or os.PathLike, optional
+        The run's ``metrics.json`` (default: the one next to ``model``, if any): its feature
+        config is checked against ``features``; with ``truth`` it gets ``test_lwlrap``,
+        ``test_top1``, ``test_recordings`` and ``test_features``.
+    batch_size : int >= 1
+        Windows per batch.
+    quiet : bool
+        No progress bar and no log line, like ``--quiet``.
+
+    Returns
+    -------
+    dict
+        ``recordings`` and ``windows`` (counts); with ``truth`` also ``test_lwlrap``,
+        ``test_top1`` and ``test_recordings``.
+
+    Raises
+    ------
+    ExperimentError
+        A missing or unreadable model, metrics or truth file, or features that do not fit
+        the model.
+    ConfigError
+        ``batch_size`` is not an integer >= 1.
+    """
+    if not isinstance(batch_size, int | np.integer) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    net = load_model(model)
     seq = ShardSequence(
-        args.features, split="all", shuffle=False, augment=False, batch_size=args.batch_size, dtype="float16"
+        features, split="all", shuffle=False, augment=False, batch_size=int(batch_size), dtype="float16"
     )
-    check_fit(model, seq, model_path=args.model, features=args.features)
+    check_fit(net, seq, model_path=model, features=features)
     # The run's metrics.json records the training feature config: check it whether or not
-    # --metrics was given, when it sits next to the model.
-    metrics_path = Path(args.metrics) if args.metrics else Path(args.model).with_name("metrics.json")
-    run_metrics = read_run_metrics(metrics_path) if args.metrics or metrics_path.is_file() else None
+    # metrics was given, when it sits next to the model.
+    metrics_path = Path(metrics) if metrics else Path(model).with_name("metrics.json")
+    run_metrics = read_run_metrics(metrics_path) if metrics or metrics_path.is_file() else None
     trained = (run_metrics or {}).get("config", {}).get("features")
     if trained:
-        check_feature_config(trained, seq.config, metrics_path=metrics_path, features=args.features)
-    n_classes = model.output_shape[-1]
-    truth_ids, truth = read_truth(args.truth, n_classes=n_classes) if args.truth else ([], None)
+        check_feature_config(trained, seq.config, metrics_path=metrics_path, features=features)
+    n_classes = net.output_shape[-1]
+    truth_ids, truth_table = read_truth(truth, n_classes=n_classes) if truth else ([], None)
 
-    log.info(
-        f"{args.features}: {seq.n_examples} windows of {len(np.unique(seq.recording_id))} recordings, "
-        f"{len(seq)} batches"
-    )
-    scores = score_windows(model, seq, progress=not getattr(args, "quiet", False))
+    if not quiet:
+        log.info(
+            f"{features}: {seq.n_examples} windows of {len(np.unique(seq.recording_id))} recordings, "
+            f"{len(seq)} batches"
+        )
+    scores = score_windows(net, seq, progress=not quiet)
     ids, table = max_per_recording(window_recording_ids(seq), scores)
-    write_submission(args.out, ids, table)
+    write_submission(out, ids, table)
     result: dict[str, Any] = {"recordings": len(ids), "windows": int(len(scores))}
-    if truth is not None:
-        result.update(score_against_truth(ids, table, truth_ids, truth, truth_path=args.truth))
-        if args.metrics:
+    if truth_table is not None:
+        result.update(score_against_truth(ids, table, truth_ids, truth_table, truth_path=truth))
+        if metrics:
             run_metrics.update(result)
             run_metrics["test_features"] = {
-                "path": str(Path(args.features).resolve()),
+                "path": str(Path(features).resolve()),
                 "fingerprint": seq.fingerprint,
             }
             atomic_write_text(metrics_path, json.dumps(run_metrics, indent=1) + "\n")
@@ -260,7 +317,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(quiet=args.quiet)
     try:
-        result = predict(args)
+        result = predict(
+            args.features,
+            model=args.model,
+            out=args.out,
+            truth=args.truth,
+            metrics=args.metrics,
+            batch_size=args.batch_size,
+            quiet=args.quiet,
+        )
     except (MelShardsError, OSError) as err:
         return report_error("experiments.predict", err)
     except KeyboardInterrupt:

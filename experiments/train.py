@@ -3,11 +3,17 @@
     python -m experiments.train --features features/demo --model baseline --epochs 40 \\
         --fold 0 --out runs/baseline
 
+or, from Python (a sweep, a notebook), with the same defaults::
+
+    from experiments.train import train
+    metrics = train("features/demo", out="runs/baseline", model="baseline", epochs=40, fold=0)
+
 The defaults are the tuned demo recipe: AdamW at 5e-3 with a one-epoch warm-up and cosine
 decay, the loader's augmentations plus mixup on half the examples, unknown labels counted
 as negatives, early stopping after 10 epochs without a better ``val_lwlrap``.
 
-Reads only the shards (through ``ShardSequence``), never audio. Writes into ``--out``:
+Reads only the shards (through ``ShardSequence``), never audio. Writes into the run
+directory ``--out`` (``out=`` from Python):
 
 - ``model.keras``: the model of the epoch with the best ``val_lwlrap`` (ModelCheckpoint);
 - ``history.csv``: loss and metrics per epoch (CSVLogger);
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import sys
 import time
@@ -40,7 +47,7 @@ from experiments.models import available_models, build_model
 from experiments.plots import plot_curves, read_history
 from loader import Augment, ShardSequence
 from melshards.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
-from melshards.errors import MelShardsError
+from melshards.errors import ConfigError, MelShardsError
 from melshards.files import atomic_write_text
 
 MODEL_FILE = "model.keras"
@@ -168,58 +175,247 @@ def score_sequence(model: keras.Model, seq: Any) -> tuple[np.ndarray, np.ndarray
     return (np.concatenate(truths) > 0.5).astype(np.float32), np.concatenate(scores)
 
 
-def make_sequences(args: argparse.Namespace) -> tuple[Any, Any]:
+def make_sequences(
+    features: str | os.PathLike,
+    *,
+    fold: int,
+    n_folds: int,
+    batch_size: int,
+    seed: int,
+    workers: int,
+    augment: bool,
+    mixup: float,
+    in_memory: bool,
+) -> tuple[Any, Any]:
+    """The training sequence (shuffled, augmented) and the validation sequence of ``features``."""
     common = dict(
-        fold=args.fold,
-        n_folds=args.n_folds,
-        batch_size=args.batch_size,
-        seed=args.seed,
+        fold=fold,
+        n_folds=n_folds,
+        batch_size=batch_size,
+        seed=seed,
         dtype="float16",  # half the bytes; the model casts to float32 inside
         return_mask=True,
-        in_memory=args.in_memory,
+        in_memory=in_memory,
     )
-    workers = {"workers": args.workers} if args.workers > 1 else {}
-    augment = Augment(mixup_p=args.mixup) if args.augment else Augment.off()
-    train_seq = ShardSequence(
-        args.features, split="train", shuffle=True, augment=augment, **common, **workers
-    )
-    val_seq = ShardSequence(args.features, split="val", shuffle=False, augment=False, **common)
+    extra = {"workers": workers} if workers > 1 else {}
+    augmentation = Augment(mixup_p=mixup) if augment else Augment.off()
+    train_seq = ShardSequence(features, split="train", shuffle=True, augment=augmentation, **common, **extra)
+    val_seq = ShardSequence(features, split="val", shuffle=False, augment=False, **common)
     return train_seq, val_seq
 
 
-def compile_model(model: keras.Model, args: argparse.Namespace, steps_per_epoch: int) -> None:
-    total = max(args.epochs * steps_per_epoch, 1)
-    warmup = min(int(round(args.warmup_epochs * steps_per_epoch)), total - 1)
+def compile_model(
+    model: keras.Model,
+    *,
+    steps_per_epoch: int,
+    epochs: int,
+    lr: float,
+    warmup_epochs: float,
+    weight_decay: float,
+    unknown: str,
+    unknown_weight: float,
+) -> None:
+    """AdamW with a linear warm-up to ``lr`` then cosine decay, the masked loss, LWLRAP and top-1."""
+    total = max(epochs * steps_per_epoch, 1)
+    warmup = min(int(round(warmup_epochs * steps_per_epoch)), total - 1)
     schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=args.lr * 0.1 if warmup else args.lr,
+        initial_learning_rate=lr * 0.1 if warmup else lr,
         decay_steps=total - warmup,
         alpha=0.02,
-        warmup_target=args.lr if warmup else None,
+        warmup_target=lr if warmup else None,
         warmup_steps=warmup,
     )
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=args.weight_decay),
-        loss=MaskedBinaryCrossentropy(unknown=args.unknown, unknown_weight=args.unknown_weight),
+        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay),
+        loss=MaskedBinaryCrossentropy(unknown=unknown, unknown_weight=unknown_weight),
         metrics=[Lwlrap(), Top1()],
     )
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Run one experiment; returns what is written to ``metrics.json``."""
-    started = time.perf_counter()
-    keras.utils.set_random_seed(args.seed)
-    train_seq, val_seq = make_sequences(args)
-    config = train_seq.config
-    input_shape = (config.n_mels, config.crop_frames, 1)
-    model = build_model(args.model, input_shape=input_shape, n_classes=len(train_seq.classes))
-    compile_model(model, args, len(train_seq))
-    log.info(
-        f"{args.features}: {train_seq.n_examples} train examples ({len(train_seq)} batches), "
-        f"{val_seq.n_examples} validation (fold {args.fold} of {args.n_folds}); model {args.model}, "
-        f"{model.count_params():,} parameters, input {input_shape}"
+def _check_int(name: str, value: Any, *, low: int) -> int:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _check_float(name: str, value: Any) -> float:
+    if not isinstance(value, int | float | np.integer | np.floating) or isinstance(value, bool):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def train(
+    features: str | os.PathLike,
+    *,
+    out: str | os.PathLike,
+    model: str = "baseline",
+    epochs: int = 40,
+    fold: int = 0,
+    n_folds: int = 5,
+    batch_size: int = 32,
+    lr: float = 5e-3,
+    warmup_epochs: float = 1.0,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    workers: int = 1,
+    augment: bool = True,
+    mixup: float = 0.5,
+    unknown: str = "negative",
+    unknown_weight: float = 1.0,
+    patience: int = 10,
+    in_memory: bool = False,
+    verbose: int = 2,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run one experiment: fit, save the best epoch, score it; returns what ``metrics.json`` holds.
+
+    The defaults are the command line's (``python -m experiments.train``), option for option.
+
+    Parameters
+    ----------
+    features : str or os.PathLike
+        Labelled feature set directory (with ``index.json``), read through ``ShardSequence``.
+    out : str or os.PathLike
+        Run directory, created if missing; gets ``model.keras``, ``history.csv``,
+        ``curves.png`` and, last, ``metrics.json`` (a stale one is removed first).
+    model : str
+        A registered model name (``experiments.models.available_models()``).
+    epochs : int >= 1
+        Maximum number of epochs (early stopping may end sooner).
+    fold : int in [0, n_folds)
+        Validation fold; folds group examples by recording.
+    n_folds : int >= 1
+        Number of folds.
+    batch_size : int >= 1
+        Examples per batch, for training and validation.
+    lr : float > 0
+        Peak learning rate of AdamW, reached after the warm-up, then cosine decay.
+    warmup_epochs : float
+        Length of the linear warm-up (from ``lr / 10`` to ``lr``), in epochs.
+    weight_decay : float
+        AdamW weight decay.
+    seed : int
+        Seeds the weights, the shuffling and the augmentation (``keras.utils.set_random_seed``).
+    workers : int >= 1
+        Threads that build each batch (``ShardSequence(workers=...)``).
+    augment : bool
+        Augment the training split (time shift, gain, SpecAugment masks: ``loader.Augment``).
+    mixup : float in [0, 1]
+        Probability that a training example is mixed with another of its batch (with
+        ``augment``).
+    unknown : {"negative", "ignore"}
+        How unannotated labels count in the loss (``MaskedBinaryCrossentropy``).
+    unknown_weight : float >= 0
+        Loss weight of an unknown label under ``unknown="negative"``.
+    patience : int >= 1
+        Early stopping patience in epochs, on ``val_lwlrap``.
+    in_memory : bool
+        Cache the feature set in RAM.
+    verbose : {0, 1, 2}
+        Keras ``fit`` output on stderr: 0 none, 1 progress bar, 2 one line per epoch.
+    quiet : bool
+        No log line and no Keras output (``verbose`` becomes 0), like ``--quiet``.
+
+    Returns
+    -------
+    dict
+        The contents of ``metrics.json``: ``val_lwlrap``, ``val_top1``, ``val_loss``,
+        per-class LWLRAP and weights, ``best_epoch``, ``epochs_run``, the feature set
+        ``fingerprint``, timings, and ``config`` (``config["train"]``: these parameters).
+
+    Raises
+    ------
+    ConfigError
+        A parameter out of range, or an unknown model name.
+    FormatError
+        ``features`` is not a finished feature set.
+    """
+    epochs = _check_int("epochs", epochs, low=1)
+    n_folds = _check_int("n_folds", n_folds, low=1)
+    fold = _check_int("fold", fold, low=0)
+    if fold >= n_folds:
+        raise ConfigError(f"fold must be in [0, {n_folds}), got {fold}")
+    batch_size = _check_int("batch_size", batch_size, low=1)
+    workers = _check_int("workers", workers, low=1)
+    patience = _check_int("patience", patience, low=1)
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    seed = int(seed)
+    lr = _check_float("lr", lr)
+    if not lr > 0:
+        raise ConfigError(f"lr must be > 0, got {lr}")
+    mixup = _check_float("mixup", mixup)
+    if not 0 <= mixup <= 1:
+        raise ConfigError(f"mixup must be in [0, 1], got {mixup}")
+    unknown_weight = _check_float("unknown_weight", unknown_weight)
+    if not unknown_weight >= 0:
+        raise ConfigError(f"unknown_weight must be >= 0, got {unknown_weight}")
+    warmup_epochs = _check_float("warmup_epochs", warmup_epochs)
+    weight_decay = _check_float("weight_decay", weight_decay)
+    if unknown not in UNKNOWN_MODES:
+        raise ConfigError(f"unknown must be one of {', '.join(UNKNOWN_MODES)}, got {unknown!r}")
+    if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+        raise ConfigError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    if quiet:
+        verbose = 0
+    # What config["train"] records: every parameter, in the command line's order.
+    arguments = dict(
+        features=features,
+        model=model,
+        epochs=epochs,
+        fold=fold,
+        n_folds=n_folds,
+        out=out,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_epochs=warmup_epochs,
+        weight_decay=weight_decay,
+        seed=seed,
+        workers=workers,
+        augment=augment,
+        mixup=mixup,
+        unknown=unknown,
+        unknown_weight=unknown_weight,
+        patience=patience,
+        in_memory=in_memory,
+        verbose=verbose,
+        quiet=quiet,
     )
 
-    out = Path(args.out)
+    started = time.perf_counter()
+    keras.utils.set_random_seed(seed)
+    train_seq, val_seq = make_sequences(
+        features,
+        fold=fold,
+        n_folds=n_folds,
+        batch_size=batch_size,
+        seed=seed,
+        workers=workers,
+        augment=augment,
+        mixup=mixup,
+        in_memory=in_memory,
+    )
+    config = train_seq.config
+    input_shape = (config.n_mels, config.crop_frames, 1)
+    net = build_model(model, input_shape=input_shape, n_classes=len(train_seq.classes))
+    compile_model(
+        net,
+        steps_per_epoch=len(train_seq),
+        epochs=epochs,
+        lr=lr,
+        warmup_epochs=warmup_epochs,
+        weight_decay=weight_decay,
+        unknown=unknown,
+        unknown_weight=unknown_weight,
+    )
+    if not quiet:
+        log.info(
+            f"{features}: {train_seq.n_examples} train examples ({len(train_seq)} batches), "
+            f"{val_seq.n_examples} validation (fold {fold} of {n_folds}); model {model}, "
+            f"{net.count_params():,} parameters, input {input_shape}"
+        )
+
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # A stale metrics.json would mark this run finished before it is.
     (out / METRICS_FILE).unlink(missing_ok=True)
@@ -231,19 +427,19 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             out / MODEL_FILE, monitor="val_lwlrap", mode="max", save_best_only=True
         ),
         keras.callbacks.EarlyStopping(
-            monitor="val_lwlrap", mode="max", patience=args.patience, restore_best_weights=True
+            monitor="val_lwlrap", mode="max", patience=patience, restore_best_weights=True
         ),
         keras.callbacks.CSVLogger(out / HISTORY_FILE),
     ]
     fit_start = time.perf_counter()
     # Keras writes its progress to stdout; stdout is for the result line only.
     with contextlib.redirect_stdout(sys.stderr):
-        history = model.fit(
+        history = net.fit(
             train_seq,
             validation_data=val_seq,
-            epochs=args.epochs,
+            epochs=epochs,
             callbacks=callbacks,
-            verbose=args.verbose,
+            verbose=verbose,
             shuffle=False,  # the sequence shuffles examples; in-order batches keep its look-ahead useful
         )
     fit_seconds = time.perf_counter() - fit_start
@@ -258,7 +454,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     plot_curves(
         read_history(out / HISTORY_FILE),
         out / CURVES_FILE,
-        title=f"run {out.name}: model {args.model} on {Path(args.features).name}, fold {args.fold}",
+        title=f"run {out.name}: model {model} on {Path(features).name}, fold {fold}",
     )
 
     train_seconds = float(sum(timer.seconds))
@@ -278,16 +474,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "n_train": int(train_seq.n_examples),
         "n_val": int(val_seq.n_examples),
         "fingerprint": train_seq.fingerprint,
-        "model": args.model,
-        "params": int(model.count_params()),
+        "model": model,
+        "params": int(net.count_params()),
         "seconds": round(time.perf_counter() - started, 2),
         "fit_seconds": round(fit_seconds, 2),
         "train_seconds": round(train_seconds, 2),
         "samples_per_second": round(seen / train_seconds, 1) if train_seconds > 0 else None,
         "config": {
-            "train": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "train": {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in arguments.items()},
             "features": config.to_dict(),
-            "features_path": str(Path(args.features).resolve()),
+            "features_path": str(Path(features).resolve()),
             "input_shape": list(input_shape),
             "classes": list(train_seq.classes),
         },
@@ -306,7 +502,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(quiet=args.quiet)
     try:
-        metrics = train(args)
+        metrics = train(
+            args.features,
+            out=args.out,
+            model=args.model,
+            epochs=args.epochs,
+            fold=args.fold,
+            n_folds=args.n_folds,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup_epochs=args.warmup_epochs,
+            weight_decay=args.weight_decay,
+            seed=args.seed,
+            workers=args.workers,
+            augment=args.augment,
+            mixup=args.mixup,
+            unknown=args.unknown,
+            unknown_weight=args.unknown_weight,
+            patience=args.patience,
+            in_memory=args.in_memory,
+            verbose=args.verbose,
+            quiet=args.quiet,
+        )
     except (MelShardsError, OSError) as err:
         return report_error("experiments.train", err)
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
 import csv
+import inspect
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 from experiments import predict, train
 from experiments.metrics import lwlrap
 from loader import ShardSequence
-from melshards.errors import ExperimentError
+from melshards.errors import ConfigError, ExperimentError
 from melshards.index import read_index
 from synthetic_features import make_feature_set
 
@@ -63,6 +64,81 @@ def test_train_metrics_describe_the_saved_model(run_dir, feature_sets):
     assert metrics["val_lwlrap"] == pytest.approx(
         lwlrap(np.concatenate(truths), np.concatenate(scores)), abs=1e-6
     )
+
+
+# What differs between two runs with the same arguments and seed: wall-clock timings.
+TIMING_KEYS = ("seconds", "fit_seconds", "train_seconds", "samples_per_second")
+
+
+def test_train_from_python_matches_the_command_line(run_dir, feature_sets, tmp_path):
+    # The same arguments as run_dir's command line, as keyword arguments (a Path, not a str).
+    out = tmp_path / "py"
+    returned = train.train(
+        feature_sets["train"], out=out, model="tiny", epochs=1, fold=0, batch_size=8, verbose=0, seed=1
+    )
+    written = json.loads((out / "metrics.json").read_text())
+    assert returned == written
+    for name in ("model.keras", "history.csv", "curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert written["epochs_run"] == 1 and written["best_epoch"] == 1
+    assert 0.0 <= written["val_lwlrap"] <= 1.0 and 0.0 <= written["val_top1"] <= 1.0
+    assert written["n_train"] + written["n_val"] == 40 and written["model"] == "tiny"
+    assert written["fingerprint"] == read_index(feature_sets["train"]).fingerprint
+    assert set(written["val_class_lwlrap"]) == set(written["val_class_weight"]) == {"0", "1", "2", "3"}
+    assert written["config"]["train"]["features"] == str(feature_sets["train"])
+    assert written["config"]["train"]["out"] == str(out)
+
+    # Training is deterministic for a seed (checked: two runs agree to the last bit), so the
+    # Python call must write exactly what the command line wrote, timings and --out aside.
+    cli = json.loads((run_dir / "metrics.json").read_text())
+    assert list(written) == list(cli) and list(written["config"]["train"]) == list(cli["config"]["train"])
+    for metrics in (written, cli):
+        for key in TIMING_KEYS:
+            del metrics[key]
+        del metrics["config"]["train"]["out"]
+    assert written == cli
+
+
+def test_train_defaults_are_the_command_line_defaults():
+    params = inspect.signature(train.train).parameters
+    assert params["features"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for name, p in params.items() if name != "features")
+    cli = vars(train.parse_args(["--features", "F", "--out", "O"]))
+    assert set(params) == set(cli)  # every command-line option is a parameter, and no more
+    defaults = {name: p.default for name, p in params.items() if name not in ("features", "out")}
+    assert defaults == {name: v for name, v in cli.items() if name not in ("features", "out")}
+    assert defaults["epochs"] == 40 and defaults["model"] == "baseline" and defaults["verbose"] == 2
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"epochs": 0}, "epochs must be an integer >= 1, got 0"),
+        ({"batch_size": 2.5}, "batch_size must be an integer >= 1, got 2.5"),
+        ({"fold": 5}, "fold must be in [0, 5), got 5"),
+        ({"lr": 0.0}, "lr must be > 0, got 0.0"),
+        ({"mixup": 1.5}, "mixup must be in [0, 1], got 1.5"),
+        ({"unknown": "positive"}, "unknown must be one of negative, ignore, got 'positive'"),
+        ({"verbose": 3}, "verbose must be 0, 1 or 2, got 3"),
+    ],
+)
+def test_train_from_python_refuses_bad_parameters(feature_sets, tmp_path, bad, message):
+    with pytest.raises(ConfigError) as info:
+        train.train(feature_sets["train"], out=tmp_path / "run", model="tiny", **bad)
+    assert str(info.value) == message
+    assert not (tmp_path / "run").exists()
+
+
+def test_predict_from_python_matches_the_command_line(run_dir, feature_sets, tmp_path, capsys):
+    model = run_dir / "model.keras"
+    result = predict.predict(feature_sets["windows"], model=model, out=tmp_path / "py.csv", quiet=True)
+    assert result == {"recordings": 3, "windows": 9}
+    argv = ["--model", str(model), "--features", str(feature_sets["windows"])]
+    assert predict.main([*argv, "--out", str(tmp_path / "cli.csv"), "--quiet"]) == 0
+    assert (tmp_path / "py.csv").read_text() == (tmp_path / "cli.csv").read_text()
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ConfigError, match=r"batch_size must be an integer >= 1, got 0"):
+        predict.predict(feature_sets["windows"], model=model, out=tmp_path / "x.csv", batch_size=0)
 
 
 def test_max_per_recording_hand_built():

@@ -238,11 +238,9 @@ def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
 
 
 def _write_readme(path: Path, *, seed: int, sample_rate: int, summary: dict) -> None:
-    # The text still names precompute/demo.py (the module before it became a package) so
-    # that a dataset written now stays byte-identical to one written before.
     lines = [
         "Synthetic stand-in for the Rainforest Connection species audio detection data,",
-        "written by `precompute demo-data` (precompute/demo.py). Same layout as RFCX:",
+        "written by `precompute demo-data` (precompute/demo/). Same layout as RFCX:",
         "",
         "  train/<recording_id>.flac   train recordings",
         "  train_tp.csv                labelled species calls (true positives)",
