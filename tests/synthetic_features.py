@@ -28,6 +28,11 @@ SAMPLE_RATE = 16000
 HOP_LENGTH = 160  # 100 frames per second
 RECORDING_SECONDS = 10.0
 
+# The loader tests' shared labelled set (the ``labelled_set`` fixture in conftest.py): 10
+# recordings x 5 examples = 50 examples, 7 per shard. A test that needs a variant of it (another
+# compression or dtype) passes these with its change to get the same examples.
+LABELLED_SET = {"n_recordings": 10, "per_recording": 5, "shard_size": 7}
+
 
 def synthetic_config(
     *,

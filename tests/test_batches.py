@@ -30,13 +30,6 @@ MODES = {
 }
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return make_feature_set(
-        tmp_path_factory.mktemp("batches") / "fs", n_recordings=8, per_recording=5, shard_size=6
-    )
-
-
 # What Python's multiprocessing would leave behind: shared_memory segments, heap arenas
 # (``RawArray``) and its temporary directories. Other processes on the machine (joblib, loky)
 # use other names, so the check is not thrown off by them.
@@ -140,10 +133,10 @@ def fit_batches(data, *, epochs: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 @pytest.mark.parametrize("mode", [*MODES, "as_tf_dataset"])
 @pytest.mark.parametrize("augment", [True, {"mixup_p": 0.5}], ids=["default", "mixup"])
-def test_fit_gets_the_in_process_batches(root, mode, augment):
+def test_fit_gets_the_in_process_batches(labelled_set, mode, augment):
     kw = {"split": "train", "batch_size": 8, "seed": 4, "augment": augment}
-    reference = ShardSequence(root, **kw)
-    seq = ShardSequence(root, **kw, **MODES.get(mode, {}))
+    reference = ShardSequence(labelled_set, **kw)
+    seq = ShardSequence(labelled_set, **kw, **MODES.get(mode, {}))
     assert seq.worker_mode == ("in-process" if mode == "as_tf_dataset" else mode)
     # Keras sees an in-process dataset: no enqueuer, no batch through a pipe or a queue
     assert seq.workers == 1 and not seq.use_multiprocessing
@@ -160,10 +153,10 @@ def test_fit_gets_the_in_process_batches(root, mode, augment):
 
 
 @pytest.mark.parametrize("mode", ["threads", "processes"])
-def test_float16_batches_match_in_every_mode(root, mode):
+def test_float16_batches_match_in_every_mode(labelled_set, mode):
     kw = {"split": "all", "batch_size": 16, "dtype": "float16", "augment": Augment(gain=(0.5, 1.5))}
-    with ShardSequence(root, **kw, **MODES[mode]) as seq:
-        reference = ShardSequence(root, **kw)
+    with ShardSequence(labelled_set, **kw, **MODES[mode]) as seq:
+        reference = ShardSequence(labelled_set, **kw)
         for i in range(len(seq)):
             x, y = seq[i]
             assert x.dtype == np.float16
@@ -187,8 +180,8 @@ def test_process_workers_report_a_bad_chunk_like_in_process(tmp_path):
     seq.close()
 
 
-def test_sequence_with_workers_pickles_and_builds_the_same_batch(root):
-    seq = ShardSequence(root, split="train", batch_size=8, seed=2, **MODES["processes"])
+def test_sequence_with_workers_pickles_and_builds_the_same_batch(labelled_set):
+    seq = ShardSequence(labelled_set, split="train", batch_size=8, seed=2, **MODES["processes"])
     x, y = seq[1]
     clone = pickle.loads(pickle.dumps(seq))
     assert clone.worker_mode == "processes"
@@ -201,9 +194,9 @@ def test_sequence_with_workers_pickles_and_builds_the_same_batch(root):
 # -- nothing outlives a fit ---------------------------------------------------------------------
 
 
-def test_finished_and_interrupted_fits_leave_nothing_behind(root):
+def test_finished_and_interrupted_fits_leave_nothing_behind(labelled_set):
     before = leftovers()
-    seq = ShardSequence(root, split="train", batch_size=8, **MODES["processes"])
+    seq = ShardSequence(labelled_set, split="train", batch_size=8, **MODES["processes"])
     fit_batches(seq, epochs=1)
     pids = seq._rows.pids
     assert len(pids) == 2 and all(alive(pid) for pid in pids)
@@ -218,19 +211,24 @@ def test_finished_and_interrupted_fits_leave_nothing_behind(root):
     model.compile(run_eagerly=True)
     with pytest.raises(KeyboardInterrupt):
         model.fit(seq, epochs=3, verbose=0, shuffle=False, callbacks=[Stop()])
-    assert seq[0][0].shape == (8, *seq[0][0].shape[1:])  # still usable after the interrupt
+    # still usable after the interrupt: the batch a fresh in-process sequence makes for that epoch
+    x, y = seq[0]
+    config = seq.features.config
+    assert x.shape == (8, config.n_mels, config.crop_frames, 1)
+    x_ref, y_ref = ShardSequence(labelled_set, split="train", batch_size=8).batch(0, epoch=seq.epoch)
+    assert np.array_equal(x, x_ref) and np.array_equal(y, y_ref)
     pids = seq._rows.pids
     seq.close()
     assert not any(alive(pid) for pid in pids)
     assert leftovers() == before
 
 
-def test_killed_training_process_takes_its_workers_along(root, tmp_path):
+def test_killed_training_process_takes_its_workers_along(labelled_set, tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, time
         from loader import ShardSequence
-        seq = ShardSequence({str(root)!r}, split="train", batch_size=8, workers=2, use_multiprocessing=True)
+        seq = ShardSequence({str(labelled_set)!r}, split="train", batch_size=8, workers=2, use_multiprocessing=True)
         seq[0]
         print(" ".join(map(str, seq._rows.pids)), flush=True)
         while True:
@@ -281,9 +279,9 @@ def test_lookahead_builds_the_next_batch_in_its_thread_and_gives_up_on_a_shuffle
     assert [i for i, _, thread in built if not thread] == [2, 0, 3, 1]
 
 
-def test_sequence_lookahead_gives_the_batches_of_batch(root):
-    seq = ShardSequence(root, split="train", batch_size=8, seed=9)
-    plain = ShardSequence(root, split="train", batch_size=8, seed=9, lookahead=False)
+def test_sequence_lookahead_gives_the_batches_of_batch(labelled_set):
+    seq = ShardSequence(labelled_set, split="train", batch_size=8, seed=9)
+    plain = ShardSequence(labelled_set, split="train", batch_size=8, seed=9, lookahead=False)
     for epoch in (0, 1):
         seq.set_epoch(epoch)
         plain.set_epoch(epoch)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from audio_fixtures import TINY, write_dataset
+from audio_fixtures import TINY
 from melshards.console import report_error, setup_logging, user_error_message
 from melshards.errors import FormatError
 from melshards.index import read_index
@@ -29,11 +29,6 @@ TINY_SET = [
         "shard_size",
     )
 ]
-
-
-@pytest.fixture(scope="module")
-def paths(tmp_path_factory):
-    return write_dataset(tmp_path_factory.mktemp("cli"))
 
 
 def features_argv(paths, out, *extra):
@@ -60,21 +55,24 @@ SUMMARY = re.compile(
 )
 
 
-def test_features_logs_on_stderr_and_prints_one_summary_line(paths, tmp_path, capsys):
+def test_features_logs_on_stderr_and_prints_one_summary_line(tone_dataset, tmp_path, capsys):
     out = tmp_path / "f"
-    assert main(features_argv(paths, out)) == 0
+    assert main(features_argv(tone_dataset, out)) == 0
     captured = capsys.readouterr()
     match = SUMMARY.fullmatch(captured.out)
     assert match and match.group("out") == str(out)
     err = captured.err.replace("\r", "\n")
     assert "feature config: preset default, 32 mels 50-8000 Hz, 2 s + 0.25 s context at 16000 Hz" in err
-    assert f"manifests: 7 TP rows from {paths['tp']}, 2 FP rows from {paths['fp']}; 0 rejected" in err
+    assert (
+        f"manifests: 7 TP rows from {tone_dataset['tp']}, 2 FP rows from {tone_dataset['fp']}; 0 rejected"
+        in err
+    )
     assert "9 slices from 4 recordings in 3 shards: 0 up to date, 3 to build with 1 loky worker(s)" in err
     assert "features -> f: 100%" in err  # the tqdm bar
     # The --set options built exactly the TINY config (its name aside).
     assert read_index(out).config.to_dict() == dict(TINY.to_dict(), preset="default")
 
-    assert main(features_argv(paths, out, "--quiet")) == 0
+    assert main(features_argv(tone_dataset, out, "--quiet")) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
     assert re.fullmatch(
@@ -83,15 +81,15 @@ def test_features_logs_on_stderr_and_prints_one_summary_line(paths, tmp_path, ca
     )
 
 
-def test_quiet_silences_every_command_but_its_result(paths, tmp_path, capsys):
+def test_quiet_silences_every_command_but_its_result(tone_dataset, tmp_path, capsys):
     out = tmp_path / "f"
-    assert main(features_argv(paths, out, "-q")) == 0
+    assert main(features_argv(tone_dataset, out, "-q")) == 0
     assert SUMMARY.fullmatch(capsys.readouterr().out)
     commands = {
         "windows": [
             "windows",
             "--audio-dir",
-            str(paths["audio"]),
+            str(tone_dataset["audio"]),
             "--out",
             str(tmp_path / "w"),
             "--jobs",
@@ -128,11 +126,11 @@ def test_quiet_silences_every_command_but_its_result(paths, tmp_path, capsys):
     assert "verify f: 100%" in captured.err.replace("\r", "\n")
 
 
-def test_a_locked_directory_is_a_user_error(paths, tmp_path, capsys):
+def test_a_locked_directory_is_a_user_error(tone_dataset, tmp_path, capsys):
     out = tmp_path / "f"
     out.mkdir()
     with output_lock(out):
-        assert main(features_argv(paths, out, "-q")) == 2
+        assert main(features_argv(tone_dataset, out, "-q")) == 2
     err = capsys.readouterr().err
     assert re.fullmatch(
         rf"precompute features: error: {re.escape(str(out))}: another precompute run \(pid \d+\) is "
@@ -141,7 +139,7 @@ def test_a_locked_directory_is_a_user_error(paths, tmp_path, capsys):
     )
 
 
-def test_missing_inputs_are_user_errors(paths, tmp_path, capsys):
+def test_missing_inputs_are_user_errors(tone_dataset, tmp_path, capsys):
     cases = {
         "audio dir": (
             [
@@ -149,7 +147,7 @@ def test_missing_inputs_are_user_errors(paths, tmp_path, capsys):
                 "--audio-dir",
                 str(tmp_path / "nope"),
                 "--tp",
-                str(paths["tp"]),
+                str(tone_dataset["tp"]),
                 "--out",
                 str(tmp_path / "o"),
             ],

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audio_fixtures import read_arrays, run_tiny, write_dataset
+from audio_fixtures import read_arrays, run_tiny
 from melshards.errors import FormatError
 from melshards.index import read_index
 from melshards.names import INDEX_FILE
@@ -69,17 +69,11 @@ run_features(audio_dir=Path({audio!r}), tp=Path({tp!r}), fp=Path({fp!r}), out=Pa
 """
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    root = tmp_path_factory.mktemp("crash")
-    paths = write_dataset(root)
-    run_tiny(paths, root / "clean")
-    return paths, read_arrays(root / "clean"), read_index(root / "clean")
-
-
 @pytest.mark.parametrize("point", list(KILL_POINTS))
-def test_killed_run_then_rerun_equals_uninterrupted(reference, tmp_path, point):
-    paths, expected, expected_index = reference
+def test_killed_run_then_rerun_equals_uninterrupted(tiny_run, tmp_path, point):
+    # tiny_run (conftest.py) is the uninterrupted run of the same dataset and config.
+    paths = tiny_run.paths
+    expected, expected_index = read_arrays(tiny_run.out), read_index(tiny_run.out)
     out = tmp_path / "feat"
     script = RUNNER.format(
         tests=str(Path(__file__).parent),

@@ -17,9 +17,11 @@ SCORES = np.array([[0.9, 0.5, 0.1], [0.7, 0.2, 0.4], [0.8, 0.1, 0.3], [0.3, 0.6,
 
 
 def test_lwlrap_hand_computed():
-    expected = (Fraction(1) + Fraction(2, 3) + Fraction(1, 3) + Fraction(1, 2)) / 4
-    assert expected == Fraction(5, 8)
-    assert lwlrap(TRUTH, SCORES) == pytest.approx(float(expected), abs=1e-12)
+    # One precision per positive label of TRUTH, as worked out above; their mean is 5/8.
+    precisions = [Fraction(1), Fraction(2, 3), Fraction(1, 3), Fraction(1, 2)]
+    assert len(precisions) == TRUTH.sum()
+    assert lwlrap(TRUTH, SCORES) == pytest.approx(float(sum(precisions) / len(precisions)), abs=1e-12)
+    assert lwlrap(TRUTH, SCORES) == pytest.approx(5 / 8, abs=1e-12)
 
 
 def test_positive_precisions_hand_computed():

@@ -18,23 +18,15 @@ from precompute.run import run_windows
 from precompute.windows import place_window
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipe")
-    paths = write_dataset(root)
-    summary = run_tiny(paths, root / "feat", jobs=2)
-    return root, paths, summary
-
-
-def test_features_end_to_end_with_two_jobs(built):
-    root, paths, summary = built
-    index = read_index(root / "feat")
+def test_features_end_to_end_with_two_jobs(tiny_run):
+    out, paths, summary = tiny_run.out, tiny_run.paths, tiny_run.summary
+    index = read_index(out)
     assert summary.failures == []
     # Every TP and FP row became exactly one example.
     assert index.n_examples == summary.examples == 9
     # shard_size 3: a shard takes whole recordings until it holds at least 3 windows
     assert [s.n for s in index.shards] == [3, 4, 2]
-    data = read_arrays(root / "feat")
+    data = read_arrays(out)
     anchors = sorted(
         zip(data["recording_id"].astype(str), data["anchor/line"], data["anchor/kind"], strict=True)
     )
@@ -47,12 +39,12 @@ def test_features_end_to_end_with_two_jobs(built):
     assert anchors == sorted([(r, n, 1) for r, n in tp_lines] + [(r, n, 0) for r, n in fp_lines])
 
 
-def test_shard_round_trip_with_plain_h5py_equals_direct_computation(built):
-    root, paths, _ = built
-    with h5py.File(root / "feat" / "shard-00000.h5", "r", locking=False) as h5:
+def test_shard_round_trip_with_plain_h5py_equals_direct_computation(tiny_run):
+    out, paths = tiny_run.out, tiny_run.paths
+    with h5py.File(out / "shard-00000.h5", "r", locking=False) as h5:
         assert h5["mel"].dtype == np.float16 and h5["mel"].chunks == (1, 32, TINY.n_frames)
         assert h5["mel"].fletcher32
-        assert h5.attrs["fingerprint"] == read_index(root / "feat").shards[0].fingerprint
+        assert h5.attrs["fingerprint"] == read_index(out).shards[0].fingerprint
         assert json.loads(h5.attrs["config"])["n_mels"] == 32
         rid = h5["recording_id"][0].decode()
         start = h5["start"][0]
@@ -74,18 +66,17 @@ def test_shard_round_trip_with_plain_h5py_equals_direct_computation(built):
     assert sorted(ev_species[ex_of_event == 0].tolist()) == [0, 2]
 
 
-def test_index_totals_and_stats(built):
-    root, _, summary = built
-    index = read_index(root / "feat")
-    data = read_arrays(root / "feat")
-    assert index.n_examples == len(data["mel"]) == summary.examples
+def test_index_totals_and_stats(tiny_run):
+    index = read_index(tiny_run.out)
+    data = read_arrays(tiny_run.out)
+    assert index.n_examples == len(data["mel"]) == tiny_run.summary.examples
     mel = data["mel"].astype(np.float64)
     np.testing.assert_allclose(index.stats.mean, mel.mean(axis=(0, 2)), atol=1e-5)
     np.testing.assert_allclose(index.stats.std, mel.std(axis=(0, 2)), atol=1e-4)
 
 
-def test_rerun_reuses_every_shard_and_touching_a_file_rebuilds_only_its_shard(built, tmp_path):
-    root, paths, _ = built
+def test_rerun_reuses_every_shard_and_touching_a_file_rebuilds_only_its_shard(tmp_path):
+    paths = write_dataset(tmp_path / "data")  # a dataset of its own: this test touches its audio
     out = tmp_path / "feat"
     first = run_tiny(paths, out)
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.h5")}
@@ -102,8 +93,8 @@ def test_rerun_reuses_every_shard_and_touching_a_file_rebuilds_only_its_shard(bu
     assert read_index(out).n_examples == first.examples
 
 
-def test_sliding_windows_feature_set(built, tmp_path):
-    root, paths, _ = built
+def test_sliding_windows_feature_set(tone_dataset, tmp_path):
+    paths = tone_dataset
     summary = run_windows(
         audio_dir=paths["audio"], out=tmp_path / "win", config=TINY, step=2.0, jobs=1, progress=False
     )
@@ -116,8 +107,8 @@ def test_sliding_windows_feature_set(built, tmp_path):
     assert (data["labels"] == -1).all() and (data["anchor/kind"] == -1).all()
 
 
-def test_cli_exit_status_and_summary(built, tmp_path, capsys):
-    root, paths, _ = built
+def test_cli_exit_status_and_summary(tone_dataset, tmp_path, capsys):
+    paths = tone_dataset
     config = tmp_path / "tiny.toml"
     config.write_text(
         'preset = "default"\nsample_rate = 16000\nn_fft = 512\nhop_length = 256\nn_mels = 32\n'
@@ -178,11 +169,11 @@ def assert_same_feature_set(ours, reference):
     assert (ours / "failures.jsonl").read_text() == (reference / "failures.jsonl").read_text()
 
 
-def test_shard_bytes_do_not_depend_on_when_dataset_handles_close(reference, tmp_path, monkeypatch):
+def test_shard_bytes_do_not_depend_on_when_dataset_handles_close(tiny_run, tmp_path, monkeypatch):
     """Dask workers keep task frames (and their h5py handles) alive a while: same bytes anyway."""
     import h5py
 
-    loky_out, paths, _ = reference
+    loky_out, paths = tiny_run.out, tiny_run.paths
     create, held = h5py.Group.create_dataset, []
 
     def create_and_hold(self, *args, **kwargs):
@@ -194,15 +185,6 @@ def test_shard_bytes_do_not_depend_on_when_dataset_handles_close(reference, tmp_
     run_tiny(paths, tmp_path / "held")
     assert len(held) == 3 * 17  # every dataset of every shard stayed open until here
     assert read_index(tmp_path / "held").shards == read_index(loky_out).shards  # sha256 included
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """A dataset of its own (another test touches the audio of ``built``) and its loky run."""
-    root = tmp_path_factory.mktemp("cluster")
-    paths = write_dataset(root)
-    summary = run_tiny(paths, root / "loky", jobs=2)
-    return root / "loky", paths, summary
 
 
 @pytest.fixture(scope="module")
@@ -218,8 +200,8 @@ def dask_cluster():
     os.environ.update(environ)
 
 
-def test_dask_cluster_writes_the_loky_feature_set_and_resumes_it(reference, tmp_path, dask_cluster):
-    loky_out, paths, loky = reference
+def test_dask_cluster_writes_the_loky_feature_set_and_resumes_it(tiny_run, tmp_path, dask_cluster):
+    loky_out, paths, loky = tiny_run.out, tiny_run.paths, tiny_run.summary
     summary = run_tiny(paths, tmp_path / "dask", backend="dask", scheduler=dask_cluster)
     assert (summary.shards_built, summary.slices_built, summary.examples) == (3, 9, loky.examples)
     assert_same_feature_set(tmp_path / "dask", loky_out)
@@ -244,9 +226,9 @@ def test_dask_cluster_applies_the_fault_policy_like_loky(tmp_path, dask_cluster)
     assert not (tmp_path / "strict" / INDEX_FILE).exists()
 
 
-def test_dask_without_an_address_starts_and_stops_a_local_cluster(reference, tmp_path):
+def test_dask_without_an_address_starts_and_stops_a_local_cluster(tiny_run, tmp_path):
     pytest.importorskip("distributed")
-    loky_out, paths, _ = reference
+    loky_out, paths = tiny_run.out, tiny_run.paths
     environ = dict(os.environ)
     summary = run_tiny(paths, tmp_path / "dask", jobs=2, backend="dask")
     assert summary.shards_built == 3
@@ -258,9 +240,9 @@ def test_dask_without_an_address_starts_and_stops_a_local_cluster(reference, tmp
         default_client()
 
 
-def test_ray_writes_the_loky_feature_set(reference, tmp_path):
+def test_ray_writes_the_loky_feature_set(tiny_run, tmp_path):
     ray = pytest.importorskip("ray")
-    loky_out, paths, _ = reference
+    loky_out, paths = tiny_run.out, tiny_run.paths
     # Started here (not by the run) to keep Ray's start-up to two CPUs and to check that the run
     # leaves a Ray it did not start running.
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -278,9 +260,9 @@ def test_ray_writes_the_loky_feature_set(reference, tmp_path):
     [("dask", "dask.distributed", "dask[distributed]"), ("ray", "ray.util.joblib", "ray")],
 )
 def test_a_missing_cluster_package_is_one_line_saying_what_to_install(
-    built, tmp_path, monkeypatch, capsys, backend, module, package
+    tone_dataset, tmp_path, monkeypatch, capsys, backend, module, package
 ):
-    _, paths, _ = built
+    paths = tone_dataset
     monkeypatch.setitem(sys.modules, module, None)  # makes "import <module>" fail
     message = (
         f"backend '{backend}' needs {package}, which is not installed here: "
@@ -302,8 +284,8 @@ def test_a_missing_cluster_package_is_one_line_saying_what_to_install(
     assert not (tmp_path / "f").exists()  # refused before planning or writing anything
 
 
-def test_scheduler_and_address_are_one_option_for_cluster_backends_only(built, tmp_path):
-    _, paths, _ = built
+def test_scheduler_and_address_are_one_option_for_cluster_backends_only(tone_dataset, tmp_path):
+    paths = tone_dataset
     from precompute.cli import build_parser
 
     args = ["features", "--audio-dir", "a", "--tp", "t.csv", "--out", "o", "--backend", "dask"]

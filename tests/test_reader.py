@@ -17,19 +17,7 @@ from melshards.config import crop_span
 from melshards.errors import FormatError, IntegrityError
 from melshards.labels import label_rows, overlap_mask
 from melshards.names import INDEX_FILE
-from synthetic_features import decode_example, decode_frames, expected_mel, make_feature_set
-
-
-@pytest.fixture(scope="module")
-def feature_dir(tmp_path_factory):
-    return make_feature_set(
-        tmp_path_factory.mktemp("fs") / "plain", n_recordings=8, per_recording=5, shard_size=7
-    )
-
-
-@pytest.fixture(scope="module")
-def features(feature_dir):
-    return FeatureSet(feature_dir)
+from synthetic_features import LABELLED_SET, decode_example, decode_frames, expected_mel, make_feature_set
 
 
 def h5py_crops(features: FeatureSet, ids, starts, crop) -> np.ndarray:
@@ -105,50 +93,59 @@ def test_half_conversion_agrees_with_numpy():
 # -- metadata --------------------------------------------------------------------------------
 
 
-def test_metadata_matches_the_shards(features):
-    assert features.n_examples == 40 and len(features.shards) == 6
-    assert all(layout.byte_offsets is not None for layout in features.shards)
-    for s, layout in enumerate(features.shards):
+def test_metadata_matches_the_shards(labelled_features):
+    # LABELLED_SET: 10 recordings x 5 examples, 7 per shard
+    assert labelled_features.n_examples == 50 and len(labelled_features.shards) == 8
+    assert all(layout.byte_offsets is not None for layout in labelled_features.shards)
+    for s, layout in enumerate(labelled_features.shards):
         with h5py.File(layout.path, "r") as h5:
-            ids = np.flatnonzero(features.shard_of == s)
-            assert np.array_equal(features.row_of[ids], np.arange(layout.n))
-            assert list(features.recording_id[ids]) == list(h5["recording_id"].asstr()[()])
-            assert np.array_equal(features.start[ids], h5["start"][()])
-            assert np.array_equal(features.labels[ids], h5["labels"][()])
+            ids = np.flatnonzero(labelled_features.shard_of == s)
+            assert np.array_equal(labelled_features.row_of[ids], np.arange(layout.n))
+            assert list(labelled_features.recording_id[ids]) == list(h5["recording_id"].asstr()[()])
+            assert np.array_equal(labelled_features.start[ids], h5["start"][()])
+            assert np.array_equal(labelled_features.labels[ids], h5["labels"][()])
             example = h5["events/example"][()]
             for row, i in enumerate(ids):
-                lo, hi = features.event_ptr[i], features.event_ptr[i + 1]
-                assert np.array_equal(features.event_t_min[lo:hi], h5["events/t_min"][()][example == row])
+                lo, hi = labelled_features.event_ptr[i], labelled_features.event_ptr[i + 1]
                 assert np.array_equal(
-                    features.event_species[lo:hi], h5["events/species_id"][()][example == row]
+                    labelled_features.event_t_min[lo:hi], h5["events/t_min"][()][example == row]
+                )
+                assert np.array_equal(
+                    labelled_features.event_species[lo:hi], h5["events/species_id"][()][example == row]
                 )
             for i, info in zip(ids, [h5["mel"].id.get_chunk_info(r) for r in range(layout.n)], strict=True):
-                assert layout.byte_offsets[features.row_of[i]] == info.byte_offset
+                assert layout.byte_offsets[labelled_features.row_of[i]] == info.byte_offset
 
 
-def test_centre_crop_labels_equal_the_stored_labels(features):
-    ids = np.arange(features.n_examples)
-    center = (features.config.n_frames - features.config.crop_frames) // 2
-    y, known = features.crop_labels(ids, np.full(ids.size, center), features.config.crop_frames)
-    assert np.array_equal(y, (features.labels == 1).astype(np.float32))
-    assert np.array_equal(known, (features.labels != -1).astype(np.float32))
+def test_centre_crop_labels_equal_the_stored_labels(labelled_features):
+    ids = np.arange(labelled_features.n_examples)
+    center = (labelled_features.config.n_frames - labelled_features.config.crop_frames) // 2
+    y, known = labelled_features.crop_labels(
+        ids, np.full(ids.size, center), labelled_features.config.crop_frames
+    )
+    assert np.array_equal(y, (labelled_features.labels == 1).astype(np.float32))
+    assert np.array_equal(known, (labelled_features.labels != -1).astype(np.float32))
 
 
-def test_crop_labels_follow_the_crop_and_min_overlap(features):
-    config = features.config  # 100 frames/s, 151 stored, crop 101, min_overlap 0.2 s
+def test_crop_labels_follow_the_crop_and_min_overlap(labelled_features):
+    config = labelled_features.config  # 100 frames/s, 151 stored, crop 101, min_overlap 0.2 s
     i = 3
-    start = features.start[i]
-    lo, hi = features.event_ptr[i], features.event_ptr[i + 1]
-    features_events = (features.event_species[lo:hi], features.event_kind[lo:hi])
+    start = labelled_features.start[i]
+    lo, hi = labelled_features.event_ptr[i], labelled_features.event_ptr[i + 1]
+    features_events = (labelled_features.event_species[lo:hi], labelled_features.event_kind[lo:hi])
     crop = 101
     for a in (0, 17, 50):
         t0, t1 = start + a * 0.01, start + a * 0.01 + 1.0  # by hand: frame k at start + k/100
         assert np.allclose(crop_span(config, start, a, crop), (t0, t1))
         present = overlap_mask(
-            features.event_t_min[lo:hi], features.event_t_max[lo:hi], t0, t1, min_overlap=0.2
+            labelled_features.event_t_min[lo:hi],
+            labelled_features.event_t_max[lo:hi],
+            t0,
+            t1,
+            min_overlap=0.2,
         )
         want = label_rows(*features_events, present, n_classes=4)
-        y, known = features.crop_labels(np.array([i]), np.array([a]), crop)
+        y, known = labelled_features.crop_labels(np.array([i]), np.array([a]), crop)
         assert np.array_equal(y[0], want == 1) and np.array_equal(known[0], want != -1)
 
 
@@ -183,14 +180,14 @@ def shuffled_batch(features, seed, size=16, crop=101):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_fast_path_equals_plain_h5py(features, dtype):
-    reader = MelReader(features)
+def test_fast_path_equals_plain_h5py(labelled_features, dtype):
+    reader = MelReader(labelled_features)
     for seed in range(3):
-        ids, starts = shuffled_batch(features, seed)
-        assert len(np.unique(features.shard_of[ids])) > 2
+        ids, starts = shuffled_batch(labelled_features, seed)
+        assert len(np.unique(labelled_features.shard_of[ids])) > 2
         out = np.empty((ids.size, 16, 101, 1), dtype=dtype)
         reader.read(ids, starts, out)
-        want = h5py_crops(features, ids, starts, 101)
+        want = h5py_crops(labelled_features, ids, starts, 101)
         assert np.array_equal(out, want.astype(dtype))
         for j, i in enumerate(ids):
             assert decode_example(out[j]) == i
@@ -198,78 +195,72 @@ def test_fast_path_equals_plain_h5py(features, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_gain_and_clip_equal_numpy(features, dtype):
-    ids, starts = shuffled_batch(features, 7)
+def test_gain_and_clip_equal_numpy(labelled_features, dtype):
+    ids, starts = shuffled_batch(labelled_features, 7)
     gain = np.random.default_rng(1).uniform(0.8, 1.2, ids.size).astype(np.float32)
     out = np.empty((ids.size, 16, 101, 1), dtype=dtype)
-    MelReader(features).read(ids, starts, out, gain=gain, clip=(0.0, 1.0))
+    MelReader(labelled_features).read(ids, starts, out, gain=gain, clip=(0.0, 1.0))
     want = np.clip(
-        h5py_crops(features, ids, starts, 101).astype(np.float32) * gain[:, None, None, None], 0, 1
+        h5py_crops(labelled_features, ids, starts, 101).astype(np.float32) * gain[:, None, None, None], 0, 1
     )
     assert np.array_equal(out, want.astype(dtype))
     assert out.max() == 1.0
 
 
-def test_in_memory_equals_streaming(features):
-    ids, starts = shuffled_batch(features, 3, size=20)
-    cached = MelReader(features, cache_ids=np.arange(5, 40))
+def test_in_memory_equals_streaming(labelled_features):
+    ids, starts = shuffled_batch(labelled_features, 3, size=20)
+    cached = MelReader(labelled_features, cache_ids=np.arange(5, labelled_features.n_examples))
     ids = ids[ids >= 5]
     starts = starts[: ids.size]
     a = np.empty((ids.size, 16, 101, 1), np.float32)
     b = np.empty_like(a)
     cached.read(ids, starts, a)
-    MelReader(features).read(ids, starts, b)
+    MelReader(labelled_features).read(ids, starts, b)
     assert np.array_equal(a, b)
     with pytest.raises(ValueError, match="cache"):
         cached.read(np.array([0]), np.array([0]), a[:1])
 
 
 @pytest.mark.parametrize("compression", ["gzip", "lzf"])
-def test_compressed_shards_fall_back_to_h5py(tmp_path, features, compression):
-    packed = FeatureSet(
-        make_feature_set(
-            tmp_path / compression, n_recordings=8, per_recording=5, shard_size=7, compression=compression
-        )
-    )
+def test_compressed_shards_fall_back_to_h5py(tmp_path, labelled_features, compression):
+    packed = FeatureSet(make_feature_set(tmp_path / compression, **LABELLED_SET, compression=compression))
     assert all(layout.byte_offsets is None for layout in packed.shards)
-    ids, starts = shuffled_batch(features, 5)
+    ids, starts = shuffled_batch(labelled_features, 5)
     ids = np.concatenate([ids, [10, 11, 12]])  # a sorted run read in one call
     starts = np.concatenate([starts, [0, 1, 2]])
     a = np.empty((ids.size, 16, 101, 1), np.float32)
     b = np.empty_like(a)
     MelReader(packed).read(ids, starts, a)
-    MelReader(features).read(ids, starts, b)
+    MelReader(labelled_features).read(ids, starts, b)
     assert np.array_equal(a, b)
     c = np.empty_like(a)
-    MelReader(packed, cache_ids=np.arange(40)).read(ids, starts, c)
+    MelReader(packed, cache_ids=np.arange(packed.n_examples)).read(ids, starts, c)
     assert np.array_equal(c, b)
-    MelReader(features, direct=False).read(ids, starts, c)
+    MelReader(labelled_features, direct=False).read(ids, starts, c)
     assert np.array_equal(c, b)
 
 
-def test_float32_storage(tmp_path, features):
-    wide = FeatureSet(
-        make_feature_set(tmp_path / "f32", n_recordings=8, per_recording=5, shard_size=7, dtype="float32")
-    )
+def test_float32_storage(tmp_path, labelled_features):
+    wide = FeatureSet(make_feature_set(tmp_path / "f32", **LABELLED_SET, dtype="float32"))
     assert all(layout.byte_offsets is not None for layout in wide.shards)
-    ids, starts = shuffled_batch(features, 2)
+    ids, starts = shuffled_batch(labelled_features, 2)
     for dtype in (np.float32, np.float16):
         a = np.empty((ids.size, 16, 101, 1), dtype)
         b = np.empty_like(a)
         MelReader(wide).read(ids, starts, a)
-        MelReader(features).read(ids, starts, b)
+        MelReader(labelled_features).read(ids, starts, b)
         assert np.array_equal(a, b)
 
 
-def test_portable_path_equals_compiled_casts(features, monkeypatch):
-    ids, starts = shuffled_batch(features, 11)
+def test_portable_path_equals_compiled_casts(labelled_features, monkeypatch):
+    ids, starts = shuffled_batch(labelled_features, 11)
     gain = np.linspace(0.8, 1.2, ids.size, dtype=np.float32)
     results = {}
     for native in (True, False):
         monkeypatch.setattr(kernels, "_HALF_OK", native)
         for dtype in (np.float32, np.float16):
             out = np.empty((ids.size, 16, 101, 1), dtype)
-            MelReader(features).read(ids, starts, out, gain=gain, clip=(0.0, 1.0))
+            MelReader(labelled_features).read(ids, starts, out, gain=gain, clip=(0.0, 1.0))
             results[native, dtype] = out
     for dtype in (np.float32, np.float16):
         assert np.array_equal(results[True, dtype], results[False, dtype])
@@ -282,9 +273,9 @@ def _read_in_child(reader, ids, starts, queue):
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_reader_after_fork_and_pickle(features, method):
-    reader = MelReader(features)
-    ids, starts = shuffled_batch(features, 4)
+def test_reader_after_fork_and_pickle(labelled_features, method):
+    reader = MelReader(labelled_features)
+    ids, starts = shuffled_batch(labelled_features, 4)
     here = np.empty((ids.size, 16, 101, 1), np.float32)
     reader.read(ids, starts, here)  # opens maps in the parent first
     ctx = multiprocessing.get_context(method)
@@ -297,9 +288,9 @@ def test_reader_after_fork_and_pickle(features, method):
     assert np.array_equal(here, there)
 
 
-def test_pickle_drops_handles(features):
-    reader = MelReader(features)
-    ids, starts = shuffled_batch(features, 6)
+def test_pickle_drops_handles(labelled_features):
+    reader = MelReader(labelled_features)
+    ids, starts = shuffled_batch(labelled_features, 6)
     a = np.empty((ids.size, 16, 101, 1), np.float32)
     reader.read(ids, starts, a)
     clone = pickle.loads(pickle.dumps(reader))
