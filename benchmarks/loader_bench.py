@@ -25,6 +25,7 @@ import numpy as np
 
 from loader import ShardSequence
 from melshards.index import read_index
+from melshards.names import MEL
 
 
 def _time_batches(get: Callable[[int], object], n_batches: int, *, repeats: int = 3) -> float:
@@ -55,7 +56,7 @@ def load_all(root: Path) -> np.ndarray:
     parts = []
     for entry in index.shards:
         with h5py.File(root / entry.file, "r", locking=False) as h5:
-            parts.append(h5["mel"][:])
+            parts.append(h5[MEL][:])
     return np.concatenate(parts)
 
 
@@ -99,7 +100,7 @@ def naive_h5py(root: Path, orders: list[np.ndarray], *, crop: tuple[int, int]) -
     def get(i: int) -> np.ndarray:
         idx = np.sort(orders[i])
         shard = np.searchsorted(bounds, idx, side="right") - 1
-        parts = [files[s]["mel"][list(idx[shard == s] - bounds[s])] for s in np.unique(shard)]
+        parts = [files[s][MEL][list(idx[shard == s] - bounds[s])] for s in np.unique(shard)]
         return np.concatenate(parts)[:, :, crop[0] : crop[1], None].astype(np.float32)
 
     return get

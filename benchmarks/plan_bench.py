@@ -67,13 +67,13 @@ def _child(root: Path, *, traced: bool) -> dict:
     if traced:
         tracemalloc.start()
     started = time.perf_counter()
-    jobs, failures = plan_manifests(root / "tp.csv", None, audio_dir=root / "audio", config=config)
+    plan, failures = plan_manifests(root / "tp.csv", None, audio_dir=root / "audio", config=config)
     seconds = time.perf_counter() - started
     traced_peak = tracemalloc.get_traced_memory()[1] if traced else None
     peak = _memory("VmHWM")
     return {
-        "jobs": len(jobs),
-        "windows": sum(job.n_windows for job in jobs),
+        "jobs": len(plan),
+        "windows": sum(job.n_windows for job in plan),
         "failures": len(failures),
         "seconds": seconds,
         "peak_rss_bytes": peak,
