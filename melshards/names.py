@@ -88,3 +88,15 @@ ATTR_STATS_SUM = "stats_sum"
 ATTR_STATS_SUMSQ = "stats_sumsq"
 ATTR_FAILURES = "failures"  # JSON list of what the job skipped
 ATTR_KIND = "kind"  # SET_LABELLED or SET_WINDOWS
+# Every attribute of a shard, besides one ``config.<name>`` per feature parameter.
+SHARD_ATTRIBUTES = (
+    ATTR_FORMAT,
+    ATTR_FORMAT_VERSION,
+    ATTR_FINGERPRINT,
+    ATTR_CONFIG,
+    ATTR_STATS_COUNT,
+    ATTR_STATS_SUM,
+    ATTR_STATS_SUMSQ,
+    ATTR_FAILURES,
+    ATTR_KIND,
+)

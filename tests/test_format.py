@@ -232,15 +232,7 @@ def test_a_written_shard_holds_exactly_the_named_datasets_and_attributes(tmp_pat
         if kind != "str":
             assert dtypes[name] == np.dtype(kind), name
     expected_attrs = {
-        names.ATTR_FORMAT,
-        names.ATTR_FORMAT_VERSION,
-        names.ATTR_FINGERPRINT,
-        names.ATTR_CONFIG,
-        names.ATTR_STATS_COUNT,
-        names.ATTR_STATS_SUM,
-        names.ATTR_STATS_SUMSQ,
-        names.ATTR_FAILURES,
-        names.ATTR_KIND,
+        *names.SHARD_ATTRIBUTES,
         *(f"{names.ATTR_CONFIG_PREFIX}{key}" for key in parameter_names()),
     }
     assert set(attrs) == expected_attrs
@@ -272,17 +264,7 @@ def test_every_name_is_distinct():
     groups = [
         (names.MEL, names.LABELS, names.RECORDING_ID, names.START, names.ANCHOR, names.EVENTS),
         tuple(names.SHARD_DATASETS),
-        (
-            names.ATTR_FORMAT,
-            names.ATTR_FORMAT_VERSION,
-            names.ATTR_FINGERPRINT,
-            names.ATTR_CONFIG,
-            names.ATTR_STATS_COUNT,
-            names.ATTR_STATS_SUM,
-            names.ATTR_STATS_SUMSQ,
-            names.ATTR_FAILURES,
-            names.ATTR_KIND,
-        ),
+        names.SHARD_ATTRIBUTES,
         (names.EVENT_TP, names.EVENT_FP, names.EVENT_NONE),
         names.LABEL_VALUES,
         names.SET_KINDS,
