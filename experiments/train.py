@@ -232,6 +232,45 @@ def compile_model(
     )
 
 
+def fit_run(
+    net: keras.Model,
+    train_seq: Any,
+    val_seq: Any,
+    *,
+    out: Path,
+    epochs: int,
+    patience: int,
+    verbose: int,
+) -> tuple[keras.callbacks.History, TrainTimer, float]:
+    """``net.fit`` with the run's callbacks: best-epoch checkpoint and early stopping on
+    ``val_lwlrap``, the history CSV and the training timer. Returns the history, the timer and
+    the seconds ``fit`` took."""
+    timer = TrainTimer()
+    callbacks = [
+        timer,
+        keras.callbacks.ModelCheckpoint(
+            out / MODEL_FILE, monitor="val_lwlrap", mode="max", save_best_only=True
+        ),
+        keras.callbacks.EarlyStopping(
+            monitor="val_lwlrap", mode="max", patience=patience, restore_best_weights=True
+        ),
+        keras.callbacks.CSVLogger(out / HISTORY_FILE),
+    ]
+    fit_start = time.perf_counter()
+    # Keras writes its progress to stdout; stdout is for the result line only.
+    with contextlib.redirect_stdout(sys.stderr):
+        history = net.fit(
+            train_seq,
+            validation_data=val_seq,
+            epochs=epochs,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,  # the sequence shuffles examples; in-order batches keep its look-ahead useful
+        )
+    fit_seconds = time.perf_counter() - fit_start
+    return history, timer, fit_seconds
+
+
 def _check_int(name: str, value: Any, *, low: int) -> int:
     if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
         raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -335,7 +374,9 @@ def train(
     fold = _check_int("fold", fold, low=0)
     if fold >= n_folds:
         raise ConfigError(f"fold must be in [0, {n_folds}), got {fold}")
-    batch_size = _check_int("batch_size", batch_size, low=1)
+    # batch_size is checked by ShardSequence, unknown and unknown_weight's range by
+    # MaskedBinaryCrossentropy: both are built before the run directory is made. The seed is
+    # checked here because keras.utils.set_random_seed takes it before either of them.
     workers = _check_int("workers", workers, low=1)
     patience = _check_int("patience", patience, low=1)
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
@@ -348,12 +389,8 @@ def train(
     if not 0 <= mixup <= 1:
         raise ConfigError(f"mixup must be in [0, 1], got {mixup}")
     unknown_weight = _check_float("unknown_weight", unknown_weight)
-    if not unknown_weight >= 0:
-        raise ConfigError(f"unknown_weight must be >= 0, got {unknown_weight}")
     warmup_epochs = _check_float("warmup_epochs", warmup_epochs)
     weight_decay = _check_float("weight_decay", weight_decay)
-    if unknown not in UNKNOWN_MODES:
-        raise ConfigError(f"unknown must be one of {', '.join(UNKNOWN_MODES)}, got {unknown!r}")
     if verbose not in (0, 1, 2) or isinstance(verbose, bool):
         raise ConfigError(f"verbose must be 0, 1 or 2, got {verbose!r}")
     if quiet:
@@ -420,29 +457,9 @@ def train(
     # A stale metrics.json would mark this run finished before it is.
     (out / METRICS_FILE).unlink(missing_ok=True)
 
-    timer = TrainTimer()
-    callbacks = [
-        timer,
-        keras.callbacks.ModelCheckpoint(
-            out / MODEL_FILE, monitor="val_lwlrap", mode="max", save_best_only=True
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor="val_lwlrap", mode="max", patience=patience, restore_best_weights=True
-        ),
-        keras.callbacks.CSVLogger(out / HISTORY_FILE),
-    ]
-    fit_start = time.perf_counter()
-    # Keras writes its progress to stdout; stdout is for the result line only.
-    with contextlib.redirect_stdout(sys.stderr):
-        history = net.fit(
-            train_seq,
-            validation_data=val_seq,
-            epochs=epochs,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,  # the sequence shuffles examples; in-order batches keep its look-ahead useful
-        )
-    fit_seconds = time.perf_counter() - fit_start
+    history, timer, fit_seconds = fit_run(
+        net, train_seq, val_seq, out=out, epochs=epochs, patience=patience, verbose=verbose
+    )
     epochs_run = len(history.history.get("loss", []))
 
     # Score the saved file, not the in-memory model: metrics.json describes model.keras.

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from melshards.config import PARAMETERS, FeatureConfig
-from melshards.index import BinStats, read_index
+from melshards.index import BinStats, Index, read_index
 from melshards.names import (
     FAILURES_FILE,
     FORMAT_VERSION,
@@ -33,8 +33,7 @@ def clip_line(text: str, width: int = WIDTH) -> str:
     return text[: keep - keep // 3] + "..." + text[len(text) - keep // 3 :]
 
 
-def _labels_and_recordings(root: Path) -> tuple[np.ndarray, list[str]]:
-    index = read_index(root)
+def _labels_and_recordings(index: Index) -> tuple[np.ndarray, list[str]]:
     labels, recordings = [], []
     for entry in index.shards:
         with open_shard(index.shard_path(entry)) as h5:
@@ -84,7 +83,7 @@ def inspect_lines(root: str | Path) -> list[str]:
     root = Path(root)
     index = read_index(root)
     cfg = index.config
-    labels, recordings = _labels_and_recordings(root)
+    labels, recordings = _labels_and_recordings(index)
     disk = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
     raw = index.n_examples * cfg.n_mels * cfg.n_frames * np.dtype(cfg.dtype).itemsize
     failures = f"{index.failures}" + (f" (see {root / FAILURES_FILE})" if index.failures else "")

@@ -167,72 +167,37 @@ def run_plan(
     Every backend runs the same ``build_shard`` per job and writes the same bytes; the driver
     only receives each shard's ``ShardResult`` (entry, statistics, failures).
     """
-    from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
-
     if on_error not in ON_ERROR:
         raise ConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     check_backend(backend, scheduler=scheduler)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    summary = Summary(out=out)
     with output_lock(out):
         _clean_strays(out, keep={job.file for job in plan})
-        results: list[ShardResult] = []
-        todo: list[ShardJob] = []
-        for job in plan:
-            reused = _reusable(out / job.file, job)
-            if reused is None:
-                todo.append(job)
-            else:
-                results.append(reused)
+        results, todo = _reuse_or_rebuild(out, plan)
         if todo:
             # From here on the directory changes: no reader may trust the old index.
             (out / INDEX_FILE).unlink(missing_ok=True)
-        total = sum(job.n_windows for job in todo)
-        planned = sum(job.n_windows for job in plan)
-        recordings = len({task.recording_id for job in plan for task in job.recordings})
-        local = backend in LOCAL_BACKENDS and scheduler is None
-        workers = min(jobs if jobs and jobs > 0 else (os.cpu_count() or 1), len(todo))
-        log.info(
-            f"{planned} slices from {recordings} recordings in {len(plan)} shards: "
-            f"{len(results)} up to date, {len(todo)} to build"
-            + (
-                (f" with {workers} {backend} worker(s)" if local else f" on the {backend} cluster")
-                if todo
-                else ""
-            )
+        _log_plan(plan, reused=len(results), todo=todo, jobs=jobs, backend=backend, scheduler=scheduler)
+        results += _build_shards(
+            todo,
+            out=out,
+            config=config,
+            on_error=on_error,
+            jobs=jobs,
+            backend=backend,
+            scheduler=scheduler,
+            progress=progress,
         )
-        with tqdm(total=total, unit="slice", desc=f"features -> {out.name}", disable=not progress) as bar:
-            if todo:
-                n_jobs = jobs if jobs and jobs > 0 else None
-                with joblib_backend(
-                    backend, jobs=n_jobs, tasks=len(todo), scheduler=scheduler
-                ) as parallel_jobs:
-                    # One task is one shard (no automatic batching), and no argument is
-                    # memory-mapped: a worker on another machine cannot see this one's /dev/shm.
-                    parallel = Parallel(
-                        n_jobs=parallel_jobs, return_as="generator_unordered", batch_size=1, max_nbytes=None
-                    )
-                    # Workers may run elsewhere, with another working directory.
-                    where = os.path.abspath(out)
-                    for result in parallel(
-                        delayed(build_shard)(job, out=where, config=config, on_error=on_error) for job in todo
-                    ):
-                        results.append(result)
-                        summary.slices_built += result.entry.n
-                        bar.update(result.entry.n + sum(f.get("slices", 1) for f in result.failures))
         results.sort(key=lambda r: r.entry.file)
-        failures = list(prior_failures or [])
+        failures = list(prior_failures or []) + [f for r in results for f in r.failures]
         stats = ShardStats.empty(config.n_mels)
         for result in results:
-            failures += result.failures
             stats.merge(result.stats)
-        entries = [r.entry for r in results if r.entry.n > 0]
         atomic_write_text(out / FAILURES_FILE, "".join(json.dumps(f) + "\n" for f in failures))
         index = Index.build(
             config=config,
-            entries=entries,
+            entries=[r.entry for r in results if r.entry.n > 0],
             stats=stats.bin_stats(),
             failures=len(failures),
             kind=kind,
@@ -240,14 +205,91 @@ def run_plan(
             source=source,
         )
         write_index(out, index)
-    summary.examples = index.n_examples
-    summary.shards = len(index.shards)
-    summary.shards_built = sum(not r.reused for r in results)
-    summary.shards_reused = sum(r.reused for r in results)
-    summary.bytes = sum(e.bytes for e in entries)
-    summary.failures = failures
-    summary.seconds = time.perf_counter() - started
-    return summary
+    built = [r for r in results if not r.reused]
+    return Summary(
+        out=out,
+        examples=index.n_examples,
+        shards=len(index.shards),
+        shards_built=len(built),
+        shards_reused=len(results) - len(built),
+        bytes=sum(e.bytes for e in index.shards),
+        failures=failures,
+        seconds=time.perf_counter() - started,
+        slices_built=sum(r.entry.n for r in built),
+    )
+
+
+def _reuse_or_rebuild(out: Path, plan: list[ShardJob]) -> tuple[list[ShardResult], list[ShardJob]]:
+    """The results of the finished shards the plan would write again, and the jobs left to run."""
+    results: list[ShardResult] = []
+    todo: list[ShardJob] = []
+    for job in plan:
+        reused = _reusable(out / job.file, job)
+        if reused is None:
+            todo.append(job)
+        else:
+            results.append(reused)
+    return results, todo
+
+
+def _log_plan(
+    plan: list[ShardJob],
+    *,
+    reused: int,
+    todo: list[ShardJob],
+    jobs: int | None,
+    backend: str,
+    scheduler: str | None,
+) -> None:
+    planned = sum(job.n_windows for job in plan)
+    recordings = len({task.recording_id for job in plan for task in job.recordings})
+    where = ""
+    if todo and backend in LOCAL_BACKENDS and scheduler is None:
+        workers = min(jobs if jobs and jobs > 0 else (os.cpu_count() or 1), len(todo))
+        where = f" with {workers} {backend} worker(s)"
+    elif todo:
+        where = f" on the {backend} cluster"
+    log.info(
+        f"{planned} slices from {recordings} recordings in {len(plan)} shards: "
+        f"{reused} up to date, {len(todo)} to build{where}"
+    )
+
+
+def _build_shards(
+    todo: list[ShardJob],
+    *,
+    out: Path,
+    config: FeatureConfig,
+    on_error: str,
+    jobs: int | None,
+    backend: str,
+    scheduler: str | None,
+    progress: bool,
+) -> list[ShardResult]:
+    """Run the jobs ``todo`` on ``backend``, one tqdm bar counting slices; results as they finish."""
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    results: list[ShardResult] = []
+    total = sum(job.n_windows for job in todo)
+    with tqdm(total=total, unit="slice", desc=f"features -> {out.name}", disable=not progress) as bar:
+        if not todo:
+            return results
+        n_jobs = jobs if jobs and jobs > 0 else None
+        with joblib_backend(backend, jobs=n_jobs, tasks=len(todo), scheduler=scheduler) as parallel_jobs:
+            # One task is one shard (no automatic batching), and no argument is memory-mapped:
+            # a worker on another machine cannot see this one's /dev/shm.
+            parallel = Parallel(
+                n_jobs=parallel_jobs, return_as="generator_unordered", batch_size=1, max_nbytes=None
+            )
+            # Workers may run elsewhere, with another working directory.
+            where = os.path.abspath(out)
+            for result in parallel(
+                delayed(build_shard)(job, out=where, config=config, on_error=on_error) for job in todo
+            ):
+                results.append(result)
+                bar.update(result.entry.n + sum(f.get("slices", 1) for f in result.failures))
+    return results
 
 
 def run_features(
