@@ -30,21 +30,6 @@ PRESET_DIR = "presets"
 DEFAULT_PRESET = "default"
 NONE_WORDS = ("none", "null")
 
-__all__ = [
-    "PARAMETERS",
-    "config_toml",
-    "load_config",
-    "parameter_names",
-    "parameter_table",
-    "parse_set",
-    "parse_value",
-    "preset",
-    "preset_names",
-    "preset_text",
-    "preset_values",
-    "read_toml",
-]
-
 
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(FeatureConfig)

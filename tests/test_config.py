@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from melshards.config import FeatureConfig
+from melshards.config import PARAMETERS, FeatureConfig, parameter_names
 from melshards.errors import ConfigError
 from precompute.cli import main
 from precompute.config import (
-    PARAMETERS,
     config_toml,
     load_config,
-    parameter_names,
     parameter_table,
     parse_set,
     preset,
