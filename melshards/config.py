@@ -10,6 +10,7 @@ describes itself.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,47 @@ from melshards.names import MEL_DTYPES
 NORMALIZE_MODES = ("minmax", "none")
 DB_MODES = ("power", "amplitude")
 COMPRESSIONS = (None, "gzip", "lzf")
+
+
+# Every numeric parameter: integer or real, and its closed range (None: no bound). Values are
+# checked on construction, so a NaN, an infinity or an absurd size never reaches a run.
+LIMITS: dict[str, tuple[type, float | None, float | None]] = {
+    "sample_rate": (int, 1000, 768_000),
+    "n_fft": (int, 16, 1 << 16),
+    "hop_length": (int, 1, 1 << 16),
+    "n_mels": (int, 1, 1024),
+    "fmin": (float, 0.0, None),
+    "fmax": (float, 0.0, None),
+    "power": (float, 0.25, 4.0),
+    "db_ref": (float, 1e-30, 1e30),
+    "top_db": (float, 1e-3, 1000.0),
+    "duration": (float, 0.01, 3600.0),
+    "context": (float, 0.0, 600.0),
+    "min_overlap": (float, 0.0, 3600.0),
+    "n_classes": (int, 1, 32767),  # species ids are stored as int16
+    "shard_size": (int, 1, 1_000_000),
+}
+# Parameters that may be absent (None): db_ref (each slice's maximum) and top_db (no floor).
+OPTIONAL = ("db_ref", "top_db")
+
+
+# One example's values (n_mels x n_frames): 2**26 is 128 MB of float16, far beyond any use.
+MAX_EXAMPLE_VALUES = 1 << 26
+
+
+def _check_number(name: str, value: Any, *, kind: type, low: float | None, high: float | None) -> None:
+    """ConfigError unless ``value`` is a finite ``kind`` in ``[low, high]`` (None passes where allowed)."""
+    if value is None and name in OPTIONAL:
+        return
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not is_number or (kind is int and not isinstance(value, int)):
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"config {name} must be {what}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"config {name} must be finite, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+        raise ConfigError(f"config {name} must be {bounds}, got {value!r}")
 
 
 def _param(default: Any, unit: str, meaning: str) -> Any:
@@ -59,27 +101,8 @@ class FeatureConfig:
     shard_size: int = _param(32, "examples", "examples per shard file (one parallel job each)")
 
     def __post_init__(self) -> None:
-        positive = (
-            "sample_rate",
-            "n_fft",
-            "hop_length",
-            "n_mels",
-            "duration",
-            "n_classes",
-            "shard_size",
-            "power",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"config {name} must be a positive number, got {value!r}")
-        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "n_classes", "shard_size"):
-            if not isinstance(getattr(self, name), int):
-                raise ConfigError(f"config {name} must be an integer, got {getattr(self, name)!r}")
-        if self.context < 0:
-            raise ConfigError(f"config context must be >= 0 seconds, got {self.context!r}")
-        if self.min_overlap < 0:
-            raise ConfigError(f"config min_overlap must be >= 0 seconds, got {self.min_overlap!r}")
+        for name, (kind, low, high) in LIMITS.items():
+            _check_number(name, getattr(self, name), kind=kind, low=low, high=high)
         if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
             raise ConfigError(
                 f"config needs 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin} "
@@ -93,12 +116,12 @@ class FeatureConfig:
             raise ConfigError(f"config dtype must be one of {MEL_DTYPES}, got {self.dtype!r}")
         if self.compression not in COMPRESSIONS:
             raise ConfigError(f"config compression must be none, gzip or lzf, got {self.compression!r}")
-        if self.db_ref is not None and not self.db_ref > 0:
+        values = self.n_mels * self.n_frames
+        if values > MAX_EXAMPLE_VALUES:
             raise ConfigError(
-                f"config db_ref must be positive or absent (slice maximum), got {self.db_ref!r}"
+                f"config gives examples of {self.n_mels} x {self.n_frames} values, more than "
+                f"{MAX_EXAMPLE_VALUES}; shorten duration/context or raise hop_length"
             )
-        if self.top_db is not None and self.top_db <= 0:
-            raise ConfigError(f"config top_db must be positive or absent, got {self.top_db!r}")
 
     # Geometry derived from the parameters; the loader relies on these, never recomputes.
     @property

@@ -29,6 +29,10 @@ class IntegrityError(FormatError):
     """Stored bytes fail their checksum: the shard is corrupt."""
 
 
+class StorageError(MelShardsError):
+    """The output cannot be written: disk full, quota, or a file too large for the file system."""
+
+
 class LockedError(MelShardsError):
     """Another precompute run holds the output directory."""
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from melshards.errors import StorageError
+
+# errno values that mean "the storage is full": free space (or raise a limit) and run again.
+STORAGE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -15,15 +22,67 @@ def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
+        # mkstemp creates the file private (0600); what a run writes follows the umask instead,
+        # like any other tool's output, so that others can read a shared feature set.
+        os.fchmod(fd, 0o666 & ~current_umask())
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        raise_if_storage_full(err, path)
         raise
     fsync_dir(path.parent)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` and a newline to ``path`` durably (created if absent, never through a link)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o666)
+        try:
+            os.write(fd, (line + "\n").encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise_if_storage_full(err, path)
+        raise
+
+
+def storage_errno(err: BaseException) -> int | None:
+    """The errno of ``err`` when it says the storage is full (HDF5 puts it only in its message)."""
+    code = getattr(err, "errno", None)
+    if code is None:
+        found = re.search(r"errno = (\d+)", str(err))
+        code = int(found.group(1)) if found else None
+    return code if code in STORAGE_FULL else None
+
+
+def raise_if_storage_full(err: BaseException, path: Path) -> None:
+    """Raise StorageError naming ``path`` when ``err`` means the storage is full; else return."""
+    code = storage_errno(err)
+    if code is not None:
+        raise StorageError(
+            f"{path}: cannot write: {os.strerror(code)}; finished shards are kept, free space and "
+            "run again to resume"
+        ) from None
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def fsync_dir(path: Path) -> None:

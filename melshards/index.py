@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,7 +41,7 @@ class ShardEntry:
         entry = cls(
             file=_text(data["file"], f"{source} file"),
             n=_count(data["n"], f"{source} n"),
-            sha256=_text(data["sha256"], f"{source} sha256"),
+            sha256=_hex(data["sha256"], f"{source} sha256", digits=64),
             fingerprint=_text(data["fingerprint"], f"{source} fingerprint"),
             bytes=_count(data["bytes"], f"{source} bytes"),
         )
@@ -176,7 +177,7 @@ class Index:
         config_data = _mapping(data["config"], f"{source} config")
         try:
             config = FeatureConfig.from_dict(config_data, source=source)
-        except (ConfigError, TypeError) as err:
+        except (ConfigError, TypeError, ValueError, OverflowError) as err:
             raise FormatError(f"{source}: malformed index config: {err}") from None
         kind = data["kind"]
         if kind not in SET_KINDS:
@@ -272,15 +273,31 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# Counts in an index (examples, bytes, frames) fit an int64 with room to add them up.
+MAX_COUNT = 1 << 53
+
+
 def _count(value: Any, where: str) -> int:
-    if not _is_int(value) or value < 0:
-        raise FormatError(f"{where}: expected a count (integer >= 0), got {value!r}")
+    if not _is_int(value) or not 0 <= value <= MAX_COUNT:
+        raise FormatError(f"{where}: expected a count (integer in 0..2**53), got {_short(value)}")
     return value
+
+
+def _hex(value: Any, where: str, *, digits: int) -> str:
+    if not isinstance(value, str) or len(value) != digits or value.strip("0123456789abcdef"):
+        raise FormatError(f"{where}: expected {digits} lowercase hex digits, got {_short(value)}")
+    return value
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to a readable length for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str):
-        raise FormatError(f"{where}: expected a string, got {value!r}")
+        raise FormatError(f"{where}: expected a string, got {_short(value)}")
     return value
 
 
@@ -289,4 +306,7 @@ def _floats(value: Any, where: str) -> tuple[float, ...]:
         isinstance(v, int | float) and not isinstance(v, bool) for v in value
     ):
         raise FormatError(f"{where}: expected a list of numbers")
-    return tuple(value)
+    bad = [i for i, v in enumerate(value) if not math.isfinite(v)]
+    if bad:
+        raise FormatError(f"{where}: value {bad[0]} is {value[bad[0]]!r}, not a finite number")
+    return tuple(float(v) for v in value)

@@ -7,11 +7,15 @@ Nothing else in the project spells these strings; writers and readers import the
 from __future__ import annotations
 
 FORMAT_NAME = "melshards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # -- files of a feature set directory --------------------------------------------------------
 INDEX_FILE = "index.json"
 FAILURES_FILE = "failures.jsonl"
+# What a run records of each shard it finishes (one index entry as JSON per line), so that a
+# resumed run reuses a shard only when its bytes still hash to what was written.
+BUILT_FILE = ".built.jsonl"
+LOCK_FILE = ".lock"  # held (flock) by the run writing the directory; holds its pid
 SHARD_PATTERN = "shard-{:05d}.h5"
 SHARD_PREFIX = "shard-"
 SHARD_SUFFIX = ".h5"
@@ -44,6 +48,7 @@ EVENTS = "events"  # group: every event overlapping each stored window, as one f
 
 MEL_DTYPES = ("float16", "float32")
 CHECKSUM_BYTES = 4  # fletcher32 appends this many bytes to each stored chunk
+METADATA_CHUNK_ROWS = 4096  # rows per chunk of the metadata datasets
 
 # Fields of the ``anchor`` group, one value per example, with their dtypes.
 ANCHOR_FIELDS: dict[str, str] = {
@@ -66,7 +71,8 @@ EVENT_FIELDS: dict[str, str] = {
 }
 
 # Every dataset but ``mel`` (whose dtype is the config's), name -> numpy dtype; "str" is a
-# variable-length UTF-8 string.
+# fixed-length UTF-8 string (as long as the longest value), so its bytes lie in the chunks that
+# the checksum covers. Every dataset of a shard, ``mel`` included, is chunked with fletcher32.
 METADATA_DATASETS: dict[str, str] = {
     LABELS: "int8",
     RECORDING_ID: "str",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,8 +21,8 @@ import h5py
 import numpy as np
 
 from melshards.config import FeatureConfig
-from melshards.errors import FormatError
-from melshards.files import fsync_dir, fsync_file, sha256_file
+from melshards.errors import FormatError, IntegrityError
+from melshards.files import fsync_dir, fsync_file, raise_if_storage_full, sha256_file
 from melshards.index import BinStats, ShardEntry
 from melshards.names import (
     ANCHOR,
@@ -44,6 +45,7 @@ from melshards.names import (
     FORMAT_VERSION,
     LABELS,
     MEL,
+    METADATA_CHUNK_ROWS,
     METADATA_DATASETS,
     RECORDING_ID,
     SHARD_DATASETS,
@@ -115,6 +117,7 @@ class ShardSummary:
     n: int
     stats: ShardStats
     failures: list[dict]
+    kind: str
 
 
 def write_shard(
@@ -137,7 +140,10 @@ def write_shard(
     tmp = temp_name(final)
     stats = ShardStats.empty(config.n_mels)
     try:
-        with h5py.File(tmp, "w", libver=("earliest", "v110")) as h5:
+        # Exclusive creation: whatever sits at the temp name (a stale file, a planted symbolic
+        # link) is removed, never written through.
+        tmp.unlink(missing_ok=True)
+        with h5py.File(tmp, "w-", libver=("earliest", "v110")) as h5:
             _write_datasets(h5, examples, config=config, stats=stats)
             # Chunks are placed in the file when the chunk cache is flushed, i.e. when their
             # dataset is closed or the file flushed. A dataset handle can outlive its function
@@ -161,8 +167,9 @@ def write_shard(
         digest = sha256_file(tmp)
         size = tmp.stat().st_size
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        raise_if_storage_full(err, final)
         raise
     fsync_dir(final.parent)
     entry = ShardEntry(file=final.name, n=len(examples), sha256=digest, fingerprint=fingerprint, bytes=size)
@@ -188,22 +195,43 @@ def _write_datasets(
                 f"example {i} of {ex.recording_id}: mel shape {ex.mel.shape}, expected {shape[1:]}"
             )
         stored = ex.mel.astype(config.dtype)
+        if not np.isfinite(stored).all():
+            # Callers check first and record the recording as a failure; this is the last guard.
+            raise ValueError(f"example {i} of {ex.recording_id}: non-finite values in mel; not writing them")
         mel[i] = stored
         stats.add(stored)
-    h5.create_dataset(
-        LABELS, data=np.array([ex.labels for ex in examples], dtype=np.int8).reshape(n, config.n_classes)
+    _create_checked(
+        h5, LABELS, np.array([ex.labels for ex in examples], dtype=np.int8).reshape(n, config.n_classes)
     )
-    h5.create_dataset(RECORDING_ID, data=[ex.recording_id for ex in examples], dtype=h5py.string_dtype())
-    h5.create_dataset(START, data=np.array([ex.start for ex in examples], dtype=np.float64))
+    ids = [ex.recording_id.encode("utf-8") for ex in examples]
+    id_dtype = h5py.string_dtype("utf-8", max((len(i) for i in ids), default=1))
+    _create_checked(h5, RECORDING_ID, np.array(ids, dtype=id_dtype))
+    _create_checked(h5, START, np.array([ex.start for ex in examples], dtype=np.float64))
     for key, dtype in ANCHOR_FIELDS.items():
-        h5.create_dataset(f"{ANCHOR}/{key}", data=np.array([ex.anchor[key] for ex in examples], dtype=dtype))
+        _create_checked(h5, f"{ANCHOR}/{key}", np.array([ex.anchor[key] for ex in examples], dtype=dtype))
     counts = [len(ex.events.get("species_id", ())) for ex in examples]
-    h5.create_dataset(f"{EVENTS}/{EVENT_EXAMPLE}", data=np.repeat(np.arange(n, dtype=np.int32), counts))
+    _create_checked(h5, f"{EVENTS}/{EVENT_EXAMPLE}", np.repeat(np.arange(n, dtype=np.int32), counts))
     for key, dtype in EVENT_FIELDS.items():
         parts = [np.asarray(ex.events.get(key, ()), dtype=dtype) for ex in examples]
-        h5.create_dataset(
-            f"{EVENTS}/{key}", data=np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-        )
+        _create_checked(h5, f"{EVENTS}/{key}", np.concatenate(parts) if parts else np.zeros(0, dtype=dtype))
+
+
+def _create_checked(h5: h5py.File, name: str, data: np.ndarray) -> None:
+    """A metadata dataset in fletcher32-checked chunks of up to ``METADATA_CHUNK_ROWS`` rows.
+
+    The first axis is declared resizable only because HDF5 refuses a chunk larger than a fixed
+    dimension, and an empty dataset still needs a chunk to carry the filter.
+    """
+    rows = min(max(data.shape[0], 1), METADATA_CHUNK_ROWS)
+    dataset = h5.create_dataset(
+        name,
+        data=data,
+        chunks=(rows, *data.shape[1:]),
+        maxshape=(None, *data.shape[1:]),
+        fletcher32=True,
+    )
+    # Place the chunks now, not when the handle happens to close: same bytes on every backend.
+    dataset.flush()
 
 
 def read_shard_summary(path: Path) -> ShardSummary:
@@ -224,21 +252,40 @@ def read_shard_summary(path: Path) -> ShardSummary:
             n=int(h5[MEL].shape[0]),
             stats=stats,
             failures=json.loads(str(h5.attrs.get(ATTR_FAILURES, "[]"))),
+            kind=str(h5.attrs.get(ATTR_KIND, "")),
         )
 
 
 def open_shard(path: Path) -> h5py.File:
     """Open a shard read-only without HDF5 file locking; FormatError if missing or unreadable.
 
-    File locking is off because it fails on NFS and many cluster file systems, and shards are
-    written once and never modified in place.
+    A shard must be a regular file in its directory: a symbolic link (which could lead anywhere)
+    or a device, FIFO or directory under a shard's name is refused. File locking is off because
+    it fails on NFS and many cluster file systems, and shards are written once and never
+    modified in place.
     """
-    if not path.is_file():
-        raise FormatError(f"{path}: shard listed in the index is missing")
+    problem = regular_file_problem(path)
+    if problem:
+        raise FormatError(f"{path}: {problem}")
     try:
         return h5py.File(path, "r", locking=False)
     except OSError as err:
         raise FormatError(f"{path}: cannot open shard: {err}") from err
+
+
+def regular_file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a regular file that may be read as a shard, or None."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return "shard listed in the index is missing"
+    except OSError as err:
+        return f"cannot stat shard: {err.strerror}"
+    if stat.S_ISLNK(mode):
+        return "shard is a symbolic link; refusing it (copy the file into the feature directory)"
+    if not stat.S_ISREG(mode):
+        return "shard is not a regular file; refusing it"
+    return None
 
 
 def check_shard(
@@ -279,6 +326,8 @@ def check_shard(
         ds = h5[name]
         if ds.is_virtual or ds.external:
             raise FormatError(f"{path}: dataset {name!r} uses virtual or external storage; refusing it")
+        if not ds.fletcher32:
+            raise FormatError(f"{path}: dataset {name!r} has no checksum; refusing it")
         shape = expected_shapes.get(name)
         if shape is None and not name.startswith(f"{EVENTS}/"):
             shape = (n,)
@@ -305,28 +354,50 @@ class ShardMetadata:
 
 
 def read_metadata(h5: h5py.File, entry: ShardEntry, config: FeatureConfig, *, path: Path) -> ShardMetadata:
-    """Read a checked shard's metadata; FormatError when events point outside the shard or config."""
-    example = h5[f"{EVENTS}/{EVENT_EXAMPLE}"][()].astype(np.int64)
+    """Read a checked shard's metadata, each chunk through its checksum.
+
+    Raises IntegrityError when a chunk fails its checksum, FormatError when events point outside
+    the shard or the config.
+    """
+    example = read_checked(h5, f"{EVENTS}/{EVENT_EXAMPLE}", path=path).astype(np.int64)
     if example.size and (example.min() < 0 or example.max() >= entry.n):
         raise FormatError(f"{path}: {EVENTS}/{EVENT_EXAMPLE} points outside the shard's {entry.n} rows")
-    species = h5[f"{EVENTS}/species_id"][()].astype(np.int64)
+    species = read_checked(h5, f"{EVENTS}/species_id", path=path).astype(np.int64)
     if species.size and (species.min() < 0 or species.max() >= config.n_classes):
         raise FormatError(f"{path}: {EVENTS}/species_id outside [0, {config.n_classes}) of the config")
     events = {EVENT_EXAMPLE: example, "species_id": species}
     for key in EVENT_FIELDS:
         if key not in events:
-            events[key] = h5[f"{EVENTS}/{key}"][()]
+            events[key] = read_checked(h5, f"{EVENTS}/{key}", path=path)
     return ShardMetadata(
-        recording_id=np.asarray(h5[RECORDING_ID].asstr()[()], dtype=object),
-        start=h5[START][()],
-        labels=h5[LABELS][()],
+        recording_id=read_checked(h5, RECORDING_ID, path=path),
+        start=read_checked(h5, START, path=path),
+        labels=read_checked(h5, LABELS, path=path),
         events=events,
     )
 
 
+def read_checked(h5: h5py.File, name: str, *, path: Path | None = None) -> np.ndarray:
+    """The whole dataset ``name`` (strings as an object array of ``str``), checksums verified.
+
+    HDF5 checks each chunk's fletcher32 as it reads; a mismatch is an IntegrityError naming the
+    shard and the dataset.
+    """
+    ds = h5[name]
+    try:
+        if ds.dtype.kind == "S" or h5py.check_string_dtype(ds.dtype) is not None:
+            return np.asarray(ds.asstr()[()], dtype=object)
+        return ds[()]
+    except OSError as err:
+        where = path if path is not None else h5.filename
+        raise IntegrityError(
+            f"{where}: dataset {name!r} fails its checksum or cannot be read ({err})"
+        ) from None
+
+
 def read_anchors(h5: h5py.File, names: Sequence[str] = tuple(ANCHOR_FIELDS)) -> dict[str, np.ndarray]:
-    """The ``anchor`` fields ``names`` of every example of an open shard."""
-    return {name: h5[f"{ANCHOR}/{name}"][()] for name in names}
+    """The ``anchor`` fields ``names`` of every example of an open shard, checksums verified."""
+    return {name: read_checked(h5, f"{ANCHOR}/{name}") for name in names}
 
 
 def mel_chunk_offsets(ds: h5py.Dataset, config: FeatureConfig, *, file_size: int) -> np.ndarray | None:

@@ -7,11 +7,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from melshards.errors import FormatError
+from melshards.errors import FormatError, IntegrityError
 from melshards.files import sha256_file
 from melshards.index import Index, ShardEntry, read_index
-from melshards.names import LABEL_VALUES, LABELS, MEL, SHARD_PREFIX, SHARD_SUFFIX
-from melshards.shard import check_shard
+from melshards.names import LABEL_VALUES, LABELS, MEL, METADATA_DATASETS, SHARD_PREFIX, SHARD_SUFFIX
+from melshards.shard import check_shard, read_checked, regular_file_problem
 
 
 def verify(root: str | Path, *, progress: bool = False) -> list[str]:
@@ -42,8 +42,9 @@ def verify(root: str | Path, *, progress: bool = False) -> list[str]:
 
 def _verify_shard(index: Index, entry: ShardEntry) -> list[str]:
     path = index.shard_path(entry)
-    if not path.is_file():
-        return [f"{path}: missing (listed in the index)"]
+    problem = regular_file_problem(path)
+    if problem:
+        return [f"{path}: {problem}"]
     problems = []
     digest = sha256_file(path)
     if digest != entry.sha256:
@@ -51,17 +52,32 @@ def _verify_shard(index: Index, entry: ShardEntry) -> list[str]:
     try:
         with h5py.File(path, "r", locking=False) as h5:
             check_shard(h5, entry, index.config, path=path, size=False)
-            mel = h5[MEL]
-            buf = np.empty(mel.shape[1:], dtype=mel.dtype)
-            for i in range(mel.shape[0]):
+            problems += _verify_mel(h5[MEL], path)
+            for name in METADATA_DATASETS:
                 try:
-                    mel.read_direct(buf, np.s_[i])
-                except OSError as err:
-                    problems.append(f"{path}: example {i}: checksum or read error ({err})")
-            if not np.all(np.isin(h5[LABELS][:], LABEL_VALUES)):
-                problems.append(f"{path}: labels hold values other than -1, 0, 1")
+                    values = read_checked(h5, name, path=path)
+                except IntegrityError as err:
+                    problems.append(str(err))
+                    continue
+                if name == LABELS and not np.all(np.isin(values, LABEL_VALUES)):
+                    problems.append(f"{path}: labels hold values other than -1, 0, 1")
     except FormatError as err:
         problems.append(str(err))
     except OSError as err:
         problems.append(f"{path}: unreadable HDF5: {err}")
+    return problems
+
+
+def _verify_mel(mel: h5py.Dataset, path: Path) -> list[str]:
+    """Read every example through its checksum; every stored value must be finite."""
+    problems = []
+    buf = np.empty(mel.shape[1:], dtype=mel.dtype)
+    for i in range(mel.shape[0]):
+        try:
+            mel.read_direct(buf, np.s_[i])
+        except OSError as err:
+            problems.append(f"{path}: example {i}: checksum or read error ({err})")
+            continue
+        if not np.isfinite(buf).all():
+            problems.append(f"{path}: example {i}: non-finite values (NaN or inf) in mel")
     return problems

@@ -81,6 +81,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         choices=["skip", "fail"],
         help="skip: record bad rows/recordings in failures.jsonl and go on; fail: stop at the first",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a feature set of the other kind (labelled or windows) in --out",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +177,7 @@ def _run_options(args: argparse.Namespace) -> dict:
         "scheduler": args.scheduler,
         "on_error": args.on_error,
         "progress": not args.quiet,
+        "overwrite": args.overwrite,
     }
 
 

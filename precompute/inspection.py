@@ -20,7 +20,7 @@ from melshards.names import (
     RECORDING_ID,
     SET_LABELLED,
 )
-from melshards.shard import open_shard
+from melshards.shard import open_shard, read_checked
 
 WIDTH = 100  # columns: inspect's lines fit a terminal this wide
 
@@ -37,8 +37,8 @@ def _labels_and_recordings(index: Index) -> tuple[np.ndarray, list[str]]:
     labels, recordings = [], []
     for entry in index.shards:
         with open_shard(index.shard_path(entry)) as h5:
-            labels.append(h5[LABELS][:])
-            recordings += [r.decode() for r in h5[RECORDING_ID][:]]
+            labels.append(read_checked(h5, LABELS))
+            recordings += list(read_checked(h5, RECORDING_ID))
     n_classes = index.config.n_classes
     return (np.concatenate(labels) if labels else np.zeros((0, n_classes), np.int8)), recordings
 

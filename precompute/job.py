@@ -78,6 +78,12 @@ def _build_shard(job: ShardJob, *, out: str, config: FeatureConfig, on_error: st
             examples += _recording_examples(
                 task, job=job, config=config, on_error=on_error, failures=failures
             )
+        except MemoryError:
+            # A file whose decoded size is beyond this worker costs that recording, not the run.
+            err = AudioError(f"{task.path}: out of memory while decoding or computing its features")
+            if on_error == "fail":
+                raise err from None
+            failures.append(failure_record(task.recording_id, task.path, err, slices=task.n_windows))
         except AudioError as err:
             if on_error == "fail":
                 raise
@@ -107,7 +113,7 @@ def _recording_examples(
     if job.kind == SET_WINDOWS:
         examples = []
         for start in sliding_starts(seconds, length=length, step=job.step):
-            mel, start = _window_mel(y, start, config=config, n_samples=n_samples)
+            mel, start = _window_mel(y, start, config=config, n_samples=n_samples, path=task.path)
             labels = np.full(config.n_classes, LABEL_UNKNOWN, dtype=np.int8)
             examples.append(ShardExample(mel, labels, task.recording_id, start, anchor=NO_ANCHOR))
         return examples
@@ -124,7 +130,7 @@ def _recording_examples(
             failures.append(failure_record(task.recording_id, task.path, err, slices=1, line=row.line))
             continue
         start = place_window(row.t_min, row.t_max, length=length, recording_seconds=seconds)
-        mel, start = _window_mel(y, start, config=config, n_samples=n_samples)
+        mel, start = _window_mel(y, start, config=config, n_samples=n_samples, path=task.path)
         labels, stored = window_events(events, start, config=config)
         anchor = {
             "species_id": row.species_id,
@@ -141,8 +147,21 @@ def _recording_examples(
 
 
 def _window_mel(
-    y: np.ndarray, start: float, *, config: FeatureConfig, n_samples: int
+    y: np.ndarray, start: float, *, config: FeatureConfig, n_samples: int, path: str
 ) -> tuple[np.ndarray, float]:
-    """Log-mel of the window starting at ``start`` seconds, and its start rounded to a sample."""
+    """Log-mel of the window starting at ``start`` seconds, and its start rounded to a sample.
+
+    Raises AudioError when the stored values would not all be finite (samples so large that
+    their power overflows, for instance): the recording becomes a recorded failure instead of
+    NaN in the shard.
+    """
     first = min(int(round(start * config.sample_rate)), y.size - n_samples)
-    return log_mel(y[first : first + n_samples], config=config), first / config.sample_rate
+    window = y[first : first + n_samples]
+    mel = log_mel(window, config=config)
+    if not np.isfinite(mel.astype(config.dtype)).all():
+        peak = float(np.max(np.abs(window))) if window.size else 0.0
+        raise AudioError(
+            f"{path}: the log-mel of the window at {first / config.sample_rate:.3f} s is not finite "
+            f"(sample peak {peak:.3g}; audio is expected within [-1, 1])"
+        )
+    return mel, first / config.sample_rate

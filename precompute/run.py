@@ -10,9 +10,11 @@ directory in the middle of a run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,25 +22,25 @@ from pathlib import Path
 
 from melshards.config import FeatureConfig
 from melshards.console import log
-from melshards.errors import ConfigError, LockedError
-from melshards.files import atomic_write_text, sha256_file
-from melshards.index import Index, ShardEntry, write_index
+from melshards.errors import ConfigError, FormatError, LockedError
+from melshards.files import append_line, atomic_write_text, sha256_file
+from melshards.index import Index, ShardEntry, read_index, write_index
 from melshards.names import (
+    BUILT_FILE,
     EVENT_TP,
     FAILURES_FILE,
     INDEX_FILE,
+    LOCK_FILE,
     SET_LABELLED,
     SET_WINDOWS,
     SHARD_PREFIX,
     SHARD_SUFFIX,
     TEMP_SUFFIX,
 )
-from melshards.shard import ShardStats, read_shard_summary
+from melshards.shard import ShardStats, read_shard_summary, regular_file_problem
 from precompute.backends import LOCAL_BACKENDS, check_backend, joblib_backend
 from precompute.job import ON_ERROR, ShardResult, build_shard
 from precompute.plan import ShardJob, library_versions, plan_manifests, plan_windows
-
-LOCK_FILE = ".lock"
 
 
 @dataclass
@@ -83,45 +85,88 @@ class Summary:
 
 @contextlib.contextmanager
 def output_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``out`` for the run; released even when the process is killed."""
-    fh = open(out / LOCK_FILE, "a+")
+    """Hold an exclusive lock on ``out`` for the run; released even when the process is killed.
+
+    The lock file is opened without following a symbolic link and must be a regular file: a
+    link planted at ``OUT/.lock`` cannot make the run overwrite another file, nor a FIFO hang it.
+    """
+    path = out / LOCK_FILE
     try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "unknown"
-        fh.close()
-        raise LockedError(
-            f"{out}: another precompute run (pid {holder}) is writing here; wait for it or stop it"
-        ) from None
-    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ConfigError(
+                f"{path}: is a symbolic link; refusing to write through it (remove it)"
+            ) from None
+        raise
+    with os.fdopen(fd, "r+", encoding="ascii", errors="replace") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{path}: is not a regular file; refusing to use it as the lock (remove it)")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = fh.read(32).strip() or "unknown"
+            raise LockedError(
+                f"{out}: another precompute run (pid {holder}) is writing here; wait for it or stop it"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
         fh.flush()
         yield
-    finally:
-        fh.close()
 
 
-def _reusable(path: Path, job: ShardJob) -> ShardResult | None:
-    """The result of a finished shard that this job would write again, or None to rebuild it."""
-    if not path.is_file():
+def _recorded_entries(out: Path) -> dict[str, ShardEntry]:
+    """What earlier runs recorded of the shards they finished: the index's entries, then ``BUILT_FILE``'s.
+
+    A line cut short by a crash, or an index of another version, records nothing.
+    """
+    records: dict[str, ShardEntry] = {}
+    with contextlib.suppress(FormatError):
+        records.update((entry.file, entry) for entry in read_index(out).shards)
+    path = out / BUILT_FILE
+    if regular_file_problem(path) is None:
+        for k, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines()):
+            try:
+                entry = ShardEntry.from_dict(json.loads(line), source=f"{path} line {k + 1}")
+            except (ValueError, FormatError):
+                continue
+            records[entry.file] = entry
+    return records
+
+
+def _reusable(path: Path, job: ShardJob, record: ShardEntry | None) -> ShardResult | None:
+    """The result of a finished shard that this job would write again, or None to rebuild it.
+
+    A shard is reused only when its bytes hash to what was recorded when it was built: a file
+    changed since (a flipped byte, a truncation) is rebuilt, never given a new hash.
+    """
+    if record is None or record.fingerprint != job.fingerprint or regular_file_problem(path):
+        return None
+    if path.stat().st_size != record.bytes or sha256_file(path) != record.sha256:
+        log.warning(f"{path}: its bytes disagree with the sha256 recorded when it was built; rebuilding it")
         return None
     try:
         summary = read_shard_summary(path)
     except (OSError, KeyError, ValueError):
         return None
-    if summary.fingerprint != job.fingerprint:
+    if summary.fingerprint != job.fingerprint or summary.n != record.n:
         return None
-    entry = ShardEntry(
-        file=path.name,
-        n=summary.n,
-        sha256=sha256_file(path),
-        fingerprint=summary.fingerprint,
-        bytes=path.stat().st_size,
-    )
-    return ShardResult(entry, summary.stats, summary.failures, reused=True)
+    return ShardResult(record, summary.stats, summary.failures, reused=True)
+
+
+def _existing_kind(out: Path) -> str | None:
+    """The kind of feature set ``out`` holds (from its index, else from a shard), or None."""
+    try:
+        return str(json.loads((out / INDEX_FILE).read_text(encoding="utf-8")).get("kind")) or None
+    except (OSError, ValueError, AttributeError):
+        pass
+    for path in sorted(out.glob(f"{SHARD_PREFIX}*{SHARD_SUFFIX}")):
+        try:
+            return read_shard_summary(path).kind or None
+        except (OSError, KeyError, ValueError):
+            continue
+    return None
 
 
 def _clean_strays(out: Path, keep: set[str]) -> None:
@@ -147,6 +192,7 @@ def run_plan(
     prior_failures: list[dict] | None = None,
     progress: bool = True,
     source: dict | None = None,
+    overwrite: bool = False,
 ) -> Summary:
     """Build every shard of ``plan`` that is missing or stale, then write the index.
 
@@ -163,6 +209,7 @@ def run_plan(
     on_error : ``skip`` records failures and goes on, ``fail`` stops at the first
     prior_failures : failures found before any job ran (rejected manifest rows)
     source : where the inputs came from, recorded in the index
+    overwrite : replace a feature set of another kind in ``out`` (refused otherwise)
 
     Every backend runs the same ``build_shard`` per job and writes the same bytes; the driver
     only receives each shard's ``ShardResult`` (entry, statistics, failures).
@@ -173,8 +220,16 @@ def run_plan(
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
+        existing = _existing_kind(out)
+        if existing not in (None, kind) and not overwrite:
+            raise ConfigError(
+                f"{out}: holds a {existing} feature set; writing {kind} features there would replace "
+                "it (pass --overwrite, or choose another --out)"
+            )
         _clean_strays(out, keep={job.file for job in plan})
         results, todo = _reuse_or_rebuild(out, plan)
+        # The record keeps what is reused; each shard built from here on is added as it finishes.
+        atomic_write_text(out / BUILT_FILE, "".join(json.dumps(r.entry.to_dict()) + "\n" for r in results))
         if todo:
             # From here on the directory changes: no reader may trust the old index.
             (out / INDEX_FILE).unlink(missing_ok=True)
@@ -197,7 +252,7 @@ def run_plan(
         atomic_write_text(out / FAILURES_FILE, "".join(json.dumps(f) + "\n" for f in failures))
         index = Index.build(
             config=config,
-            entries=[r.entry for r in results if r.entry.n > 0],
+            entries=[r.entry for r in results],
             stats=stats.bin_stats(),
             failures=len(failures),
             kind=kind,
@@ -223,8 +278,9 @@ def _reuse_or_rebuild(out: Path, plan: list[ShardJob]) -> tuple[list[ShardResult
     """The results of the finished shards the plan would write again, and the jobs left to run."""
     results: list[ShardResult] = []
     todo: list[ShardJob] = []
+    records = _recorded_entries(out)
     for job in plan:
-        reused = _reusable(out / job.file, job)
+        reused = _reusable(out / job.file, job, records.get(job.file))
         if reused is None:
             todo.append(job)
         else:
@@ -287,6 +343,7 @@ def _build_shards(
             for result in parallel(
                 delayed(build_shard)(job, out=where, config=config, on_error=on_error) for job in todo
             ):
+                append_line(out / BUILT_FILE, json.dumps(result.entry.to_dict()))
                 results.append(result)
                 bar.update(result.entry.n + sum(f.get("slices", 1) for f in result.failures))
     return results

@@ -93,7 +93,9 @@ def test_killed_run_then_rerun_equals_uninterrupted(tiny_run, tmp_path, point):
     if point in ("mid-shard", "while writing the index"):
         assert len(strays) == 1, strays
     summary = run_tiny(paths, out)
-    assert summary.shards_reused == {"between shards": 2, "while writing the index": 3}.get(point, 0)
+    # A shard is reused only when the driver recorded its sha256: killed "between shards", the
+    # first shard was recorded and the second, renamed into place a moment before, is rebuilt.
+    assert summary.shards_reused == {"between shards": 1, "while writing the index": 3}.get(point, 0)
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
     got = read_arrays(out)
     assert got.keys() == expected.keys()

@@ -50,7 +50,7 @@ def test_index_round_trips_through_dict_and_file(feature_dir, index_dict, tmp_pa
 def test_index_fields_have_their_documented_values(feature_dir, index_dict):
     index = read_index(feature_dir)
     config = index.config
-    assert index_dict["format"] == {"name": "melshards", "version": 1}
+    assert index_dict["format"] == {"name": "melshards", "version": 2}
     assert list(index_dict) == [
         "format",
         "fingerprint",
@@ -97,7 +97,7 @@ def test_build_sorts_shards_and_fingerprints_config_and_shards():
 @pytest.mark.parametrize(
     ("fmt", "message"),
     [
-        ({"name": "melshards", "version": 2}, "format version 2 is unknown; this reader knows version 1"),
+        ({"name": "melshards", "version": 3}, "format version 3 is unknown; this reader knows version 2"),
         ({"name": "melshards", "version": 0}, "format version 0 is unknown"),
         ({"name": "melshards"}, "format version None is unknown"),
         ({"name": "lhotse", "version": 1}, "not a melshards index"),
@@ -138,12 +138,24 @@ def test_refuses_a_file_that_is_no_index(tmp_path):
         (lambda d: d["shards"][0].update(file=".hidden.h5"), "is not a plain file"),
         (lambda d: d["shards"][0].update(file="shard.txt"), "is not a plain file"),
         (lambda d: d["shards"][1].update(file="shard-00000.h5"), "a shard file is listed twice"),
-        (lambda d: d["shards"][0].update(n="4"), "shards[0] n: expected a count (integer >= 0), got '4'"),
+        (
+            lambda d: d["shards"][0].update(n="4"),
+            "shards[0] n: expected a count (integer in 0..2**53), got '4'",
+        ),
         (lambda d: d["shards"][2].pop("sha256"), "shards[2]: malformed: missing sha256"),
         (lambda d: d["shards"][0].update(extra=1), "shards[0]: malformed: unknown extra"),
         (lambda d: d["stats"].update(mean=[0.5]), "mean has 1 bins, std 16"),
         (lambda d: d["stats"].update(std="wide"), "stats std: expected a list of numbers"),
-        (lambda d: d["config"].update(n_mels=0), "config n_mels must be a positive number"),
+        (lambda d: d["config"].update(n_mels=0), "config n_mels must be in [1, 1024], got 0"),
+        (lambda d: d["config"].update(duration="10"), "config duration must be a number, got '10'"),
+        (lambda d: d["config"].update(hop_length=10**30), "config hop_length must be in [1, 65536]"),
+        (lambda d: d["config"].update(top_db=float("nan")), "config top_db must be finite, got nan"),
+        (lambda d: d["stats"]["mean"].__setitem__(3, float("nan")), "stats mean: value 3 is nan"),
+        (lambda d: d["stats"]["std"].__setitem__(0, float("inf")), "stats std: value 0 is inf"),
+        (lambda d: d["stats"].update(frames=10**40), "stats frames: expected a count"),
+        (lambda d: d["shards"][0].update(bytes=2**64), "shards[0] bytes: expected a count"),
+        (lambda d: d["shards"][0].update(sha256="0" * 63), "shards[0] sha256: expected 64 lowercase hex"),
+        (lambda d: d["shards"][1].update(sha256=None), "shards[1] sha256: expected 64 lowercase hex"),
         (lambda d: d["config"].update(colour="red"), "unknown feature parameter(s) colour"),
         (lambda d: d.update(config=[]), "config: expected a mapping"),
         (lambda d: d.update(versions=["numpy"]), "versions must be a mapping"),
@@ -236,7 +248,7 @@ def test_a_written_shard_holds_exactly_the_named_datasets_and_attributes(tmp_pat
         *(f"{names.ATTR_CONFIG_PREFIX}{key}" for key in parameter_names()),
     }
     assert set(attrs) == expected_attrs
-    assert attrs[names.ATTR_FORMAT] == "melshards" and attrs[names.ATTR_FORMAT_VERSION] == 1
+    assert attrs[names.ATTR_FORMAT] == "melshards" and attrs[names.ATTR_FORMAT_VERSION] == 2
     assert attrs[names.ATTR_KIND] == "labelled"
     assert json.loads(attrs[names.ATTR_CONFIG]) == config.to_dict()
     assert attrs[f"{names.ATTR_CONFIG_PREFIX}compression"] == "none"
