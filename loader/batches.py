@@ -19,6 +19,12 @@ code from the same inputs in every mode, so the modes give bit-identical batches
 
 ``Lookahead`` sits in front of any of them: while the model trains on batch ``i`` it builds
 batch ``i + 1`` in a background thread.
+
+Fork: locks, threads, worker processes, shared arrays and the batch being built ahead belong to
+the process that made them. A child forked at any moment (even while the look-ahead thread
+holds a lock halfway through a batch) drops what it inherited and starts from the state a
+spawned child unpickles (``_fresh_state``): it builds the batch its parent was building ahead
+itself, and makes its own threads or workers when it next needs them.
 """
 
 from __future__ import annotations
@@ -45,6 +51,19 @@ if TYPE_CHECKING:
 # processes Keras itself forks for ``use_multiprocessing=True``; where fork is unavailable,
 # spawned workers need the usual ``if __name__ == "__main__":`` guard in the user's script.
 START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+# Every live object with per-process state, renewed in a forked child.
+_per_process: weakref.WeakSet = weakref.WeakSet()
+
+
+def _renew_per_process_state() -> None:
+    # A lock held by another thread at fork time would stay held forever in the child, and the
+    # threads and workers it would wait for do not exist there (or are the parent's).
+    for owner in list(_per_process):
+        owner._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_renew_per_process_state)
 
 
 def fill_rows(
@@ -85,6 +104,7 @@ class InProcessRows:
         self.reader, self.augment, self.fill, self.clip = reader, augment, fill, clip
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self.buffers = BufferPool(self.shape, self.dtype)
+        _per_process.add(self)
 
     def take(self, n: int) -> np.ndarray:
         return self.buffers.take(n)
@@ -96,8 +116,11 @@ class InProcessRows:
         pass
 
     def _fresh_state(self) -> dict:
-        """Per-process state: dropped when pickling, made anew when unpickled."""
+        """Per-process state: dropped when pickling, made anew when unpickled or forked."""
         return {"buffers": BufferPool(self.shape, self.dtype)}
+
+    def _after_fork_in_child(self) -> None:
+        self.__dict__.update(self._fresh_state())
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -108,6 +131,7 @@ class InProcessRows:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__.update(self._fresh_state())
+        _per_process.add(self)
 
 
 class ThreadRows(InProcessRows):
@@ -292,6 +316,12 @@ class ProcessRows(InProcessRows):
             "_lock": threading.Lock(),
         }
 
+    def _after_fork_in_child(self) -> None:
+        # The workers are the parent's to stop: an exiting child must not send them ``None``.
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        super()._after_fork_in_child()
+
     def close(self) -> None:
         with self._lock:
             if self._finalizer is not None:
@@ -310,11 +340,16 @@ class Lookahead:
     wasted batches per epoch. The batch returned is the same array either way: only the
     thread that builds it differs. The compiled kernels release the GIL, so the thread runs
     alongside the training step even with an in-process Keras loop (JAX, PyTorch backends).
+
+    A forked child never waits for its parent's thread: it forgets the batch being built ahead
+    (its thread does not exist in the child, and its future's lock may be held for good), builds
+    the batch it asks for itself, and starts its own thread for the next one.
     """
 
     def __init__(self, build) -> None:
         self.build = build
         self.__dict__.update(self._fresh_state())
+        _per_process.add(self)
 
     @staticmethod
     def _fresh_state() -> dict:
@@ -350,7 +385,14 @@ class Lookahead:
             self._executor.shutdown(wait=True)
         self._executor, self._pid = None, None
 
+    def _after_fork_in_child(self) -> None:
+        self.__dict__.update(self._fresh_state())
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state.update(self._fresh_state())
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        _per_process.add(self)

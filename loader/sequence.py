@@ -29,6 +29,7 @@ shuffles its own block and visits ``n // world_size`` of it, so every rank has t
 from __future__ import annotations
 
 import math
+import operator
 import os
 from collections.abc import Iterator
 
@@ -273,14 +274,19 @@ class ShardSequence(keras.utils.PyDataset):
         n = self._rank_size()
         return n // self.batch_size if self.drop_remainder else math.ceil(n / self.batch_size)
 
+    def _batch_position(self, index: int) -> int:
+        """``index`` in ``range(len(self))``; a negative one counts from the end, as in a list."""
+        index = operator.index(index)
+        n_batches = len(self)
+        position = index + n_batches if index < 0 else index
+        if not 0 <= position < n_batches:
+            raise IndexError(f"batch {index} out of range for {n_batches} batches")
+        return position
+
     def batch_example_ids(self, index: int, *, epoch: int | None = None) -> np.ndarray:
         """Global example ids of batch ``index`` in ``epoch`` (default: the current one), in order."""
         epoch = self.epoch if epoch is None else _check_int("epoch", epoch, low=0)
-        n_batches = len(self)
-        if index < 0:
-            index += n_batches
-        if not 0 <= index < n_batches:
-            raise IndexError(f"batch {index} out of range for {n_batches} batches")
+        index = self._batch_position(index)
         positions = self._positions(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         return self.rank_ids[positions]
 
@@ -289,8 +295,7 @@ class ShardSequence(keras.utils.PyDataset):
     def batch(self, index: int, *, epoch: int | None = None) -> tuple[np.ndarray, ...]:
         """Batch ``index`` of ``epoch`` (default: the current epoch)."""
         epoch = self.epoch if epoch is None else _check_int("epoch", epoch, low=0)
-        if index < 0:
-            index += len(self)
+        index = self._batch_position(index)
         ids = self.batch_example_ids(index, epoch=epoch)
         params = self.batch_params(index, ids.shape[0], epoch=epoch)
         x = self._rows.take(ids.shape[0])
@@ -316,6 +321,7 @@ class ShardSequence(keras.utils.PyDataset):
 
     def batch_params(self, index: int, size: int, *, epoch: int) -> AugmentParams:
         """The augmentation draws of batch ``index`` of ``epoch`` (``size`` examples)."""
+        index = self._batch_position(index)
         rng = None
         if self.augment.enabled:
             rng = sampler.batch_rng(seed=self.seed, epoch=epoch, rank=self.rank, index=index)
@@ -324,12 +330,10 @@ class ShardSequence(keras.utils.PyDataset):
         )
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
-        n_batches = len(self)
-        if index < 0:
-            index += n_batches
-        if not self.lookahead or not 0 <= index < n_batches:
+        index = self._batch_position(index)
+        if not self.lookahead:
             return self.batch(index)
-        return self._lookahead.get(index, self.epoch, n_batches)
+        return self._lookahead.get(index, self.epoch, len(self))
 
     def _build(self, index: int, epoch: int) -> tuple[np.ndarray, ...]:
         return self.batch(index, epoch=epoch)

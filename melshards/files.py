@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from melshards.errors import StorageError
+from melshards.names import TEMP_SUFFIX
 
 # errno values that mean "the storage is full": free space (or raise a limit) and run again.
 STORAGE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -32,6 +33,37 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        raise_if_storage_full(err, path)
+        raise
+    fsync_dir(path.parent)
+
+
+def temp_name(final: Path) -> Path:
+    """The name ``final`` is written under before it is renamed into place."""
+    return final.with_name(f".{final.name}.{os.getpid()}{TEMP_SUFFIX}")
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` as ``path``: a temp file beside it (created exclusively, never through a
+    link), fsynced, then renamed into place; a failure leaves no temp file behind.
+
+    A kill can leave the temp file (``temp_name``); the next run removes it.
+    """
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
         raise_if_storage_full(err, path)
         raise
     fsync_dir(path.parent)

@@ -1,13 +1,15 @@
 """A shard: writing one atomically, reading its summary and metadata, checking it.
 
-A shard under its final name is always whole: it is written as ``.shard-NNNNN.h5.<pid>.tmp``,
-flushed, fsynced and only then ``os.replace``d, so a crash or kill leaves at most a stray temp
-file, which the next run removes. Every dataset and attribute name comes from
+A shard under its final name is always whole: it is built in memory, written in one go as
+``.shard-NNNNN.h5.<pid>.tmp``, fsynced and only then ``os.replace``d
+(``melshards.files.write_file_atomic``), so a crash, a kill or a full disk leaves at most a
+stray temp file, which the next run removes. Every dataset and attribute name comes from
 ``melshards.names``; ``docs/format.md`` describes the layout.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -22,7 +24,7 @@ import numpy as np
 
 from melshards.config import FeatureConfig
 from melshards.errors import FormatError, IntegrityError
-from melshards.files import fsync_dir, fsync_file, raise_if_storage_full, sha256_file
+from melshards.files import write_file_atomic
 from melshards.index import BinStats, ShardEntry
 from melshards.names import (
     ANCHOR,
@@ -50,13 +52,7 @@ from melshards.names import (
     RECORDING_ID,
     SHARD_DATASETS,
     START,
-    TEMP_SUFFIX,
 )
-
-
-def temp_name(final: Path) -> Path:
-    """The name a shard is written under before it is renamed to ``final``."""
-    return final.with_name(f".{final.name}.{os.getpid()}{TEMP_SUFFIX}")
 
 
 @dataclass
@@ -137,42 +133,35 @@ def write_shard(
     statistics.
     """
     final = Path(final)
-    tmp = temp_name(final)
     stats = ShardStats.empty(config.n_mels)
-    try:
-        # Exclusive creation: whatever sits at the temp name (a stale file, a planted symbolic
-        # link) is removed, never written through.
-        tmp.unlink(missing_ok=True)
-        with h5py.File(tmp, "w-", libver=("earliest", "v110")) as h5:
-            _write_datasets(h5, examples, config=config, stats=stats)
-            # Chunks are placed in the file when the chunk cache is flushed, i.e. when their
-            # dataset is closed or the file flushed. A dataset handle can outlive its function
-            # (a Dask worker's sampling profiler holds frames), which would place the chunks
-            # after the attributes below and give other bytes for the same arrays: flush here,
-            # so every backend writes byte-identical shards.
-            h5.flush()
-            h5.attrs[ATTR_STATS_COUNT] = stats.count
-            h5.attrs[ATTR_STATS_SUM] = stats.sum
-            h5.attrs[ATTR_STATS_SUMSQ] = stats.sumsq
-            h5.attrs[ATTR_FORMAT] = FORMAT_NAME
-            h5.attrs[ATTR_FORMAT_VERSION] = FORMAT_VERSION
-            h5.attrs[ATTR_FINGERPRINT] = fingerprint
-            h5.attrs[ATTR_CONFIG] = json.dumps(config.to_dict(), sort_keys=True)
-            for key, value in config.to_dict().items():
-                h5.attrs[f"{ATTR_CONFIG_PREFIX}{key}"] = "none" if value is None else value
-            h5.attrs[ATTR_FAILURES] = json.dumps(list(failures))
-            h5.attrs[ATTR_KIND] = kind
-            h5.flush()
-        fsync_file(tmp)
-        digest = sha256_file(tmp)
-        size = tmp.stat().st_size
-        os.replace(tmp, final)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        raise_if_storage_full(err, final)
-        raise
-    fsync_dir(final.parent)
-    entry = ShardEntry(file=final.name, n=len(examples), sha256=digest, fingerprint=fingerprint, bytes=size)
+    # The shard is built in memory and reaches the disk in one write: a full disk, a quota or a
+    # kill then fails a plain write, never HDF5 halfway through its metadata.
+    with h5py.File(final.name, "w", driver="core", backing_store=False, libver=("earliest", "v110")) as h5:
+        _write_datasets(h5, examples, config=config, stats=stats)
+        # Chunks are placed in the file when the chunk cache is flushed, i.e. when their
+        # dataset is closed or the file flushed. A dataset handle can outlive its function
+        # (a Dask worker's sampling profiler holds frames), which would place the chunks
+        # after the attributes below and give other bytes for the same arrays: flush here,
+        # so every backend writes byte-identical shards.
+        h5.flush()
+        h5.attrs[ATTR_STATS_COUNT] = stats.count
+        h5.attrs[ATTR_STATS_SUM] = stats.sum
+        h5.attrs[ATTR_STATS_SUMSQ] = stats.sumsq
+        h5.attrs[ATTR_FORMAT] = FORMAT_NAME
+        h5.attrs[ATTR_FORMAT_VERSION] = FORMAT_VERSION
+        h5.attrs[ATTR_FINGERPRINT] = fingerprint
+        h5.attrs[ATTR_CONFIG] = json.dumps(config.to_dict(), sort_keys=True)
+        for key, value in config.to_dict().items():
+            h5.attrs[f"{ATTR_CONFIG_PREFIX}{key}"] = "none" if value is None else value
+        h5.attrs[ATTR_FAILURES] = json.dumps(list(failures))
+        h5.attrs[ATTR_KIND] = kind
+        h5.flush()
+        image = h5.id.get_file_image()
+    write_file_atomic(final, image)
+    digest = hashlib.sha256(image).hexdigest()
+    entry = ShardEntry(
+        file=final.name, n=len(examples), sha256=digest, fingerprint=fingerprint, bytes=len(image)
+    )
     return entry, stats
 
 

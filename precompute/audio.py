@@ -1,10 +1,21 @@
-"""Decoding recordings: one read per recording, checked, mono, at the config's rate.
+"""Decoding recordings: once per recording, checked, mono, at the config's rate.
 
 Policies (documented in docs/troubleshooting.md):
 
 - more than one channel: channels are averaged to mono (what ``librosa.load`` does);
 - a sample rate other than the config's: resampled with soxr (high quality);
-- NaN or inf samples, an empty, truncated or non-audio file: ``AudioError``.
+- a recording id with two files (``a.flac`` and ``a.wav``): ``AudioError`` for its rows
+  (``features``), a ``ConfigError`` before anything runs (``windows``); the tool does not
+  guess which one is meant;
+- a file (or link) that resolves outside the audio directory: ``AudioError``, never read;
+- NaN or inf samples, an empty, truncated or non-audio file: ``AudioError``;
+- a header that promises more than ``MAX_SECONDS`` (24 hours) of audio: ``AudioError``
+  before any sample is read. No recording this pipeline cuts windows from is that long
+  (RFCX recordings last 60 s), so such a header is corrupt.
+- memory follows the samples actually decoded, never the header's frame count: the file is
+  read in blocks of ``BLOCK_FRAMES``, each averaged to mono as it arrives, and a file that
+  ends (or stops decoding) before the frame count its header promises is ``AudioError``
+  ("truncated"). A corrupt header thus fails its recording, not the run.
 """
 
 from __future__ import annotations
@@ -19,9 +30,19 @@ from melshards.errors import AudioError
 
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".aiff", ".aif")
 
+# The longest recording decoded, in seconds at the file's own rate: 24 hours.
+MAX_SECONDS = 24 * 3600
+
+# Frames read per call: 1 MiB per channel in float32 (about 5.5 s at 48 kHz).
+BLOCK_FRAMES = 1 << 18
+
 
 def find_audio(audio_dir: Path, recording_id: str, path: str | None = None) -> Path:
-    """Locate a recording inside ``audio_dir``; never returns a path outside it."""
+    """Locate a recording inside ``audio_dir``; never returns a path outside it.
+
+    Without ``path``, the recording is ``audio_dir/<recording_id><ext>`` for one extension of
+    ``AUDIO_EXTENSIONS``; two such files (``a.flac`` and ``a.wav``) make it ambiguous: AudioError.
+    """
     if path is not None:
         root = audio_dir.resolve()
         candidate = (audio_dir / path).resolve()
@@ -30,19 +51,28 @@ def find_audio(audio_dir: Path, recording_id: str, path: str | None = None) -> P
         if not candidate.is_file():
             raise AudioError(f"{audio_dir / path}: audio file not found for recording {recording_id}")
         return candidate
-    for ext in AUDIO_EXTENSIONS:
-        candidate = audio_dir / f"{recording_id}{ext}"
-        if candidate.is_file():
-            # Only a link or a name with a separator can lead outside. Resolving costs a system
-            # call per path component, which adds up over many recordings: do it only then.
-            direct = candidate.parent == audio_dir and not candidate.is_symlink()
-            if not direct and not candidate.resolve().is_relative_to(audio_dir.resolve()):
-                raise AudioError(f"{candidate}: resolves outside the audio directory; refusing it")
-            return candidate
-    raise AudioError(
-        f"{audio_dir / recording_id}.*: audio file not found for recording {recording_id} "
-        f"(looked for {', '.join(AUDIO_EXTENSIONS)})"
-    )
+    found = [c for c in (audio_dir / f"{recording_id}{ext}" for ext in AUDIO_EXTENSIONS) if c.is_file()]
+    if not found:
+        raise AudioError(
+            f"{audio_dir / recording_id}.*: audio file not found for recording {recording_id} "
+            f"(looked for {', '.join(AUDIO_EXTENSIONS)})"
+        )
+    if len(found) > 1:
+        raise AudioError(
+            f"{audio_dir}: recording {recording_id} is ambiguous: "
+            f"{' and '.join(c.name for c in found)} share its id; rename or remove all but one"
+        )
+    check_inside(audio_dir, found[0])
+    return found[0]
+
+
+def check_inside(audio_dir: Path, candidate: Path) -> None:
+    """Raise AudioError when ``candidate``, a file listed in ``audio_dir``, leads outside it."""
+    # Only a link or a name with a separator can lead outside. Resolving costs a system call
+    # per path component, which adds up over many recordings: do it only then.
+    direct = candidate.parent == audio_dir and not candidate.is_symlink()
+    if not direct and not candidate.resolve().is_relative_to(audio_dir.resolve()):
+        raise AudioError(f"{candidate}: resolves outside the audio directory; refusing it")
 
 
 def file_identity(path: Path | None) -> list:
@@ -68,17 +98,35 @@ def decode(path: Path, *, sample_rate: int) -> np.ndarray:
     if size == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
     try:
-        with sf.SoundFile(path) as f:
-            expected = f.frames
-            rate = f.samplerate
-            data = f.read(dtype="float32", always_2d=True)
+        f = sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise AudioError(f"{path}: not readable audio: {str(err).splitlines()[0]}") from None
-    if data.shape[0] < expected:
-        raise AudioError(f"{path}: truncated: decoded {data.shape[0]} of {expected} frames")
-    if data.shape[0] == 0:
+        raise AudioError(f"{path}: not readable audio: {_first_line(err)}") from None
+    with f:
+        expected, rate = f.frames, f.samplerate
+        if expected > MAX_SECONDS * rate:
+            raise AudioError(
+                f"{path}: header promises {expected} frames ({expected / rate / 3600:.1f} h at {rate} Hz), "
+                f"more than the {MAX_SECONDS / 3600:g} h limit: a corrupt header"
+            )
+        blocks = []
+        decoded = 0
+        while decoded < expected:
+            try:
+                block = f.read(min(BLOCK_FRAMES, expected - decoded), dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as err:
+                raise AudioError(
+                    f"{path}: truncated: decoding stopped after {decoded} of the {expected} frames "
+                    f"its header promises ({_first_line(err)})"
+                ) from None
+            if block.shape[0] == 0:
+                break
+            blocks.append(block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32))
+            decoded += block.shape[0]
+    if decoded < expected:
+        raise AudioError(f"{path}: truncated: decoded {decoded} of the {expected} frames its header promises")
+    if decoded == 0:
         raise AudioError(f"{path}: no samples")
-    y = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+    y = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     if not np.isfinite(y).all():
         bad = int(np.flatnonzero(~np.isfinite(y))[0])
         raise AudioError(f"{path}: non-finite sample (NaN or inf) at {bad / rate:.3f} s")
@@ -87,3 +135,7 @@ def decode(path: Path, *, sample_rate: int) -> np.ndarray:
 
         y = soxr.resample(y, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
     return np.ascontiguousarray(y)
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__

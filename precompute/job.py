@@ -157,7 +157,8 @@ def _window_mel(
     """
     first = min(int(round(start * config.sample_rate)), y.size - n_samples)
     window = y[first : first + n_samples]
-    mel = log_mel(window, config=config)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked just below, with the file named
+        mel = log_mel(window, config=config)
     if not np.isfinite(mel.astype(config.dtype)).all():
         peak = float(np.max(np.abs(window))) if window.size else 0.0
         raise AudioError(

@@ -3,7 +3,14 @@
 Every row is checked before any audio is read. A row-level problem is reported with its
 file and line (``train_tp.csv line 17: t_min 12.5 >= t_max 3.0``); under the ``skip`` policy
 the row is recorded as a failure and the others go on, under ``fail`` the first one raises.
-A file-level problem (missing file, wrong columns) always raises.
+A file-level problem always raises ``ManifestError`` naming the file (and line): a missing
+file, wrong columns, bytes that are not UTF-8 text, a NUL byte, a field longer than the csv
+module's limit (``csv.field_size_limit()``, 131072 characters). The last three mean the file
+is not a text manifest (a binary, gzip or UTF-16 file), so no row of it can be trusted.
+
+Numbers are plain ASCII decimals: ids are integers (``17``), times and frequencies decimal or
+exponent floats (``12.5``, ``1e3``). Python's ``int`` and ``float`` also accept underscores
+(``1_0`` is 10) and non-ASCII digits; a manifest field with either is not a number.
 
 Manifests are read as a stream (``iter_manifest``) into a ``RowTable``: one numpy record per
 row, about 60 bytes, instead of a Python object per row, so planning a manifest of millions
@@ -12,6 +19,7 @@ of rows takes memory in proportion with a small constant (see ``benchmarks/plan_
 
 from __future__ import annotations
 
+import codecs
 import csv
 import math
 from collections.abc import Iterable, Iterator
@@ -89,11 +97,18 @@ def check_recording_id(recording_id: str) -> str | None:
     return None
 
 
+def _plain(text: str) -> bool:
+    """Whether ``int``/``float`` read ``text`` as written: no digit-grouping underscore, ASCII only."""
+    return "_" not in text and text.isascii()
+
+
 def _number(text: str, name: str, cast: type) -> int | float:
     try:
         value = cast(text)
     except (TypeError, ValueError):
         raise ValueError(f"{name} {text!r} is not a number") from None
+    if not _plain(text):
+        raise ValueError(f"{name} {text!r} is not a number")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{name} {text!r} is not finite")
     return value
@@ -110,6 +125,8 @@ def parse_row(fields: dict[str, str], *, kind: int, source: str, line: int, n_cl
         species = int(species_text)
     except ValueError:
         raise ValueError(f"species_id {species_text!r} is not an integer") from None
+    if not _plain(species_text):
+        raise ValueError(f"species_id {species_text!r} is not an integer")
     if not 0 <= species < n_classes:
         raise ValueError(f"species_id {species} is outside the class list 0..{n_classes - 1}")
     songtype = _number((fields["songtype_id"] or "").strip(), "songtype_id", int)
@@ -128,6 +145,8 @@ def parse_row(fields: dict[str, str], *, kind: int, source: str, line: int, n_cl
     if f_min < 0 or f_min >= f_max:
         raise ValueError(f"f_min {f_min} >= f_max {f_max} (or negative)")
     path = (fields.get("path") or "").strip() or None
+    if path is not None and "\x00" in path:
+        raise ValueError(f"path {path!r} contains a NUL character")
     if path is not None and (Path(path).is_absolute() or ".." in Path(path).parts):
         raise ValueError(f"path {path!r} leaves the audio directory; refusing it")
     return Row(recording_id, species, songtype, t_min, f_min, t_max, f_max, kind, source, line, path)
@@ -157,22 +176,41 @@ def iter_manifest(
     except FileNotFoundError:
         raise ManifestError(f"{path}: manifest not found") from None
     with fh:
-        reader = csv.reader(fh)
+        try:
+            yield from _rows(
+                csv.reader(fh),
+                path=path,
+                kind=kind,
+                n_classes=n_classes,
+                on_error=on_error,
+                failures=failures,
+            )
+        except UnicodeDecodeError:
+            found = _first_non_utf8(path)
+            if found is None:
+                raise ManifestError(f"{source}: not UTF-8 text; save the manifest as UTF-8") from None
+            line, offset, byte = found
+            raise ManifestError(
+                f"{source} line {line}: not UTF-8 text (byte 0x{byte:02x} at offset {offset}); "
+                "save the manifest as UTF-8"
+            ) from None
+
+
+def _rows(
+    reader, *, path: Path, kind: int, n_classes: int, on_error: str, failures: list[RowFailure]
+) -> Iterator[Row]:
+    """``iter_manifest`` past the opening of the file: the header, then every record."""
+    source = path.name
+    line = 0  # where the last record read ends
+    try:
         header = next(reader, None)
         if header is None:
             raise ManifestError(f"{path}: empty manifest, expected header {','.join(COLUMNS)}")
+        line = reader.line_num
+        if any("\x00" in cell for cell in header):
+            raise _nul_error(source, line)
         header = [h.strip() for h in header]
-        missing = [c for c in COLUMNS if c not in header]
-        extra = [c for c in header if c not in COLUMNS and c not in OPTIONAL_COLUMNS]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"missing column(s) {', '.join(missing)}")
-            if extra:
-                parts.append(f"unexpected column(s) {', '.join(extra)}")
-            raise ManifestError(f"{source} line 1: {'; '.join(parts)}; expected {','.join(COLUMNS)}")
-        if len(set(header)) != len(header):
-            raise ManifestError(f"{source} line 1: duplicate column names in {','.join(header)}")
+        _check_header(header, source=source)
         for record in reader:
             line = reader.line_num
             if not (record and record[0].strip()) and not any(cell.strip() for cell in record):
@@ -188,12 +226,69 @@ def iter_manifest(
                     n_classes=n_classes,
                 )
             except ValueError as err:
+                # Checked only here: a NUL never makes a valid field (parse_row refuses it in
+                # each of them), so good rows pay nothing for the check.
+                if any("\x00" in cell for cell in record):
+                    raise _nul_error(source, line) from None
                 if on_error == "fail":
                     raise ManifestError(f"{source} line {line}: {err}") from None
                 recording_id = record[header.index("recording_id")] if len(record) == len(header) else ""
                 failures.append(RowFailure(source, line, recording_id.strip(), str(err)))
                 continue
             yield row
+    except csv.Error as err:
+        first, last = line + 1, reader.line_num
+        if "field limit" in str(err):
+            problem = f"field longer than {csv.field_size_limit()} characters"
+        else:
+            problem = f"not CSV text ({err})"
+        if last > first:
+            problem += f", from line {first} to line {last} (a quote left open?)"
+        raise ManifestError(f"{source} line {first}: {problem}; is this a manifest?") from None
+
+
+def _check_header(header: list[str], *, source: str) -> None:
+    missing = [c for c in COLUMNS if c not in header]
+    extra = [c for c in header if c not in COLUMNS and c not in OPTIONAL_COLUMNS]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing column(s) {', '.join(missing)}")
+        if extra:
+            parts.append(f"unexpected column(s) {', '.join(extra)}")
+        raise ManifestError(f"{source} line 1: {'; '.join(parts)}; expected {','.join(COLUMNS)}")
+    if len(set(header)) != len(header):
+        raise ManifestError(f"{source} line 1: duplicate column names in {','.join(header)}")
+
+
+def _nul_error(source: str, line: int) -> ManifestError:
+    return ManifestError(
+        f"{source} line {line}: contains a NUL byte (a binary or UTF-16 file?); save the manifest as UTF-8 text"
+    )
+
+
+def _first_non_utf8(path: Path) -> tuple[int, int, int] | None:
+    """(line, byte offset, byte value) of the first byte of ``path`` that is not UTF-8 text.
+
+    Read in chunks, so a binary file without line breaks takes no more memory than a chunk.
+    None if every byte decodes (the file changed since it failed to).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = offset = 0
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(1 << 20)
+            carried = decoder.getstate()[0]  # the start of a character the last chunk cut
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                bad = err.start  # an index into ``err.object``, which is ``carried + chunk``
+                line += err.object.count(b"\n", 0, bad)
+                return line + 1, offset - len(carried) + bad, err.object[bad]
+            if not chunk:
+                return None
+            line += chunk.count(b"\n")
+            offset += len(chunk)
 
 
 def read_manifest(

@@ -19,10 +19,10 @@ import numpy as np
 import soundfile as sf
 
 from melshards.config import FeatureConfig
-from melshards.errors import AudioError, ConfigError, MelShardsError
+from melshards.errors import AudioError, ConfigError, ManifestError, MelShardsError
 from melshards.files import fingerprint_of
 from melshards.names import EVENT_FP, EVENT_TP, FORMAT_VERSION, SET_LABELLED, SET_WINDOWS, SHARD_PATTERN
-from precompute.audio import AUDIO_EXTENSIONS, file_identity, find_audio
+from precompute.audio import AUDIO_EXTENSIONS, MAX_SECONDS, check_inside, file_identity, find_audio
 from precompute.manifest import ROW_DTYPE, Row, RowFailure, RowTable, drop_duplicates, iter_manifest
 
 NO_ROWS = RowTable(np.zeros(0, dtype=ROW_DTYPE), (), (), (None,))
@@ -176,13 +176,49 @@ def plan_labelled(rows: RowTable, *, audio_dir: Path, config: FeatureConfig) -> 
     return jobs
 
 
+def drop_mixed_paths(table: RowTable, *, on_error: str = "skip") -> tuple[RowTable, list[RowFailure]]:
+    """Drop every row of each recording whose rows name different files (``path`` column).
+
+    A row without a path names ``<recording_id>.<ext>``, which differs from any explicit path.
+    Returns the kept rows, in their order, and one failure per dropped row, in reading order.
+    """
+    d = table.data
+    recording, path = d["recording"], d["path"].astype(np.int64)
+    lowest = np.full(len(table.recording_ids), np.iinfo(np.int64).max)
+    highest = np.full(len(table.recording_ids), -1)
+    np.minimum.at(lowest, recording, path)
+    np.maximum.at(highest, recording, path)
+    mixed = (highest >= 0) & (lowest != highest)
+    if not mixed.any():
+        return table, []
+    dropped = np.flatnonzero(mixed[recording])
+    messages = {}
+    for k in np.flatnonzero(mixed).tolist():
+        first_use: dict[int, int] = {}
+        for i in dropped[recording[dropped] == k].tolist():
+            first_use.setdefault(int(path[i]), i)
+        named = [f"{table.paths[c] or '(no path)'} ({table[i].where})" for c, i in first_use.items()]
+        listed = ", ".join(named[:-1]) + f" and {named[-1]}"
+        messages[k] = f"recording {table.recording_ids[k]}: rows name different paths {listed}"
+    failures = []
+    for i in dropped.tolist():
+        row = table[i]
+        message = messages[int(recording[i])]
+        if on_error == "fail":
+            raise ManifestError(f"{row.where}: {message}")
+        failures.append(RowFailure(row.source, row.line, row.recording_id, message))
+    return table.take(np.flatnonzero(~mixed[recording])), failures
+
+
 def plan_manifests(
     tp: Path, fp: Path | None, *, audio_dir: Path, config: FeatureConfig, on_error: str = "skip"
 ) -> tuple[list[ShardJob], list[RowFailure]]:
     """Read, validate and deduplicate the manifests as a stream, then plan the shard jobs.
 
     Reads no audio (only the audio files' size and mtime). Returns the jobs and the rejected
-    rows (bad rows of ``tp``, then of ``fp``, then duplicates, each in file order).
+    rows: bad rows of ``tp``, then of ``fp``, then duplicates, each in file order, then every
+    row of each recording whose rows name different paths (which one is right cannot be told),
+    in reading order.
     """
     row_failures: list[RowFailure] = []
     sources = [(tp, EVENT_TP)] + ([(fp, EVENT_FP)] if fp is not None else [])
@@ -195,35 +231,53 @@ def plan_manifests(
     )
     rows, duplicates = drop_duplicates(rows, on_error=on_error)
     row_failures += duplicates
+    rows, mixed = drop_mixed_paths(rows, on_error=on_error)
+    row_failures += mixed
     if not len(rows):
         raise MelShardsError(f"{tp}: no valid rows to precompute ({len(row_failures)} rejected)")
     return plan_labelled(rows, audio_dir=audio_dir, config=config), row_failures
 
 
 def list_audio(audio_dir: Path) -> list[Path]:
-    """Audio files directly inside ``audio_dir``, sorted by name."""
+    """Audio files directly inside ``audio_dir``, sorted by name.
+
+    Raises ConfigError when there are none, or when two files share a recording id (their
+    name without the extension: ``a.flac`` and ``a.wav``).
+    """
     if not audio_dir.is_dir():
         raise ConfigError(f"{audio_dir}: audio directory not found")
     files = sorted(p for p in audio_dir.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
     if not files:
         raise ConfigError(f"{audio_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+    by_id: dict[str, list[Path]] = {}
+    for path in files:
+        by_id.setdefault(path.stem, []).append(path)
+    shared = [paths for paths in by_id.values() if len(paths) > 1]
+    if shared:
+        more = f" ({len(shared) - 1} more id(s) have several files)" if len(shared) > 1 else ""
+        raise ConfigError(
+            f"{audio_dir}: recordings {' and '.join(p.name for p in shared[0])} share the id "
+            f"{shared[0][0].stem!r}{more}; rename or remove one"
+        )
     return files
 
 
 def plan_windows(audio_dir: Path, *, config: FeatureConfig, step: float) -> list[ShardJob]:
-    """Shard jobs for sliding windows every ``step`` seconds over every recording in ``audio_dir``."""
-    from precompute.windows import sliding_starts
+    """Shard jobs for sliding windows every ``step`` seconds over every recording in ``audio_dir``.
 
+    A file that resolves outside ``audio_dir`` (a link) is not read: its task carries the
+    reason, and the worker records it as a failure, as ``features`` does.
+    """
     if not step > 0:
         raise ConfigError(f"--step must be positive seconds, got {step}")
     tasks = []
     for path in list_audio(audio_dir):
         try:
-            info = sf.info(str(path))
-            seconds = info.frames / info.samplerate
-            n = len(sliding_starts(seconds, length=config.window_seconds, step=step))
-        except (sf.LibsndfileError, RuntimeError):
-            n = 1  # the worker decodes it, fails and records why
+            check_inside(audio_dir, path)
+        except AudioError as err:
+            tasks.append(RecordingTask(path.stem, None, str(err), tuple(file_identity(None)), range(0), 1))
+            continue
+        n = _header_windows(path, length=config.window_seconds, step=step)
         tasks.append(RecordingTask(path.stem, str(path), None, tuple(file_identity(path)), range(0), n))
     config_dict, versions = config.to_dict(), library_versions()
     groups = _groups([t.n_windows for t in tasks], shard_size=config.shard_size)
@@ -239,3 +293,18 @@ def plan_windows(audio_dir: Path, *, config: FeatureConfig, step: float) -> list
         )
         for k, g in enumerate(groups)
     ]
+
+
+def _header_windows(path: Path, *, length: float, step: float) -> int:
+    """How many windows the header of ``path`` promises; 1 for a file that the worker will
+    refuse when it decodes it (unreadable, or a header promising more than ``MAX_SECONDS``,
+    whose windows could take more memory to count than the machine has)."""
+    from precompute.windows import sliding_starts
+
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError):
+        return 1
+    if not 0 < info.frames <= MAX_SECONDS * info.samplerate:
+        return 1
+    return len(sliding_starts(info.frames / info.samplerate, length=length, step=step))

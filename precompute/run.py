@@ -99,9 +99,10 @@ def output_lock(out: Path) -> Iterator[None]:
                 f"{path}: is a symbolic link; refusing to write through it (remove it)"
             ) from None
         raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path}: is not a regular file; refusing to use it as the lock (remove it)")
     with os.fdopen(fd, "r+", encoding="ascii", errors="replace") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(f"{path}: is not a regular file; refusing to use it as the lock (remove it)")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
