@@ -155,10 +155,13 @@ class Index:
         fmt = data.get("format") if isinstance(data, dict) else None
         if not isinstance(fmt, dict) or fmt.get("name") != FORMAT_NAME:
             raise FormatError(f"{source}: not a {FORMAT_NAME} index (format={fmt!r})")
-        if fmt.get("version") != FORMAT_VERSION:
+        version = fmt.get("version")
+        if version != FORMAT_VERSION:
+            older = _is_int(version) and 0 < version < FORMAT_VERSION
+            hint = "; run the same precompute command again to rebuild it" if older else ""
             raise FormatError(
-                f"{source}: format version {fmt.get('version')!r} is unknown; this reader knows "
-                f"version {FORMAT_VERSION}"
+                f"{source}: format version {version!r} is unknown; this reader knows "
+                f"version {FORMAT_VERSION}{hint}"
             )
         required = {
             "format",

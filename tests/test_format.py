@@ -99,6 +99,11 @@ def test_build_sorts_shards_and_fingerprints_config_and_shards():
     [
         ({"name": "melshards", "version": 3}, "format version 3 is unknown; this reader knows version 2"),
         ({"name": "melshards", "version": 0}, "format version 0 is unknown"),
+        (
+            {"name": "melshards", "version": 1},
+            "format version 1 is unknown; this reader knows version 2; run the same precompute command "
+            "again to rebuild it",
+        ),
         ({"name": "melshards"}, "format version None is unknown"),
         ({"name": "lhotse", "version": 1}, "not a melshards index"),
         ("melshards", "not a melshards index"),
