@@ -11,8 +11,9 @@ import tracemalloc
 import numpy as np
 import pytest
 import soundfile as sf
+from test_cli import TINY_SET
 
-from audio_fixtures import HEADER, TINY, read_arrays, tone_recording
+from audio_fixtures import HEADER, read_arrays, tone_recording
 from melshards.errors import AudioError
 from melshards.index import read_index
 from melshards.names import EVENT_TP, FAILURES_FILE
@@ -22,23 +23,6 @@ from precompute.manifest import read_manifest
 
 SR = 16000
 GOOD = "good,1,1,2.0,450,3.0,550\ngood,2,1,5.0,950,6.0,1050\n"
-
-# TINY (tests/audio_fixtures.py) spelled as --set options on top of the default preset.
-TINY_SET = [
-    f"--set={name}={getattr(TINY, name)}"
-    for name in (
-        "sample_rate",
-        "n_fft",
-        "hop_length",
-        "n_mels",
-        "fmax",
-        "duration",
-        "context",
-        "min_overlap",
-        "n_classes",
-        "shard_size",
-    )
-]
 
 
 def write_tone(path, seconds=8.0, *, seed=0):
