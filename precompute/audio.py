@@ -33,8 +33,9 @@ AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".aiff", ".aif")
 # The longest recording decoded, in seconds at the file's own rate: 24 hours.
 MAX_SECONDS = 24 * 3600
 
-# Frames read per call: 1 MiB per channel in float32 (about 5.5 s at 48 kHz).
-BLOCK_FRAMES = 1 << 18
+# Frames read per call: 4 MiB per channel in float32 (about 22 s at 48 kHz), so a 60 s recording
+# is three reads; memory beyond the samples decoded is at most one block.
+BLOCK_FRAMES = 1 << 20
 
 
 def find_audio(audio_dir: Path, recording_id: str, path: str | None = None) -> Path:
