@@ -1,28 +1,36 @@
-"""Precompute throughput against its floor, scaling, peak memory and bytes on disk.
+"""Precompute: the log-mel paths side by side, whole runs against today's path, scaling, start-up.
 
-- floor: decode only the window and compute its log-mel with the same parameters, one slice
-  at a time, one core, in this process; the ideal rate on N cores is N / floor;
-- ``precompute features`` run as a user runs it (a fresh process, end to end) on the demo
-  data (1x) and on a demo synthesized with ``scale`` x the recordings: ``--jobs`` = cores on
-  both, ``--jobs 1`` on the larger; each run ``repeats`` times, interleaved, the fastest kept.
-  The targets are judged on the larger set (6x the demo, ~3,300 slices; the RFCX training set
-  has ~9,000), where each worker's fixed start-up
-  (~2.5 s here: process spawn plus librosa/scipy imports, numba compiles included) weighs as
-  it does in real use; the 1x figures show what that start-up costs on a small set;
+- log-mel: the ``fast`` path (``stft = "fast"``) and librosa's (``stft = "librosa"``) on the
+  same windows, one core, in this process, rounds interleaved; the figure is the median ratio,
+  with the largest difference in float16 steps (after min-max) and in dB (without it);
+- floor: decode only the window and compute its log-mel with the default parameters, one slice
+  at a time, one core, in a fresh process; the ideal rate on N cores is N / floor;
+- ``precompute features`` run as a user runs it (a fresh process, end to end) on the demo (1x)
+  and on a demo synthesized with ``scale`` x the recordings: ``--jobs`` = cores on both,
+  ``--jobs 1`` on the larger with the default config and with today's reference path
+  (``--set stft=librosa --set share_frames=false``); each run ``repeats`` times, interleaved,
+  the fastest kept. Each run also reports the CPU it used (its process tree) per second of
+  audio stored (slices x window length);
+- first shard: seconds from starting ``precompute features --jobs 1`` in a fresh process until
+  the first shard file is in place;
 - peak resident memory: the sum over the process tree (driver + workers), sampled every 20 ms.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import soundfile as sf
 
@@ -30,6 +38,80 @@ from melshards.index import read_index
 from precompute.config import preset
 from precompute.mel import log_mel
 from precompute.windows import place_window
+
+# Today's path before the fast log-mel: librosa's STFT, every window computed alone.
+REFERENCE_SET = ["--set", "stft=librosa", "--set", "share_frames=false"]
+
+
+def demo_windows(demo: Path, *, limit: int = 40) -> list[np.ndarray]:
+    """The default preset's windows around the first ``limit`` TP rows of the demo, decoded."""
+    config = preset("default")
+    with open(demo / "train_tp.csv") as fh:
+        rows = list(csv.DictReader(fh))[:limit]
+    n = int(round(config.window_seconds * config.sample_rate))
+    windows = []
+    for row in rows:
+        path = demo / "train" / f"{row['recording_id']}.flac"
+        seconds = sf.info(str(path)).duration
+        start = place_window(
+            float(row["t_min"]), float(row["t_max"]), length=config.window_seconds, recording_seconds=seconds
+        )
+        y, _ = sf.read(path, start=int(round(start * config.sample_rate)), frames=n, dtype="float32")
+        windows.append(y)
+    return windows
+
+
+def log_mel_figures(demo: Path, *, rounds: int = 5) -> dict:
+    """The fast and the librosa log-mel on the same windows: ms per slice, speed-up, differences."""
+    from threadpoolctl import threadpool_limits
+
+    windows = demo_windows(demo)
+    fast = preset("default")
+    reference = dataclasses.replace(fast, stft="librosa", share_frames=False)
+
+    def seconds(config) -> float:
+        started = time.perf_counter()
+        for y in windows:
+            log_mel(y, config=config)
+        return (time.perf_counter() - started) / len(windows)
+
+    with threadpool_limits(limits=1):
+        seconds(fast), seconds(reference)  # imports, caches, compiled code
+        pairs = [(seconds(fast), seconds(reference)) for _ in range(rounds)]
+        steps, db = 0, 0.0
+        undb = dataclasses.replace(fast, normalize="none")
+        for y in windows:
+            a = log_mel(y, config=fast).astype(np.float16).view(np.uint16).astype(np.int32)
+            b = log_mel(y, config=reference).astype(np.float16).view(np.uint16).astype(np.int32)
+            steps = max(steps, int(np.abs(a - b).max()))  # values >= 0: bit patterns count steps
+            ref_db = log_mel(y, config=dataclasses.replace(undb, stft="librosa", share_frames=False))
+            db = max(db, float(np.abs(log_mel(y, config=undb) - ref_db).max()))
+    return {
+        "slices": len(windows),
+        "fast_ms_per_slice": statistics.median(f for f, _ in pairs) * 1e3,
+        "librosa_ms_per_slice": statistics.median(r for _, r in pairs) * 1e3,
+        "speedup": statistics.median(r / f for f, r in pairs),
+        "max_float16_steps": steps,
+        "max_db_difference": db,
+    }
+
+
+def first_shard_seconds(demo: Path, out: Path, *, extra: list[str] = ()) -> float:
+    """Seconds from starting ``precompute features --jobs 1`` until its first shard is in place."""
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [*features_command(demo, out, jobs=1), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        while proc.poll() is None and not any(out.glob("shard-*.h5")):
+            time.sleep(0.005)
+        seconds = time.perf_counter() - started
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(out, ignore_errors=True)
+    return seconds
 
 
 def demo_at_scale(demo: Path, work: Path, scale: int) -> Path:
@@ -82,8 +164,10 @@ def floor_in_fresh_process(demo: Path) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def run_measured(cmd: list[str]) -> tuple[float, int, int]:
-    """Run ``cmd``; return (wall seconds, exit status, peak RSS bytes summed over its process tree)."""
+def run_measured(cmd: list[str]) -> tuple[float, int, int, float]:
+    """Run ``cmd``; return (wall seconds, exit status, peak RSS bytes summed over its process tree,
+    CPU seconds of the process and every process it waited for)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
@@ -107,7 +191,9 @@ def run_measured(cmd: list[str]) -> tuple[float, int, int]:
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.decode()[-500:]}")
-    return time.perf_counter() - started, proc.returncode, peak
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return time.perf_counter() - started, proc.returncode, peak, cpu
 
 
 def features_command(demo: Path, out: Path, *, jobs: int | None = None) -> list[str]:
@@ -125,10 +211,10 @@ def features_command(demo: Path, out: Path, *, jobs: int | None = None) -> list[
     return cmd if jobs is None else [*cmd, "--jobs", str(jobs)]
 
 
-def features_run(demo: Path, out: Path, *, jobs: int) -> dict:
-    """One clean ``precompute features`` run into ``out``: its time, peak memory and disk use."""
+def features_run(demo: Path, out: Path, *, jobs: int, extra: list[str] = ()) -> dict:
+    """One clean ``precompute features`` run into ``out``: its time, CPU, peak memory and disk use."""
     shutil.rmtree(out, ignore_errors=True)
-    seconds, _, peak = run_measured(features_command(demo, out, jobs=jobs))
+    seconds, _, peak, cpu = run_measured([*features_command(demo, out, jobs=jobs), *extra])
     index = read_index(out)
     config = index.config
     disk = sum(s.bytes for s in index.shards)
@@ -139,19 +225,20 @@ def features_run(demo: Path, out: Path, *, jobs: int) -> dict:
         "seconds": seconds,
         "slices_per_s": index.n_examples / seconds,
         "peak_rss_mb": peak / 1e6,
+        "cpu_ms_per_audio_s": cpu * 1e3 / (index.n_examples * config.window_seconds),
         "disk_bytes_per_slice": disk / index.n_examples,
         "raw_float32_bytes_per_slice": config.n_mels * config.n_frames * 4,
     }
 
 
-def best_runs(plans: dict[str, tuple[Path, int]], work: Path, *, repeats: int) -> dict[str, dict]:
+def best_runs(plans: dict[str, tuple[Path, int, list[str]]], work: Path, *, repeats: int) -> dict[str, dict]:
     """``features_run`` for each named (dataset, jobs), ``repeats`` rounds interleaved; keeps the
     fastest run of each (the machine is shared: neighbours only ever add time) and the largest
     peak memory seen."""
     best: dict[str, dict] = {}
     for _ in range(repeats):
-        for name, (demo, jobs) in plans.items():
-            result = features_run(demo, work / name, jobs=jobs)
+        for name, (demo, jobs, extra) in plans.items():
+            result = features_run(demo, work / name, jobs=jobs, extra=extra)
             kept = best.setdefault(name, result)
             peak = max(kept["peak_rss_mb"], result["peak_rss_mb"])
             if result["seconds"] < kept["seconds"]:
@@ -163,9 +250,19 @@ def best_runs(plans: dict[str, tuple[Path, int]], work: Path, *, repeats: int) -
 def run(demo: Path, work: Path, *, scale: int = 6, repeats: int = 2) -> dict:
     cores = os.cpu_count() or 1
     big_demo = demo_at_scale(demo, work, scale)
+    mel = log_mel_figures(demo)
     floor = floor_in_fresh_process(demo)
+    first = {
+        "default": min(first_shard_seconds(demo, work / "first") for _ in range(repeats)),
+        "reference": min(first_shard_seconds(demo, work / "first", extra=REFERENCE_SET) for _ in range(repeats)),
+    }
     runs = best_runs(
-        {"jobs_cores_1x": (demo, cores), "jobs_1_big": (big_demo, 1), "jobs_cores_big": (big_demo, cores)},
+        {
+            "jobs_cores_1x": (demo, cores, []),
+            "jobs_1_big": (big_demo, 1, []),
+            "jobs_1_big_reference": (big_demo, 1, REFERENCE_SET),
+            "jobs_cores_big": (big_demo, cores, []),
+        },
         work,
         repeats=repeats,
     )
@@ -175,9 +272,14 @@ def run(demo: Path, work: Path, *, scale: int = 6, repeats: int = 2) -> dict:
         "cores": cores,
         "scale": scale,
         "repeats": repeats,
+        "log_mel": mel,
+        "log_mel_speedup": mel["speedup"],
         "floor_ms_per_slice": floor * 1e3,
         "ideal_slices_per_s": ideal,
         **runs,
+        "jobs_1_speedup": one["slices_per_s"] / runs["jobs_1_big_reference"]["slices_per_s"],
+        "first_shard_s": first["default"],
+        "first_shard_reference_s": first["reference"],
         "ratio_to_ideal": many["slices_per_s"] / ideal,
         "scaling_efficiency": many["slices_per_s"] / (cores * one["slices_per_s"]) if cores > 1 else 1.0,
         "ratio_to_ideal_1x": small["slices_per_s"] / ideal,

@@ -22,6 +22,7 @@ from melshards.names import MEL_DTYPES
 
 NORMALIZE_MODES = ("minmax", "none")
 DB_MODES = ("power", "amplitude")
+STFT_PATHS = ("fast", "librosa")
 COMPRESSIONS = (None, "gzip", "lzf")
 
 
@@ -88,6 +89,10 @@ class FeatureConfig:
     fmin: float = _param(50.0, "Hz", "lower edge of the lowest mel filter")
     fmax: float = _param(16000.0, "Hz", "upper edge of the highest mel filter (<= sample_rate / 2)")
     power: float = _param(2.0, "exponent", "magnitude exponent: 2 power spectrogram, 1 amplitude")
+    stft: str = _param("fast", "path", "fast: float32 scipy.fft, sparse mel basis; librosa: its exact arithmetic")
+    share_frames: bool = _param(
+        True, "switch", "windows start on the hop grid; overlapping ones share STFT frames (stft fast)"
+    )
     db: str = _param("power", "mode", "power: power_to_db; amplitude: the classic amplitude_to_db")
     db_ref: float | None = _param(None, "linear", "0 dB reference; none: each slice's maximum")
     top_db: float | None = _param(80.0, "dB", "floor below the peak; none: no floor")
@@ -110,6 +115,12 @@ class FeatureConfig:
             )
         if self.normalize not in NORMALIZE_MODES:
             raise ConfigError(f"config normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}")
+        if self.stft not in STFT_PATHS:
+            raise ConfigError(f"config stft must be one of {STFT_PATHS}, got {self.stft!r}")
+        if not isinstance(self.share_frames, bool):
+            raise ConfigError(f"config share_frames must be true or false, got {self.share_frames!r}")
+        if self.share_frames and self.stft != "fast":
+            raise ConfigError("config share_frames needs stft = fast (set share_frames = false for stft = librosa)")
         if self.db not in DB_MODES:
             raise ConfigError(f"config db must be one of {DB_MODES}, got {self.db!r}")
         if self.dtype not in MEL_DTYPES:

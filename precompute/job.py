@@ -7,6 +7,7 @@ The driver receives only a ``ShardResult`` (index entry, statistics, failures).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from melshards.index import ShardEntry
 from melshards.names import EVENT_NONE, LABEL_UNKNOWN, SET_WINDOWS
 from melshards.shard import ShardExample, ShardStats, write_shard
 from precompute.audio import decode
-from precompute.mel import log_mel
+from precompute.mel import log_mel, log_mel_of_power, mel_power_frames
 from precompute.plan import RecordingTask, ShardJob
 from precompute.windows import event_arrays, place_window, sliding_starts, window_events
 
@@ -109,18 +110,15 @@ def _recording_examples(
     length = config.window_seconds
     if seconds + 1e-9 < length:
         raise AudioError(f"{task.path}: recording is {seconds:.3f} s, shorter than the {length:g} s window")
-    n_samples = int(round(length * config.sample_rate))
     if job.kind == SET_WINDOWS:
-        examples = []
-        for start in sliding_starts(seconds, length=length, step=job.step):
-            mel, start = _window_mel(y, start, config=config, n_samples=n_samples, path=task.path)
-            labels = np.full(config.n_classes, LABEL_UNKNOWN, dtype=np.int8)
-            examples.append(ShardExample(mel, labels, task.recording_id, start, anchor=NO_ANCHOR))
-        return examples
-    rows = job.recording_rows(task)
-    events = event_arrays(rows)
-    examples = []
-    for row in rows:
+        starts = sliding_starts(seconds, length=length, step=job.step)
+        labels = np.full(config.n_classes, LABEL_UNKNOWN, dtype=np.int8)
+        return [
+            ShardExample(mel, labels, task.recording_id, start, anchor=NO_ANCHOR)
+            for mel, start in window_mels(y, starts, config=config, path=task.path)
+        ]
+    rows = []
+    for row in job.recording_rows(task):
         if row.t_max > seconds + 1e-6:
             err = AudioError(
                 f"{row.where}: event ends at {row.t_max} s, beyond the end of {task.path} ({seconds:.3f} s)"
@@ -129,8 +127,11 @@ def _recording_examples(
                 raise err
             failures.append(failure_record(task.recording_id, task.path, err, slices=1, line=row.line))
             continue
-        start = place_window(row.t_min, row.t_max, length=length, recording_seconds=seconds)
-        mel, start = _window_mel(y, start, config=config, n_samples=n_samples, path=task.path)
+        rows.append(row)
+    events = event_arrays(job.recording_rows(task))
+    starts = [place_window(r.t_min, r.t_max, length=length, recording_seconds=seconds) for r in rows]
+    examples = []
+    for row, (mel, start) in zip(rows, window_mels(y, starts, config=config, path=task.path), strict=True):
         labels, stored = window_events(events, start, config=config)
         anchor = {
             "species_id": row.species_id,
@@ -146,23 +147,65 @@ def _recording_examples(
     return examples
 
 
-def _window_mel(
-    y: np.ndarray, start: float, *, config: FeatureConfig, n_samples: int, path: str
-) -> tuple[np.ndarray, float]:
-    """Log-mel of the window starting at ``start`` seconds, and its start rounded to a sample.
+def window_mels(
+    y: np.ndarray, starts: Sequence[float], *, config: FeatureConfig, path: str
+) -> list[tuple[np.ndarray, float]]:
+    """The stored values of the windows starting at ``starts`` (seconds) in a recording ``y``.
 
-    Raises AudioError when the stored values would not all be finite (samples so large that
-    their power overflows, for instance): the recording becomes a recorded failure instead of
-    NaN in the shard.
+    Returns, per window in the order given, its log-mel and its start as stored: rounded to a
+    sample, or with ``share_frames`` to the hop grid, where overlapping windows take their
+    frames from one STFT over the span they cover together (``precompute.mel.mel_power_frames``).
+    A window never reaches past the recording's end. Raises AudioError when a window's values
+    would not all be finite (samples so large that their power overflows, for instance): the
+    recording becomes a recorded failure instead of NaN in the shard.
     """
-    first = min(int(round(start * config.sample_rate)), y.size - n_samples)
-    window = y[first : first + n_samples]
-    with np.errstate(over="ignore", invalid="ignore"):  # checked just below, with the file named
-        mel = log_mel(window, config=config)
+    n_samples = int(round(config.window_seconds * config.sample_rate))
+    out = []
+    with np.errstate(over="ignore", invalid="ignore"):  # every window is checked, with the file named
+        if not config.share_frames:
+            for start in starts:
+                first = min(int(round(start * config.sample_rate)), y.size - n_samples)
+                mel = log_mel(y[first : first + n_samples], config=config)
+                out.append((_finite(mel, y, first, config, path), first / config.sample_rate))
+            return out
+        hop, n_frames = config.hop_length, config.n_frames
+        last = (y.size - n_samples) // hop  # the last grid frame a whole window can start on
+        frames = [min(int(round(start * config.sample_rate / hop)), last) for start in starts]
+        power_of: dict[int, np.ndarray] = {}  # a window's first frame -> its frames' mel power
+        for first, count in frame_runs(frames, n_frames):
+            power = mel_power_frames(y, first, count, config=config)
+            for f in frames:
+                if first <= f < first + count:
+                    power_of[f] = power[:, f - first : f - first + n_frames]
+        for f in frames:
+            mel = log_mel_of_power(power_of[f], config=config)
+            out.append((_finite(mel, y, f * hop, config, path), f * hop / config.sample_rate))
+    return out
+
+
+def frame_runs(firsts: Sequence[int], n_frames: int) -> list[tuple[int, int]]:
+    """Merge windows of ``n_frames`` frames starting at ``firsts`` into runs: (first frame, count).
+
+    Windows that overlap or touch share one run, so each of its frames is computed once.
+    """
+    runs: list[list[int]] = []
+    for f in sorted(set(firsts)):
+        if runs and f <= runs[-1][1]:
+            runs[-1][1] = max(runs[-1][1], f + n_frames)
+        else:
+            runs.append([f, f + n_frames])
+    return [(a, b - a) for a, b in runs]
+
+
+def _finite(
+    mel: np.ndarray, y: np.ndarray, first_sample: int, config: FeatureConfig, path: str
+) -> np.ndarray:
+    """``mel``, or AudioError naming the file when one of its stored values would not be finite."""
     if not np.isfinite(mel.astype(config.dtype)).all():
+        window = y[first_sample : first_sample + int(round(config.window_seconds * config.sample_rate))]
         peak = float(np.max(np.abs(window))) if window.size else 0.0
         raise AudioError(
-            f"{path}: the log-mel of the window at {first / config.sample_rate:.3f} s is not finite "
+            f"{path}: the log-mel of the window at {first_sample / config.sample_rate:.3f} s is not finite "
             f"(sample peak {peak:.3g}; audio is expected within [-1, 1])"
         )
-    return mel, first / config.sample_rate
+    return mel

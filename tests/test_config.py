@@ -40,7 +40,14 @@ def test_the_default_preset_is_the_feature_config_defaults():
 
 def test_shipped_presets_and_what_they_change():
     assert preset_names() == ("default", "fast", "rfcx-2nd", "seed")
-    assert preset_values("seed") == {"fmin": 0.0, "fmax": 24000.0, "db": "amplitude", "context": 0.0}
+    assert preset_values("seed") == {
+        "fmin": 0.0,
+        "fmax": 24000.0,
+        "db": "amplitude",
+        "context": 0.0,
+        "stft": "librosa",
+        "share_frames": False,
+    }
     assert preset_values("fast") == {"n_mels": 64, "hop_length": 1024}
     assert preset_values("rfcx-2nd") == {
         "n_fft": 4096,

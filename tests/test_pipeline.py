@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import re
@@ -13,7 +14,7 @@ from melshards.index import read_index
 from melshards.names import INDEX_FILE
 from precompute.audio import decode
 from precompute.cli import main
-from precompute.mel import log_mel
+from precompute.mel import log_mel_of_power, mel_power, mel_power_frames
 from precompute.run import run_windows
 from precompute.windows import place_window
 
@@ -54,12 +55,21 @@ def test_shard_round_trip_with_plain_h5py_equals_direct_computation(tiny_run):
         ex_of_event = h5["events/example"][:]
         ev_species = h5["events/species_id"][:]
     y = decode(paths["audio"] / f"{rid}.flac", sample_rate=16000)
-    assert start == pytest.approx(
-        place_window(t_min, t_max, length=TINY.window_seconds, recording_seconds=8.0)
-    )
-    first = int(round(start * 16000))
-    expected = log_mel(y[first : first + int(TINY.window_seconds * 16000)], config=TINY)
-    np.testing.assert_array_equal(stored, expected.astype(np.float16))
+    # share_frames (the default): the window starts on the hop grid, nearest to where the event
+    # places it, and its frames are the recording's frames from there.
+    hop = TINY.hop_length
+    placed = place_window(t_min, t_max, length=TINY.window_seconds, recording_seconds=8.0)
+    frame = int(round(placed * 16000 / hop))
+    assert start == frame * hop / 16000 and abs(start - placed) <= hop / 2 / 16000
+    power = mel_power_frames(y, frame, TINY.n_frames, config=TINY)
+    np.testing.assert_array_equal(stored, log_mel_of_power(power, config=TINY).astype(np.float16))
+    # Away from the window's edges (frames whose samples all lie inside it) the shared frames are
+    # the window's own, computed alone and zero-padded at its ends.
+    first = frame * hop
+    alone = mel_power(y[first : first + int(TINY.window_seconds * 16000)], config=TINY)
+    inner = slice(TINY.n_fft // (2 * hop), TINY.n_frames - TINY.n_fft // (2 * hop))
+    np.testing.assert_allclose(power[:, inner], alone[:, inner], rtol=1e-6)
+    assert not np.allclose(power[:, 0], alone[:, 0], rtol=1e-3)  # the edges see real audio
     # rec0: TP sp0 [1,2], FP sp2 [1.2,1.8], TP sp1 [5,6.5]. Windows sorted by event time:
     # sp0 -> window [0, 2.5]: sp0 positive, sp2 confirmed negative, sp1 absent.
     np.testing.assert_array_equal(labels[0], [1, -1, 0, -1])
@@ -100,10 +110,21 @@ def test_sliding_windows_feature_set(tone_dataset, tmp_path):
     )
     index = read_index(tmp_path / "win")
     assert index.kind == "windows"
-    # 8 s recordings, 2.5 s windows every 2 s: starts 0, 2, 4, 5.5 -> 4 per recording.
+    # 8 s recordings, 2.5 s windows every 2 s: starts 0, 2, 4, 5.5 -> 4 per recording. On the
+    # hop grid (16 ms) the last one starts at frame 343, the last whose window fits: 5.488 s.
     assert summary.examples == index.n_examples == 16
     data = read_arrays(tmp_path / "win")
-    np.testing.assert_allclose(data["start"][:4], [0.0, 2.0, 4.0, 5.5])
+    np.testing.assert_allclose(data["start"][:4], [0.0, 2.0, 4.0, 343 * 256 / 16000])
+    alone = run_windows(
+        audio_dir=paths["audio"],
+        out=tmp_path / "win-alone",
+        config=dataclasses.replace(TINY, share_frames=False),
+        step=2.0,
+        jobs=1,
+        progress=False,
+    )
+    assert alone.examples == 16
+    np.testing.assert_allclose(read_arrays(tmp_path / "win-alone")["start"][:4], [0.0, 2.0, 4.0, 5.5])
     assert (data["labels"] == -1).all() and (data["anchor/kind"] == -1).all()
 
 
