@@ -88,7 +88,7 @@ def table(results: dict) -> list[str]:
             "",
             f"log-mel per slice, one core: fast {pre['log_mel']['fast_ms_per_slice']:.1f} ms, librosa "
             f"{pre['log_mel']['librosa_ms_per_slice']:.1f} ms ({pre['log_mel']['speedup']:.2f}x); largest "
-            f"difference {pre['log_mel']['max_float16_steps']} float16 step(s) after min-max, "
+            f"difference {pre['log_mel']['max_float16_steps']:.2f} float16 step after min-max, "
             f"{pre['log_mel']['max_db_difference']:.1e} dB without",
             f"precompute: floor {pre['floor_ms_per_slice']:.1f} ms/slice on one core -> ideal "
             f"{pre['ideal_slices_per_s']:.1f} slices/s on {pre['cores']} cores; first shard after "

@@ -89,7 +89,9 @@ class FeatureConfig:
     fmin: float = _param(50.0, "Hz", "lower edge of the lowest mel filter")
     fmax: float = _param(16000.0, "Hz", "upper edge of the highest mel filter (<= sample_rate / 2)")
     power: float = _param(2.0, "exponent", "magnitude exponent: 2 power spectrogram, 1 amplitude")
-    stft: str = _param("fast", "path", "fast: float32 scipy.fft, sparse mel basis; librosa: its exact arithmetic")
+    stft: str = _param(
+        "fast", "path", "fast: float32 scipy.fft, sparse mel basis; librosa: its exact arithmetic"
+    )
     share_frames: bool = _param(
         True, "switch", "windows start on the hop grid; overlapping ones share STFT frames (stft fast)"
     )
@@ -120,7 +122,9 @@ class FeatureConfig:
         if not isinstance(self.share_frames, bool):
             raise ConfigError(f"config share_frames must be true or false, got {self.share_frames!r}")
         if self.share_frames and self.stft != "fast":
-            raise ConfigError("config share_frames needs stft = fast (set share_frames = false for stft = librosa)")
+            raise ConfigError(
+                "config share_frames needs stft = fast (set share_frames = false for stft = librosa)"
+            )
         if self.db not in DB_MODES:
             raise ConfigError(f"config db must be one of {DB_MODES}, got {self.db!r}")
         if self.dtype not in MEL_DTYPES:

@@ -92,6 +92,42 @@ def decode(path: Path, *, sample_rate: int) -> np.ndarray:
 
     Returns np.ndarray [shape=(n,)], float32. Raises AudioError naming the file.
     """
+    with _open(path) as f:
+        rate = f.samplerate
+        y = _read(f, path, 0, f.frames)
+    if rate != sample_rate:
+        import soxr
+
+        y = soxr.resample(y, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
+    return np.ascontiguousarray(y)
+
+
+def probe(path: Path) -> tuple[int, int]:
+    """(frames, sample rate) that the header of ``path`` promises, checked as ``decode`` checks it."""
+    with _open(path) as f:
+        return f.frames, f.samplerate
+
+
+def read_span(path: Path, start: int, stop: int) -> np.ndarray:
+    """Frames ``start .. stop - 1`` of ``path`` (at its own rate), mono float32, read after a seek.
+
+    The same samples as ``decode(path)[start:stop]`` at the file's rate, decoding only what the
+    span needs; AudioError names the file when the span lies beyond what it holds.
+    """
+    with _open(path) as f:
+        if not 0 <= start <= stop <= f.frames:
+            raise AudioError(f"{path}: frames {start}..{stop} lie outside its {f.frames} frames")
+        try:
+            f.seek(start)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise AudioError(
+                f"{path}: truncated: cannot seek to frame {start} of the {f.frames} frames its header "
+                f"promises ({_first_line(err)})"
+            ) from None
+        return _read(f, path, start, stop - start)
+
+
+def _open(path: Path) -> sf.SoundFile:
     try:
         size = path.stat().st_size
     except OSError as err:
@@ -102,40 +138,43 @@ def decode(path: Path, *, sample_rate: int) -> np.ndarray:
         f = sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(f"{path}: not readable audio: {_first_line(err)}") from None
-    with f:
-        expected, rate = f.frames, f.samplerate
-        if expected > MAX_SECONDS * rate:
-            raise AudioError(
-                f"{path}: header promises {expected} frames ({expected / rate / 3600:.1f} h at {rate} Hz), "
-                f"more than the {MAX_SECONDS / 3600:g} h limit: a corrupt header"
-            )
-        blocks = []
-        decoded = 0
-        while decoded < expected:
-            try:
-                block = f.read(min(BLOCK_FRAMES, expected - decoded), dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError) as err:
-                raise AudioError(
-                    f"{path}: truncated: decoding stopped after {decoded} of the {expected} frames "
-                    f"its header promises ({_first_line(err)})"
-                ) from None
-            if block.shape[0] == 0:
-                break
-            blocks.append(block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32))
-            decoded += block.shape[0]
-    if decoded < expected:
-        raise AudioError(f"{path}: truncated: decoded {decoded} of the {expected} frames its header promises")
-    if decoded == 0:
-        raise AudioError(f"{path}: no samples")
-    y = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-    if not np.isfinite(y).all():
-        bad = int(np.flatnonzero(~np.isfinite(y))[0])
-        raise AudioError(f"{path}: non-finite sample (NaN or inf) at {bad / rate:.3f} s")
-    if rate != sample_rate:
-        import soxr
+    expected, rate = f.frames, f.samplerate
+    if expected > MAX_SECONDS * rate:
+        f.close()
+        raise AudioError(
+            f"{path}: header promises {expected} frames ({expected / rate / 3600:.1f} h at {rate} Hz), "
+            f"more than the {MAX_SECONDS / 3600:g} h limit: a corrupt header"
+        )
+    return f
 
-        y = soxr.resample(y, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
-    return np.ascontiguousarray(y)
+
+def _read(f: sf.SoundFile, path: Path, first: int, expected: int) -> np.ndarray:
+    """``expected`` frames from the current position (frame ``first``), mono, checked finite."""
+    blocks = []
+    decoded = 0
+    while decoded < expected:
+        try:
+            block = f.read(min(BLOCK_FRAMES, expected - decoded), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise AudioError(
+                f"{path}: truncated: decoding stopped after {first + decoded} of the {f.frames} frames "
+                f"its header promises ({_first_line(err)})"
+            ) from None
+        if block.shape[0] == 0:
+            break
+        blocks.append(block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32))
+        decoded += block.shape[0]
+    if decoded < expected:
+        raise AudioError(
+            f"{path}: truncated: decoded {first + decoded} of the {f.frames} frames its header promises"
+        )
+    if decoded == 0 and first == 0:
+        raise AudioError(f"{path}: no samples")
+    y = np.concatenate(blocks) if len(blocks) > 1 else (blocks[0] if blocks else np.zeros(0, np.float32))
+    if not np.isfinite(y).all():
+        bad = first + int(np.flatnonzero(~np.isfinite(y))[0])
+        raise AudioError(f"{path}: non-finite sample (NaN or inf) at {bad / f.samplerate:.3f} s")
+    return y
 
 
 def _first_line(err: Exception) -> str:

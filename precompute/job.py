@@ -18,7 +18,7 @@ from melshards.errors import AudioError
 from melshards.index import ShardEntry
 from melshards.names import EVENT_NONE, LABEL_UNKNOWN, SET_WINDOWS
 from melshards.shard import ShardExample, ShardStats, write_shard
-from precompute.audio import decode
+from precompute.audio import decode, probe, read_span
 from precompute.mel import log_mel, log_mel_of_power, mel_power_frames
 from precompute.plan import RecordingTask, ShardJob
 from precompute.windows import event_arrays, place_window, sliding_starts, window_events
@@ -105,8 +105,8 @@ def _recording_examples(
 ) -> list[ShardExample]:
     if task.path is None:
         raise AudioError(task.locate_error or f"{task.recording_id}: audio file not found")
-    y = decode(Path(task.path), sample_rate=config.sample_rate)
-    seconds = y.size / config.sample_rate
+    source = Samples.open(task.path, config=config)
+    seconds = source.n / config.sample_rate
     length = config.window_seconds
     if seconds + 1e-9 < length:
         raise AudioError(f"{task.path}: recording is {seconds:.3f} s, shorter than the {length:g} s window")
@@ -115,7 +115,7 @@ def _recording_examples(
         labels = np.full(config.n_classes, LABEL_UNKNOWN, dtype=np.int8)
         return [
             ShardExample(mel, labels, task.recording_id, start, anchor=NO_ANCHOR)
-            for mel, start in window_mels(y, starts, config=config, path=task.path)
+            for mel, start in window_mels(source, starts, config=config)
         ]
     rows = []
     for row in job.recording_rows(task):
@@ -131,7 +131,7 @@ def _recording_examples(
     events = event_arrays(job.recording_rows(task))
     starts = [place_window(r.t_min, r.t_max, length=length, recording_seconds=seconds) for r in rows]
     examples = []
-    for row, (mel, start) in zip(rows, window_mels(y, starts, config=config, path=task.path), strict=True):
+    for row, (mel, start) in zip(rows, window_mels(source, starts, config=config), strict=True):
         labels, stored = window_events(events, start, config=config)
         anchor = {
             "species_id": row.species_id,
@@ -147,10 +147,43 @@ def _recording_examples(
     return examples
 
 
+@dataclass(frozen=True)
+class Samples:
+    """A recording's samples at the config's rate: decoded whole, or read span by span.
+
+    With ``share_frames`` and a file already at the config's rate, only the spans the windows
+    need are decoded (after a seek), and its last frame, so that a truncated file is refused;
+    otherwise the whole file is decoded (and resampled) once.
+    """
+
+    path: str
+    n: int
+    y: np.ndarray | None = None  # the whole recording; None: read spans from the file
+
+    @classmethod
+    def open(cls, path: str, *, config: FeatureConfig) -> Samples:
+        if config.share_frames:
+            frames, rate = probe(Path(path))
+            if rate == config.sample_rate:
+                # A file that ends before its header says is refused, as a whole decode refuses
+                # it, even where no window needs its end: decoding the last frame tells.
+                read_span(Path(path), max(frames - 1, 0), frames)
+                return cls(path, frames)
+        y = decode(Path(path), sample_rate=config.sample_rate)
+        return cls(path, y.size, y)
+
+    def span(self, lo: int, hi: int) -> tuple[np.ndarray, int]:
+        """Samples covering ``lo .. hi - 1`` (clipped to the recording), and the sample they start at."""
+        if self.y is not None:
+            return self.y, 0
+        lo, hi = max(lo, 0), min(hi, self.n)
+        return read_span(Path(self.path), lo, hi), lo
+
+
 def window_mels(
-    y: np.ndarray, starts: Sequence[float], *, config: FeatureConfig, path: str
+    source: Samples, starts: Sequence[float], *, config: FeatureConfig
 ) -> list[tuple[np.ndarray, float]]:
-    """The stored values of the windows starting at ``starts`` (seconds) in a recording ``y``.
+    """The stored values of the windows starting at ``starts`` (seconds) in a recording.
 
     Returns, per window in the order given, its log-mel and its start as stored: rounded to a
     sample, or with ``share_frames`` to the hop grid, where overlapping windows take their
@@ -159,27 +192,33 @@ def window_mels(
     would not all be finite (samples so large that their power overflows, for instance): the
     recording becomes a recorded failure instead of NaN in the shard.
     """
-    n_samples = int(round(config.window_seconds * config.sample_rate))
+    sr, hop, n_fft = config.sample_rate, config.hop_length, config.n_fft
+    n_samples = int(round(config.window_seconds * sr))
     out = []
     with np.errstate(over="ignore", invalid="ignore"):  # every window is checked, with the file named
         if not config.share_frames:
+            y, _ = source.span(0, source.n)
             for start in starts:
-                first = min(int(round(start * config.sample_rate)), y.size - n_samples)
+                first = min(int(round(start * sr)), source.n - n_samples)
                 mel = log_mel(y[first : first + n_samples], config=config)
-                out.append((_finite(mel, y, first, config, path), first / config.sample_rate))
+                out.append((_finite(mel, y, first, config, source.path), first / sr))
             return out
-        hop, n_frames = config.hop_length, config.n_frames
-        last = (y.size - n_samples) // hop  # the last grid frame a whole window can start on
-        frames = [min(int(round(start * config.sample_rate / hop)), last) for start in starts]
-        power_of: dict[int, np.ndarray] = {}  # a window's first frame -> its frames' mel power
+        n_frames = config.n_frames
+        last = (source.n - n_samples) // hop  # the last grid frame a whole window can start on
+        frames = [min(int(round(start * sr / hop)), last) for start in starts]
+        power_of: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # first frame -> power, samples
         for first, count in frame_runs(frames, n_frames):
-            power = mel_power_frames(y, first, count, config=config)
+            # Frame k reads samples k * hop - n_fft // 2 onwards, n_fft of them.
+            lo = first * hop - n_fft // 2
+            y, offset = source.span(lo, lo + (count - 1) * hop + n_fft)
+            power = mel_power_frames(y, first, count, config=config, offset=offset)
             for f in frames:
                 if first <= f < first + count:
-                    power_of[f] = power[:, f - first : f - first + n_frames]
+                    power_of[f] = (power[:, f - first : f - first + n_frames], y, offset)
         for f in frames:
-            mel = log_mel_of_power(power_of[f], config=config)
-            out.append((_finite(mel, y, f * hop, config, path), f * hop / config.sample_rate))
+            power, y, offset = power_of[f]
+            mel = log_mel_of_power(power, config=config)
+            out.append((_finite(mel, y, f * hop - offset, config, source.path), f * hop / sr))
     return out
 
 

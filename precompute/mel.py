@@ -2,11 +2,12 @@
 
 ``config.stft`` picks the path:
 
-- ``"fast"`` (every preset but ``seed``): frames are a strided view of the zero-padded window
-  (``center=True``, as librosa), multiplied by a periodic Hann window in float32 and
-  transformed by ``scipy.fft.rfft`` in float32; only the FFT bins that some mel band uses are
-  squared, and they are projected by a cached sparse mel basis (each bin feeds at most two
-  bands). dB and min-max follow librosa's formulas. It equals librosa's output within one
+- ``"fast"`` (every preset but ``seed``): blocks of frames (``center=True``: zero beyond the
+  signal, as librosa) are multiplied by a periodic Hann window and transformed by
+  ``scipy.fft.rfft`` in float32; a compiled loop (``precompute.kernels``) squares only the
+  bins each mel band uses and sums them with the band's weights (each bin feeds at most two
+  bands). The filter bank is librosa's, built here without importing it. dB and min-max follow
+  librosa's formulas. It equals librosa's output within one
   float16 step after min-max, and within 1e-3 dB without it (``tests/test_mel.py``).
 - ``"librosa"``: ``librosa.feature.melspectrogram`` then ``power_to_db`` or
   ``amplitude_to_db``, exactly; the ``seed`` preset keeps it, so its stored numbers stay
@@ -76,14 +77,22 @@ def _filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: fl
 
 
 @functools.lru_cache(maxsize=8)
-def _sparse_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float):
-    """The mel basis over the bins it uses: (first bin, end bin, CSR matrix (n_mels, used))."""
-    from scipy import sparse
+def _bands(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float):
+    """The mel basis as bands: (first bin, end bin, weights) per band, each bin feeding at most two.
 
+    Returns (band_start (n_mels,) int64, band_end (n_mels,) int64, weights (n_mels, width) float32).
+    """
     basis = _filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
-    used = np.flatnonzero(basis.any(axis=0))
-    first, end = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 1)
-    return first, end, sparse.csr_matrix(basis[:, first:end])
+    band_start = np.zeros(n_mels, dtype=np.int64)
+    band_end = np.zeros(n_mels, dtype=np.int64)
+    for m, row in enumerate(basis):
+        used = np.flatnonzero(row)
+        if used.size:
+            band_start[m], band_end[m] = used[0], used[-1] + 1
+    weights = np.zeros((n_mels, max(int((band_end - band_start).max()), 1)), dtype=np.float32)
+    for m in range(n_mels):
+        weights[m, : band_end[m] - band_start[m]] = basis[m, band_start[m] : band_end[m]]
+    return band_start, band_end, weights
 
 
 @functools.lru_cache(maxsize=8)
@@ -153,32 +162,23 @@ def mel_power_frames(
     """
     from scipy import fft
 
-    n_fft, hop = config.n_fft, config.hop_length
-    # The samples the frames read, with zeros where ``y`` has none.
-    lo = first * hop - n_fft // 2
-    segment = np.zeros((count - 1) * hop + n_fft, dtype=np.float32)
-    a, b = max(lo, offset), min(lo + segment.size, offset + y.size)
-    if b > a:
-        segment[a - lo : b - lo] = y[a - offset : b - offset]
-    frames = np.lib.stride_tricks.as_strided(
-        segment, shape=(count, n_fft), strides=(hop * segment.itemsize, segment.itemsize), writeable=False
+    from precompute.kernels import project_power, windowed_frames
+
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    band_start, band_end, weights = _bands(
+        config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax
     )
-    lo_bin, hi_bin, basis = _sparse_basis(config.sample_rate, n_fft, config.n_mels, config.fmin, config.fmax)
-    window = _hann(n_fft)
-    block = np.empty((min(FRAME_BLOCK, count), n_fft), dtype=np.float32)
-    power = np.empty((count, hi_bin - lo_bin), dtype=np.float32)
+    window = _hann(config.n_fft)
+    out = np.empty((config.n_mels, count), dtype=np.float32)
+    block = np.empty((min(FRAME_BLOCK, count), config.n_fft), dtype=np.float32)
     for start in range(0, count, FRAME_BLOCK):
         n = min(FRAME_BLOCK, count - start)
-        np.multiply(frames[start : start + n], window, out=block[:n])
-        spectrum = fft.rfft(block[:n], axis=1, workers=1, overwrite_x=True)[:, lo_bin:hi_bin]
-        p = power[start : start + n]
-        if config.power == 2.0:
-            np.square(spectrum.real, out=p)
-            p += np.square(spectrum.imag)
-        else:
-            np.power(np.abs(spectrum), np.float32(config.power), out=p)
-    # (n_mels, used bins) @ (used bins, frames): one sparse product, in float32.
-    return basis @ np.ascontiguousarray(power.T)
+        # Frame k's window begins n_fft // 2 samples before its centre, k * hop_length.
+        first_sample = (first + start) * config.hop_length - config.n_fft // 2
+        windowed_frames(y, offset, first_sample, config.hop_length, window, block[:n])
+        spectrum = fft.rfft(block[:n], axis=1, workers=1, overwrite_x=True)
+        project_power(spectrum, float(config.power), band_start, band_end, weights, out, start)
+    return out
 
 
 def _db(S: np.ndarray, config: FeatureConfig) -> np.ndarray:

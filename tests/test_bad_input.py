@@ -63,8 +63,8 @@ def write_bytes(data):
 def write_audio(seconds=8.0, *, channels=1, sr=SR, nan=False, subtype="PCM_16", truncate=False):
     def make(path):
         y = tone_recording(seconds, sr=sr, tones=[(1, 2, 1500.0)], seed=3)
-        if nan:
-            y[100] = np.nan
+        if nan:  # inside the window of BAD_ROW: only the spans that windows need are decoded
+            y[int(1.5 * sr)] = np.nan
         data = np.stack([y] * channels, axis=1) if channels > 1 else y
         fmt = "WAV" if subtype == "FLOAT" else "FLAC"
         sf.write(path.with_suffix(".tmp"), data, sr, subtype=subtype, format=fmt)
