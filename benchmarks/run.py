@@ -46,7 +46,12 @@ def ensure_demo(demo: Path, features: Path) -> None:
 
     if not (demo / "train_tp.csv").is_file():
         subprocess.run([sys.executable, "-m", "precompute", "demo-data", str(demo), "--quiet"], check=True)
-    if not (features / "index.json").is_file():
+    from melshards.errors import FormatError
+    from melshards.index import read_index
+
+    try:
+        read_index(features)
+    except FormatError:  # missing, unfinished or of an older format: (re)build it
         subprocess.run(precompute_bench.features_command(demo, features), check=True)
 
 
