@@ -69,7 +69,9 @@ def fit_figures(features: Path, demo: Path, *, rounds: int) -> dict:
 def table(results: dict) -> list[str]:
     loader = results["loader"]
     lines = [
-        f"machine: {results['machine']['cores']} cores, {results['machine']['python']}; "
+        f"machine: {results['machine']['cores']} cores, {results['machine']['python']}, load "
+        f"{results['machine'].get('load_before', float('nan')):.2f} before, "
+        f"{results['machine'].get('load_after_15min', float('nan')):.2f} over the last 15 min; "
         f"batch {'x'.join(map(str, loader['batch']))}, {loader['examples']} examples, "
         f"copy bandwidth {loader['copy_bandwidth_gb_s']:.1f} GB/s",
         "",
@@ -168,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "load_before": os.getloadavg()[0],
         },
     }
     sections = ["plan", "knobs", "loader", "fit"]
@@ -188,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 results["fit"] = fit_figures(args.features, args.demo, rounds=args.fit_rounds)
     results["seconds"] = time.perf_counter() - started
+    # The 15-minute load average at the end spans most of the run: other work on the machine
+    # shows as load above the bench's own (about 1 on most sections, 2 with two jobs).
+    results["machine"]["load_after_15min"] = os.getloadavg()[2]
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print("\n".join(table(results)))
     print(f"\nwrote {args.out} in {results['seconds']:.0f} s")

@@ -183,7 +183,7 @@ def _write_datasets(
             raise ValueError(
                 f"example {i} of {ex.recording_id}: mel shape {ex.mel.shape}, expected {shape[1:]}"
             )
-        stored = ex.mel.astype(config.dtype)
+        stored = np.asarray(ex.mel, dtype=config.dtype)  # no copy when already stored's dtype
         if not np.isfinite(stored).all():
             # Callers check first and record the recording as a failure; this is the last guard.
             raise ValueError(f"example {i} of {ex.recording_id}: non-finite values in mel; not writing them")

@@ -239,12 +239,13 @@ def frame_runs(firsts: Sequence[int], n_frames: int) -> list[tuple[int, int]]:
 def _finite(
     mel: np.ndarray, y: np.ndarray, first_sample: int, config: FeatureConfig, path: str
 ) -> np.ndarray:
-    """``mel``, or AudioError naming the file when one of its stored values would not be finite."""
-    if not np.isfinite(mel.astype(config.dtype)).all():
+    """``mel`` as stored (``config.dtype``), or AudioError naming the file when a value is not finite."""
+    stored = mel.astype(config.dtype)
+    if not np.isfinite(stored).all():
         window = y[first_sample : first_sample + int(round(config.window_seconds * config.sample_rate))]
         peak = float(np.max(np.abs(window))) if window.size else 0.0
         raise AudioError(
             f"{path}: the log-mel of the window at {first_sample / config.sample_rate:.3f} s is not finite "
             f"(sample peak {peak:.3g}; audio is expected within [-1, 1])"
         )
-    return mel
+    return stored
