@@ -66,6 +66,30 @@ def fit_figures(features: Path, demo: Path, *, rounds: int) -> dict:
         return json.loads(out.read_text())
 
 
+def precompute_lines(pre: dict) -> list[str]:
+    """The precompute section of the table: log-mel paths, floor, first shard, the runs."""
+    lines = [
+        "",
+        f"log-mel per slice, one core: fast {pre['log_mel']['fast_ms_per_slice']:.1f} ms, librosa "
+        f"{pre['log_mel']['librosa_ms_per_slice']:.1f} ms ({pre['log_mel']['speedup']:.2f}x); largest "
+        f"difference {pre['log_mel']['max_float16_steps']:.2f} float16 step after min-max, "
+        f"{pre['log_mel']['max_db_difference']:.1e} dB without",
+        f"precompute: floor {pre['floor_ms_per_slice']:.1f} ms/slice on one core -> ideal "
+        f"{pre['ideal_slices_per_s']:.1f} slices/s on {pre['cores']} cores; first shard after "
+        f"{pre['first_shard_s']:.2f} s in a fresh process (reference path {pre['first_shard_reference_s']:.2f} s)",
+        f"{'run':<34}{'slices':>8}{'s':>8}{'slices/s':>10}{'CPU ms/audio s':>16}{'peak RSS MB':>13}"
+        f"{'disk/raw':>10}",
+    ]
+    for name in ("jobs_1_big_reference", "jobs_1_big", "jobs_cores_big", "jobs_cores_1x"):
+        r = pre[name]
+        lines.append(
+            f"{name + ' (jobs ' + str(r['jobs']) + ')':<34}{r['slices']:>8}{r['seconds']:>8.1f}{r['slices_per_s']:>10.1f}"
+            f"{r['cpu_ms_per_audio_s']:>16.2f}{r['peak_rss_mb']:>13.0f}"
+            f"{r['disk_bytes_per_slice'] / r['raw_float32_bytes_per_slice']:>10.2f}"
+        )
+    return lines
+
+
 def table(results: dict) -> list[str]:
     loader = results["loader"]
     lines = [
@@ -88,29 +112,7 @@ def table(results: dict) -> list[str]:
             f"{name:<40}{fig['mb_on_disk']:>11.1f}{fig['precompute_s']:>14.1f}{fig['ms_per_batch']:>10.2f}"
         )
     pre = results.get("precompute")
-    lines += (
-        []
-        if pre is None
-        else [
-            "",
-            f"log-mel per slice, one core: fast {pre['log_mel']['fast_ms_per_slice']:.1f} ms, librosa "
-            f"{pre['log_mel']['librosa_ms_per_slice']:.1f} ms ({pre['log_mel']['speedup']:.2f}x); largest "
-            f"difference {pre['log_mel']['max_float16_steps']:.2f} float16 step after min-max, "
-            f"{pre['log_mel']['max_db_difference']:.1e} dB without",
-            f"precompute: floor {pre['floor_ms_per_slice']:.1f} ms/slice on one core -> ideal "
-            f"{pre['ideal_slices_per_s']:.1f} slices/s on {pre['cores']} cores; first shard after "
-            f"{pre['first_shard_s']:.2f} s in a fresh process (reference path {pre['first_shard_reference_s']:.2f} s)",
-            f"{'run':<34}{'slices':>8}{'s':>8}{'slices/s':>10}{'CPU ms/audio s':>16}{'peak RSS MB':>13}"
-            f"{'disk/raw':>10}",
-        ]
-    )
-    for name in ("jobs_1_big_reference", "jobs_1_big", "jobs_cores_big", "jobs_cores_1x") if pre else ():
-        r = pre[name]
-        lines.append(
-            f"{name + ' (jobs ' + str(r['jobs']) + ')':<34}{r['slices']:>8}{r['seconds']:>8.1f}{r['slices_per_s']:>10.1f}"
-            f"{r['cpu_ms_per_audio_s']:>16.2f}{r['peak_rss_mb']:>13.0f}"
-            f"{r['disk_bytes_per_slice'] / r['raw_float32_bytes_per_slice']:>10.2f}"
-        )
+    lines += precompute_lines(pre) if pre else []
     if "plan" in results:
         plan = results["plan"]
         lines += [

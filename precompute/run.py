@@ -221,12 +221,7 @@ def run_plan(
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
-        existing = _existing_kind(out)
-        if existing not in (None, kind) and not overwrite:
-            raise ConfigError(
-                f"{out}: holds a {existing} feature set; writing {kind} features there would replace "
-                "it (pass --overwrite, or choose another --out)"
-            )
+        _check_kind(out, kind, overwrite=overwrite)
         _clean_strays(out, keep={job.file for job in plan})
         results, todo = _reuse_or_rebuild(out, plan)
         # The record keeps what is reused; each shard built from here on is added as it finishes.
@@ -247,20 +242,7 @@ def run_plan(
         )
         results.sort(key=lambda r: r.entry.file)
         failures = list(prior_failures or []) + [f for r in results for f in r.failures]
-        stats = ShardStats.empty(config.n_mels)
-        for result in results:
-            stats.merge(result.stats)
-        atomic_write_text(out / FAILURES_FILE, "".join(json.dumps(f) + "\n" for f in failures))
-        index = Index.build(
-            config=config,
-            entries=[r.entry for r in results],
-            stats=stats.bin_stats(),
-            failures=len(failures),
-            kind=kind,
-            versions=library_versions(),
-            source=source,
-        )
-        write_index(out, index)
+        index = _write_failures_and_index(out, results, failures, config=config, kind=kind, source=source)
     built = [r for r in results if not r.reused]
     return Summary(
         out=out,
@@ -273,6 +255,37 @@ def run_plan(
         seconds=time.perf_counter() - started,
         slices_built=sum(r.entry.n for r in built),
     )
+
+
+def _check_kind(out: Path, kind: str, *, overwrite: bool) -> None:
+    """ConfigError when ``out`` holds a feature set of another kind and ``overwrite`` is not set."""
+    existing = _existing_kind(out)
+    if existing not in (None, kind) and not overwrite:
+        raise ConfigError(
+            f"{out}: holds a {existing} feature set; writing {kind} features there would replace "
+            "it (pass --overwrite, or choose another --out)"
+        )
+
+
+def _write_failures_and_index(
+    out: Path, results: list[ShardResult], failures: list[dict], *, config: FeatureConfig, kind: str, source
+) -> Index:
+    """``failures.jsonl``, then the index (last): the statistics of every shard, merged."""
+    stats = ShardStats.empty(config.n_mels)
+    for result in results:
+        stats.merge(result.stats)
+    atomic_write_text(out / FAILURES_FILE, "".join(json.dumps(f) + "\n" for f in failures))
+    index = Index.build(
+        config=config,
+        entries=[r.entry for r in results],
+        stats=stats.bin_stats(),
+        failures=len(failures),
+        kind=kind,
+        versions=library_versions(),
+        source=source,
+    )
+    write_index(out, index)
+    return index
 
 
 def _reuse_or_rebuild(out: Path, plan: list[ShardJob]) -> tuple[list[ShardResult], list[ShardJob]]:
