@@ -52,7 +52,7 @@ def find_audio(audio_dir: Path, recording_id: str, path: str | None = None) -> P
         if not candidate.is_file():
             raise AudioError(f"{audio_dir / path}: audio file not found for recording {recording_id}")
         return candidate
-    found = [c for c in (audio_dir / f"{recording_id}{ext}" for ext in AUDIO_EXTENSIONS) if c.is_file()]
+    found = _existing_files(audio_dir / f"{recording_id}{ext}" for ext in _EXTENSIONS_BOTH_CASES)
     if not found:
         raise AudioError(
             f"{audio_dir / recording_id}.*: audio file not found for recording {recording_id} "
@@ -65,6 +65,25 @@ def find_audio(audio_dir: Path, recording_id: str, path: str | None = None) -> P
         )
     check_inside(audio_dir, found[0])
     return found[0]
+
+
+# Recorders often write upper-case extensions (``.WAV``); ``features`` finds both spellings.
+_EXTENSIONS_BOTH_CASES = tuple(e for ext in AUDIO_EXTENSIONS for e in (ext, ext.upper()))
+
+
+def _existing_files(candidates) -> list[Path]:
+    """The candidates that are files, each once (a case-insensitive file system shows ``a.flac``
+    under both spellings: one file, not two)."""
+    found, seen = [], set()
+    for candidate in candidates:
+        try:
+            st = candidate.stat()
+        except OSError:
+            continue
+        if candidate.is_file() and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            found.append(candidate)
+    return found
 
 
 def check_inside(audio_dir: Path, candidate: Path) -> None:

@@ -246,7 +246,12 @@ def list_audio(audio_dir: Path) -> list[Path]:
     """
     if not audio_dir.is_dir():
         raise ConfigError(f"{audio_dir}: audio directory not found")
-    files = sorted(p for p in audio_dir.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    # Links that lead nowhere are listed too: the run records them instead of skipping them silently.
+    files = sorted(
+        p
+        for p in audio_dir.iterdir()
+        if p.suffix.lower() in AUDIO_EXTENSIONS and (p.is_file() or p.is_symlink())
+    )
     if not files:
         raise ConfigError(f"{audio_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
     by_id: dict[str, list[Path]] = {}
@@ -268,11 +273,14 @@ def plan_windows(audio_dir: Path, *, config: FeatureConfig, step: float) -> list
     A file that resolves outside ``audio_dir`` (a link) is not read: its task carries the
     reason, and the worker records it as a failure, as ``features`` does.
     """
-    if not step > 0:
-        raise ConfigError(f"--step must be positive seconds, got {step}")
+    hop_seconds = config.hop_length / config.sample_rate
+    if not step >= hop_seconds:
+        raise ConfigError(f"--step must be at least one STFT hop ({hop_seconds:.4f} s), got {step}")
     tasks = []
     for path in list_audio(audio_dir):
         try:
+            if not path.is_file():
+                raise AudioError(f"{path}: broken symbolic link (its target does not exist)")
             check_inside(audio_dir, path)
         except AudioError as err:
             tasks.append(RecordingTask(path.stem, None, str(err), tuple(file_identity(None)), range(0), 1))

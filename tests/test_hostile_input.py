@@ -51,8 +51,8 @@ def features(tmp_path, audio, *extra, tp="tp.csv"):
     return main([*argv, "--jobs", "1", "--quiet", *TINY_SET, *extra])
 
 
-def windows(tmp_path, audio):
-    argv = ["windows", "--audio-dir", str(audio), "--out", str(tmp_path / "out"), "--step", "5"]
+def windows(tmp_path, audio, step="5"):
+    argv = ["windows", "--audio-dir", str(audio), "--out", str(tmp_path / "out"), "--step", step]
     return main([*argv, "--jobs", "1", "--quiet", *TINY_SET])
 
 
@@ -369,4 +369,38 @@ def test_features_refuses_a_recording_with_two_files(tmp_path):
     assert (failure["id"], failure["error"], failure["path"]) == ("a", "AudioError", None)
     assert failure["message"] == (
         f"{audio}: recording a is ambiguous: a.flac and a.wav share its id; rename or remove all but one"
+    )
+
+
+# -- recorders' spellings, links to nowhere, absurd steps -----------------------------------------
+
+
+def test_features_finds_upper_case_extensions(tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    write_tone(audio / "good.WAV")  # what many field recorders write
+    (tmp_path / "tp.csv").write_text(HEADER + GOOD)
+    assert features(tmp_path, audio) == 0
+    assert [(rid, line) for rid, line, _ in examples(tmp_path)] == [("good", 2), ("good", 3)]
+
+
+def test_windows_records_a_link_to_nowhere(tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    write_tone(audio / "good.flac")
+    (audio / "gone.flac").symlink_to(tmp_path / "deleted.flac")
+    assert windows(tmp_path, audio) == 3
+    assert [(rid, start) for rid, _, start in examples(tmp_path)] == [("good", t) for t in STARTS]
+    [failure] = failures(tmp_path)
+    assert failure["message"] == f"{audio / 'gone.flac'}: broken symbolic link (its target does not exist)"
+
+
+@pytest.mark.parametrize("step", ["0.001", "nan", "-1"])
+def test_windows_refuses_a_step_below_one_hop(tmp_path, capsys, step):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    write_tone(audio / "good.flac")
+    assert windows(tmp_path, audio, step=step) == 2
+    assert one_error_line(capsys, "windows") == (
+        f"precompute windows: error: --step must be at least one STFT hop (0.0160 s), got {float(step)}"
     )
