@@ -43,11 +43,12 @@ def temp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}{TEMP_SUFFIX}")
 
 
-def write_file_atomic(path: Path, data: bytes) -> None:
+def write_file_atomic(path: Path, data: bytes, *, hint: str = "free space and run again") -> None:
     """Write ``data`` as ``path``: a temp file beside it (created exclusively, never through a
     link), fsynced, then renamed into place; a failure leaves no temp file behind.
 
-    A kill can leave the temp file (``temp_name``); the next run removes it.
+    A kill can leave the temp file (``temp_name``); the next run removes it. A full disk is a
+    StorageError naming ``path``, ending with ``hint``.
     """
     path = Path(path)
     tmp = temp_name(path)
@@ -64,7 +65,7 @@ def write_file_atomic(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        raise_if_storage_full(err, path)
+        raise_if_storage_full(err, path, hint=hint)
         raise
     fsync_dir(path.parent)
 
@@ -93,14 +94,11 @@ def storage_errno(err: BaseException) -> int | None:
     return code if code in STORAGE_FULL else None
 
 
-def raise_if_storage_full(err: BaseException, path: Path) -> None:
+def raise_if_storage_full(err: BaseException, path: Path, *, hint: str = "free space and run again") -> None:
     """Raise StorageError naming ``path`` when ``err`` means the storage is full; else return."""
     code = storage_errno(err)
     if code is not None:
-        raise StorageError(
-            f"{path}: cannot write: {os.strerror(code)}; finished shards are kept, free space and "
-            "run again to resume"
-        ) from None
+        raise StorageError(f"{path}: cannot write: {os.strerror(code)}; {hint}") from None
 
 
 def current_umask() -> int:

@@ -157,7 +157,7 @@ def write_shard(
         h5.attrs[ATTR_KIND] = kind
         h5.flush()
         image = h5.id.get_file_image()
-    write_file_atomic(final, image)
+    write_file_atomic(final, image, hint="finished shards are kept, free space and run again to resume")
     digest = hashlib.sha256(image).hexdigest()
     entry = ShardEntry(
         file=final.name, n=len(examples), sha256=digest, fingerprint=fingerprint, bytes=len(image)

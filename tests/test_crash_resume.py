@@ -38,8 +38,8 @@ KILL_POINTS = {
         import melshards.shard as target
         calls = []
         original = target.write_file_atomic
-        def patched(path, data):
-            original(path, data)
+        def patched(path, data, **options):
+            original(path, data, **options)
             calls.append(1)
             if len(calls) == 2:  # two shards renamed into place, the third not started
                 die()
