@@ -127,11 +127,6 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def fsync_file(path: Path) -> None:
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
-
-
 def sha256_file(path: Path, *, block: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
