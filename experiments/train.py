@@ -283,6 +283,107 @@ def _check_float(name: str, value: Any) -> float:
     return float(value)
 
 
+def _checked_arguments(**arguments: Any) -> dict[str, Any]:
+    """``train``'s parameters, checked and normalized (ints, floats, ``verbose`` 0 under ``quiet``).
+
+    batch_size is checked by ShardSequence, unknown and unknown_weight's range by
+    MaskedBinaryCrossentropy: both are built before the run directory is made. The seed is
+    checked here because keras.utils.set_random_seed takes it before either of them.
+    """
+    checked = dict(arguments)
+    epochs = _check_int("epochs", arguments["epochs"], low=1)
+    n_folds = _check_int("n_folds", arguments["n_folds"], low=1)
+    fold = _check_int("fold", arguments["fold"], low=0)
+    if fold >= n_folds:
+        raise ConfigError(f"fold must be in [0, {n_folds}), got {fold}")
+    seed = arguments["seed"]
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    lr = _check_float("lr", arguments["lr"])
+    if not lr > 0:
+        raise ConfigError(f"lr must be > 0, got {lr}")
+    mixup = _check_float("mixup", arguments["mixup"])
+    if not 0 <= mixup <= 1:
+        raise ConfigError(f"mixup must be in [0, 1], got {mixup}")
+    verbose = arguments["verbose"]
+    if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+        raise ConfigError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    checked.update(
+        epochs=epochs,
+        n_folds=n_folds,
+        fold=fold,
+        workers=_check_int("workers", arguments["workers"], low=1),
+        patience=_check_int("patience", arguments["patience"], low=1),
+        seed=int(seed),
+        lr=lr,
+        mixup=mixup,
+        unknown_weight=_check_float("unknown_weight", arguments["unknown_weight"]),
+        warmup_epochs=_check_float("warmup_epochs", arguments["warmup_epochs"]),
+        weight_decay=_check_float("weight_decay", arguments["weight_decay"]),
+        verbose=0 if arguments["quiet"] else verbose,
+    )
+    return checked
+
+
+def _run_metrics(
+    truth: np.ndarray,
+    scores: np.ndarray,
+    *,
+    history,
+    timer,
+    train_seq,
+    val_seq,
+    net,
+    arguments: dict[str, Any],
+    input_shape: tuple[int, ...],
+    best_epoch: int,
+    seconds: float,
+    fit_seconds: float,
+) -> dict[str, Any]:
+    """What ``metrics.json`` holds: validation scores of the best epoch, timings, the config."""
+    model, features, config = arguments["model"], arguments["features"], train_seq.config
+    per_class, weight = class_lwlrap(truth, scores)
+    epochs_run = len(history.history.get("loss", []))
+    train_seconds = float(sum(timer.seconds))
+    seen = train_seq.n_examples * len(timer.seconds)
+    metrics = {
+        "val_lwlrap": lwlrap(truth, scores),
+        "val_top1": top1(truth, scores),
+        "val_loss": float(history.history["val_loss"][best_epoch - 1]) if best_epoch else None,
+        "val_class_lwlrap": {
+            str(c): round(float(v), 6) for c, v in zip(train_seq.classes, per_class, strict=True)
+        },
+        "val_class_weight": {
+            str(c): round(float(v), 6) for c, v in zip(train_seq.classes, weight, strict=True)
+        },
+        "best_epoch": best_epoch,
+        "epochs_run": epochs_run,
+        "n_train": int(train_seq.n_examples),
+        "n_val": int(val_seq.n_examples),
+        "fingerprint": train_seq.fingerprint,
+        "model": model,
+        "params": int(net.count_params()),
+        "seconds": round(seconds, 2),
+        "fit_seconds": round(fit_seconds, 2),
+        "train_seconds": round(train_seconds, 2),
+        "samples_per_second": round(seen / train_seconds, 1) if train_seconds > 0 else None,
+        "config": {
+            "train": {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in arguments.items()},
+            "features": config.to_dict(),
+            "features_path": str(Path(features).resolve()),
+            "input_shape": list(input_shape),
+            "classes": list(train_seq.classes),
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "keras": keras.__version__,
+            "backend": keras.backend.backend(),
+            "numpy": np.__version__,
+        },
+    }
+    return metrics
+
+
 def train(
     features: str | os.PathLike,
     *,
@@ -369,34 +470,8 @@ def train(
     FormatError
         ``features`` is not a finished feature set.
     """
-    epochs = _check_int("epochs", epochs, low=1)
-    n_folds = _check_int("n_folds", n_folds, low=1)
-    fold = _check_int("fold", fold, low=0)
-    if fold >= n_folds:
-        raise ConfigError(f"fold must be in [0, {n_folds}), got {fold}")
-    # batch_size is checked by ShardSequence, unknown and unknown_weight's range by
-    # MaskedBinaryCrossentropy: both are built before the run directory is made. The seed is
-    # checked here because keras.utils.set_random_seed takes it before either of them.
-    workers = _check_int("workers", workers, low=1)
-    patience = _check_int("patience", patience, low=1)
-    if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
-        raise ConfigError(f"seed must be an integer, got {seed!r}")
-    seed = int(seed)
-    lr = _check_float("lr", lr)
-    if not lr > 0:
-        raise ConfigError(f"lr must be > 0, got {lr}")
-    mixup = _check_float("mixup", mixup)
-    if not 0 <= mixup <= 1:
-        raise ConfigError(f"mixup must be in [0, 1], got {mixup}")
-    unknown_weight = _check_float("unknown_weight", unknown_weight)
-    warmup_epochs = _check_float("warmup_epochs", warmup_epochs)
-    weight_decay = _check_float("weight_decay", weight_decay)
-    if verbose not in (0, 1, 2) or isinstance(verbose, bool):
-        raise ConfigError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-    if quiet:
-        verbose = 0
-    # What config["train"] records: every parameter, in the command line's order.
-    arguments = dict(
+    # What config["train"] records: every parameter, checked, in the command line's order.
+    arguments = _checked_arguments(
         features=features,
         model=model,
         epochs=epochs,
@@ -418,6 +493,13 @@ def train(
         verbose=verbose,
         quiet=quiet,
     )
+    # The checked values replace the parameters as given.
+    epochs, fold, n_folds, seed, workers = (
+        arguments[k] for k in ("epochs", "fold", "n_folds", "seed", "workers")
+    )
+    lr, warmup_epochs, weight_decay = arguments["lr"], arguments["warmup_epochs"], arguments["weight_decay"]
+    mixup, unknown_weight = arguments["mixup"], arguments["unknown_weight"]
+    patience, verbose = arguments["patience"], arguments["verbose"]
 
     started = time.perf_counter()
     keras.utils.set_random_seed(seed)
@@ -460,12 +542,10 @@ def train(
     history, timer, fit_seconds = fit_run(
         net, train_seq, val_seq, out=out, epochs=epochs, patience=patience, verbose=verbose
     )
-    epochs_run = len(history.history.get("loss", []))
 
     # Score the saved file, not the in-memory model: metrics.json describes model.keras.
     best = keras.saving.load_model(out / MODEL_FILE, compile=False)
     truth, scores = score_sequence(best, val_seq)
-    per_class, weight = class_lwlrap(truth, scores)
     val_history = history.history.get("val_lwlrap", [])
     best_epoch = int(np.argmax(val_history)) + 1 if val_history else 0
     plot_curves(
@@ -474,43 +554,20 @@ def train(
         title=f"run {out.name}: model {model} on {Path(features).name}, fold {fold}",
     )
 
-    train_seconds = float(sum(timer.seconds))
-    seen = train_seq.n_examples * len(timer.seconds)
-    metrics = {
-        "val_lwlrap": lwlrap(truth, scores),
-        "val_top1": top1(truth, scores),
-        "val_loss": float(history.history["val_loss"][best_epoch - 1]) if best_epoch else None,
-        "val_class_lwlrap": {
-            str(c): round(float(v), 6) for c, v in zip(train_seq.classes, per_class, strict=True)
-        },
-        "val_class_weight": {
-            str(c): round(float(v), 6) for c, v in zip(train_seq.classes, weight, strict=True)
-        },
-        "best_epoch": best_epoch,
-        "epochs_run": epochs_run,
-        "n_train": int(train_seq.n_examples),
-        "n_val": int(val_seq.n_examples),
-        "fingerprint": train_seq.fingerprint,
-        "model": model,
-        "params": int(net.count_params()),
-        "seconds": round(time.perf_counter() - started, 2),
-        "fit_seconds": round(fit_seconds, 2),
-        "train_seconds": round(train_seconds, 2),
-        "samples_per_second": round(seen / train_seconds, 1) if train_seconds > 0 else None,
-        "config": {
-            "train": {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in arguments.items()},
-            "features": config.to_dict(),
-            "features_path": str(Path(features).resolve()),
-            "input_shape": list(input_shape),
-            "classes": list(train_seq.classes),
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "keras": keras.__version__,
-            "backend": keras.backend.backend(),
-            "numpy": np.__version__,
-        },
-    }
+    metrics = _run_metrics(
+        truth,
+        scores,
+        history=history,
+        timer=timer,
+        train_seq=train_seq,
+        val_seq=val_seq,
+        net=net,
+        arguments=arguments,
+        input_shape=input_shape,
+        best_epoch=best_epoch,
+        seconds=time.perf_counter() - started,
+        fit_seconds=fit_seconds,
+    )
     atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=1) + "\n")
     return metrics
 
