@@ -1,7 +1,8 @@
 """Compiled loops of the reader: gather + crop + cast in one pass, HDF5's Fletcher-32, masks.
 
-Every kernel works on a flat source array (``uint16`` holding float16 bit patterns, or
-``float32``) and a start offset per example, in elements. The source is either a read-only
+Every kernel works on a flat source array (``uint16`` holding float16 bit patterns,
+``float32``, or ``uint8`` codes with a per-example offset and scale) and a start offset per
+example, in elements. The source is either a read-only
 memory map of a shard file (an example's chunk sits at a fixed byte offset) or an in-RAM
 array; the same code serves both.
 
@@ -134,12 +135,43 @@ def copy_crop(src, offsets, starts, n_frames, out, out_pos):  # pragma: no cover
                 row[t] = seg[t]
 
 
+@njit(cache=True, nogil=True, boundscheck=False)
+def gather_codes(
+    src, offsets, starts, n_frames, base, step, out, out_pos, gain, lo, hi, scale
+):  # pragma: no cover
+    """``gather_crop`` for uint8 codes: each value is ``base[j] + code * step[j]`` (float32).
+
+    src : np.ndarray [shape=(N,)], uint8 -- codes, an example ``(n_mels, n_frames)`` C-ordered
+        from ``offsets[j]``
+    base, step : np.ndarray [shape=(k,)], float32 -- each example's offset and scale
+    The other arguments are ``gather_crop``'s.
+    """
+    n_mels = out.shape[1]
+    crop = out.shape[2]
+    for j in range(offsets.shape[0]):
+        b = out_pos[j]
+        v0 = base[j]
+        dv = step[j]
+        g = gain[b] if scale else np.float32(1)
+        for m in range(n_mels):
+            first = offsets[j] + m * n_frames + starts[j]
+            seg = src[first : first + crop]
+            row = out[b, m]
+            if scale:
+                for t in range(crop):
+                    v = (v0 + np.float32(seg[t]) * dv) * g
+                    row[t] = _from_single(min(max(v, lo), hi), out)
+            else:
+                for t in range(crop):
+                    row[t] = _from_single(v0 + np.float32(seg[t]) * dv, out)
+
+
 # -- Fletcher-32 -----------------------------------------------------------------------------
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def fletcher32(words, start, n_words):  # pragma: no cover
-    """HDF5's Fletcher-32 of ``n_words`` 16-bit words from ``words[start]``.
+def fletcher32(words, start, n_words, tail=-1):  # pragma: no cover
+    """HDF5's Fletcher-32 of ``n_words`` 16-bit words from ``words[start]`` (then ``tail``).
 
     words : np.ndarray [shape=(N,)], uint16 -- the bytes of the file as native
         (little-endian) 16-bit integers; HDF5 reads each byte pair big-endian.
@@ -149,8 +181,9 @@ def fletcher32(words, start, n_words):  # pragma: no cover
     The same residues are computed here in blocks of 256 words with 32-bit lanes (word ``i``
     of a block of ``size`` adds ``w`` to sum1 and ``(size - i) * w`` to the block's sum2, at most
     256 * 257 / 2 * 65535 < 2**32), which vectorizes. Returns ``(sum2 << 16) | sum1``, which
-    HDF5 stores little-endian after the chunk's data. Byte counts are even here (float16 or
-    float32 chunks), so HDF5's odd-trailing-byte case never arises.
+    HDF5 stores little-endian after the chunk's data. A chunk of an odd number of bytes (a
+    compressed one) ends in one byte, ``tail`` (-1: none), which HDF5 adds as the high byte of
+    a last word.
     """
     s1 = np.uint64(0)
     s2 = np.uint64(0)
@@ -174,6 +207,11 @@ def fletcher32(words, start, n_words):  # pragma: no cover
         rest = np.uint64(n_words - k0) % mod
         s2 = (s2 + np.uint64(c) % mod + rest * (np.uint64(a) % mod)) % mod
         s1 = (s1 + np.uint64(a)) % mod
+    if tail >= 0:
+        w = np.uint64(tail) << np.uint64(8)
+        nonzero = nonzero or w != 0
+        s1 = (s1 + w) % mod
+        s2 = (s2 + s1) % mod
     if not nonzero:
         return np.uint32(0)
     if s1 == 0:
@@ -181,6 +219,20 @@ def fletcher32(words, start, n_words):  # pragma: no cover
     if s2 == 0:
         s2 = mod
     return np.uint32((s2 << np.uint64(16)) | s1)
+
+
+def chunk_ok(raw):
+    """Whether a stored chunk (its bytes, the 4-byte fletcher32 last) passes its checksum.
+
+    raw : np.ndarray [shape=(k,)], uint8, any alignment and length > 4
+    """
+    data = raw[:-4]
+    if raw.ctypes.data % 2:  # a compressed chunk may start at an odd byte: align a copy
+        data = data.copy()
+    n_words = data.shape[0] // 2
+    tail = int(data[-1]) if data.shape[0] % 2 else -1
+    stored = int.from_bytes(raw[-4:].tobytes(), "little")
+    return int(fletcher32(data[: 2 * n_words].view(np.uint16), 0, n_words, tail)) == stored
 
 
 @njit(cache=True, nogil=True, boundscheck=False)

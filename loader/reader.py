@@ -5,10 +5,13 @@
 It holds only numpy arrays, so it pickles cheaply into worker processes.
 
 ``MelReader`` fills caller-provided batch buffers. Its fast path memory-maps each shard
-(read-only) and, because every example is one uncompressed chunk at a fixed byte offset,
-gathers, crops and casts with one compiled loop (``loader.kernels``), skipping HDF5's filter
-pipeline; it therefore checks each chunk's Fletcher-32 itself the first time this process
-reads that chunk. Shards written with compression or another layout are read with h5py
+(read-only) and, because every example is one chunk at a known byte offset, skips HDF5's
+filter pipeline: an uncompressed chunk is gathered, cropped and cast (or, for uint8 codes,
+decoded with its example's offset and scale) by one compiled loop (``loader.kernels``); a
+chunk compressed by a plugin filter (``zstd``, ``bitshuffle-lz4``) is decompressed into a
+small scratch array of codes and then goes through the same loop, so no float array is made
+on the way. The fast path checks each chunk's Fletcher-32 itself the first time this process
+reads that chunk. Shards written with gzip, lzf or another layout are read with h5py
 ``read_direct``, one sorted run of rows at a time, into a preallocated buffer.
 
 Process rules: h5py handles are opened lazily and belong to the process that opened them
@@ -28,12 +31,13 @@ import h5py
 import numpy as np
 
 from loader import kernels
+from melshards import codec
 from melshards.config import FeatureConfig, crop_span
 from melshards.errors import FormatError, IntegrityError
 from melshards.index import Index, ShardEntry, read_index
 from melshards.labels import overlap_mask
 from melshards.names import EVENT_EXAMPLE, EVENT_FP, EVENT_TP, MEL
-from melshards.shard import check_shard, mel_chunk_offsets, open_shard, read_metadata
+from melshards.shard import check_shard, mel_chunks, open_shard, read_metadata
 
 # Each memory map keeps a file descriptor; beyond this many, the oldest map is dropped (its
 # memory stays valid for whoever still holds an array into it).
@@ -57,9 +61,9 @@ os.register_at_fork(after_in_child=_renew_open_lock)
 class ShardLayout:
     """Where a shard's examples lie in its file.
 
-    ``byte_offsets`` is set when every example is one uncompressed, fletcher32-checked chunk
-    (``n_mels * n_frames`` values followed by a 4-byte checksum) that the fast path can read
-    straight from a memory map; None means read through h5py.
+    ``byte_offsets`` and ``chunk_sizes`` are set when every example is one fletcher32-checked
+    chunk (``melshards.shard.mel_chunks``) that the fast path can read straight from a memory
+    map, decompressing it first when ``compressed``; None means read through h5py.
     """
 
     entry: ShardEntry
@@ -67,6 +71,8 @@ class ShardLayout:
     n: int
     first: int
     byte_offsets: np.ndarray | None
+    chunk_sizes: np.ndarray | None = None
+    compressed: bool = False
 
 
 class FeatureSet:
@@ -76,6 +82,7 @@ class FeatureSet:
     ``index``, ``config``, ``fingerprint``, ``classes``, ``kind``, ``shards`` (ShardLayout),
     ``shard_of`` / ``row_of`` (n,) -- where each example is stored,
     ``recording_id`` (n,) str, ``start`` (n,) float64, ``labels`` (n, n_classes) int8,
+    ``mel_offset`` / ``mel_scale`` (n,) float32 for uint8 codes (None for float dtypes),
     ``event_ptr`` (n + 1,) -- events of example i are ``event_ptr[i]:event_ptr[i + 1]`` of
     ``event_species``, ``event_kind``, ``event_t_min``, ``event_t_max``.
     """
@@ -84,7 +91,7 @@ class FeatureSet:
         self.index: Index = read_index(root)
         self.root = self.index.root
         config = self.config
-        recording_ids, starts, labels, layouts = [], [], [], []
+        recording_ids, starts, labels, layouts, quant_offsets, quant_scales = [], [], [], [], [], []
         ev_example, ev_species, ev_kind, ev_t_min, ev_t_max = [], [], [], [], []
         first = 0
         for entry in self.index.shards:
@@ -92,8 +99,11 @@ class FeatureSet:
             with open_shard(path) as h5:
                 check_shard(h5, entry, config, path=path)
                 meta = read_metadata(h5, entry, config, path=path)
-                offsets = mel_chunk_offsets(h5[MEL], config, file_size=entry.bytes)
+                chunks = mel_chunks(h5[MEL], config, file_size=entry.bytes)
             recording_ids.append(meta.recording_id)
+            if meta.mel_offset is not None:
+                quant_offsets.append(meta.mel_offset)
+                quant_scales.append(meta.mel_scale)
             starts.append(meta.start)
             labels.append(meta.labels)
             ev_example.append(meta.events[EVENT_EXAMPLE] + first)
@@ -101,7 +111,17 @@ class FeatureSet:
             ev_kind.append(meta.events["kind"])
             ev_t_min.append(meta.events["t_min"])
             ev_t_max.append(meta.events["t_max"])
-            layouts.append(ShardLayout(entry=entry, path=path, n=entry.n, first=first, byte_offsets=offsets))
+            layouts.append(
+                ShardLayout(
+                    entry=entry,
+                    path=path,
+                    n=entry.n,
+                    first=first,
+                    byte_offsets=None if chunks is None else chunks.offsets,
+                    chunk_sizes=None if chunks is None else chunks.sizes,
+                    compressed=chunks is not None and chunks.compressed,
+                )
+            )
             first += entry.n
         n = first
         self.shards: tuple[ShardLayout, ...] = tuple(layouts)
@@ -112,6 +132,9 @@ class FeatureSet:
         self.recording_id = _concat(recording_ids, object)
         self.start = _concat(starts, np.float64)
         self.labels = _concat(labels, np.int8).reshape(n, config.n_classes)
+        quantized = codec.is_quantized(config)
+        self.mel_offset = _concat(quant_offsets, np.float32) if quantized else None
+        self.mel_scale = _concat(quant_scales, np.float32) if quantized else None
         example = _concat(ev_example, np.int64)
         order = np.argsort(example, kind="stable")
         self.event_ptr = np.concatenate([[0], np.cumsum(np.bincount(example, minlength=n))]).astype(np.int64)
@@ -209,11 +232,18 @@ def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
 class _MappedShard:
     """A shard's file memory-mapped read-only, with the chunks this process has verified."""
 
-    words: np.ndarray  # uint16 view of the whole file
-    values: np.ndarray  # the file as the stored dtype (uint16 bits for float16)
-    element_offsets: np.ndarray  # int64, start of each example in ``values``
+    raw: np.ndarray  # the whole file as uint8
+    values: np.ndarray  # the file as the stored values (uint16 bits for float16; uncompressed only)
+    element_offsets: np.ndarray  # int64, start of each example in ``values`` (uncompressed only)
     verified: np.ndarray  # bool per example
     all_verified: bool = False
+
+
+def _stored_view(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """uint8 bytes as the kernels' source type: float16 as uint16 bits, float32, uint8 codes."""
+    if dtype == np.float16:
+        return data.view(np.uint16)
+    return data.view(dtype)
 
 
 class MelReader:
@@ -221,7 +251,8 @@ class MelReader:
 
     features : the FeatureSet to read (the fast path checks each chunk's Fletcher-32 the first
         time this process reads it; there is no switch to skip it)
-    cache_ids : example ids to hold in RAM (loaded once per process on first read), or None
+    cache_ids : example ids to hold in RAM (loaded once per process on first read), or None;
+        uint8 sets keep their codes in RAM (decompressed), a quarter of float32
     direct : read through memory maps where the shard layout allows; False forces h5py
     """
 
@@ -238,7 +269,10 @@ class MelReader:
         self._reset_local_state()
 
     def _reset_local_state(self) -> None:
-        self._n_frames = self.features.config.n_frames
+        config = self.features.config
+        self._n_frames = config.n_frames
+        self._dtype = np.dtype(config.dtype)
+        self._decode = codec.chunk_decoder(config)
         self._pid = os.getpid()
         self._handles: dict[int, h5py.File] = {}
         self._inherited_handles: list[dict[int, h5py.File]] = []
@@ -291,18 +325,13 @@ class MelReader:
             if mapped is not None:
                 return mapped
             layout = self.features.shards[s]
-            config = self.features.config
             with open_shard(layout.path) as h5:
-                check_shard(h5, layout.entry, config, path=layout.path)
+                check_shard(h5, layout.entry, self.features.config, path=layout.path)
             raw = np.memmap(layout.path, dtype=np.uint8, mode="r")
-            words = raw[: raw.shape[0] // 2 * 2].view(np.uint16)
-            if config.dtype == "float16":
-                values, itemsize = words, 2
-            else:
-                values, itemsize = raw[: raw.shape[0] // 4 * 4].view(np.float32), 4
+            itemsize = self._dtype.itemsize
             mapped = _MappedShard(
-                words=words,
-                values=values,
+                raw=raw,
+                values=_stored_view(raw[: raw.shape[0] // itemsize * itemsize], self._dtype),
                 element_offsets=layout.byte_offsets // itemsize,
                 verified=np.zeros(layout.n, dtype=bool),
             )
@@ -356,11 +385,19 @@ class MelReader:
             if (where < 0).any():
                 raise ValueError("read: example ids outside the in-memory cache")
             offsets = where * (n_mels * config.n_frames)
-            target.fill(values, offsets, crop_start, np.arange(b, dtype=np.int64), config.n_frames)
+            target.fill(
+                values, offsets, crop_start, np.arange(b, dtype=np.int64), config.n_frames, self._quant(ids)
+            )
             return
         self._read_by_shard(ids, crop_start, target)
 
-    def _read_by_shard(self, ids: np.ndarray, crop_start: np.ndarray, target: _Target) -> None:
+    def _quant(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Offsets and scales of examples ``ids`` (uint8 codes), or None for float dtypes."""
+        if self.features.mel_offset is None:
+            return None
+        return self.features.mel_offset[ids], self.features.mel_scale[ids]
+
+    def _read_by_shard(self, ids: np.ndarray, crop_start: np.ndarray, target: _Target | _CopyTarget) -> None:
         """Read ``ids`` shard by shard, rows sorted; row ``j`` of ``ids`` goes to ``out[j]``."""
         shard = self.features.shard_of[ids]
         rows = self.features.row_of[ids]
@@ -372,17 +409,36 @@ class MelReader:
             self._read_shard(int(sorted_shard[lo]), rows[group], crop_start[group], group, target)
 
     def _read_shard(
-        self, s: int, rows: np.ndarray, starts: np.ndarray, out_pos: np.ndarray, target: _Target
+        self, s: int, rows: np.ndarray, starts: np.ndarray, out_pos: np.ndarray, target: _Target | _CopyTarget
     ) -> None:
         layout = self.features.shards[s]
         n_frames = self._n_frames
+        quant = self._quant(layout.first + rows)
         if layout.byte_offsets is None or not self.direct:
             values, offsets = self._read_rows_h5(s, rows)
-            target.fill(values, offsets, starts, out_pos, n_frames)
+            target.fill(values, offsets, starts, out_pos, n_frames, quant)
             return
         mapped = self._mapped(s)
+        if layout.compressed:
+            self._read_compressed(s, mapped, rows, starts, out_pos, target, quant)
+            return
         self._verify(s, mapped, rows)
-        target.fill(mapped.values, mapped.element_offsets[rows], starts, out_pos, n_frames)
+        target.fill(mapped.values, mapped.element_offsets[rows], starts, out_pos, n_frames, quant)
+
+    def _read_compressed(self, s, mapped, rows, starts, out_pos, target, quant) -> None:
+        """Each chunk: checksum (first read), decompress into codes, then the same fill as uncompressed."""
+        layout = self.features.shards[s]
+        zero = np.zeros(1, dtype=np.int64)
+        for k, row in enumerate(rows.tolist()):
+            offset = int(layout.byte_offsets[row])
+            raw = mapped.raw[offset : offset + int(layout.chunk_sizes[row])]
+            if not mapped.verified[row]:
+                if not kernels.chunk_ok(raw):
+                    raise self._integrity_error(s, row)
+                mapped.verified[row] = True
+            values = _stored_view(self._decode(raw[:-4], f"{layout.path}: example {row}"), self._dtype)
+            one = None if quant is None else (quant[0][k : k + 1], quant[1][k : k + 1])
+            target.fill(values, zero, starts[k : k + 1], out_pos[k : k + 1], self._n_frames, one)
 
     def _verify(self, s: int, mapped: _MappedShard, rows: np.ndarray) -> None:
         if mapped.all_verified:
@@ -390,10 +446,25 @@ class MelReader:
         todo = rows[~mapped.verified[rows]]
         if not todo.size:
             return
-        config = self.features.config
-        n_words = config.n_mels * config.n_frames * np.dtype(config.dtype).itemsize // 2
-        word_offsets = self.features.shards[s].byte_offsets[todo] // 2
-        bad = kernels.first_bad_chunk(mapped.words, word_offsets, n_words)
+        layout = self.features.shards[s]
+        n_bytes = int(layout.chunk_sizes[0]) - 4
+        if n_bytes % 2 == 0 and not (layout.byte_offsets[todo] % 2).any():
+            bad = kernels.first_bad_chunk(
+                mapped.raw[: mapped.raw.shape[0] // 2 * 2].view(np.uint16),
+                layout.byte_offsets[todo] // 2,
+                n_bytes // 2,
+            )
+        else:  # chunks of an odd number of bytes (uint8 codes): one at a time
+            bad = next(
+                (
+                    j
+                    for j, row in enumerate(todo.tolist())
+                    if not kernels.chunk_ok(
+                        mapped.raw[layout.byte_offsets[row] : layout.byte_offsets[row] + n_bytes + 4]
+                    )
+                ),
+                -1,
+            )
         if bad >= 0:
             raise self._integrity_error(s, int(todo[bad]))
         mapped.verified[todo] = True
@@ -412,8 +483,7 @@ class MelReader:
         """Whole stored rows through h5py, in sorted runs, into one buffer (flat values, offsets)."""
         config = self.features.config
         per_example = config.n_mels * config.n_frames
-        dtype = np.dtype(config.dtype)
-        buffer = np.empty((rows.shape[0], config.n_mels, config.n_frames), dtype=dtype)
+        buffer = np.empty((rows.shape[0], config.n_mels, config.n_frames), dtype=self._dtype)
         ds = self._h5(s)[MEL]
         k = 0
         for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1):
@@ -421,16 +491,17 @@ class MelReader:
             try:
                 ds.read_direct(buffer, source_sel=np.s_[r0:r1], dest_sel=np.s_[k : k + r1 - r0])
             except OSError as err:
-                if "fletcher32" in str(err).lower() or "checksum" in str(err).lower():
+                # A failing checksum, or a compression filter refusing a damaged chunk.
+                if any(
+                    word in str(err).lower() for word in ("fletcher32", "checksum", "filter returned failure")
+                ):
                     bad = self._find_bad_row(ds, run)
                     raise self._integrity_error(s, bad, f" ({err})") from err
                 raise FormatError(
                     f"{self.features.shards[s].path}: cannot read rows {r0}..{r1 - 1}: {err}"
                 ) from err
             k += r1 - r0
-        flat = buffer.reshape(-1)
-        if dtype == np.float16:
-            flat = flat.view(np.uint16)
+        flat = _stored_view(buffer.reshape(-1), self._dtype)
         return flat, np.arange(rows.shape[0], dtype=np.int64) * per_example
 
     @staticmethod
@@ -452,25 +523,22 @@ class MelReader:
             return self._cache
 
     def _load_cache(self) -> tuple[np.ndarray, np.ndarray]:
+        """The cached examples' stored values (codes for uint8), flat, and each id's row in them."""
         config = self.features.config
         ids = self.cache_ids
-        dtype = np.dtype(config.dtype)
-        data = np.empty((ids.shape[0], config.n_mels, config.n_frames, 1), dtype=dtype)
+        data = np.empty((ids.shape[0], config.n_mels, config.n_frames), dtype=self._dtype)
         position = np.full(self.features.n_examples, -1, dtype=np.int64)
         position[ids] = np.arange(ids.shape[0])
-        # Full-length crops through the normal path: grouped by shard, checksums verified.
-        self._read_by_shard(ids, np.zeros(ids.shape[0], dtype=np.int64), _Target(data, None, None))
-        flat = data.reshape(-1)
-        if dtype == np.float16:
-            flat = flat.view(np.uint16)
-        return flat, position
+        # Whole stored examples through the normal path: grouped by shard, checksums verified.
+        self._read_by_shard(ids, np.zeros(ids.shape[0], dtype=np.int64), _CopyTarget(data))
+        return _stored_view(data.reshape(-1), self._dtype), position
 
 
 _ONE = np.ones(1, dtype=np.float32)  # the kernel reads ``gain`` only when scaling
 
 
 class _Target:
-    """An output batch buffer and how to write into it (cast, gain, clip)."""
+    """An output batch buffer and how to write into it (cast or decode codes, gain, clip)."""
 
     def __init__(self, out: np.ndarray, gain: np.ndarray | None, clip: tuple[float, float] | None) -> None:
         if out.dtype not in (np.float32, np.float16) or not out.flags.c_contiguous:
@@ -488,12 +556,47 @@ class _Target:
         self.native = kernels.half_conversion_ok()
 
     def fill(
-        self, values: np.ndarray, offsets: np.ndarray, starts: np.ndarray, out_pos: np.ndarray, n_frames: int
+        self,
+        values: np.ndarray,
+        offsets: np.ndarray,
+        starts: np.ndarray,
+        out_pos: np.ndarray,
+        n_frames: int,
+        quant: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
+        """Crops of the examples at ``offsets`` of ``values`` into rows ``out_pos``.
+
+        quant : (offset, scale) per example, float32, when ``values`` are uint8 codes
+        """
         if self.native:
-            kernels.gather_crop(
-                values, offsets, starts, n_frames, self.view, out_pos, self.gain, self.lo, self.hi, self.scale
-            )
+            if quant is None:
+                kernels.gather_crop(
+                    values,
+                    offsets,
+                    starts,
+                    n_frames,
+                    self.view,
+                    out_pos,
+                    self.gain,
+                    self.lo,
+                    self.hi,
+                    self.scale,
+                )
+            else:
+                kernels.gather_codes(
+                    values,
+                    offsets,
+                    starts,
+                    n_frames,
+                    quant[0],
+                    quant[1],
+                    self.view,
+                    out_pos,
+                    self.gain,
+                    self.lo,
+                    self.hi,
+                    self.scale,
+                )
             return
         # Portable path for CPUs where the compiled half casts are unavailable: copy the
         # stored values with the compiled loop, cast and scale with numpy.
@@ -501,8 +604,21 @@ class _Target:
         raw = np.empty((out_pos.shape[0], n_mels, crop), dtype=values.dtype)
         kernels.copy_crop(values, offsets, starts, n_frames, raw, np.arange(out_pos.shape[0], dtype=np.int64))
         stored = raw.view(np.float16) if values.dtype == np.uint16 else raw
-        block = stored.astype(np.float32)
+        if quant is None:
+            block = stored.astype(np.float32)
+        else:
+            block = quant[0][:, None, None] + stored.astype(np.float32) * quant[1][:, None, None]
         if self.scale:
             block *= self.gain[out_pos][:, None, None]
             np.clip(block, self.lo, self.hi, out=block)
         self.out.reshape(b, n_mels, crop)[out_pos] = block.astype(self.out.dtype)
+
+
+class _CopyTarget:
+    """Whole stored examples copied as they are (no cast, no decoding): the in-RAM cache's fill."""
+
+    def __init__(self, out: np.ndarray) -> None:
+        self.view = _stored_view(out, out.dtype)
+
+    def fill(self, values, offsets, starts, out_pos, n_frames, quant=None) -> None:
+        kernels.copy_crop(values, offsets, starts, n_frames, self.view, out_pos)

@@ -18,12 +18,11 @@ import numpy as np
 
 from melshards.errors import ConfigError
 from melshards.files import fingerprint_of
-from melshards.names import MEL_DTYPES
+from melshards.names import COMPRESSIONS, MEL_DTYPES, QUANTIZED_DTYPE
 
 NORMALIZE_MODES = ("minmax", "none")
 DB_MODES = ("power", "amplitude")
 STFT_PATHS = ("fast", "librosa")
-COMPRESSIONS = (None, "gzip", "lzf")
 
 
 # Every numeric parameter: integer or real, and its closed range (None: no bound). Values are
@@ -43,6 +42,7 @@ LIMITS: dict[str, tuple[type, float | None, float | None]] = {
     "min_overlap": (float, 0.0, 3600.0),
     "n_classes": (int, 1, 32767),  # species ids are stored as int16
     "shard_size": (int, 1, 1_000_000),
+    "quant_bits": (int, 1, 8),
 }
 # Parameters that may be absent (None): db_ref (each slice's maximum) and top_db (no floor).
 OPTIONAL = ("db_ref", "top_db")
@@ -103,8 +103,15 @@ class FeatureConfig:
     normalize: str = _param("minmax", "mode", "minmax: each slice scaled to [0, 1]; none: keep dB")
     min_overlap: float = _param(0.5, "s", "an event counts when it overlaps this much or lies inside")
     n_classes: int = _param(24, "classes", "species ids are 0..n_classes-1")
-    dtype: str = _param("float16", "dtype", "stored dtype of mel: float16 or float32")
-    compression: str | None = _param(None, "filter", "HDF5 filter on mel: none, gzip or lzf (slow reads)")
+    dtype: str = _param(
+        "float16",
+        "dtype",
+        "stored dtype of mel: float16, float32, or uint8 (codes, per-example offset+scale)",
+    )
+    quant_bits: int = _param(8, "bits", "uint8 only: codes 0..2**bits-1 span each example's min..max")
+    compression: str | None = _param(
+        None, "filter", "HDF5 filter on mel: none, zstd or bitshuffle-lz4 (hdf5plugin), gzip or lzf (slow)"
+    )
     shard_size: int = _param(32, "examples", "examples per shard file (one parallel job each)")
 
     def __post_init__(self) -> None:
@@ -129,8 +136,14 @@ class FeatureConfig:
             raise ConfigError(f"config db must be one of {DB_MODES}, got {self.db!r}")
         if self.dtype not in MEL_DTYPES:
             raise ConfigError(f"config dtype must be one of {MEL_DTYPES}, got {self.dtype!r}")
+        if self.quant_bits != 8 and self.dtype != QUANTIZED_DTYPE:
+            raise ConfigError(
+                f"config quant_bits applies to dtype {QUANTIZED_DTYPE} only, got quant_bits={self.quant_bits} "
+                f"with dtype {self.dtype}"
+            )
         if self.compression not in COMPRESSIONS:
-            raise ConfigError(f"config compression must be none, gzip or lzf, got {self.compression!r}")
+            names = ", ".join("none" if c is None else c for c in COMPRESSIONS)
+            raise ConfigError(f"config compression must be one of {names}, got {self.compression!r}")
         values = self.n_mels * self.n_frames
         if values > MAX_EXAMPLE_VALUES:
             raise ConfigError(

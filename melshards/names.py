@@ -7,7 +7,7 @@ Nothing else in the project spells these strings; writers and readers import the
 from __future__ import annotations
 
 FORMAT_NAME = "melshards"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 # -- files of a feature set directory --------------------------------------------------------
 INDEX_FILE = "index.json"
@@ -40,13 +40,21 @@ LABEL_VALUES = (LABEL_UNKNOWN, LABEL_NEGATIVE, LABEL_POSITIVE)
 
 # -- datasets of a shard ----------------------------------------------------------------------
 MEL = "mel"  # (n, n_mels, n_frames), the config's dtype (MEL_DTYPES), one example per chunk
+# With dtype uint8 only: each example's value is ``mel_offset + code * mel_scale`` (float32).
+MEL_OFFSET = "mel_offset"
+MEL_SCALE = "mel_scale"
 LABELS = "labels"
 RECORDING_ID = "recording_id"
 START = "start"
 ANCHOR = "anchor"  # group: the manifest row each window was cut around
 EVENTS = "events"  # group: every event overlapping each stored window, as one flat table
 
-MEL_DTYPES = ("float16", "float32")
+MEL_DTYPES = ("float16", "float32", "uint8")
+QUANTIZED_DTYPE = "uint8"  # the dtype whose values are codes, decoded with MEL_OFFSET/MEL_SCALE
+# HDF5 filters on ``mel``: h5py's own (gzip, lzf), and those registered by the hdf5plugin
+# package, whose chunks the loader decodes itself (each example is one chunk).
+COMPRESSIONS = (None, "gzip", "lzf", "zstd", "bitshuffle-lz4")
+PLUGIN_COMPRESSIONS = ("zstd", "bitshuffle-lz4")
 CHECKSUM_BYTES = 4  # fletcher32 appends this many bytes to each stored chunk
 METADATA_CHUNK_ROWS = 4096  # rows per chunk of the metadata datasets
 
@@ -81,7 +89,15 @@ METADATA_DATASETS: dict[str, str] = {
     f"{EVENTS}/{EVENT_EXAMPLE}": "int32",
     **{f"{EVENTS}/{key}": dtype for key, dtype in EVENT_FIELDS.items()},
 }
+# Per-example decoding of quantized ``mel`` (dtype uint8 only), name -> numpy dtype.
+QUANT_DATASETS: dict[str, str] = {MEL_OFFSET: "float32", MEL_SCALE: "float32"}
 SHARD_DATASETS: tuple[str, ...] = (MEL, *METADATA_DATASETS)
+
+
+def shard_datasets(dtype: str) -> tuple[str, ...]:
+    """Every dataset of a shard whose ``mel`` is stored as ``dtype``."""
+    return (*SHARD_DATASETS, *QUANT_DATASETS) if dtype == QUANTIZED_DTYPE else SHARD_DATASETS
+
 
 # -- shard attributes --------------------------------------------------------------------------
 ATTR_FORMAT = "format"

@@ -22,6 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from melshards import codec
 from melshards.config import FeatureConfig
 from melshards.errors import FormatError, IntegrityError
 from melshards.files import write_file_atomic
@@ -47,11 +48,14 @@ from melshards.names import (
     FORMAT_VERSION,
     LABELS,
     MEL,
+    MEL_OFFSET,
+    MEL_SCALE,
     METADATA_CHUNK_ROWS,
     METADATA_DATASETS,
+    QUANT_DATASETS,
     RECORDING_ID,
-    SHARD_DATASETS,
     START,
+    shard_datasets,
 )
 
 
@@ -59,7 +63,8 @@ from melshards.names import (
 class ShardExample:
     """One window ready to store.
 
-    mel : np.ndarray [shape=(n_mels, n_frames)], any float dtype (stored as ``config.dtype``)
+    mel : np.ndarray [shape=(n_mels, n_frames)], any float dtype (stored as ``config.dtype``:
+        cast, or quantized for uint8 by ``melshards.codec.quantize``)
     labels : np.ndarray [shape=(n_classes,)], int8
     anchor : the manifest row the window was cut around (``ANCHOR_FIELDS``)
     events : per-event arrays (``EVENT_FIELDS``), each ``(m,)``
@@ -176,19 +181,32 @@ def _write_datasets(
         dtype=config.dtype,
         chunks=(1, config.n_mels, config.n_frames) if n else None,
         fletcher32=True,
-        compression=config.compression,
+        **(codec.dataset_options(config) if n else {}),
     )
+    quantized = codec.is_quantized(config)
+    offsets = np.zeros(n, dtype=np.float32)
+    scales = np.zeros(n, dtype=np.float32)
     for i, ex in enumerate(examples):
         if ex.mel.shape != shape[1:]:
             raise ValueError(
                 f"example {i} of {ex.recording_id}: mel shape {ex.mel.shape}, expected {shape[1:]}"
             )
-        stored = np.asarray(ex.mel, dtype=config.dtype)  # no copy when already stored's dtype
-        if not np.isfinite(stored).all():
+        values = (
+            ex.mel if quantized else np.asarray(ex.mel, dtype=config.dtype)
+        )  # no copy when stored's dtype
+        if not np.isfinite(values).all():
             # Callers check first and record the recording as a failure; this is the last guard.
             raise ValueError(f"example {i} of {ex.recording_id}: non-finite values in mel; not writing them")
-        mel[i] = stored
-        stats.add(stored)
+        if quantized:
+            codes, offsets[i], scales[i] = codec.quantize(values, config.quant_bits)
+            mel[i] = codes
+            stats.add(codec.dequantize(codes, offsets[i], scales[i]))  # what readers will see
+        else:
+            mel[i] = values
+            stats.add(values)
+    if quantized:
+        _create_checked(h5, MEL_OFFSET, offsets)
+        _create_checked(h5, MEL_SCALE, scales)
     _create_checked(
         h5, LABELS, np.array([ex.labels for ex in examples], dtype=np.int8).reshape(n, config.n_classes)
     )
@@ -302,6 +320,7 @@ def check_shard(
         # Returning a value stops the visit; raising inside an h5py callback is not safe.
         return name if isinstance(link, h5py.ExternalLink | h5py.SoftLink) else None
 
+    codec.register_filters(config)
     linked = h5.visititems_links(indirect)
     if linked is not None:
         raise FormatError(f"{path}: link {linked!r} points outside the shard; refusing it")
@@ -309,7 +328,7 @@ def check_shard(
         MEL: (n, config.n_mels, config.n_frames),
         LABELS: (n, config.n_classes),
     }
-    for name in SHARD_DATASETS:
+    for name in shard_datasets(config.dtype):
         if name not in h5:
             raise FormatError(f"{path}: dataset {name!r} is missing")
         ds = h5[name]
@@ -322,6 +341,8 @@ def check_shard(
             shape = (n,)
         if shape is not None and ds.shape != shape:
             raise FormatError(f"{path}: dataset {name!r} has shape {ds.shape}, index implies {shape}")
+    if h5[MEL].dtype != np.dtype(config.dtype):
+        raise FormatError(f"{path}: mel is stored as {h5[MEL].dtype}, the config says {config.dtype}")
     m = h5[f"{EVENTS}/{EVENT_EXAMPLE}"].shape[0]
     for name in METADATA_DATASETS:
         if name.startswith(f"{EVENTS}/") and h5[name].shape != (m,):
@@ -340,6 +361,8 @@ class ShardMetadata:
     start: np.ndarray  # (n,) float64
     labels: np.ndarray  # (n, n_classes) int8
     events: dict[str, np.ndarray]
+    mel_offset: np.ndarray | None = None  # (n,) float32, dtype uint8 only
+    mel_scale: np.ndarray | None = None  # (n,) float32, dtype uint8 only
 
 
 def read_metadata(h5: h5py.File, entry: ShardEntry, config: FeatureConfig, *, path: Path) -> ShardMetadata:
@@ -358,11 +381,18 @@ def read_metadata(h5: h5py.File, entry: ShardEntry, config: FeatureConfig, *, pa
     for key in EVENT_FIELDS:
         if key not in events:
             events[key] = read_checked(h5, f"{EVENTS}/{key}", path=path)
+    quant = {}
+    if codec.is_quantized(config):
+        quant = {name: read_checked(h5, name, path=path).astype(np.float32) for name in QUANT_DATASETS}
+        if not all(np.isfinite(v).all() for v in quant.values()) or (quant[MEL_SCALE] < 0).any():
+            raise FormatError(f"{path}: {MEL_OFFSET}/{MEL_SCALE} hold non-finite or negative values")
     return ShardMetadata(
         recording_id=read_checked(h5, RECORDING_ID, path=path),
         start=read_checked(h5, START, path=path),
         labels=read_checked(h5, LABELS, path=path),
         events=events,
+        mel_offset=quant.get(MEL_OFFSET),
+        mel_scale=quant.get(MEL_SCALE),
     )
 
 
@@ -389,12 +419,36 @@ def read_anchors(h5: h5py.File, names: Sequence[str] = tuple(ANCHOR_FIELDS)) -> 
     return {name: read_checked(h5, f"{ANCHOR}/{name}") for name in names}
 
 
-def mel_chunk_offsets(ds: h5py.Dataset, config: FeatureConfig, *, file_size: int) -> np.ndarray | None:
-    """Byte offset of every example's ``mel`` chunk, when each can be read straight from the file.
+# HDF5 filter ids of the fast layouts (``H5Z_FILTER_FLETCHER32`` and the registered plugin ids).
+_FLETCHER32 = 3
+_PLUGIN_FILTER_IDS = {"zstd": 32015, "bitshuffle-lz4": 32008}
+_BITSHUFFLE_LZ4 = 2  # the bitshuffle filter's fifth option: 2 is LZ4, 3 is zstd
 
-    That holds when every example is one uncompressed, fletcher32-checked chunk of
-    ``n_mels * n_frames`` little-endian values followed by ``CHECKSUM_BYTES`` of checksum (which
-    such a direct reader must skip, and verify itself). Returns None for any other layout.
+
+@dataclass(frozen=True)
+class MelChunks:
+    """Where each example's ``mel`` chunk lies in a shard file, for readers that skip HDF5.
+
+    offsets, sizes : np.ndarray [shape=(n,)], int64 -- byte offset and stored size of each
+        example's chunk; the last ``CHECKSUM_BYTES`` of a chunk are its fletcher32, which such
+        a reader must verify itself
+    compressed : False when a chunk is the example's values as they are (then every size is
+        ``n_mels * n_frames * itemsize + CHECKSUM_BYTES``); True when it is the output of the
+        config's plugin filter (``melshards.codec.chunk_decoder`` decodes it)
+    """
+
+    offsets: np.ndarray
+    sizes: np.ndarray
+    compressed: bool
+
+
+def mel_chunks(ds: h5py.Dataset, config: FeatureConfig, *, file_size: int) -> MelChunks | None:
+    """Where every example's ``mel`` chunk lies, when each can be read straight from the file.
+
+    That holds when every example is one fletcher32-checked chunk of ``n_mels * n_frames``
+    little-endian values, either unfiltered otherwise or compressed by the config's plugin
+    filter (``zstd``, ``bitshuffle-lz4``) and nothing else. Returns None for any other layout
+    (h5py's gzip or lzf, shuffle, other filters), which is read through h5py.
     """
     n = ds.shape[0]
     dtype = np.dtype(config.dtype)
@@ -403,24 +457,32 @@ def mel_chunk_offsets(ds: h5py.Dataset, config: FeatureConfig, *, file_size: int
         or sys.byteorder != "little"
         or ds.dtype != dtype.newbyteorder("<")
         or ds.chunks != (1, config.n_mels, config.n_frames)
-        or not ds.fletcher32
-        or ds.compression is not None
-        or ds.shuffle
-        or ds.scaleoffset is not None
-        or ds.id.get_create_plist().get_nfilters() != 1
     ):
         return None
-    nbytes = config.n_mels * config.n_frames * dtype.itemsize + CHECKSUM_BYTES
+    filters = [ds.id.get_create_plist().get_filter(i) for i in range(ds.id.get_create_plist().get_nfilters())]
+    codes = [f[0] for f in filters]
+    compressed = config.compression in _PLUGIN_FILTER_IDS
+    if compressed:
+        wanted = [_PLUGIN_FILTER_IDS[config.compression], _FLETCHER32]
+        if codes != wanted or (
+            config.compression == "bitshuffle-lz4" and filters[0][2][4:5] != (_BITSHUFFLE_LZ4,)
+        ):
+            return None
+    elif codes != [_FLETCHER32]:
+        return None
+    plain = config.n_mels * config.n_frames * dtype.itemsize + CHECKSUM_BYTES
     offsets = np.full(n, -1, dtype=np.int64)
+    sizes = np.zeros(n, dtype=np.int64)
     ok = True
 
     def visit(info) -> None:
         nonlocal ok
         row = info.chunk_offset[0]
-        if info.byte_offset is None or info.size != nbytes or info.filter_mask != 0:
+        if info.byte_offset is None or info.filter_mask != 0 or (not compressed and info.size != plain):
             ok = False
         else:
             offsets[row] = info.byte_offset
+            sizes[row] = info.size
 
     if hasattr(ds.id, "chunk_iter"):
         ds.id.chunk_iter(visit)
@@ -430,8 +492,9 @@ def mel_chunk_offsets(ds: h5py.Dataset, config: FeatureConfig, *, file_size: int
     if (
         not ok
         or (offsets < 0).any()
-        or (offsets % dtype.itemsize).any()
-        or (offsets + nbytes > file_size).any()
+        or (sizes <= CHECKSUM_BYTES).any()
+        or (not compressed and (offsets % dtype.itemsize).any())
+        or (offsets + sizes > file_size).any()
     ):
         return None
-    return offsets
+    return MelChunks(offsets=offsets, sizes=sizes, compressed=compressed)

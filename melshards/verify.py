@@ -10,7 +10,16 @@ import numpy as np
 from melshards.errors import FormatError, IntegrityError
 from melshards.files import sha256_file
 from melshards.index import Index, ShardEntry, read_index
-from melshards.names import LABEL_VALUES, LABELS, MEL, METADATA_DATASETS, SHARD_PREFIX, SHARD_SUFFIX
+from melshards.names import (
+    LABEL_VALUES,
+    LABELS,
+    MEL,
+    MEL_SCALE,
+    QUANT_DATASETS,
+    SHARD_PREFIX,
+    SHARD_SUFFIX,
+    shard_datasets,
+)
 from melshards.shard import check_shard, read_checked, regular_file_problem
 
 
@@ -53,7 +62,7 @@ def _verify_shard(index: Index, entry: ShardEntry) -> list[str]:
         with h5py.File(path, "r", locking=False) as h5:
             check_shard(h5, entry, index.config, path=path, size=False)
             problems += _verify_mel(h5[MEL], path)
-            for name in METADATA_DATASETS:
+            for name in shard_datasets(index.config.dtype)[1:]:  # every dataset but mel
                 try:
                     values = read_checked(h5, name, path=path)
                 except IntegrityError as err:
@@ -61,6 +70,10 @@ def _verify_shard(index: Index, entry: ShardEntry) -> list[str]:
                     continue
                 if name == LABELS and not np.all(np.isin(values, LABEL_VALUES)):
                     problems.append(f"{path}: labels hold values other than -1, 0, 1")
+                if name in QUANT_DATASETS and not np.isfinite(values).all():
+                    problems.append(f"{path}: {name} holds non-finite values")
+                if name == MEL_SCALE and (values < 0).any():
+                    problems.append(f"{path}: {name} holds negative steps")
     except FormatError as err:
         problems.append(str(err))
     except OSError as err:

@@ -16,7 +16,7 @@ import numpy as np
 from melshards.config import FeatureConfig
 from melshards.errors import AudioError
 from melshards.index import ShardEntry
-from melshards.names import EVENT_NONE, LABEL_UNKNOWN, SET_WINDOWS
+from melshards.names import EVENT_NONE, LABEL_UNKNOWN, QUANTIZED_DTYPE, SET_WINDOWS
 from melshards.shard import ShardExample, ShardStats, write_shard
 from precompute.audio import decode, probe, read_span
 from precompute.mel import log_mel, log_mel_of_power, mel_power_frames
@@ -239,8 +239,12 @@ def frame_runs(firsts: Sequence[int], n_frames: int) -> list[tuple[int, int]]:
 def _finite(
     mel: np.ndarray, y: np.ndarray, first_sample: int, config: FeatureConfig, path: str
 ) -> np.ndarray:
-    """``mel`` as stored (``config.dtype``), or AudioError naming the file when a value is not finite."""
-    stored = mel.astype(config.dtype)
+    """``mel`` as handed to the shard writer, or AudioError naming the file when a value is not finite.
+
+    Float dtypes are cast here (a value beyond float16's range becomes inf and is caught);
+    uint8 codes are made from the float32 values by the writer.
+    """
+    stored = mel.astype(np.float32 if config.dtype == QUANTIZED_DTYPE else config.dtype)
     if not np.isfinite(stored).all():
         window = y[first_sample : first_sample + int(round(config.window_seconds * config.sample_rate))]
         peak = float(np.max(np.abs(window))) if window.size else 0.0

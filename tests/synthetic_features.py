@@ -44,6 +44,7 @@ def synthetic_config(
     compression: str | None = None,
     dtype: str = "float16",
     min_overlap: float = 0.2,
+    quant_bits: int = 8,
 ) -> FeatureConfig:
     return FeatureConfig(
         preset="synthetic",
@@ -58,6 +59,7 @@ def synthetic_config(
         min_overlap=min_overlap,
         n_classes=n_classes,
         dtype=dtype,
+        quant_bits=quant_bits,
         compression=compression,
         shard_size=shard_size,
     )
@@ -114,6 +116,7 @@ def make_feature_set(
     kind: str = "labelled",
     dtype: str = "float16",
     min_overlap: float = 0.2,
+    quant_bits: int = 8,
 ) -> Path:
     """Write a feature set of ``n_recordings * per_recording`` examples under ``root``.
 
@@ -131,6 +134,7 @@ def make_feature_set(
         compression=compression,
         dtype=dtype,
         min_overlap=min_overlap,
+        quant_bits=quant_bits,
     )
     rng = np.random.default_rng(seed)
     window = config.window_seconds

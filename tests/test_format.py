@@ -50,7 +50,7 @@ def test_index_round_trips_through_dict_and_file(feature_dir, index_dict, tmp_pa
 def test_index_fields_have_their_documented_values(feature_dir, index_dict):
     index = read_index(feature_dir)
     config = index.config
-    assert index_dict["format"] == {"name": "melshards", "version": 2}
+    assert index_dict["format"] == {"name": "melshards", "version": 3}
     assert list(index_dict) == [
         "format",
         "fingerprint",
@@ -97,11 +97,11 @@ def test_build_sorts_shards_and_fingerprints_config_and_shards():
 @pytest.mark.parametrize(
     ("fmt", "message"),
     [
-        ({"name": "melshards", "version": 3}, "format version 3 is unknown; this reader knows version 2"),
+        ({"name": "melshards", "version": 4}, "format version 4 is unknown; this reader knows version 3"),
         ({"name": "melshards", "version": 0}, "format version 0 is unknown"),
         (
-            {"name": "melshards", "version": 1},
-            "format version 1 is unknown; this reader knows version 2; run the same precompute command "
+            {"name": "melshards", "version": 2},
+            "format version 2 is unknown; this reader knows version 3; run the same precompute command "
             "again to rebuild it",
         ),
         ({"name": "melshards"}, "format version None is unknown"),
@@ -243,7 +243,8 @@ def test_a_written_shard_holds_exactly_the_named_datasets_and_attributes(tmp_pat
     assert not list(tmp_path.glob(f".*{names.TEMP_SUFFIX}"))  # the temp file was renamed away
 
     datasets, attrs, dtypes = shard_names(path)
-    assert datasets == set(names.SHARD_DATASETS)
+    assert datasets == set(names.shard_datasets(dtype))
+    assert (names.MEL_OFFSET in datasets) == (dtype == "uint8")
     assert dtypes[names.MEL] == np.dtype(dtype)
     for name, kind in names.METADATA_DATASETS.items():
         if kind != "str":
@@ -253,14 +254,22 @@ def test_a_written_shard_holds_exactly_the_named_datasets_and_attributes(tmp_pat
         *(f"{names.ATTR_CONFIG_PREFIX}{key}" for key in parameter_names()),
     }
     assert set(attrs) == expected_attrs
-    assert attrs[names.ATTR_FORMAT] == "melshards" and attrs[names.ATTR_FORMAT_VERSION] == 2
+    assert attrs[names.ATTR_FORMAT] == "melshards" and attrs[names.ATTR_FORMAT_VERSION] == 3
     assert attrs[names.ATTR_KIND] == "labelled"
     assert json.loads(attrs[names.ATTR_CONFIG]) == config.to_dict()
     assert attrs[f"{names.ATTR_CONFIG_PREFIX}compression"] == "none"
 
-    # Plain h5py reads back every value.
+    # Plain h5py reads back every value (uint8: codes, with the example's offset and scale).
     with h5py.File(path, "r") as h5:
-        np.testing.assert_array_equal(h5[names.MEL][1], mel.astype(dtype))
+        if dtype == "uint8":
+            step = h5[names.MEL_SCALE][1]
+            assert h5[names.MEL_OFFSET][1] == 0 and step == np.float32(1 / 255)
+            stored = h5[names.MEL_OFFSET][1] + h5[names.MEL][1] * step
+            assert np.abs(stored - mel).max() <= step / 2 * (1 + 1e-5)
+            assert 0.4 * step < np.abs(stored - mel).max()  # the codes really are 8-bit
+        else:
+            stored = mel.astype(dtype)
+            np.testing.assert_array_equal(h5[names.MEL][1], stored)
         assert h5[names.MEL].chunks == (1, config.n_mels, config.n_frames) and h5[names.MEL].fletcher32
         np.testing.assert_array_equal(h5[names.LABELS][()], [labels, labels])
         assert list(h5[names.RECORDING_ID].asstr()[()]) == ["rec-a", "rec-a"]
@@ -271,9 +280,9 @@ def test_a_written_shard_holds_exactly_the_named_datasets_and_attributes(tmp_pat
     summary = read_shard_summary(path)
     assert (summary.fingerprint, summary.n, summary.failures) == ("f" * 32, 2, failures)
     expected = ShardStats.empty(config.n_mels)
-    expected.add(mel.astype(dtype))
-    expected.add(mel.astype(dtype))
-    np.testing.assert_allclose(summary.stats.sum, expected.sum)
+    expected.add(stored)
+    expected.add(stored)
+    np.testing.assert_allclose(summary.stats.sum, expected.sum, rtol=1e-6)
     assert summary.stats.count == stats.count == 2 * config.n_frames
 
 
