@@ -12,7 +12,6 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from synthetic_features import LABELLED_SET, expected_mel, make_feature_set
 
 from loader import MelReader, ShardSequence, open_feature_set
 from loader import kernels as loader_kernels
@@ -20,6 +19,7 @@ from melshards import codec, names
 from melshards.config import FeatureConfig
 from melshards.errors import ConfigError, IntegrityError
 from melshards.verify import verify
+from synthetic_features import LABELLED_SET, expected_mel, make_feature_set
 
 hdf5plugin = pytest.importorskip("hdf5plugin")  # part of the dev install; plugins need it
 
