@@ -203,7 +203,11 @@ def run(
     workers: int = 2,
     per_sample_workers: int = 2,
     per_sample_batches: int = 3,
+    only: list[str] | None = None,
 ) -> dict:
+    """Rates of every input (or of ``only`` those, with the zero-cost references they are
+    compared with); ``per_sample_batches=0`` leaves the per-sample Sequence out."""
+
     def sequence(**options) -> ShardSequence:
         base = {"split": "all", "batch_size": batch_size, "shuffle": True, "drop_remainder": True}
         return ShardSequence(features, **{**base, **options})
@@ -253,6 +257,12 @@ def run(
     }
     if keras.backend.backend() != "tensorflow":
         del inputs["as_tf_dataset"]
+    if only:
+        unknown = sorted(set(only) - set(inputs))
+        if unknown:
+            raise SystemExit(f"fit_bench: unknown input(s) {', '.join(unknown)}; known: {', '.join(inputs)}")
+        keep = {*only, "zero_cost", "zero_cost_aligned", *(inputs[name][0] for name in only)}
+        inputs = {name: spec for name, spec in inputs.items() if name in keep}
     rates: dict[str, list[float]] = {name: [] for name in inputs}
     busy: dict[str, list[float]] = {name: [] for name in inputs}
     for _ in range(rounds):
@@ -265,23 +275,29 @@ def run(
             if isinstance(data, ShardSequence):
                 data.close()
 
-    # The classic per-sample Sequence is ~1000x slower: a few batches, with Keras' worker
-    # processes as its users run it; librosa imported and warm before Keras forks them.
-    from benchmarks.loader_bench import classic_example
+    figures = _figures(inputs, rates, busy)
+    if per_sample_batches > 0:
+        figures.update(
+            _per_sample_figures(
+                demo, models["float32"], x_shape, rates, per_sample_workers, per_sample_batches
+            )
+        )
+    return {
+        "backend": keras.backend.backend(),
+        "batch": list(x_shape),
+        "batches_per_epoch": n_batches,
+        "epochs_timed": epochs - 1,
+        "rounds": rounds,
+        "model": model,
+        "inputs": figures,
+    }
 
-    classic_example(demo, PerSample(demo, 1, 1, 1).rows[0])
-    name = f"per_sample_keras_processes_{per_sample_workers}"
-    per_sample = PerSample(
-        demo, per_sample_batches, batch_size, x_shape[2], workers=per_sample_workers, use_multiprocessing=True
-    )
-    rate, gpu = fit_rate(
-        models["float32"], per_sample, samples_per_epoch=per_sample_batches * batch_size, epochs=2
-    )
-    rates[name], busy[name] = [rate], [] if gpu is None else [gpu]
 
+def _figures(inputs: dict, rates: dict[str, list[float]], busy: dict[str, list[float]]) -> dict:
+    """Median rate and median per-round ratio to each input's zero-cost reference."""
     figures = {}
     for name, values in rates.items():
-        reference = inputs.get(name, ("zero_cost",))[0]
+        reference = inputs[name][0]
         ratios = [v / r for v, r in zip(values, rates[reference], strict=False)]
         figures[name] = {
             "samples_per_s": float(np.median(values)),
@@ -293,15 +309,27 @@ def run(
             figures[name]["ratio_to_zero_cost_aligned"] = float(np.median(strict))
         if busy[name]:
             figures[name]["gpu_busy_percent"] = float(np.median(busy[name]))
-    return {
-        "backend": keras.backend.backend(),
-        "batch": list(x_shape),
-        "batches_per_epoch": n_batches,
-        "epochs_timed": epochs - 1,
-        "rounds": rounds,
-        "model": model,
-        "inputs": figures,
+    return figures
+
+
+def _per_sample_figures(demo: Path, model, x_shape, rates: dict, workers: int, n_batches: int) -> dict:
+    """The classic per-sample Sequence, ~1000x slower: a few batches, with Keras' worker
+    processes as its users run it; librosa imported and warm before Keras forks them."""
+    from benchmarks.loader_bench import classic_example
+
+    classic_example(demo, PerSample(demo, 1, 1, 1).rows[0])
+    batch_size = x_shape[0]
+    per_sample = PerSample(demo, n_batches, batch_size, x_shape[2], workers=workers, use_multiprocessing=True)
+    rate, gpu = fit_rate(model, per_sample, samples_per_epoch=n_batches * batch_size, epochs=2)
+    zero = float(np.median(rates["zero_cost"]))
+    figures = {
+        "samples_per_s": rate,
+        "ratio_to_zero_cost": rate / zero,
+        "ratio_to_zero_cost_aligned": rate / float(np.median(rates["zero_cost_aligned"])),
     }
+    if gpu is not None:
+        figures["gpu_busy_percent"] = gpu
+    return {f"per_sample_keras_processes_{workers}": figures}
 
 
 def table(result: dict) -> list[str]:
@@ -331,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="threads / processes of the worker modes")
     parser.add_argument("--per-sample-workers", type=int, default=2)
     parser.add_argument("--per-sample-batches", type=int, default=3)
+    parser.add_argument(
+        "--inputs",
+        help="comma-separated inputs to measure (default: all), e.g. shard_sequence,shard_sequence_float16",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     result = run(
@@ -342,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         per_sample_workers=args.per_sample_workers,
         per_sample_batches=args.per_sample_batches,
+        only=args.inputs.split(",") if args.inputs else None,
     )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")

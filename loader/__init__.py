@@ -6,11 +6,14 @@
 come from ``melshards``; nothing here is imported by the precompute side.
 """
 
+from loader import kernels
 from loader.augment import Augment, AugmentParams
 from loader.reader import FeatureSet, MelReader, open_feature_set
 from loader.sequence import ShardSequence
 from loader.tfdata import as_tf_dataset
 from melshards.errors import ConfigError, FormatError, IntegrityError, MelShardsError
+
+kernels.start_warming()
 
 __all__ = [
     "Augment",

@@ -11,9 +11,18 @@ Half <-> single conversion uses the CPU's own instructions (LLVM ``fpext``/``fpt
 that TensorFlow sets in its threads. ``half_conversion_ok`` checks once per process that the
 compiled conversion agrees bit for bit with numpy; where it does not (an exotic CPU), the
 reader falls back to ``copy_crop`` + numpy casts.
+
+Cold start: numba compiles each kernel once and caches the machine code on disk, but a fresh
+process still spends a few hundred milliseconds in numba's own start-up the first time it
+calls any compiled function. ``start_warming`` (called when ``loader`` is imported) does that in
+a background thread, overlapping it with whatever the program does next (importing Keras,
+building the model), so that the first batch costs what any batch costs.
 """
 
 from __future__ import annotations
+
+import os
+import threading
 
 import numpy as np
 from llvmlite import ir
@@ -325,3 +334,57 @@ def _check_half_conversion() -> bool:
     with np.errstate(over="ignore"):  # values past float16's range become inf, as they should
         want_half = values.astype(np.float16)
     return bool(np.array_equal(half[0, 0], want_half.view(np.uint16)))
+
+
+# -- warming up ------------------------------------------------------------------------------
+
+_warming: threading.Thread | None = None
+
+
+def warm() -> None:
+    """Load the reader's kernels for the array types it uses (from numba's cache when there)."""
+    half_conversion_ok()
+    zero = np.zeros(1, dtype=np.int64)
+    gain = np.ones(1, dtype=np.float32)
+    step = np.ones(1, dtype=np.float32)
+    limit = np.float32(1)
+    sources = {dtype: np.zeros(8, dtype=dtype) for dtype in (np.uint16, np.float32, np.uint8)}
+    for source in sources.values():  # memory-mapped shards are read-only arrays
+        source.setflags(write=False)
+    for out in (np.zeros((1, 1, 2), dtype=np.float32), np.zeros((1, 1, 2), dtype=np.uint16)):
+        for scale in (False, True):
+            gather_crop(sources[np.uint16], zero, zero, 2, out, zero, gain, -limit, limit, scale)
+            gather_codes(sources[np.uint8], zero, zero, 2, step, step, out, zero, gain, -limit, limit, scale)
+    first_bad_chunk(sources[np.uint16], zero, 2)
+    bands = np.zeros((1, 1, 2), dtype=np.int64)
+    for bits in (np.uint16, np.uint32):
+        mask_bands(np.zeros((1, 1, 2), dtype=bits), bands, bands, np.zeros(1, dtype=bits))
+
+
+def start_warming() -> None:
+    """Run ``warm`` in a background thread, once per process (a forked child starts its own)."""
+    global _warming
+    if _warming is None:
+        _warming = threading.Thread(target=_warm_quietly, name="melshards-kernel-warmup")
+        _warming.start()
+
+
+def _warm_quietly() -> None:
+    try:
+        warm()
+    except Exception:  # noqa: BLE001 -- the first real call reports any problem itself
+        pass
+
+
+def _join_warming() -> None:
+    # Never fork while the thread may hold numba's compiler lock: the child would inherit it held.
+    if _warming is not None and _warming.is_alive():
+        _warming.join()
+
+
+def _forget_warming() -> None:
+    global _warming
+    _warming = None
+
+
+os.register_at_fork(before=_join_warming, after_in_child=_forget_warming)
