@@ -4,10 +4,12 @@ All readers produce the same thing: shuffled batches of ``batch_size`` examples,
 the frames the model sees, as ``(B, n_mels, crop, 1)`` arrays.
 
 References (``../shared/BENCHMARKS.md``):
-- in-RAM: the whole feature set already in RAM as one float16 array; each batch gathered
-  with numpy fancy indexing, cropped, and cast with ``.astype`` (float32) or kept float16;
-- memory bound: bytes read plus bytes written per batch over this machine's measured copy
-  bandwidth;
+- in-RAM: the whole feature set already in RAM as one float16 array (uint8 codes decoded
+  first); each batch gathered with numpy fancy indexing, cropped, and cast with ``.astype``
+  (float32) or kept float16;
+- memory bound: a plain ``np.copyto`` of an array the size of the batch (float32, or float16
+  for the float16 output) into another, timed like the loaders: the least work that hands over
+  such a batch;
 - per-sample: a Sequence written the classic way (decode the recording with librosa, cut the
   window, mel, dB, min-max, per sample, every epoch);
 - naive h5py: one fancy-index read per shard per batch.
@@ -24,8 +26,9 @@ import h5py
 import numpy as np
 
 from loader import ShardSequence
+from melshards.codec import dequantize
 from melshards.index import read_index
-from melshards.names import MEL
+from melshards.names import MEL, MEL_OFFSET, MEL_SCALE
 
 
 def _time_batches(get: Callable[[int], object], n_batches: int, *, repeats: int = 3) -> float:
@@ -37,6 +40,13 @@ def _time_batches(get: Callable[[int], object], n_batches: int, *, repeats: int 
             get(i)
         best = min(best, (time.perf_counter() - started) / n_batches)
     return best
+
+
+def copy_bound(shape: tuple[int, ...], dtype) -> Callable[[int], object]:
+    """One batch's worth of plain copying: ``np.copyto`` between two arrays of ``shape``."""
+    src = np.ones(shape, dtype=dtype)
+    dst = np.empty_like(src)
+    return lambda i: np.copyto(dst, src)
 
 
 def copy_bandwidth(n_bytes: int = 1 << 28) -> float:
@@ -52,11 +62,15 @@ def copy_bandwidth(n_bytes: int = 1 << 28) -> float:
 
 
 def load_all(root: Path) -> np.ndarray:
+    """Every stored example as float16 (uint8 codes decoded with their offset and scale)."""
     index = read_index(root)
     parts = []
     for entry in index.shards:
         with h5py.File(root / entry.file, "r", locking=False) as h5:
-            parts.append(h5[MEL][:])
+            values = h5[MEL][:]
+            if values.dtype == np.uint8:
+                values = dequantize(values, h5[MEL_OFFSET][:], h5[MEL_SCALE][:])
+            parts.append(values.astype(np.float16))
     return np.concatenate(parts)
 
 
@@ -130,9 +144,9 @@ def run(features: Path, demo: Path, *, batch_size: int = 32, n_batches: int = 16
     record("in_ram_float32_reference", _time_batches(in_ram32, n_batches))
     record("in_ram_float16_reference", _time_batches(in_ram16, n_batches))
     bandwidth = copy_bandwidth()
-    read_bytes = batch_size * config.n_mels * crop * 2
-    record("memory_bound_float32", (read_bytes + 2 * read_bytes) / bandwidth)
-    record("memory_bound_float16", (read_bytes + read_bytes) / bandwidth)
+    shape = (batch_size, config.n_mels, crop, 1)
+    record("memory_bound_float32", _time_batches(copy_bound(shape, np.float32), n_batches))
+    record("memory_bound_float16", _time_batches(copy_bound(shape, np.float16), n_batches))
 
     variants = {
         "shards_float32": {"augment": False},
@@ -180,6 +194,7 @@ def run(features: Path, demo: Path, *, batch_size: int = 32, n_batches: int = 16
         "float16_vs_in_ram_float16": ratio("shards_float16", "in_ram_float16_reference"),
         "float32_vs_per_sample": ratio("shards_float32", "per_sample_sequence"),
         "float32_vs_memory_bound": ratio("shards_float32", "memory_bound_float32"),
+        "float16_vs_memory_bound": ratio("shards_float16", "memory_bound_float16"),
         "float32_vs_naive_h5py": ratio("shards_float32", "naive_h5py_fancy_index"),
         "tf_dataset_vs_in_ram": ratio("as_tf_dataset_float32", "in_ram_float32_reference"),
     }
@@ -190,49 +205,3 @@ def run(features: Path, demo: Path, *, batch_size: int = 32, n_batches: int = 16
         "readers": result,
         "ratios": ratios,
     }
-
-
-KNOBS = {
-    # name -> feature parameters changed from the demo's (the loader reads float32 batches)
-    "float16, uncompressed (default)": {},
-    "float32 stored": {"dtype": "float32"},
-    "float16, gzip": {"compression": "gzip"},
-    "float16, lzf": {"compression": "lzf"},
-}
-
-
-def knobs(demo: Path, work: Path, *, batch_size: int = 32, n_batches: int = 16) -> dict:
-    """Disk size and loader speed of the storage knobs, each precomputed from the demo audio."""
-    import shutil
-    import subprocess
-
-    from benchmarks.precompute_bench import features_command
-
-    out = {}
-    for name, params in KNOBS.items():
-        root = work / (
-            "knob-" + "-".join(f"{k}-{v}" for k, v in params.items()) if params else "knob-default"
-        )
-        shutil.rmtree(root, ignore_errors=True)
-        work.mkdir(parents=True, exist_ok=True)
-        toml = work / f"{root.name}.toml"
-        toml.write_text("".join(f'{k} = "{v}"\n' for k, v in params.items()))
-        started = time.perf_counter()
-        subprocess.run(
-            [*features_command(demo, root), "--config", str(toml)], check=True, stdout=subprocess.DEVNULL
-        )
-        precompute_s = time.perf_counter() - started
-        index = read_index(root)
-        seq = ShardSequence(root, split="all", batch_size=batch_size, shuffle=True, seed=0, augment=False)
-        for i in range(len(seq)):
-            seq[i]
-        seq.on_epoch_end()
-        seconds = _time_batches(seq.__getitem__, min(n_batches, len(seq)))
-        out[name] = {
-            "mb_on_disk": sum(s.bytes for s in index.shards) / 1e6,
-            "precompute_s": precompute_s,
-            "ms_per_batch": seconds * 1e3,
-            "samples_per_s": batch_size / seconds,
-        }
-        shutil.rmtree(root, ignore_errors=True)
-    return out

@@ -27,8 +27,14 @@ TARGETS = [
     ("loader", "float32_augment_vs_in_ram", 1.0),
     ("loader", "float16_vs_in_ram_float16", 0.8),
     ("loader", "float32_vs_per_sample", 500.0),
-    ("loader", "float32_vs_memory_bound", 0.5),
-    ("fit", "shard_sequence", 0.7),
+    ("loader", "float32_vs_memory_bound", 0.9),
+    ("loader", "float16_vs_memory_bound", 0.9),
+    ("storage", "uint8_loader_vs_float16", 1.1),
+    ("storage", "float16_vs_copy_bound", 0.9),
+    ("storage", "uint8_vs_copy_bound", 0.9),
+    ("storage", "compressed_loader_vs_float16", 0.6),
+    ("storage", "compressed_loader_vs_lilcom", 10.0),
+    ("fit", "shard_sequence", 0.9),
     ("fit", "as_tf_dataset", 0.7),
     ("fit", "shard_sequence_threads_2", 0.5),
     ("fit", "shard_sequence_processes_2", 0.5),
@@ -38,7 +44,12 @@ TARGETS = [
     ("precompute", "scaling_efficiency", 0.85),
 ]
 # (section, figure, maximum)
-CEILINGS = [("precompute", "first_shard_s", 2.0)]
+CEILINGS = [
+    ("precompute", "first_shard_s", 2.0),
+    ("storage", "uint8_disk_vs_float16", 0.5),
+    ("storage", "compressed_disk_vs_float16", 0.33),
+    ("storage", "first_batch_ms", 20.0),
+]
 
 
 def ensure_demo(demo: Path, features: Path) -> None:
@@ -103,14 +114,10 @@ def table(results: dict) -> list[str]:
     ]
     for name, fig in loader["readers"].items():
         lines.append(f"{name:<34}{fig['ms_per_batch']:>10.2f}{fig['samples_per_s']:>12.0f}")
-    lines += [
-        "",
-        f"{'storage knob (demo, float32 batches)':<40}{'MB on disk':>11}{'precompute s':>14}{'ms/batch':>10}",
-    ]
-    for name, fig in results["knobs"].items():
-        lines.append(
-            f"{name:<40}{fig['mb_on_disk']:>11.1f}{fig['precompute_s']:>14.1f}{fig['ms_per_batch']:>10.2f}"
-        )
+    if "storage" in results:
+        from benchmarks import storage_bench
+
+        lines += ["", *storage_bench.table(results["storage"])]
     pre = results.get("precompute")
     lines += precompute_lines(pre) if pre else []
     if "plan" in results:
@@ -133,6 +140,10 @@ def table(results: dict) -> list[str]:
             value = results[section]["ratios"][figure]
         elif section == "fit":
             value = results[section]["inputs"][figure]["ratio_to_zero_cost"]
+        elif section == "storage":
+            value = results[section]["targets"].get(figure)
+            if value is None:  # lilcom not installed: nothing to compare with
+                continue
         else:
             value = results[section][figure]
         lines.append(
@@ -140,7 +151,7 @@ def table(results: dict) -> list[str]:
         )
     for section, figure, maximum in CEILINGS:
         if section in results:
-            value = results[section][figure]
+            value = results[section].get("targets", results[section]).get(figure)
             lines.append(
                 f"{section + ': ' + figure:<40}{value:>10.2f}{'<= ' + format(maximum, '.2f'):>10}  "
                 f"{'ok' if value <= maximum else 'MISSED'}"
@@ -163,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit-rounds", type=int, default=5, help="rounds of the model.fit comparison")
     args = parser.parse_args(argv)
 
-    from benchmarks import loader_bench, plan_bench, precompute_bench
+    from benchmarks import loader_bench, plan_bench, precompute_bench, storage_bench
 
     started = time.perf_counter()
     ensure_demo(args.demo, args.features)
@@ -175,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_before": os.getloadavg()[0],
         },
     }
-    sections = ["plan", "knobs", "loader", "fit"]
+    sections = ["plan", "storage", "loader", "fit"]
     if not args.skip_precompute:
         sections.insert(0, "precompute")
     with tqdm(sections, desc="make bench", unit="section", file=sys.stderr) as bar:
@@ -186,8 +197,12 @@ def main(argv: list[str] | None = None) -> int:
                 results["precompute"] = precompute_bench.run(args.demo, args.work)
             elif section == "plan":
                 results["plan"] = plan_bench.run()
-            elif section == "knobs":
-                results["knobs"] = loader_bench.knobs(args.demo, args.work)
+            elif section == "storage":
+                results["storage"] = storage_bench.run(args.demo, args.work)
+                results["storage"]["first_batch"] = storage_bench.first_batch(args.features)
+                results["storage"]["targets"]["first_batch_ms"] = results["storage"]["first_batch"][
+                    "after-model"
+                ]["first_batch_ms"]
             elif section == "loader":
                 results["loader"] = loader_bench.run(args.features, args.demo)
             else:

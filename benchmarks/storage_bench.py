@@ -1,0 +1,277 @@
+"""Storage codecs side by side: disk, error, and loader speed against a copy of the same bytes.
+
+Every codec's feature set is precomputed from the same demo audio (``CODECS``), plus one stored
+as float32: the exact values every codec's error is measured against (the [0, 1] scale of
+``normalize = minmax``). Each loader row is ``ShardSequence`` reading shuffled float32 batches
+(no augmentation) from that set; its bound is a plain ``np.copyto`` of a float32 array of the
+batch's size into another, the least work that hands over such a batch, timed in the same
+rounds. lilcom (Lhotse's lossy codec) runs on the same exact values where it is installed: the
+compressed bytes sit in RAM and each batch decompresses its examples and crops them, so only
+its decoding is timed.
+
+Also here: the first batch in a fresh process (``first_batch``), in two cases: asked for right
+after the imports, and after building and compiling the baseline model, as a training script
+does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from loader import MelReader, ShardSequence, open_feature_set
+from melshards.config import center_offset
+
+# name -> feature parameters changed from the default preset
+CODECS: dict[str, dict[str, object]] = {
+    "float16": {"dtype": "float16"},
+    "uint8 (default)": {"dtype": "uint8"},
+    "uint8 + zstd": {"dtype": "uint8", "compression": "zstd"},
+    "uint8 + bitshuffle-lz4": {"dtype": "uint8", "compression": "bitshuffle-lz4"},
+    "6-bit + zstd": {"dtype": "uint8", "quant_bits": 6, "compression": "zstd"},
+    "6-bit + bitshuffle-lz4": {"dtype": "uint8", "quant_bits": 6, "compression": "bitshuffle-lz4"},
+}
+EXACT = {"dtype": "float32"}
+LILCOM_TICKS = (-5, -10)  # Lhotse's default tick, and a finer one
+
+
+def _slug(params: dict[str, object]) -> str:
+    return "storage-" + "-".join(f"{k}-{v}" for k, v in sorted(params.items()))
+
+
+def precompute(demo: Path, work: Path, params: dict[str, object]) -> tuple[Path, float]:
+    """A feature set of the demo with ``params``; returns its directory and the seconds it took."""
+    from benchmarks.precompute_bench import features_command
+
+    root = work / _slug(params)
+    shutil.rmtree(root, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    toml = work / f"{root.name}.toml"
+    toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in params.items()))
+    started = time.perf_counter()
+    subprocess.run(
+        [*features_command(demo, root), "--config", str(toml)], check=True, stdout=subprocess.DEVNULL
+    )
+    return root, time.perf_counter() - started
+
+
+def all_values(root: Path) -> np.ndarray:
+    """Every example's full stored window as float32, through the loader: (n, n_mels, n_frames)."""
+    features = open_feature_set(root)
+    config = features.config
+    ids = np.arange(features.n_examples)
+    out = np.empty((ids.size, config.n_mels, config.n_frames, 1), dtype=np.float32)
+    MelReader(features).read(ids, np.zeros(ids.size, dtype=np.int64), out)
+    return out[..., 0]
+
+
+def _errors(values: np.ndarray, exact: np.ndarray) -> dict[str, float]:
+    diff = np.abs(values - exact)
+    return {
+        "max_error": float(diff.max()),
+        "rms_error": float(np.sqrt(np.mean(np.square(diff, dtype=np.float64)))),
+    }
+
+
+def _timed(get, n_batches: int) -> float:
+    started = time.perf_counter()
+    for i in range(n_batches):
+        get(i)
+    return (time.perf_counter() - started) / n_batches
+
+
+class _Lilcom:
+    """Batches decoded from lilcom bytes held in RAM: decompress each example, crop, stack."""
+
+    def __init__(self, exact: np.ndarray, tick: int, batch_size: int, crop: int, first: int) -> None:
+        import lilcom
+
+        self.lilcom = lilcom
+        self.blobs = [lilcom.compress(example, tick_power=tick) for example in exact]
+        self.n_bytes = sum(len(b) for b in self.blobs)
+        self.decoded = np.stack([np.asarray(lilcom.decompress(b), dtype=np.float32) for b in self.blobs])
+        self.order = np.random.default_rng(0).permutation(len(self.blobs))
+        self.batch_size, self.crop, self.first = batch_size, crop, first
+        self.out = np.empty((batch_size, exact.shape[1], crop, 1), dtype=np.float32)
+
+    def get(self, i: int) -> np.ndarray:
+        n = len(self.order)
+        for row in range(self.batch_size):
+            example = self.lilcom.decompress(self.blobs[self.order[(i * self.batch_size + row) % n]])
+            self.out[row, :, :, 0] = example[:, self.first : self.first + self.crop]
+        return self.out
+
+
+def run(demo: Path, work: Path, *, batch_size: int = 32, n_batches: int = 16, rounds: int = 5) -> dict:
+    exact_root, _ = precompute(demo, work, EXACT)
+    exact = all_values(exact_root)
+    raw_float16 = exact.size * 2  # bytes of the values as float16, the unit of "disk"
+    sets: dict[str, dict] = {}
+    for name, params in CODECS.items():
+        root, seconds = precompute(demo, work, params)
+        index = open_feature_set(root).index
+        sets[name] = {
+            "root": root,
+            "params": params,
+            "mb_on_disk": sum(s.bytes for s in index.shards) / 1e6,
+            "precompute_s": seconds,
+            **_errors(all_values(root), exact),
+        }
+    float16_disk = sets["float16"]["mb_on_disk"]
+    for figures in sets.values():
+        figures["disk_vs_float16"] = figures["mb_on_disk"] / float16_disk
+
+    sequences = {
+        name: ShardSequence(
+            f["root"], split="all", batch_size=batch_size, shuffle=True, seed=0, augment=False
+        )
+        for name, f in sets.items()
+    }
+    probe = next(iter(sequences.values()))
+    config, crop = probe.config, probe.crop_frames
+    for seq in sequences.values():  # a first epoch: page cache warm, checksums verified once
+        for i in range(len(seq)):
+            seq[i]
+    src = np.ones((batch_size, config.n_mels, crop, 1), dtype=np.float32)
+    dst = np.empty_like(src)
+    readers = {name: seq.__getitem__ for name, seq in sequences.items()}
+    readers["copy bound (float32 batch)"] = lambda i: np.copyto(dst, src)
+    lilcoms = _lilcom_readers(exact, batch_size, crop, center_offset(config, crop))
+    readers.update({name: lil.get for name, lil in lilcoms.items()})
+    seconds: dict[str, list[float]] = {name: [] for name in readers}
+    for _ in range(rounds):  # in turn, round after round: a slow spell touches every reader
+        for name, get in readers.items():
+            seconds[name].append(_timed(get, n_batches if "lilcom" not in name else 2))
+    for seq in sequences.values():
+        seq.close()
+
+    def rate(name: str) -> float:
+        return batch_size / float(np.median(seconds[name]))
+
+    def ratio(a: str, b: str) -> float:  # median over rounds of the ratio within each round
+        return float(np.median([sb / sa for sa, sb in zip(seconds[a], seconds[b], strict=True)]))
+
+    bound = "copy bound (float32 batch)"
+    rows: dict[str, dict] = {}
+    for name, figures in sets.items():
+        rows[name] = {
+            **{k: v for k, v in figures.items() if k != "root"},
+            "samples_per_s": rate(name),
+            "vs_float16_loader": ratio(name, "float16"),
+            "vs_copy_bound": ratio(name, bound),
+        }
+    for name, lil in lilcoms.items():
+        rows[name] = {
+            "mb_on_disk": lil.n_bytes / 1e6,
+            "disk_vs_float16": lil.n_bytes / raw_float16,
+            **_errors(lil.decoded, exact),
+            "samples_per_s": rate(name),
+            "vs_float16_loader": ratio(name, "float16"),
+            "vs_copy_bound": ratio(name, bound),
+        }
+    rows[bound] = {"samples_per_s": rate(bound)}
+    compressed = [n for n in CODECS if "+" in n and n.startswith("uint8")]
+    six_bit = [n for n in CODECS if n.startswith("6-bit")]
+    lilcom_default = f"lilcom tick {LILCOM_TICKS[0]}"
+    targets = {
+        "uint8_disk_vs_float16": rows["uint8 (default)"]["disk_vs_float16"],
+        "uint8_loader_vs_float16": rows["uint8 (default)"]["vs_float16_loader"],
+        "float16_vs_copy_bound": rows["float16"]["vs_copy_bound"],
+        "uint8_vs_copy_bound": rows["uint8 (default)"]["vs_copy_bound"],
+        "compressed_disk_vs_float16": min(rows[n]["disk_vs_float16"] for n in six_bit),
+        "compressed_loader_vs_float16": max(rows[n]["vs_float16_loader"] for n in compressed + six_bit),
+    }
+    if lilcom_default in rows:
+        best = max(six_bit, key=lambda n: rows[n]["samples_per_s"])
+        targets["compressed_loader_vs_lilcom"] = ratio(best, lilcom_default)
+    return {
+        "batch": [batch_size, config.n_mels, crop, 1],
+        "examples": int(exact.shape[0]),
+        "rounds": rounds,
+        "codecs": rows,
+        "targets": targets,
+    }
+
+
+def _lilcom_readers(exact: np.ndarray, batch_size: int, crop: int, first: int) -> dict[str, _Lilcom]:
+    try:
+        import lilcom  # noqa: F401 -- optional: part of the dev install
+    except ImportError:
+        return {}
+    return {f"lilcom tick {tick}": _Lilcom(exact, tick, batch_size, crop, first) for tick in LILCOM_TICKS}
+
+
+_FIRST_BATCH = """
+import json, sys, time
+t0 = time.perf_counter()
+import keras
+from loader import ShardSequence, kernels
+from experiments.models import build_model
+imported = time.perf_counter()
+if sys.argv[2] == "after-model":
+    model = build_model("baseline", input_shape=(128, 938, 1), n_classes=24)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+made = time.perf_counter()
+warming = kernels._warming is not None and kernels._warming.is_alive()
+seq = ShardSequence(sys.argv[1], split="all", batch_size=32, shuffle=True, seed=0)
+built = time.perf_counter()
+seq[0]
+done = time.perf_counter()
+seq[1]
+second = time.perf_counter() - done
+print(json.dumps({"import_s": imported - t0, "model_s": made - imported, "warming_at_sequence": warming,
+                  "sequence_ms": 1e3 * (built - made), "first_batch_ms": 1e3 * (done - built),
+                  "second_batch_ms": 1e3 * second}))
+"""
+
+
+def first_batch(features: Path, *, repeats: int = 3) -> dict:
+    """A fresh process's first batch (default augmentation): medians over ``repeats`` processes."""
+    out = {}
+    for case in ("right-after-imports", "after-model"):
+        runs = []
+        for _ in range(repeats):
+            done = subprocess.run(
+                [sys.executable, "-c", _FIRST_BATCH, str(features), case],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        out[case] = {
+            key: float(np.median([r[key] for r in runs]))
+            if key != "warming_at_sequence"
+            else [r[key] for r in runs]
+            for key in runs[0]
+        }
+    return out
+
+
+def table(result: dict) -> list[str]:
+    lines = [
+        f"{'storage (demo, shuffled float32 batches)':<44}{'disk/f16':>9}{'max err':>9}{'RMS err':>9}"
+        f"{'samples/s':>11}{'vs f16':>8}{'vs copy':>9}",
+    ]
+    for name, row in result["codecs"].items():
+        if "disk_vs_float16" not in row:
+            lines.append(f"{name:<44}{'':>9}{'':>9}{'':>9}{row['samples_per_s']:>11.0f}")
+            continue
+        lines.append(
+            f"{name:<44}{row['disk_vs_float16']:>9.3f}{row['max_error']:>9.4f}{row['rms_error']:>9.4f}"
+            f"{row['samples_per_s']:>11.0f}{row['vs_float16_loader']:>8.2f}{row['vs_copy_bound']:>9.2f}"
+        )
+    first = result.get("first_batch")
+    if first:
+        for case, fig in first.items():
+            lines.append(
+                f"first batch in a fresh process, {case}: {fig['first_batch_ms']:.0f} ms (sequence "
+                f"{fig['sequence_ms']:.0f} ms, second batch {fig['second_batch_ms']:.0f} ms; imports "
+                f"{fig['import_s']:.1f} s, model {fig['model_s']:.1f} s)"
+            )
+    return lines

@@ -1,0 +1,63 @@
+"""The kernels' warm-up thread: started by ``import loader``, finished, and safe to fork around."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from synthetic_features import LABELLED_SET, make_feature_set
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def test_import_loads_the_readers_kernels_in_a_background_thread():
+    done = run_python(
+        """
+        import threading
+        import loader
+        from loader import kernels
+        assert kernels._warming is not None and kernels._warming.name == "melshards-kernel-warmup"
+        kernels._warming.join()
+        # every kernel a batch needs is loaded, for read-only (memory-mapped) sources
+        loaded = {name: [str(s) for s in getattr(kernels, name).signatures]
+                  for name in ("gather_crop", "gather_codes", "first_bad_chunk", "mask_bands")}
+        assert all(loaded.values()), loaded
+        assert any("uint8, 1, 'C', True" in s for s in loaded["gather_codes"]), loaded
+        print("ok", threading.active_count())
+        """
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["ok", "1"]  # the warm-up thread has ended
+
+
+def test_a_fork_while_the_kernels_warm_up_waits_for_them_and_the_child_reads(tmp_path):
+    root = make_feature_set(tmp_path / "set", dtype="uint8", **LABELLED_SET)
+    done = run_python(
+        """
+        import os, sys
+        import numpy as np
+        import loader  # the warm-up thread is running now
+        pid = os.fork()
+        if pid == 0:
+            seq = loader.ShardSequence(sys.argv[1], split="all", batch_size=4, seed=1)
+            x = seq[0][0]
+            os._exit(0 if x.shape == (4, 16, seq.crop_frames, 1) and np.isfinite(x).all() else 3)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+        """,
+        str(root),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["child", "0"]
