@@ -7,13 +7,15 @@ come from ``melshards``; nothing here is imported by the precompute side.
 """
 
 from loader import kernels
-from loader.augment import Augment, AugmentParams
-from loader.reader import FeatureSet, MelReader, open_feature_set
-from loader.sequence import ShardSequence
-from loader.tfdata import as_tf_dataset
-from melshards.errors import ConfigError, FormatError, IntegrityError, MelShardsError
 
+# Before the imports below (Keras takes seconds): numba's start-up runs alongside them.
 kernels.start_warming()
+
+from loader.augment import Augment, AugmentParams  # noqa: E402
+from loader.reader import FeatureSet, MelReader, open_feature_set  # noqa: E402
+from loader.sequence import ShardSequence  # noqa: E402
+from loader.tfdata import as_tf_dataset  # noqa: E402
+from melshards.errors import ConfigError, FormatError, IntegrityError, MelShardsError  # noqa: E402
 
 __all__ = [
     "Augment",

@@ -21,6 +21,7 @@ building the model), so that the first batch costs what any batch costs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -370,10 +371,8 @@ def start_warming() -> None:
 
 
 def _warm_quietly() -> None:
-    try:
+    with contextlib.suppress(Exception):  # the first real call reports any problem itself
         warm()
-    except Exception:  # noqa: BLE001 -- the first real call reports any problem itself
-        pass
 
 
 def _join_warming() -> None:

@@ -37,7 +37,7 @@ from melshards.errors import FormatError, IntegrityError
 from melshards.index import Index, ShardEntry, read_index
 from melshards.labels import overlap_mask
 from melshards.names import EVENT_EXAMPLE, EVENT_FP, EVENT_TP, MEL
-from melshards.shard import check_shard, mel_chunks, open_shard, read_metadata
+from melshards.shard import check_shard, mel_chunks, open_shard, read_metadata, regular_file_problem
 
 # Each memory map keeps a file descriptor; beyond this many, the oldest map is dropped (its
 # memory stays valid for whoever still holds an array into it).
@@ -73,6 +73,7 @@ class ShardLayout:
     byte_offsets: np.ndarray | None
     chunk_sizes: np.ndarray | None = None
     compressed: bool = False
+    identity: tuple[int, int, int] = (0, 0, 0)  # (st_dev, st_ino, st_size) of the checked file
 
 
 class FeatureSet:
@@ -100,6 +101,7 @@ class FeatureSet:
                 check_shard(h5, entry, config, path=path)
                 meta = read_metadata(h5, entry, config, path=path)
                 chunks = mel_chunks(h5[MEL], config, file_size=entry.bytes)
+                identity = _identity(os.stat(path))
             recording_ids.append(meta.recording_id)
             if meta.mel_offset is not None:
                 quant_offsets.append(meta.mel_offset)
@@ -120,6 +122,7 @@ class FeatureSet:
                     byte_offsets=None if chunks is None else chunks.offsets,
                     chunk_sizes=None if chunks is None else chunks.sizes,
                     compressed=chunks is not None and chunks.compressed,
+                    identity=identity,
                 )
             )
             first += entry.n
@@ -220,6 +223,11 @@ class FeatureSet:
 def open_feature_set(root: str | os.PathLike) -> FeatureSet:
     """Read a feature set's index and metadata (validating every shard against the index)."""
     return FeatureSet(root)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    """Which file this is: a shard rebuilt or replaced since it was checked has another inode."""
+    return (st.st_dev, st.st_ino, st.st_size)
 
 
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
@@ -325,9 +333,18 @@ class MelReader:
             if mapped is not None:
                 return mapped
             layout = self.features.shards[s]
-            with open_shard(layout.path) as h5:
-                check_shard(h5, layout.entry, self.features.config, path=layout.path)
-            raw = np.memmap(layout.path, dtype=np.uint8, mode="r")
+            problem = regular_file_problem(layout.path)
+            if problem:
+                raise FormatError(f"{layout.path}: {problem}")
+            with open(layout.path, "rb") as fh:
+                # The file checked when the feature set was opened, not one put in its place
+                # since (checking it again would cost milliseconds per shard).
+                if _identity(os.fstat(fh.fileno())) != layout.identity:
+                    raise FormatError(
+                        f"{layout.path}: shard was replaced since the feature set was opened; open it again"
+                    )
+                # a plain ndarray over the map: slicing a np.memmap runs Python code per slice
+                raw = np.memmap(fh, dtype=np.uint8, mode="r").view(np.ndarray)
             itemsize = self._dtype.itemsize
             mapped = _MappedShard(
                 raw=raw,

@@ -61,3 +61,24 @@ def test_a_fork_while_the_kernels_warm_up_waits_for_them_and_the_child_reads(tmp
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["child", "0"]
+
+
+def test_a_shard_replaced_after_the_set_was_opened_is_refused_not_read(tmp_path):
+    # Mapping a shard checks only that it is the file checked at open (device, inode, size):
+    # a shard rebuilt or swapped in since is refused instead of read against stale metadata.
+    import numpy as np
+    import pytest
+
+    from loader import MelReader, open_feature_set
+    from melshards.errors import FormatError
+
+    root = make_feature_set(tmp_path / "set", dtype="uint8", **LABELLED_SET)
+    other = make_feature_set(tmp_path / "other", dtype="uint8", seed=5, **LABELLED_SET)
+    features = open_feature_set(root)
+    layout = features.shards[2]
+    (other / layout.path.name).replace(layout.path)  # same name and size, another file
+    out = np.empty((1, features.config.n_mels, features.config.n_frames, 1), dtype=np.float32)
+    reader = MelReader(features)
+    reader.read(np.array([0]), np.zeros(1, dtype=np.int64), out)  # shard 0 is untouched
+    with pytest.raises(FormatError, match="shard was replaced since the feature set was opened"):
+        reader.read(np.array([layout.first]), np.zeros(1, dtype=np.int64), out)
