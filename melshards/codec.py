@@ -45,9 +45,10 @@ def is_quantized(config: FeatureConfig) -> bool:
     return config.dtype == QUANTIZED_DTYPE
 
 
-def levels(config: FeatureConfig) -> int:
-    """Highest code of the uint8 codec (``2**quant_bits - 1``)."""
-    return (1 << config.quant_bits) - 1
+def describe(config: FeatureConfig) -> str:
+    """How ``mel`` is stored, in a few words: ``uint8 codes (8-bit)``, ``float16, zstd``."""
+    stored = f"uint8 codes ({config.quant_bits}-bit)" if is_quantized(config) else config.dtype
+    return stored if config.compression is None else f"{stored}, {config.compression}"
 
 
 def quantize(mel: np.ndarray, bits: int) -> tuple[np.ndarray, np.float32, np.float32]:

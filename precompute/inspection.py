@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from melshards import codec
 from melshards.config import PARAMETERS, FeatureConfig
 from melshards.index import BinStats, Index, read_index
 from melshards.names import (
@@ -92,7 +93,7 @@ def inspect_lines(root: str | Path) -> list[str]:
         f"kind         {index.kind}, format v{FORMAT_VERSION}, fingerprint {index.fingerprint}",
         f"examples     {index.n_examples} from {len(set(recordings))} recordings in {len(index.shards)} shards",
         f"disk         {disk / 1e6:.1f} MB ({raw / 1e6:.1f} MB of mel arrays)",
-        f"example      mel ({cfg.n_mels}, {cfg.n_frames}) {cfg.dtype}: {cfg.n_mels} mel bands x "
+        f"example      mel ({cfg.n_mels}, {cfg.n_frames}) {codec.describe(cfg)}: {cfg.n_mels} mel bands x "
         f"{cfg.n_frames} frames ({cfg.window_seconds:g} s)",
         f"model input  ({cfg.n_mels}, {cfg.crop_frames}, 1): {cfg.duration:g} s, cropped inside "
         f"{cfg.context:g} s of context on each side",

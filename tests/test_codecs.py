@@ -216,3 +216,9 @@ def test_a_missing_plugin_package_names_what_to_install(monkeypatch):
     config = FeatureConfig(dtype="uint8", compression="zstd")
     with pytest.raises(ConfigError, match=r"needs the zstandard package: pip install 'melshards\[compact\]'"):
         codec.chunk_decoder(config)
+
+
+def test_inspect_names_the_codec():
+    assert codec.describe(FeatureConfig()) == "uint8 codes (8-bit)"
+    assert codec.describe(FeatureConfig(quant_bits=6, compression="zstd")) == "uint8 codes (6-bit), zstd"
+    assert codec.describe(FeatureConfig(dtype="float16")) == "float16"
