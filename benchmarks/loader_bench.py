@@ -156,7 +156,7 @@ def run(features: Path, demo: Path, *, batch_size: int = 32, n_batches: int = 16
     }
     for name, options in variants.items():
         seq = ShardSequence(features, split="all", batch_size=batch_size, shuffle=True, seed=0, **options)
-        n_seq = min(n_batches, len(seq))
+        n_seq = len(seq)  # whole epochs: the look-ahead builds batch i + 1 of the same epoch
         for i in range(len(seq)):  # first epoch: page cache, checksums verified once per process
             seq[i]
         seq.on_epoch_end()
