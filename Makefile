@@ -4,7 +4,11 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-stamp
+# What each target needs installed, smallest first: precompute alone (no TensorFlow, Keras or
+# matplotlib), then training (TensorFlow, plots), then the tests and benchmarks (everything).
+CORE   := $(VENV)/.installed-core
+TRAIN  := $(VENV)/.installed-train
+DEV    := $(VENV)/.installed-dev
 DEMO   := data/demo
 FEATS  := features/demo
 TESTF  := features/demo-test
@@ -19,46 +23,54 @@ EPOCHS ?= 40
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(CORE): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(TRAIN): $(CORE)
+	$(PY) -m pip install --quiet -e '.[tensorflow,plots]'
+	touch $@
+
+$(DEV): $(TRAIN)
 	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $@
 
-install: $(STAMP)  ## create .venv and install the project with its dev tools
+install: $(DEV)  ## create .venv and install the project with everything the tests use
 
-$(DEMO)/train_tp.csv: | $(STAMP)
+$(DEMO)/train_tp.csv: | $(CORE)
 	rm -rf $(DEMO).partial
 	$(PY) -m precompute demo-data $(DEMO).partial
 	rm -rf $(DEMO) && mv $(DEMO).partial $(DEMO)
 
-features: $(STAMP) $(DEMO)/train_tp.csv  ## synthesize the demo data if missing, precompute features/demo
+features: $(CORE) $(DEMO)/train_tp.csv  ## synthesize the demo data if missing, precompute features/demo
 	$(PY) -m precompute features --audio-dir $(DEMO)/train --tp $(DEMO)/train_tp.csv \
 		--fp $(DEMO)/train_fp.csv --out $(FEATS)
 
-train: $(STAMP)  ## train the baseline on features/demo -> runs/$(RUN)/ (MODEL=, EPOCHS=, FOLD=)
+train: $(TRAIN)  ## train the baseline on features/demo -> runs/$(RUN)/ (MODEL=, EPOCHS=, FOLD=)
 	$(PY) -m experiments.train --features $(FEATS) --model $(MODEL) --epochs $(EPOCHS) --fold $(FOLD) --out runs/$(RUN)
 
-predict: $(STAMP)  ## windows over the demo test set, submission CSV, test_lwlrap into runs/$(RUN)/metrics.json
+predict: $(TRAIN)  ## windows over the demo test set, submission CSV, test_lwlrap into runs/$(RUN)/metrics.json
 	$(PY) -m precompute windows --audio-dir $(DEMO)/test --out $(TESTF) --step 5
 	$(PY) -m experiments.predict --model runs/$(RUN)/model.keras --features $(TESTF) \
 		--out runs/$(RUN)/submission.csv --truth $(DEMO)/test_ground_truth.csv --metrics runs/$(RUN)/metrics.json
 
 .PHONY: preview
-preview: $(STAMP)  ## pictures of features/demo: example spectrograms per species, augmentation
+preview: $(TRAIN)  ## pictures of features/demo: example spectrograms per species, augmentation
 	$(PY) -m precompute preview $(FEATS) --out features/demo-preview.png
 
-test: $(STAMP)  ## run the test suite
+test: $(DEV)  ## run the test suite
 	$(PY) -m pytest -q
 
-bench: $(STAMP)  ## loader and precompute benchmarks -> benchmarks/results.json
+bench: $(DEV)  ## loader and precompute benchmarks -> benchmarks/results.json
 	$(PY) -m benchmarks.run
 
-lint: $(STAMP)  ## ruff lint and format check
+lint: $(DEV)  ## ruff lint and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format: $(STAMP)  ## apply ruff fixes and formatting
+format: $(DEV)  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 

@@ -1,0 +1,137 @@
+"""PyTorch: the batches of ``ShardSequence`` through ``torch.utils.data.DataLoader``.
+
+``ShardDataset`` is a map-style dataset whose items are whole batches: item ``(epoch, i)``
+is batch ``i`` of ``epoch``, the same arrays ``ShardSequence`` gives for the same settings
+(``loader.source.ShardBatches`` builds both), as tensors ``(x, y)`` or ``(x, y, known)``.
+Its ``loader()`` makes the ``DataLoader``: ``batch_size=None`` (items are batches already) and
+an ``EpochSampler`` that yields ``(epoch, i)`` pairs, so worker processes, persistent or not,
+build the batches of the epoch the main process is in::
+
+    from loader.torch import ShardDataset
+
+    data = ShardDataset("features/demo", split="train", batch_size=32, seed=0)
+    batches = data.loader(num_workers=2, pin_memory=True, persistent_workers=True)
+    for epoch in range(10):
+        data.set_epoch(epoch)
+        for x, y, known in batches:  # return_mask=True is the default here
+            ...
+
+Every batch is a pure function of ``(seed, epoch, index, rank)``, so the batches are the same
+whatever ``num_workers``. Each worker opens its own handles and maps (nothing with a handle is
+pickled). Ranks come from ``torch.distributed`` when it is initialised, unless given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from loader.source import ShardBatches
+from melshards.errors import ConfigError
+
+
+def _distributed_rank() -> tuple[int, int]:
+    """(rank, world_size) of an initialised ``torch.distributed`` group, else (0, 1)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ShardDataset(Dataset):
+    """Batches of a feature set as tensors, for a ``DataLoader`` (see the module docstring).
+
+    path : feature set directory (or an open ``loader.FeatureSet``)
+    rank, world_size : this process's block of the split; default: from ``torch.distributed``
+        when it is initialised, else the whole split
+    return_mask : also yield ``known`` (default True: the masked loss wants it)
+    lookahead : in the main process (``num_workers=0``), build batch ``i + 1`` in a background
+        thread while the training step runs on batch ``i``
+    **options : every other ``ShardSequence`` option (``split``, ``fold``, ``batch_size``,
+        ``seed``, ``augment``, ``dtype``, ``in_memory``, ``crop_frames``, ...)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        return_mask: bool = True,
+        lookahead: bool = True,
+        **options: Any,
+    ) -> None:
+        if (rank is None) != (world_size is None):
+            raise ConfigError("ShardDataset: give both rank and world_size, or neither")
+        if rank is None:
+            rank, world_size = _distributed_rank()
+        self.batches = ShardBatches(
+            path, rank=rank, world_size=world_size, return_mask=return_mask, lookahead=lookahead, **options
+        )
+        self._sampler: EpochSampler | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self.batches.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose batches the next pass yields (as ``DistributedSampler.set_epoch``)."""
+        self.batches.set_epoch(epoch)
+        if self._sampler is not None:
+            self._sampler.epoch = self.batches.epoch
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        epoch, index = key if isinstance(key, tuple) else (self.batches.epoch, key)
+        if get_worker_info() is None:  # the main process: the look-ahead guesses i + 1
+            arrays = self.batches.get(index, epoch=epoch)
+        else:  # a worker gets every num_workers-th batch: no guessing
+            arrays = self.batches.batch(index, epoch=epoch)
+        # from_numpy shares the batch's memory; the batch array is reused only once the tensor
+        # is gone (loader.buffers), and a worker's tensors are copied into shared memory on send.
+        return tuple(torch.from_numpy(a) for a in arrays)
+
+    def sampler(self) -> EpochSampler:
+        """The sampler of this dataset's ``DataLoader``: ``(epoch, i)`` for every batch ``i``."""
+        if self._sampler is None:
+            self._sampler = EpochSampler(self)
+        return self._sampler
+
+    def loader(self, **kwargs: Any) -> DataLoader:
+        """A ``DataLoader`` over this dataset's batches; ``kwargs`` go to ``DataLoader``
+        (``num_workers``, ``pin_memory``, ``persistent_workers``, ``prefetch_factor``, ...)."""
+        for fixed in ("batch_size", "sampler", "batch_sampler", "shuffle"):
+            if fixed in kwargs:
+                raise ConfigError(
+                    f"ShardDataset.loader: {fixed} is set by the dataset (items are whole batches, "
+                    "shuffled by the dataset's seed); pass it to ShardDataset instead"
+                )
+        return DataLoader(self, batch_size=None, sampler=self.sampler(), **kwargs)
+
+    def close(self) -> None:
+        """Stop the look-ahead thread and any worker threads or processes of the batch builder."""
+        self.batches.close()
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, i)`` for every batch ``i`` of the dataset's current epoch, in order."""
+
+    def __init__(self, dataset: ShardDataset) -> None:
+        self.dataset = dataset
+        self.epoch = dataset.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, i) for i in range(len(self.dataset)))

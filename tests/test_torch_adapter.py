@@ -1,0 +1,145 @@
+"""``loader.torch.ShardDataset``: ShardSequence's batches through a PyTorch DataLoader."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+
+import numpy as np
+import pytest
+
+from synthetic_features import LABELLED_SET, make_feature_set
+
+torch = pytest.importorskip("torch")  # part of the dev install
+
+from loader import ShardSequence  # noqa: E402
+from loader.torch import ShardDataset  # noqa: E402
+from melshards.errors import ConfigError  # noqa: E402
+
+# Augmentation and mixup on: the batches depend on every draw.
+OPTIONS = {
+    "split": "train",
+    "batch_size": 6,
+    "seed": 7,
+    "augment": {"mixup_p": 0.5},
+    "return_mask": True,
+}
+
+
+@pytest.fixture(scope="module")
+def feature_set(tmp_path_factory):
+    return make_feature_set(tmp_path_factory.mktemp("torch"), dtype="uint8", **LABELLED_SET)
+
+
+def sequence_batches(root, epoch: int, **options) -> list[tuple[np.ndarray, ...]]:
+    seq = ShardSequence(root, lookahead=False, **{**OPTIONS, **options})
+    return [tuple(a.copy() for a in seq.batch(i, epoch=epoch)) for i in range(len(seq))]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batches_equal_shard_sequence_bit_for_bit(feature_set, num_workers):
+    data = ShardDataset(feature_set, **OPTIONS)
+    loader = data.loader(num_workers=num_workers, persistent_workers=num_workers > 0)
+    for epoch in (0, 3):  # set_epoch reaches persistent workers too
+        data.set_epoch(epoch)
+        expected = sequence_batches(feature_set, epoch)
+        got = list(loader)
+        assert len(got) == len(expected) == len(data)
+        for tensors, arrays in zip(got, expected, strict=True):
+            assert len(tensors) == 3 and all(isinstance(t, torch.Tensor) for t in tensors)
+            for tensor, array in zip(tensors, arrays, strict=True):
+                assert tensor.dtype == torch.from_numpy(array).dtype
+                np.testing.assert_array_equal(tensor.numpy(), array)
+    data.close()
+
+
+def test_two_ranks_cover_the_split_exactly_once(feature_set):
+    n = ShardSequence(feature_set, split="train").n_examples
+    seen = []
+    for rank in (0, 1):
+        data = ShardDataset(feature_set, split="train", batch_size=4, seed=1, rank=rank, world_size=2)
+        seen.append(np.concatenate([data.batches.batch_example_ids(i, epoch=2) for i in range(len(data))]))
+    assert not set(seen[0]) & set(seen[1])
+    together = np.concatenate(seen)
+    assert together.size == len(set(together)) == 2 * (n // 2)
+    assert set(together) <= set(ShardSequence(feature_set, split="train").example_ids)
+
+
+def test_rank_comes_from_torch_distributed_when_initialised(feature_set, tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29533")
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path / 'rendezvous'}")
+    try:
+        data = ShardDataset(feature_set, split="train", batch_size=4)
+        assert (data.batches.rank, data.batches.world_size) == (0, 1)
+    finally:
+        dist.destroy_process_group()
+    with pytest.raises(ConfigError, match="give both rank and world_size"):
+        ShardDataset(feature_set, rank=1)
+
+
+def test_a_dataloader_left_mid_epoch_leaves_no_worker_or_shared_memory(feature_set):
+    psutil = pytest.importorskip("psutil")
+    me = psutil.Process()
+    before_children = {p.pid for p in me.children(recursive=True)}
+    before_shm = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    data = ShardDataset(feature_set, **OPTIONS)
+    batches = iter(data.loader(num_workers=2))
+    next(batches)
+    workers = {p.pid for p in me.children(recursive=True)} - before_children
+    assert len(workers) >= 2  # the workers were running
+    del batches  # left mid-epoch: the iterator shuts its workers down
+    gc.collect()
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers)
+    after_shm = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    assert after_shm - before_shm == set()
+
+
+def test_loader_refuses_options_the_dataset_sets(feature_set):
+    data = ShardDataset(feature_set, split="train")
+    with pytest.raises(ConfigError, match="batch_size is set by the dataset"):
+        data.loader(batch_size=8)
+
+
+def test_a_short_training_loop_runs_as_the_docs_write_it(feature_set):
+    # The loop in docs/loader.md, on the synthetic set: loss goes down on a fixed batch order.
+    torch.manual_seed(0)
+    data = ShardDataset(feature_set, split="train", batch_size=8, seed=0, augment=False)
+    batches = data.loader(num_workers=0)
+    n_mels, n_classes = data.batches.config.n_mels, data.batches.config.n_classes
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, n_classes),
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for epoch in range(4):
+        data.set_epoch(epoch)
+        total = 0.0
+        for x, y, known in batches:
+            logits = model(x.permute(0, 3, 1, 2))  # (B, 1, n_mels, frames)
+            loss = (
+                torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none") * known
+            ).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+        losses.append(total)
+    assert x.shape[1] == n_mels and losses[-1] < losses[0]
