@@ -76,7 +76,7 @@ class PerSample(keras.utils.PyDataset):
         return self.n_batches
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        from benchmarks.loader_bench import classic_example
+        from benchmarks.classic import classic_example
 
         rows = [self.rows[(index * self.batch_size + k) % len(self.rows)] for k in range(self.batch_size)]
         x = np.stack([classic_example(self.demo, row)[:, : self.crop] for row in rows])
@@ -315,7 +315,7 @@ def _figures(inputs: dict, rates: dict[str, list[float]], busy: dict[str, list[f
 def _per_sample_figures(demo: Path, model, x_shape, rates: dict, workers: int, n_batches: int) -> dict:
     """The classic per-sample Sequence, ~1000x slower: a few batches, with Keras' worker
     processes as its users run it; librosa imported and warm before Keras forks them."""
-    from benchmarks.loader_bench import classic_example
+    from benchmarks.classic import classic_example
 
     classic_example(demo, PerSample(demo, 1, 1, 1).rows[0])
     batch_size = x_shape[0]

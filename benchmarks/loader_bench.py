@@ -25,6 +25,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from benchmarks.classic import classic_example
 from loader import ShardSequence
 from melshards.codec import dequantize
 from melshards.index import read_index
@@ -78,21 +79,6 @@ def batch_orders(n: int, batch_size: int, n_batches: int, seed: int = 0) -> list
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(n) for _ in range(n_batches * batch_size // n + 1)])
     return [order[i * batch_size : (i + 1) * batch_size] for i in range(n_batches)]
-
-
-def classic_example(demo: Path, row: dict) -> np.ndarray:
-    """One training example the classic way: decode the whole recording, cut, mel, dB, min-max.
-
-    Returns np.ndarray [shape=(128, frames, 1)], float32.
-    """
-    import librosa
-
-    y, sr = librosa.load(demo / "train" / f"{row['recording_id']}.flac", sr=48000)
-    centre = 0.5 * (float(row["t_min"]) + float(row["t_max"]))
-    start = int(max(0, min(centre - 5.0, len(y) / sr - 10.0)) * sr)
-    mel = librosa.feature.melspectrogram(y=y[start : start + 10 * sr], sr=sr)
-    db = librosa.amplitude_to_db(mel, ref=np.max)
-    return ((db - db.min()) / (db.max() - db.min()))[..., None].astype(np.float32)
 
 
 def per_sample_baseline(demo: Path, *, n_samples: int = 6) -> float:

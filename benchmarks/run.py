@@ -35,6 +35,9 @@ TARGETS = [
     ("storage", "compressed_loader_vs_float16", 0.6),
     ("storage", "compressed_loader_vs_lilcom", 10.0),
     ("fit", "shard_sequence", 0.9),
+    ("fit_jax", "shard_sequence", 0.85),
+    ("torch", "shard_dataset_workers_0", 0.85),
+    ("torch", "shard_dataset_workers_2", 0.85),
     ("fit", "as_tf_dataset", 0.7),
     ("fit", "shard_sequence_threads_2", 0.5),
     ("fit", "shard_sequence_processes_2", 0.5),
@@ -66,14 +69,35 @@ def ensure_demo(demo: Path, features: Path) -> None:
         subprocess.run(precompute_bench.features_command(demo, features), check=True)
 
 
-def fit_figures(features: Path, demo: Path, *, rounds: int) -> dict:
-    """``benchmarks.fit_bench`` in its own process: TensorFlow changes whatever runs after it."""
+def fit_figures(features: Path, demo: Path, *, rounds: int, backend: str = "tensorflow", extra=()) -> dict:
+    """``benchmarks.fit_bench`` in its own process: TensorFlow changes whatever runs after it,
+    and Keras picks its backend once per process."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "fit.json"
         cmd = [sys.executable, "-m", "benchmarks.fit_bench", "--features", str(features), "--demo", str(demo)]
         subprocess.run(
-            [*cmd, "--rounds", str(rounds), "--json", str(out)], check=True, stdout=subprocess.DEVNULL
+            [*cmd, "--rounds", str(rounds), "--json", str(out), *extra],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "KERAS_BACKEND": backend},
         )
+        return json.loads(out.read_text())
+
+
+def torch_figures(features: Path, demo: Path) -> dict:
+    """``benchmarks.torch_bench`` in its own process (no TensorFlow in it)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "torch.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.torch_bench",
+            "--features",
+            str(features),
+            "--demo",
+            str(demo),
+        ]
+        subprocess.run([*cmd, "--json", str(out)], check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
 
 
@@ -128,17 +152,23 @@ def table(results: dict) -> list[str]:
             f"{plan['plan_s']:.1f} s, {plan['rows_per_s']:,} rows/s, memory grew {plan['rss_growth_mb']:.0f} MB "
             f"({plan['rss_growth_bytes_per_row']:.0f} bytes/row), {plan['jobs']:,} shard jobs",
         ]
-    if "fit" in results:
+    if "fit" in results or "fit_jax" in results:
         from benchmarks import fit_bench  # imports TensorFlow: only once everything is measured
 
-        lines += ["", *fit_bench.table(results["fit"])]
+        for section in ("fit", "fit_jax"):
+            if section in results:
+                lines += ["", *fit_bench.table(results[section])]
+    if "torch" in results:
+        from benchmarks import torch_bench
+
+        lines += ["", *torch_bench.table(results["torch"])]
     lines += ["", f"{'target':<40}{'measured':>10}{'needed':>10}  "]
     for section, figure, minimum in TARGETS:
         if section not in results:
             continue
         if section == "loader":
             value = results[section]["ratios"][figure]
-        elif section == "fit":
+        elif section in ("fit", "fit_jax", "torch"):
             value = results[section]["inputs"][figure]["ratio_to_zero_cost"]
         elif section == "storage":
             value = results[section]["targets"].get(figure)
@@ -186,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_before": os.getloadavg()[0],
         },
     }
-    sections = ["plan", "storage", "loader", "fit"]
+    sections = ["plan", "storage", "loader", "fit", "fit_jax", "torch"]
     if not args.skip_precompute:
         sections.insert(0, "precompute")
     with tqdm(sections, desc="make bench", unit="section", file=sys.stderr) as bar:
@@ -205,8 +235,15 @@ def main(argv: list[str] | None = None) -> int:
                 ]["first_batch_ms"]
             elif section == "loader":
                 results["loader"] = loader_bench.run(args.features, args.demo)
-            else:
+            elif section == "fit":
                 results["fit"] = fit_figures(args.features, args.demo, rounds=args.fit_rounds)
+            elif section == "fit_jax":  # Keras on JAX, no TensorFlow in the process
+                extra = ["--inputs", "shard_sequence,shard_sequence_float16", "--per-sample-batches", "0"]
+                results["fit_jax"] = fit_figures(
+                    args.features, args.demo, rounds=3, backend="jax", extra=extra
+                )
+            else:
+                results["torch"] = torch_figures(args.features, args.demo)
     results["seconds"] = time.perf_counter() - started
     # The 15-minute load average at the end spans most of the run: other work on the machine
     # shows as load above the bench's own (about 1 on most sections, 2 with two jobs).
