@@ -105,5 +105,8 @@ def test_the_format_package_loads_neither_side():
 
 def test_the_loader_loads_no_precompute_or_librosa():
     loaded = loaded_after("import loader")
-    assert {"loader", "melshards", "keras"} <= loaded
+    assert {"loader", "melshards", "numba"} <= loaded
     assert loaded.isdisjoint({"precompute", "experiments", "librosa", "soundfile", "soxr"})
+    # no training framework until one is asked for
+    assert loaded.isdisjoint({"keras", "tensorflow", "torch", "jax"})
+    assert "keras" in loaded_after("from loader import ShardSequence")
