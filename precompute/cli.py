@@ -26,7 +26,7 @@ from melshards.console import (
     report_error,
     setup_logging,
 )
-from melshards.errors import MelShardsError
+from melshards.errors import ConfigError, MelShardsError
 from precompute.backends import BACKENDS
 
 
@@ -270,6 +270,10 @@ def inspect_command(args: argparse.Namespace) -> int:
 def preview_command(args: argparse.Namespace) -> int:
     # The pictures show what the loader feeds a model, so they live with the experiments (and
     # need the loader and matplotlib); this is the one command that reaches beyond precompute.
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError("precompute preview draws with matplotlib: pip install 'melshards[plots]'")
     from experiments.pictures import preview
 
     started = time.perf_counter()

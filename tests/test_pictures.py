@@ -183,3 +183,17 @@ def test_preview_of_a_windows_feature_set_shows_recordings(tmp_path):
         "rec002 @ 0.0 s",
         "rec002 @ 1.0 s",
     ]
+
+
+def test_cli_preview_without_matplotlib_says_what_to_install(feats, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else find_spec(name, *a)
+    )
+    assert main(["preview", str(feats), "--out", str(tmp_path / "p.png")]) == 2
+    assert capsys.readouterr().err.endswith(
+        "error: precompute preview draws with matplotlib: pip install 'melshards[plots]'\n"
+    )
+    assert not (tmp_path / "p.png").exists()
