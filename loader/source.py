@@ -143,20 +143,7 @@ class ShardBatches:
         self._lookahead = Lookahead(self._build)
         self.epoch = 0
 
-        self.folds = sampler.assign_folds(
-            self.features.recording_id,
-            self.features.labels == 1,
-            n_folds=n_folds,
-            seed=self.split_seed,
-        )
-        self.example_ids = sampler.split_members(self.folds, split, fold=fold)
-        if self.example_ids.size == 0:
-            raise ConfigError(
-                f"split {split!r} (fold {fold} of {n_folds}) of {self.features.root} is empty: "
-                f"{np.unique(self.features.recording_id).size} recording(s) for {n_folds} folds"
-            )
-        # The split stays in example_ids; this rank reads only rank_ids.
-        self.rank_ids = sampler.rank_members(self.example_ids, rank=self.rank, world_size=self.world_size)
+        self._choose_examples()
         self.reader = MelReader(self.features, cache_ids=self.rank_ids if self.in_memory else None)
         self.clip = (0.0, 1.0) if config.normalize == "minmax" else None
         self.fill = (
@@ -167,14 +154,32 @@ class ShardBatches:
         self._order: tuple[int, np.ndarray] | None = None
         self._center_labels: tuple[np.ndarray, np.ndarray] | None = None
         self._center = center_offset(config, self.crop_frames)
-        shape = (self.batch_size, config.n_mels, self.crop_frames, 1)
+        self._rows = self._row_builder(workers, use_multiprocessing)
+
+    def _choose_examples(self) -> None:
+        """``folds``, this split's ``example_ids`` and this rank's ``rank_ids``."""
+        split, fold, n_folds = self.split, self.fold, self.n_folds
+        self.folds = sampler.assign_folds(
+            self.features.recording_id, self.features.labels == 1, n_folds=n_folds, seed=self.split_seed
+        )
+        self.example_ids = sampler.split_members(self.folds, split, fold=fold)
+        if self.example_ids.size == 0:
+            raise ConfigError(
+                f"split {split!r} (fold {fold} of {n_folds}) of {self.features.root} is empty: "
+                f"{np.unique(self.features.recording_id).size} recording(s) for {n_folds} folds"
+            )
+        # The split stays in example_ids; this rank reads only rank_ids.
+        self.rank_ids = sampler.rank_members(self.example_ids, rank=self.rank, world_size=self.world_size)
+
+    def _row_builder(self, workers: int, use_multiprocessing: bool) -> InProcessRows:
+        """What fills a batch's rows: this thread, ``workers`` threads or processes."""
+        shape = (self.batch_size, self.config.n_mels, self.crop_frames, 1)
         rows_args = (self.reader, self.augment)
         rows_kwargs = {"fill": self.fill, "clip": self.clip, "shape": shape, "dtype": self.dtype}
         if workers > 1 or use_multiprocessing:
             kind = ProcessRows if use_multiprocessing else ThreadRows
-            self._rows = kind(*rows_args, **rows_kwargs, workers=workers)
-        else:
-            self._rows = InProcessRows(*rows_args, **rows_kwargs)
+            return kind(*rows_args, **rows_kwargs, workers=workers)
+        return InProcessRows(*rows_args, **rows_kwargs)
 
     # -- description -------------------------------------------------------------------------
 
