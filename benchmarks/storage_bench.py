@@ -113,20 +113,7 @@ def run(demo: Path, work: Path, *, batch_size: int = 32, rounds: int = 5) -> dic
     exact_root, _ = precompute(demo, work, EXACT)
     exact = all_values(exact_root)
     raw_float16 = exact.size * 2  # bytes of the values as float16, the unit of "disk"
-    sets: dict[str, dict] = {}
-    for name, params in CODECS.items():
-        root, seconds = precompute(demo, work, params)
-        index = open_feature_set(root).index
-        sets[name] = {
-            "root": root,
-            "params": params,
-            "mb_on_disk": sum(s.bytes for s in index.shards) / 1e6,
-            "precompute_s": seconds,
-            **_errors(all_values(root), exact),
-        }
-    float16_disk = sets["float16"]["mb_on_disk"]
-    for figures in sets.values():
-        figures["disk_vs_float16"] = figures["mb_on_disk"] / float16_disk
+    sets = _codec_sets(demo, work, exact)
 
     sequences = {
         name: ShardSequence(
@@ -148,10 +135,7 @@ def run(demo: Path, work: Path, *, batch_size: int = 32, rounds: int = 5) -> dic
     # A whole epoch per reader and round (the look-ahead builds batch i + 1 of the same epoch);
     # lilcom, 30x slower, decodes two batches.
     n_batches = {name: 2 if name in lilcoms else len(probe) for name in readers}
-    seconds: dict[str, list[float]] = {name: [] for name in readers}
-    for _ in range(rounds):  # in turn, round after round: a slow spell touches every reader
-        for name, get in readers.items():
-            seconds[name].append(_timed(get, n_batches[name]))
+    seconds = _timings(readers, n_batches, rounds)
     for seq in sequences.values():
         seq.close()
 
@@ -180,6 +164,45 @@ def run(demo: Path, work: Path, *, batch_size: int = 32, rounds: int = 5) -> dic
             "vs_copy_bound": ratio(name, bound),
         }
     rows[bound] = {"samples_per_s": rate(bound)}
+    return {
+        "batch": [batch_size, config.n_mels, crop, 1],
+        "examples": int(exact.shape[0]),
+        "rounds": rounds,
+        "codecs": rows,
+        "targets": _targets(rows, ratio),
+    }
+
+
+def _codec_sets(demo: Path, work: Path, exact: np.ndarray) -> dict[str, dict]:
+    """Each codec's feature set of the demo: where, its size, its error against ``exact``."""
+    sets: dict[str, dict] = {}
+    for name, params in CODECS.items():
+        root, seconds = precompute(demo, work, params)
+        index = open_feature_set(root).index
+        sets[name] = {
+            "root": root,
+            "params": params,
+            "mb_on_disk": sum(s.bytes for s in index.shards) / 1e6,
+            "precompute_s": seconds,
+            **_errors(all_values(root), exact),
+        }
+    for figures in sets.values():
+        figures["disk_vs_float16"] = figures["mb_on_disk"] / sets["float16"]["mb_on_disk"]
+    return sets
+
+
+def _timings(readers: dict, n_batches: dict[str, int], rounds: int) -> dict[str, list[float]]:
+    """Seconds per batch of every reader, per round; in turn, round after round, so that a slow
+    spell of the machine touches every reader."""
+    seconds: dict[str, list[float]] = {name: [] for name in readers}
+    for _ in range(rounds):
+        for name, get in readers.items():
+            seconds[name].append(_timed(get, n_batches[name]))
+    return seconds
+
+
+def _targets(rows: dict[str, dict], ratio) -> dict[str, float]:
+    """The figures ``make bench`` holds against the issue's targets."""
     compressed = [n for n in CODECS if "+" in n and n.startswith("uint8")]
     six_bit = [n for n in CODECS if n.startswith("6-bit")]
     lilcom_default = f"lilcom tick {LILCOM_TICKS[0]}"
@@ -191,16 +214,10 @@ def run(demo: Path, work: Path, *, batch_size: int = 32, rounds: int = 5) -> dic
         "compressed_disk_vs_float16": min(rows[n]["disk_vs_float16"] for n in six_bit),
         "compressed_loader_vs_float16": max(rows[n]["vs_float16_loader"] for n in compressed + six_bit),
     }
-    if lilcom_default in rows:
+    if lilcom_default in rows:  # the fastest 6-bit codec against lilcom at its default tick
         best = max(six_bit, key=lambda n: rows[n]["samples_per_s"])
         targets["compressed_loader_vs_lilcom"] = ratio(best, lilcom_default)
-    return {
-        "batch": [batch_size, config.n_mels, crop, 1],
-        "examples": int(exact.shape[0]),
-        "rounds": rounds,
-        "codecs": rows,
-        "targets": targets,
-    }
+    return targets
 
 
 def _lilcom_readers(exact: np.ndarray, batch_size: int, crop: int, first: int) -> dict[str, _Lilcom]:
