@@ -221,8 +221,40 @@ def run(
     def zero_cost(dtype: str, **kwargs) -> ZeroCost:
         return ZeroCost(n_batches, x_shape, n_classes, dtype, **kwargs)
 
-    # name -> (reference name, dtype, make the input); ShardSequence inputs use the default
-    # augmentation, as training does.
+    inputs = _inputs(sequence, zero_cost, workers, only)
+    rates: dict[str, list[float]] = {name: [] for name in inputs}
+    busy: dict[str, list[float]] = {name: [] for name in inputs}
+    for _ in range(rounds):
+        for name, (_, dtype, make) in inputs.items():
+            data = make()
+            rate, gpu = fit_rate(models[dtype], data, samples_per_epoch=samples, epochs=epochs)
+            rates[name].append(rate)
+            if gpu is not None:
+                busy[name].append(gpu)
+            if isinstance(data, ShardSequence):
+                data.close()
+
+    figures = _figures(inputs, rates, busy)
+    if per_sample_batches > 0:
+        figures.update(
+            _per_sample_figures(
+                demo, models["float32"], x_shape, rates, per_sample_workers, per_sample_batches
+            )
+        )
+    return {
+        "backend": keras.backend.backend(),
+        "batch": list(x_shape),
+        "batches_per_epoch": n_batches,
+        "epochs_timed": epochs - 1,
+        "rounds": rounds,
+        "model": model,
+        "inputs": figures,
+    }
+
+
+def _inputs(sequence, zero_cost, workers: int, only: list[str] | None) -> dict[str, tuple]:
+    """name -> (reference name, dtype, make the input); ShardSequence inputs use the default
+    augmentation, as training does. ``only``: those inputs and the references they need."""
     inputs = {
         "zero_cost": ("zero_cost", "float32", lambda: zero_cost("float32")),
         "zero_cost_aligned": ("zero_cost", "float32", lambda: zero_cost("float32", aligned=True)),
@@ -263,34 +295,7 @@ def run(
             raise SystemExit(f"fit_bench: unknown input(s) {', '.join(unknown)}; known: {', '.join(inputs)}")
         keep = {*only, "zero_cost", "zero_cost_aligned", *(inputs[name][0] for name in only)}
         inputs = {name: spec for name, spec in inputs.items() if name in keep}
-    rates: dict[str, list[float]] = {name: [] for name in inputs}
-    busy: dict[str, list[float]] = {name: [] for name in inputs}
-    for _ in range(rounds):
-        for name, (_, dtype, make) in inputs.items():
-            data = make()
-            rate, gpu = fit_rate(models[dtype], data, samples_per_epoch=samples, epochs=epochs)
-            rates[name].append(rate)
-            if gpu is not None:
-                busy[name].append(gpu)
-            if isinstance(data, ShardSequence):
-                data.close()
-
-    figures = _figures(inputs, rates, busy)
-    if per_sample_batches > 0:
-        figures.update(
-            _per_sample_figures(
-                demo, models["float32"], x_shape, rates, per_sample_workers, per_sample_batches
-            )
-        )
-    return {
-        "backend": keras.backend.backend(),
-        "batch": list(x_shape),
-        "batches_per_epoch": n_batches,
-        "epochs_timed": epochs - 1,
-        "rounds": rounds,
-        "model": model,
-        "inputs": figures,
-    }
+    return inputs
 
 
 def _figures(inputs: dict, rates: dict[str, list[float]], busy: dict[str, list[float]]) -> dict:

@@ -106,6 +106,28 @@ def naive_h5py(root: Path, orders: list[np.ndarray], *, crop: tuple[int, int]) -
     return get
 
 
+# ShardSequence variants of the loader table: name -> options
+VARIANTS = {
+    "shards_float32": {"augment": False},
+    "shards_float32_augment": {"augment": True},
+    "shards_float16": {"augment": False, "dtype": "float16"},
+    "in_memory_float32": {"augment": False, "in_memory": True},
+}
+
+
+def _sequence_seconds(features: Path, batch_size: int) -> dict[str, float]:
+    """Seconds per batch of each ``VARIANTS`` sequence: whole epochs (the look-ahead builds
+    batch i + 1 of the same epoch), after a first one (page cache, checksums verified once)."""
+    out = {}
+    for name, options in VARIANTS.items():
+        seq = ShardSequence(features, split="all", batch_size=batch_size, shuffle=True, seed=0, **options)
+        for i in range(len(seq)):
+            seq[i]
+        seq.on_epoch_end()
+        out[name] = _time_batches(seq.__getitem__, len(seq))
+    return out
+
+
 def run(features: Path, demo: Path, *, batch_size: int = 32, n_batches: int = 16) -> dict:
     index = read_index(features)
     config = index.config
@@ -134,19 +156,8 @@ def run(features: Path, demo: Path, *, batch_size: int = 32, n_batches: int = 16
     record("memory_bound_float32", _time_batches(copy_bound(shape, np.float32), n_batches))
     record("memory_bound_float16", _time_batches(copy_bound(shape, np.float16), n_batches))
 
-    variants = {
-        "shards_float32": {"augment": False},
-        "shards_float32_augment": {"augment": True},
-        "shards_float16": {"augment": False, "dtype": "float16"},
-        "in_memory_float32": {"augment": False, "in_memory": True},
-    }
-    for name, options in variants.items():
-        seq = ShardSequence(features, split="all", batch_size=batch_size, shuffle=True, seed=0, **options)
-        n_seq = len(seq)  # whole epochs: the look-ahead builds batch i + 1 of the same epoch
-        for i in range(len(seq)):  # first epoch: page cache, checksums verified once per process
-            seq[i]
-        seq.on_epoch_end()
-        record(name, _time_batches(seq.__getitem__, n_seq))
+    for name, seconds in _sequence_seconds(features, batch_size).items():
+        record(name, seconds)
 
     record(
         "naive_h5py_fancy_index",
