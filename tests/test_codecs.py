@@ -222,3 +222,43 @@ def test_inspect_names_the_codec():
     assert codec.describe(FeatureConfig()) == "uint8 codes (8-bit)"
     assert codec.describe(FeatureConfig(quant_bits=6, compression="zstd")) == "uint8 codes (6-bit), zstd"
     assert codec.describe(FeatureConfig(dtype="float16")) == "float16"
+
+
+def test_precompute_without_the_plugin_package_is_one_line_naming_the_extra(tmp_path):
+    import subprocess
+    import textwrap
+    from pathlib import Path
+
+    from audio_fixtures import write_dataset
+
+    paths = write_dataset(tmp_path / "data")
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["hdf5plugin"] = None  # an install without the [compact] extra
+        from precompute.cli import main
+        sys.exit(main(sys.argv[1:]))
+        """
+    )
+    args = [
+        "features",
+        "--audio-dir",
+        str(paths["audio"]),
+        "--tp",
+        str(paths["tp"]),
+        "--out",
+        str(tmp_path / "f"),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args, "--set", "compression=zstd", "--set", "duration=2", "--quiet"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "precompute features: error: compression 'zstd' needs the hdf5plugin package: "
+        "pip install 'melshards[compact]' (hdf5plugin, zstandard, bitshuffle)"
+    )
+    assert not (tmp_path / "f").exists()  # refused before any work
