@@ -66,7 +66,21 @@ def masked_bce(logits: torch.Tensor, y: torch.Tensor, known: torch.Tensor) -> to
     return (loss * known).sum() / known.sum().clamp(min=1)
 
 
-def train_rate(model, optimizer, batches, *, epochs: int, set_epoch=None) -> float:
+def resnet18(n_classes: int) -> nn.Module:
+    """torchvision's ResNet-18 on one input channel: a real model for a GPU (needs torchvision)."""
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=n_classes)
+    model.conv1 = nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False)
+    return nn.Sequential(Permute(), model)
+
+
+class Permute(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
+
+
+def train_rate(model, optimizer, batches, *, epochs: int, set_epoch=None, device: str = "cpu") -> float:
     """Samples per second of whole epochs after a first, untimed one."""
     samples, seconds = 0, 0.0
     for epoch in range(epochs):
@@ -74,11 +88,14 @@ def train_rate(model, optimizer, batches, *, epochs: int, set_epoch=None) -> flo
             set_epoch(epoch)
         started, count = time.perf_counter(), 0
         for x, y, known in batches:
+            x, y, known = (t.to(device, non_blocking=True) for t in (x, y, known))
             loss = masked_bce(model(x), y, known)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             count += x.shape[0]
+        if device != "cpu":
+            torch.cuda.synchronize()
         if epoch > 0:
             samples, seconds = samples + count, seconds + time.perf_counter() - started
     return samples / seconds
@@ -104,27 +121,44 @@ class PerSample(torch.utils.data.Dataset):
         return torch.from_numpy(x), y, torch.ones(24)
 
 
-def run(features: Path, demo: Path, *, rounds: int = 3, epochs: int = 3, per_sample_batches: int = 2) -> dict:
+def run(
+    features: Path,
+    demo: Path,
+    *,
+    rounds: int = 3,
+    epochs: int = 3,
+    per_sample_batches: int = 2,
+    device: str = "cpu",
+    model_name: str = "tiny",
+    workers: int = 2,
+) -> dict:
     torch.manual_seed(0)
     data = ShardDataset(features, split="all", batch_size=32, seed=0, augment=True, drop_remainder=True)
     config, crop = data.batches.config, data.batches.crop_frames
     n_classes = len(data.batches.classes)
-    model = Tiny(config.n_mels, n_classes)
+    model = (Tiny(config.n_mels, n_classes) if model_name == "tiny" else resnet18(n_classes)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ready = [tuple(t.clone() for t in data[i]) for i in range(len(data))]  # the same batches, made once
+    # the same batches, made once; on a GPU they already sit in its memory (no input cost at all)
+    ready = [tuple(t.clone().to(device) for t in data[i]) for i in range(len(data))]
+    pin = device != "cpu"
     loaders = {
-        "shard_dataset_workers_0": (data.loader(num_workers=0), data.set_epoch),
-        "shard_dataset_workers_2": (data.loader(num_workers=2, persistent_workers=True), data.set_epoch),
+        "shard_dataset_workers_0": (data.loader(num_workers=0, pin_memory=pin), data.set_epoch),
+        f"shard_dataset_workers_{workers}": (
+            data.loader(num_workers=workers, persistent_workers=True, pin_memory=pin),
+            data.set_epoch,
+        ),
     }
     rates: dict[str, list[float]] = {"zero_cost": [], **{name: [] for name in loaders}}
     for _ in range(rounds):
-        rates["zero_cost"].append(train_rate(model, optimizer, ready, epochs=epochs))
+        rates["zero_cost"].append(train_rate(model, optimizer, ready, epochs=epochs, device=device))
         for name, (batches, set_epoch) in loaders.items():
-            rates[name].append(train_rate(model, optimizer, batches, epochs=epochs, set_epoch=set_epoch))
+            rates[name].append(
+                train_rate(model, optimizer, batches, epochs=epochs, set_epoch=set_epoch, device=device)
+            )
     per_sample = torch.utils.data.DataLoader(
-        PerSample(demo, 32 * per_sample_batches, crop), batch_size=32, num_workers=2
+        PerSample(demo, 32 * per_sample_batches, crop), batch_size=32, num_workers=workers
     )
-    per_sample_rate = train_rate(model, optimizer, per_sample, epochs=2)
+    per_sample_rate = train_rate(model, optimizer, per_sample, epochs=2, device=device)
     figures = {
         name: {
             "samples_per_s": float(np.median(values)),
@@ -134,12 +168,14 @@ def run(features: Path, demo: Path, *, rounds: int = 3, epochs: int = 3, per_sam
         }
         for name, values in rates.items()
     }
-    figures["per_sample_dataset_workers_2"] = {
+    figures[f"per_sample_dataset_workers_{workers}"] = {
         "samples_per_s": per_sample_rate,
         "ratio_to_zero_cost": per_sample_rate / figures["zero_cost"]["samples_per_s"],
     }
     data.close()
     return {
+        "device": torch.cuda.get_device_name() if device != "cpu" else "cpu",
+        "model": model_name,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch": [32, config.n_mels, crop, 1],
@@ -152,7 +188,8 @@ def run(features: Path, demo: Path, *, rounds: int = 3, epochs: int = 3, per_sam
 
 def table(result: dict) -> list[str]:
     lines = [
-        f"PyTorch {result['torch']} training loop ({result['threads']} threads), tiny CNN, batch "
+        f"PyTorch {result['torch']} training loop on {result.get('device', 'cpu')} ({result['threads']} "
+        f"threads), {result.get('model', 'tiny')} CNN, batch "
         f"{'x'.join(map(str, result['batch']))}, {result['batches_per_epoch']} batches x "
         f"{result['epochs_timed']} epochs, median of {result['rounds']} rounds",
         f"{'input':<34}{'samples/s':>12}{'vs zero-cost':>14}",
@@ -168,10 +205,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo", type=Path, default=ROOT / "data" / "demo")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3, help="epochs per measurement, the first untimed")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU")
+    parser.add_argument(
+        "--model", default="tiny", choices=["tiny", "resnet18"], help="resnet18 needs torchvision"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the second input")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
-    result = run(args.features, args.demo, rounds=args.rounds, epochs=args.epochs)
+    result = run(
+        args.features,
+        args.demo,
+        rounds=args.rounds,
+        epochs=args.epochs,
+        device=args.device,
+        model_name=args.model,
+        workers=args.workers,
+    )
     print("\n".join(table(result)))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
