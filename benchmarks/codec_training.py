@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.precompute_bench import write_config
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).parent.parent
@@ -35,15 +37,10 @@ CODECS: dict[str, dict[str, object]] = {
 }
 
 
-def _toml(params: dict[str, object]) -> str:
-    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in params.items())
-
-
 def precompute(demo: Path, work: Path, name: str, params: dict[str, object], jobs: int) -> tuple[Path, Path]:
     """The codec's training features and test windows (reused when already there)."""
     slug = name.replace(", ", "-").replace(" ", "")
-    toml = work / f"{slug}.toml"
-    toml.write_text(_toml(params))
+    toml = write_config(work / f"{slug}.toml", params)
     train, test = work / f"{slug}-train", work / f"{slug}-test"
     base = [sys.executable, "-m", "precompute"]
     common = ["--config", str(toml), "--jobs", str(jobs), "--quiet"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import resource
 import shutil
@@ -196,6 +197,12 @@ def run_measured(cmd: list[str]) -> tuple[float, int, int, float]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return time.perf_counter() - started, proc.returncode, peak, cpu
+
+
+def write_config(path: Path, params: dict[str, object]) -> Path:
+    """A TOML config file (``--config``) setting ``params``; returns ``path``."""
+    path.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in params.items()))
+    return path
 
 
 def features_command(demo: Path, out: Path, *, jobs: int | None = None) -> list[str]:

@@ -47,13 +47,12 @@ def _slug(params: dict[str, object]) -> str:
 
 def precompute(demo: Path, work: Path, params: dict[str, object]) -> tuple[Path, float]:
     """A feature set of the demo with ``params``; returns its directory and the seconds it took."""
-    from benchmarks.precompute_bench import features_command
+    from benchmarks.precompute_bench import features_command, write_config
 
     root = work / _slug(params)
     shutil.rmtree(root, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    toml = work / f"{root.name}.toml"
-    toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in params.items()))
+    toml = write_config(work / f"{root.name}.toml", params)
     started = time.perf_counter()
     subprocess.run(
         [*features_command(demo, root), "--config", str(toml)], check=True, stdout=subprocess.DEVNULL

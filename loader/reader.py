@@ -621,10 +621,7 @@ class _Target:
         raw = np.empty((out_pos.shape[0], n_mels, crop), dtype=values.dtype)
         kernels.copy_crop(values, offsets, starts, n_frames, raw, np.arange(out_pos.shape[0], dtype=np.int64))
         stored = raw.view(np.float16) if values.dtype == np.uint16 else raw
-        if quant is None:
-            block = stored.astype(np.float32)
-        else:
-            block = quant[0][:, None, None] + stored.astype(np.float32) * quant[1][:, None, None]
+        block = stored.astype(np.float32) if quant is None else codec.dequantize(stored, *quant)
         if self.scale:
             block *= self.gain[out_pos][:, None, None]
             np.clip(block, self.lo, self.hi, out=block)

@@ -28,6 +28,7 @@ from melshards.errors import ConfigError
 
 # What Keras' PyDataset itself takes; workers and use_multiprocessing go to ShardBatches.
 PYDATASET_ARGS = ("max_queue_size",)
+BATCH_OPTIONS = frozenset(inspect.signature(ShardBatches.__init__).parameters) - {"self", "path"}
 
 
 class ShardSequence(ShardBatches, keras.utils.PyDataset):
@@ -40,8 +41,7 @@ class ShardSequence(ShardBatches, keras.utils.PyDataset):
     """
 
     def __init__(self, path: str | os.PathLike | FeatureSet, **options) -> None:
-        known = set(inspect.signature(ShardBatches.__init__).parameters) - {"self", "path"}
-        unknown = sorted(set(options) - known - set(PYDATASET_ARGS))
+        unknown = sorted(set(options) - BATCH_OPTIONS - set(PYDATASET_ARGS))
         if unknown:
             raise ConfigError(f"ShardSequence got unknown argument(s) {', '.join(unknown)}")
         # Keras is told nothing about workers: the sequence splits each batch across its own

@@ -29,15 +29,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from melshards.errors import ConfigError, IntegrityError
-from melshards.names import QUANTIZED_DTYPE
+from melshards.names import PLUGIN_FILTER_IDS, QUANTIZED_DTYPE
 
 if TYPE_CHECKING:
     from melshards.config import FeatureConfig
 
 ZSTD_LEVEL = 3  # zstd's own default: higher levels shrink these codes by about 1% more, slower
 
-# The Python package each plugin filter needs beyond hdf5plugin, to decode in the loader.
-_DECODER_PACKAGES = {"zstd": "zstandard", "bitshuffle-lz4": "bitshuffle"}
 INSTALL_HINT = "pip install 'melshards[compact]' (hdf5plugin, zstandard, bitshuffle)"
 
 
@@ -90,7 +88,7 @@ def _import(name: str, purpose: str):
 
 def register_filters(config: FeatureConfig) -> None:
     """Make HDF5 able to read and write the config's plugin filter (no-op for the others)."""
-    if config.compression in _DECODER_PACKAGES:
+    if config.compression in PLUGIN_FILTER_IDS:
         _import("hdf5plugin", f"compression {config.compression!r}")
 
 
@@ -98,7 +96,7 @@ def dataset_options(config: FeatureConfig) -> dict[str, Any]:
     """``create_dataset`` keyword arguments for the config's compression of ``mel``."""
     if config.compression is None:
         return {}
-    if config.compression not in _DECODER_PACKAGES:
+    if config.compression not in PLUGIN_FILTER_IDS:
         return {"compression": config.compression}
     hdf5plugin = _import("hdf5plugin", f"compression {config.compression!r}")
     if config.compression == "zstd":
@@ -114,7 +112,7 @@ def chunk_decoder(config: FeatureConfig) -> Callable[[np.ndarray, str], np.ndarr
     example's stored values as a flat uint8 array (the dtype's bytes); a chunk that does not
     decode to exactly one example is an IntegrityError.
     """
-    if config.compression not in _DECODER_PACKAGES:
+    if config.compression not in PLUGIN_FILTER_IDS:
         return None
     expected = config.n_mels * config.n_frames * np.dtype(config.dtype).itemsize
     if config.compression == "zstd":

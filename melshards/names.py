@@ -52,9 +52,10 @@ EVENTS = "events"  # group: every event overlapping each stored window, as one f
 MEL_DTYPES = ("float16", "float32", "uint8")
 QUANTIZED_DTYPE = "uint8"  # the dtype whose values are codes, decoded with MEL_OFFSET/MEL_SCALE
 # HDF5 filters on ``mel``: h5py's own (gzip, lzf), and those registered by the hdf5plugin
-# package, whose chunks the loader decodes itself (each example is one chunk).
-COMPRESSIONS = (None, "gzip", "lzf", "zstd", "bitshuffle-lz4")
-PLUGIN_COMPRESSIONS = ("zstd", "bitshuffle-lz4")
+# package (name -> registered HDF5 filter id), whose chunks the loader decodes itself (each
+# example is one chunk).
+PLUGIN_FILTER_IDS = {"zstd": 32015, "bitshuffle-lz4": 32008}
+COMPRESSIONS = (None, "gzip", "lzf", *PLUGIN_FILTER_IDS)
 CHECKSUM_BYTES = 4  # fletcher32 appends this many bytes to each stored chunk
 METADATA_CHUNK_ROWS = 4096  # rows per chunk of the metadata datasets
 

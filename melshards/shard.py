@@ -52,6 +52,7 @@ from melshards.names import (
     MEL_SCALE,
     METADATA_CHUNK_ROWS,
     METADATA_DATASETS,
+    PLUGIN_FILTER_IDS,
     QUANT_DATASETS,
     RECORDING_ID,
     START,
@@ -191,9 +192,9 @@ def _write_datasets(
             raise ValueError(
                 f"example {i} of {ex.recording_id}: mel shape {ex.mel.shape}, expected {shape[1:]}"
             )
-        values = (
-            ex.mel if quantized else np.asarray(ex.mel, dtype=config.dtype)
-        )  # no copy when stored's dtype
+        # Float dtypes are stored as they are cast here (no copy when they already are); codes
+        # are made below from the values as computed.
+        values = ex.mel if quantized else np.asarray(ex.mel, dtype=config.dtype)
         if not np.isfinite(values).all():
             # Callers check first and record the recording as a failure; this is the last guard.
             raise ValueError(f"example {i} of {ex.recording_id}: non-finite values in mel; not writing them")
@@ -384,8 +385,10 @@ def read_metadata(h5: h5py.File, entry: ShardEntry, config: FeatureConfig, *, pa
     quant = {}
     if codec.is_quantized(config):
         quant = {name: read_checked(h5, name, path=path).astype(np.float32) for name in QUANT_DATASETS}
-        if not all(np.isfinite(v).all() for v in quant.values()) or (quant[MEL_SCALE] < 0).any():
-            raise FormatError(f"{path}: {MEL_OFFSET}/{MEL_SCALE} hold non-finite or negative values")
+        for name, values in quant.items():
+            problem = quant_problem(name, values)
+            if problem:
+                raise FormatError(f"{path}: {problem}")
     return ShardMetadata(
         recording_id=read_checked(h5, RECORDING_ID, path=path),
         start=read_checked(h5, START, path=path),
@@ -394,6 +397,15 @@ def read_metadata(h5: h5py.File, entry: ShardEntry, config: FeatureConfig, *, pa
         mel_offset=quant.get(MEL_OFFSET),
         mel_scale=quant.get(MEL_SCALE),
     )
+
+
+def quant_problem(name: str, values: np.ndarray) -> str | None:
+    """What is wrong with a uint8 set's ``mel_offset`` or ``mel_scale`` values, or None."""
+    if not np.isfinite(values).all():
+        return f"{name} holds non-finite values"
+    if name == MEL_SCALE and (values < 0).any():
+        return f"{name} holds negative steps"
+    return None
 
 
 def read_checked(h5: h5py.File, name: str, *, path: Path | None = None) -> np.ndarray:
@@ -419,9 +431,7 @@ def read_anchors(h5: h5py.File, names: Sequence[str] = tuple(ANCHOR_FIELDS)) -> 
     return {name: read_checked(h5, f"{ANCHOR}/{name}") for name in names}
 
 
-# HDF5 filter ids of the fast layouts (``H5Z_FILTER_FLETCHER32`` and the registered plugin ids).
-_FLETCHER32 = 3
-_PLUGIN_FILTER_IDS = {"zstd": 32015, "bitshuffle-lz4": 32008}
+_FLETCHER32 = 3  # H5Z_FILTER_FLETCHER32
 _BITSHUFFLE_LZ4 = 2  # the bitshuffle filter's fifth option: 2 is LZ4, 3 is zstd
 
 
@@ -461,9 +471,9 @@ def mel_chunks(ds: h5py.Dataset, config: FeatureConfig, *, file_size: int) -> Me
         return None
     filters = [ds.id.get_create_plist().get_filter(i) for i in range(ds.id.get_create_plist().get_nfilters())]
     codes = [f[0] for f in filters]
-    compressed = config.compression in _PLUGIN_FILTER_IDS
+    compressed = config.compression in PLUGIN_FILTER_IDS
     if compressed:
-        wanted = [_PLUGIN_FILTER_IDS[config.compression], _FLETCHER32]
+        wanted = [PLUGIN_FILTER_IDS[config.compression], _FLETCHER32]
         if codes != wanted or (
             config.compression == "bitshuffle-lz4" and filters[0][2][4:5] != (_BITSHUFFLE_LZ4,)
         ):

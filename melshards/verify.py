@@ -14,13 +14,12 @@ from melshards.names import (
     LABEL_VALUES,
     LABELS,
     MEL,
-    MEL_SCALE,
     QUANT_DATASETS,
     SHARD_PREFIX,
     SHARD_SUFFIX,
     shard_datasets,
 )
-from melshards.shard import check_shard, read_checked, regular_file_problem
+from melshards.shard import check_shard, quant_problem, read_checked, regular_file_problem
 
 
 def verify(root: str | Path, *, progress: bool = False) -> list[str]:
@@ -70,10 +69,9 @@ def _verify_shard(index: Index, entry: ShardEntry) -> list[str]:
                     continue
                 if name == LABELS and not np.all(np.isin(values, LABEL_VALUES)):
                     problems.append(f"{path}: labels hold values other than -1, 0, 1")
-                if name in QUANT_DATASETS and not np.isfinite(values).all():
-                    problems.append(f"{path}: {name} holds non-finite values")
-                if name == MEL_SCALE and (values < 0).any():
-                    problems.append(f"{path}: {name} holds negative steps")
+                problem = quant_problem(name, values) if name in QUANT_DATASETS else None
+                if problem:
+                    problems.append(f"{path}: {problem}")
     except FormatError as err:
         problems.append(str(err))
     except OSError as err:

@@ -219,7 +219,7 @@ def run_plan(
     if on_error not in ON_ERROR:
         raise ConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     check_backend(backend, scheduler=scheduler)
-    codec.dataset_options(config)  # a missing plugin package is one line now, not one per shard
+    codec.register_filters(config)  # a missing plugin package is one line now, not one per shard
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
