@@ -10,27 +10,13 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 
+from reference import ROOT, run_python
 from synthetic_features import LABELLED_SET, make_feature_set
 
-ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = {"jax": "jax", "torch": "torch"}  # backend -> the package it needs
-
-
-def run_python(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=280,
-        env=environ,
-    )
 
 
 def needs(package: str):

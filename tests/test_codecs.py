@@ -19,6 +19,7 @@ from melshards import codec, names
 from melshards.config import FeatureConfig
 from melshards.errors import ConfigError, IntegrityError
 from melshards.verify import verify
+from reference import hdf5_fletcher32, run_python
 from synthetic_features import LABELLED_SET, expected_mel, make_feature_set
 
 hdf5plugin = pytest.importorskip("hdf5plugin")  # part of the dev install; plugins need it
@@ -180,35 +181,12 @@ def test_the_checksum_kernel_agrees_with_hdf5_on_chunks_of_every_length():
     rng = np.random.default_rng(0)
     for n in (1, 2, 3, 255, 256, 257, 511, 4097, 70001):
         data = rng.integers(0, 256, n + 1).astype(np.uint8)
-        checksum = _hdf5_fletcher32(data[1:].tolist())
+        checksum = hdf5_fletcher32(data[1:].tobytes())
         raw = np.concatenate([data, np.frombuffer(int(checksum).to_bytes(4, "little"), np.uint8)])[1:]
         assert loader_kernels.chunk_ok(raw), n  # odd start address: the kernel aligns a copy
         raw = raw.copy()
         raw[n // 2] ^= 1
         assert not loader_kernels.chunk_ok(raw), n
-
-
-def _hdf5_fletcher32(data: list[int]) -> int:
-    """HDF5's H5_checksum_fletcher32, as its C source reads (big-endian words, odd byte last)."""
-    sum1 = sum2 = 0
-    i, remaining = 0, len(data)
-    while remaining > 1:
-        block = min(360, remaining // 2)
-        remaining -= 2 * block
-        for _ in range(block):
-            sum1 += (data[i] << 8) | data[i + 1]
-            sum2 += sum1
-            i += 2
-        sum1 = (sum1 & 0xFFFF) + (sum1 >> 16)
-        sum2 = (sum2 & 0xFFFF) + (sum2 >> 16)
-    if remaining:
-        sum1 += data[i] << 8
-        sum2 += sum1
-        sum1 = (sum1 & 0xFFFF) + (sum1 >> 16)
-        sum2 = (sum2 & 0xFFFF) + (sum2 >> 16)
-    sum1 = (sum1 & 0xFFFF) + (sum1 >> 16)
-    sum2 = (sum2 & 0xFFFF) + (sum2 >> 16)
-    return (sum2 << 16) | sum1
 
 
 def test_a_missing_plugin_package_names_what_to_install(monkeypatch):
@@ -225,21 +203,9 @@ def test_inspect_names_the_codec():
 
 
 def test_precompute_without_the_plugin_package_is_one_line_naming_the_extra(tmp_path):
-    import subprocess
-    import textwrap
-    from pathlib import Path
-
     from audio_fixtures import write_dataset
 
     paths = write_dataset(tmp_path / "data")
-    code = textwrap.dedent(
-        """
-        import sys
-        sys.modules["hdf5plugin"] = None  # an install without the [compact] extra
-        from precompute.cli import main
-        sys.exit(main(sys.argv[1:]))
-        """
-    )
     args = [
         "features",
         "--audio-dir",
@@ -249,12 +215,19 @@ def test_precompute_without_the_plugin_package_is_one_line_naming_the_extra(tmp_
         "--out",
         str(tmp_path / "f"),
     ]
-    done = subprocess.run(
-        [sys.executable, "-c", code, *args, "--set", "compression=zstd", "--set", "duration=2", "--quiet"],
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-        timeout=240,
+    done = run_python(
+        """
+        import sys
+        sys.modules["hdf5plugin"] = None  # an install without the [compact] extra
+        from precompute.cli import main
+        sys.exit(main(sys.argv[1:]))
+        """,
+        *args,
+        "--set",
+        "compression=zstd",
+        "--set",
+        "duration=2",
+        "--quiet",
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (

@@ -2,24 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
+from reference import run_python
 from synthetic_features import LABELLED_SET, make_feature_set
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
 
 
 def test_import_loads_the_readers_kernels_in_a_background_thread():

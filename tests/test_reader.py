@@ -17,6 +17,7 @@ from melshards.config import crop_span
 from melshards.errors import FormatError, IntegrityError
 from melshards.labels import label_rows, overlap_mask
 from melshards.names import INDEX_FILE
+from reference import hdf5_fletcher32
 from synthetic_features import LABELLED_SET, decode_example, decode_frames, expected_mel, make_feature_set
 
 
@@ -28,23 +29,6 @@ def h5py_crops(features: FeatureSet, ids, starts, crop) -> np.ndarray:
         with h5py.File(layout.path, "r") as h5:
             rows.append(h5["mel"][features.row_of[i], :, a : a + crop])
     return np.stack(rows)[..., None]
-
-
-def hdf5_fletcher32(data: bytes) -> int:
-    """HDF5's Fletcher-32 written out literally (360-word blocks, end-around-carry folds)."""
-    words = [(data[i] << 8) | data[i + 1] for i in range(0, len(data) - 1, 2)]
-    if len(data) % 2:
-        words.append(data[-1] << 8)
-    s1 = s2 = 0
-    for k in range(0, len(words), 360):
-        for w in words[k : k + 360]:
-            s1 += w
-            s2 += s1
-        s1 = (s1 & 0xFFFF) + (s1 >> 16)
-        s2 = (s2 & 0xFFFF) + (s2 >> 16)
-    s1 = (s1 & 0xFFFF) + (s1 >> 16)
-    s2 = (s2 & 0xFFFF) + (s2 >> 16)
-    return (s2 << 16) | s1
 
 
 # -- Fletcher-32 -----------------------------------------------------------------------------
