@@ -31,7 +31,7 @@ from melshards.config import center_offset
 # name -> feature parameters changed from the default preset
 CODECS: dict[str, dict[str, object]] = {
     "float16": {"dtype": "float16"},
-    "uint8 (default)": {"dtype": "uint8"},
+    "uint8": {"dtype": "uint8"},
     "uint8 + zstd": {"dtype": "uint8", "compression": "zstd"},
     "uint8 + bitshuffle-lz4": {"dtype": "uint8", "compression": "bitshuffle-lz4"},
     "6-bit + zstd": {"dtype": "uint8", "quant_bits": 6, "compression": "zstd"},
@@ -206,10 +206,10 @@ def _targets(rows: dict[str, dict], ratio) -> dict[str, float]:
     six_bit = [n for n in CODECS if n.startswith("6-bit")]
     lilcom_default = f"lilcom tick {LILCOM_TICKS[0]}"
     targets = {
-        "uint8_disk_vs_float16": rows["uint8 (default)"]["disk_vs_float16"],
-        "uint8_loader_vs_float16": rows["uint8 (default)"]["vs_float16_loader"],
+        "uint8_disk_vs_float16": rows["uint8"]["disk_vs_float16"],
+        "uint8_loader_vs_float16": rows["uint8"]["vs_float16_loader"],
         "float16_vs_copy_bound": rows["float16"]["vs_copy_bound"],
-        "uint8_vs_copy_bound": rows["uint8 (default)"]["vs_copy_bound"],
+        "uint8_vs_copy_bound": rows["uint8"]["vs_copy_bound"],
         "compressed_disk_vs_float16": min(rows[n]["disk_vs_float16"] for n in six_bit),
         "compressed_loader_vs_float16": max(rows[n]["vs_float16_loader"] for n in compressed + six_bit),
     }

@@ -104,9 +104,9 @@ class FeatureConfig:
     min_overlap: float = _param(0.5, "s", "an event counts when it overlaps this much or lies inside")
     n_classes: int = _param(24, "classes", "species ids are 0..n_classes-1")
     dtype: str = _param(
-        "uint8",
+        "float16",
         "dtype",
-        "stored dtype of mel: uint8 (codes, per-example offset+scale), float16 or float32",
+        "stored dtype of mel: float16, float32, or uint8 (codes, per-example offset+scale)",
     )
     quant_bits: int = _param(8, "bits", "uint8 only: codes 0..2**bits-1 span each example's min..max")
     compression: str | None = _param(

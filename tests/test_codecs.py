@@ -197,9 +197,12 @@ def test_a_missing_plugin_package_names_what_to_install(monkeypatch):
 
 
 def test_inspect_names_the_codec():
-    assert codec.describe(FeatureConfig()) == "uint8 codes (8-bit)"
-    assert codec.describe(FeatureConfig(quant_bits=6, compression="zstd")) == "uint8 codes (6-bit), zstd"
-    assert codec.describe(FeatureConfig(dtype="float16")) == "float16"
+    assert codec.describe(FeatureConfig(dtype="uint8")) == "uint8 codes (8-bit)"
+    assert (
+        codec.describe(FeatureConfig(dtype="uint8", quant_bits=6, compression="zstd"))
+        == "uint8 codes (6-bit), zstd"
+    )
+    assert codec.describe(FeatureConfig()) == "float16"
 
 
 def test_precompute_without_the_plugin_package_is_one_line_naming_the_extra(tmp_path):
@@ -235,3 +238,26 @@ def test_precompute_without_the_plugin_package_is_one_line_naming_the_extra(tmp_
         "pip install 'melshards[compact]' (hdf5plugin, zstandard, bitshuffle)"
     )
     assert not (tmp_path / "f").exists()  # refused before any work
+
+
+def test_precompute_writes_the_codes_of_what_it_computes(tmp_path):
+    # The whole run with dtype uint8: each stored example is the 8-bit codes of the float
+    # log-mel the same run stores as float16, with its own offset and scale.
+    import dataclasses
+
+    import h5py
+
+    from audio_fixtures import TINY, read_arrays, run_tiny, write_dataset
+
+    paths = write_dataset(tmp_path / "data")
+    run_tiny(paths, tmp_path / "f16")
+    run_tiny(paths, tmp_path / "u8", config=dataclasses.replace(TINY, dtype="uint8"))
+    exact, coded = read_arrays(tmp_path / "f16"), read_arrays(tmp_path / "u8")
+    assert coded["mel"].dtype == np.uint8 and "mel_offset" not in exact
+    np.testing.assert_array_equal(coded["recording_id"], exact["recording_id"])
+    decoded = codec.dequantize(coded["mel"], coded["mel_offset"], coded["mel_scale"])
+    steps = coded["mel_scale"][:, None, None]
+    # within half a step of the float16 values, plus float16's own rounding (half of 2**-11)
+    assert (np.abs(decoded - exact["mel"].astype(np.float32)) <= steps / 2 + 2.0**-12).all()
+    with h5py.File(tmp_path / "u8" / "shard-00000.h5", "r") as h5:
+        assert h5["mel_scale"][0] == np.float32(1 / 255) and h5["mel_offset"][0] == 0  # min-max
