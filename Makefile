@@ -16,9 +16,10 @@ RUN    ?= baseline
 MODEL  ?= baseline
 FOLD   ?= 0
 EPOCHS ?= 40
+GRID   ?= experiments/grids/demo.toml
 
 .DEFAULT_GOAL := help
-.PHONY: help install features train predict test bench lint format clean
+.PHONY: help install features train predict sweep test bench lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +56,10 @@ predict: $(TRAIN)  ## windows over the demo test set, submission CSV, test_lwlra
 	$(PY) -m precompute windows --audio-dir $(DEMO)/test --out $(TESTF) --step 5
 	$(PY) -m experiments.predict --model runs/$(RUN)/model.keras --features $(TESTF) \
 		--out runs/$(RUN)/submission.csv --truth $(DEMO)/test_ground_truth.csv --metrics runs/$(RUN)/metrics.json
+
+sweep: $(TRAIN) features  ## train a grid of configurations x seeds on the demo sets, compare them (GRID=)
+	$(PY) -m precompute windows --audio-dir $(DEMO)/test --out $(TESTF) --step 5 --quiet
+	$(PY) -m experiments.sweep $(GRID)
 
 .PHONY: preview
 preview: $(TRAIN)  ## pictures of features/demo: example spectrograms per species, augmentation
