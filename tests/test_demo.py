@@ -302,3 +302,50 @@ def test_rerun_overwrites_but_another_run_is_refused(tmp_path):
     assert first["test_events.csv"].decode() == HEADER + "\n"
     with pytest.raises(ConfigError, match="another run"):
         demo.synthesize(out, seed=2, **arguments)
+
+
+# -- sparse labels (label_fraction) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sparse(tmp_path_factory, small) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("sparse") / "data"
+    return out, demo.synthesize(out, seed=3, jobs=1, label_fraction=0.3, **SMALL)
+
+
+def test_sparse_demo_labels_exactly_the_fraction_asked(sparse, small):
+    (out, summary), (full, full_summary) = sparse, small
+    events = read_rows(out / "train_events.csv")
+    labelled = read_rows(out / "train_tp.csv")
+    assert len(events) == full_summary["tp_rows"] == summary["train_calls"]
+    assert len(labelled) == summary["tp_rows"] == round(0.3 * len(events))
+    # the labelled rows are some of the calls, in file order, at least one per recording
+    keys = [tuple(r.values()) for r in events]
+    positions = [keys.index(tuple(r.values())) for r in labelled]
+    assert positions == sorted(positions)
+    assert {r["recording_id"] for r in labelled} == {r["recording_id"] for r in events}
+    # with every label, train_tp.csv lists every call
+    assert read_rows(full / "train_tp.csv") == read_rows(full / "train_events.csv")
+
+
+def test_sparse_demo_keeps_every_call_in_audio_and_ground_truth(sparse, small):
+    (out, _), (full, _) = sparse, small
+    for name in ("test_ground_truth.csv", "test_events.csv", "train_events.csv", "train_fp.csv"):
+        assert read_rows(out / name) == read_rows(full / name), name
+    for path in sorted((full / "train").glob("*.flac"))[:2]:
+        assert np.array_equal(read_audio(out / "train" / path.name), read_audio(path))
+
+
+def test_sparse_labels_is_deterministic_by_seed():
+    rows = [(f"r{k % 4}", k) for k in range(40)]
+    a = demo.dataset.sparse_labels(rows, fraction=0.25, seed=1)
+    assert a == demo.dataset.sparse_labels(rows, fraction=0.25, seed=1)
+    assert a != demo.dataset.sparse_labels(rows, fraction=0.25, seed=2)
+    assert len(a) == 10 and {r[0] for r in a} == {"r0", "r1", "r2", "r3"}
+    assert len(demo.dataset.sparse_labels(rows, fraction=0.05, seed=1)) == 2  # fewer than recordings
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.5, "half"])
+def test_label_fraction_out_of_range_is_refused(tmp_path, fraction):
+    with pytest.raises(ConfigError, match="label_fraction"):
+        demo.synthesize(tmp_path, label_fraction=fraction, **SMALL)

@@ -18,7 +18,7 @@ from melshards.errors import ConfigError
 from precompute.demo.render import render_scene
 from precompute.demo.scene import TICKS, Call, sample_scene
 from precompute.demo.species import N_SPECIES, SPECIES
-from precompute.demo.splits import SPLITS, STREAM_IDS, STREAM_RECORDING, Plan, plan_split
+from precompute.demo.splits import SPLITS, STREAM_IDS, STREAM_LABELS, STREAM_RECORDING, Plan, plan_split
 
 COLUMNS = ("recording_id", "species_id", "songtype_id", "t_min", "f_min", "t_max", "f_max")
 
@@ -45,6 +45,7 @@ def synthesize(
     test_recordings: int = 24,
     sample_rate: int = 48000,
     seconds: float = 60.0,
+    label_fraction: float = 1.0,
     jobs: int = 1,
     progress: bool = True,
 ) -> dict:
@@ -63,6 +64,10 @@ def synthesize(
         Samples per second, 32000..192000.
     seconds : float
         Length of every recording, 5..600 s; ``seconds * sample_rate`` must be whole.
+    label_fraction : float in (0, 1]
+        Share of the train recordings' species calls listed in ``train_tp.csv``
+        (``sparse_labels``): below 1 the others stay in the audio unlabelled, as in RFCX,
+        where most calls were never annotated. ``train_events.csv`` lists every call.
     jobs : int
         Worker processes (joblib); -1 for all cores.
     progress : bool
@@ -71,7 +76,8 @@ def synthesize(
     Returns
     -------
     summary : dict
-        ``train_recordings``, ``test_recordings``, ``tp_rows``, ``fp_rows``,
+        ``train_recordings``, ``test_recordings``, ``tp_rows``, ``fp_rows``, ``train_calls``
+        (every species call in the train recordings, labelled or not),
         ``test_events``, ``tp_per_species`` and ``fp_per_species`` (lists of 24 counts),
         ``seconds`` (length of each recording), ``bytes`` (size of everything written) and
         ``elapsed_s``.
@@ -95,6 +101,10 @@ def synthesize(
         raise ConfigError(f"seconds {seconds} is outside 5..600")
     if abs(seconds * sample_rate - round(seconds * sample_rate)) > 1e-6:
         raise ConfigError(f"seconds {seconds} times sample_rate {sample_rate} is not a whole count")
+    if isinstance(label_fraction, bool) or not isinstance(label_fraction, (int, float)):
+        raise ConfigError(f"label_fraction {label_fraction!r} is not a number")
+    if not 0.0 < label_fraction <= 1.0:
+        raise ConfigError(f"label_fraction {label_fraction} is outside (0, 1]")
 
     out = Path(out)
     ids = _recording_ids(seed=seed, count=recordings + test_recordings)
@@ -141,8 +151,10 @@ def synthesize(
             for rid, c in found
         ]
 
-    tp, fp, events = rows("train", "tp"), rows("train", "fp"), rows("test", "tp")
+    calls_tp, fp, events = rows("train", "tp"), rows("train", "fp"), rows("test", "tp")
+    tp = sparse_labels(calls_tp, fraction=label_fraction, seed=seed)
     _write_csv(out / "train_tp.csv", COLUMNS, tp)
+    _write_csv(out / "train_events.csv", COLUMNS, calls_tp)
     _write_csv(out / "train_fp.csv", COLUMNS, fp)
     present = {(row[0], row[1]) for row in events}
     truth = [
@@ -156,6 +168,8 @@ def synthesize(
         "test_recordings": test_recordings,
         "tp_rows": len(tp),
         "fp_rows": len(fp),
+        "train_calls": len(calls_tp),
+        "label_fraction": float(label_fraction),
         "test_events": len(events),
         "tp_per_species": [sum(1 for r in tp if r[1] == s) for s in range(N_SPECIES)],
         "fp_per_species": [sum(1 for r in fp if r[1] == s) for s in range(N_SPECIES)],
@@ -165,6 +179,26 @@ def synthesize(
     summary["bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     summary["elapsed_s"] = time.perf_counter() - began
     return summary
+
+
+def sparse_labels(rows: list[tuple], *, fraction: float, seed: int) -> list[tuple]:
+    """``round(fraction * len(rows))`` of the manifest ``rows``, in their order, chosen by ``seed``.
+
+    Every recording keeps at least one of its rows while the count allows (in RFCX every train
+    recording has a label); the rest are drawn uniformly from the remaining rows.
+    """
+    keep_count = round(fraction * len(rows))
+    if keep_count >= len(rows):
+        return list(rows)
+    rng = np.random.default_rng([seed, STREAM_LABELS])
+    order = rng.permutation(len(rows))
+    first_of: dict[str, int] = {}
+    for i in order.tolist():
+        first_of.setdefault(rows[i][0], i)
+    chosen = list(first_of.values())[:keep_count]
+    taken = set(chosen)
+    chosen += [i for i in order.tolist() if i not in taken][: keep_count - len(chosen)]
+    return [rows[i] for i in sorted(chosen)]
 
 
 def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
@@ -244,6 +278,7 @@ def _write_readme(path: Path, *, seed: int, sample_rate: int, summary: dict) -> 
         "",
         "  train/<recording_id>.flac   train recordings",
         "  train_tp.csv                labelled species calls (true positives)",
+        "  train_events.csv            every species call in the train recordings, labelled or not",
         "  train_fp.csv                confusable look-alikes, labelled with the species they mimic",
         "  test/<recording_id>.flac    test recordings",
         "  test_ground_truth.csv       1 where a species calls in a test recording",
@@ -251,7 +286,7 @@ def _write_readme(path: Path, *, seed: int, sample_rate: int, summary: dict) -> 
         "",
         f"seed {seed}, {sample_rate} Hz mono 16-bit FLAC, {summary['seconds']:g} s per recording",
         f"train recordings {summary['train_recordings']}, TP rows {summary['tp_rows']}, "
-        f"FP rows {summary['fp_rows']}",
+        f"FP rows {summary['fp_rows']} ({summary['tp_rows']} of {summary['train_calls']} calls labelled)",
         f"test recordings {summary['test_recordings']}, test events {summary['test_events']}",
         "",
         "species (id: name, shape, band Hz, duration s, songtype):",

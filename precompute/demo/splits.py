@@ -21,7 +21,7 @@ CONFUSERS_PER_RECORDING = {0: 0.4, 1: 0.45, 2: 0.15}
 # Every generator is seeded by ``(seed, stream, split[, index])``: one stream per purpose, so
 # recordings can be made in any order and in parallel with identical results.
 SPLITS = {"train": 0, "test": 1}
-STREAM_IDS, STREAM_PLAN, STREAM_RECORDING = 0, 1, 2
+STREAM_IDS, STREAM_PLAN, STREAM_RECORDING, STREAM_LABELS = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
