@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recordings", type=int, default=96, help="train recordings (default 96)")
     p.add_argument("--test-recordings", type=int, default=24, help="test recordings (default 24)")
+    p.add_argument(
+        "--label-fraction",
+        type=float,
+        default=1.0,
+        help="share of the train calls listed in train_tp.csv, the rest left unlabelled (default 1)",
+    )
     p.add_argument("--jobs", type=int, default=None, help="parallel jobs (default: all cores)")
 
     p = sub.add_parser("features", parents=[quiet], help="labelled slices (TP and FP rows) -> shards")
@@ -219,11 +225,13 @@ def demo_data_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         recordings=args.recordings,
         test_recordings=args.test_recordings,
+        label_fraction=args.label_fraction,
         jobs=args.jobs or os.cpu_count() or 1,
         progress=not args.quiet,
     )
     print(
-        f"wrote {result['train_recordings']} train recordings ({result['tp_rows']} TP rows, "
+        f"wrote {result['train_recordings']} train recordings ({result['tp_rows']} TP rows "
+        f"for {result['train_calls']} calls, "
         f"{result['fp_rows']} FP rows) and {result['test_recordings']} test recordings "
         f"({result['bytes'] / 1e6:.0f} MB) to {args.out} in {result['elapsed_s']:.1f} s"
     )
