@@ -120,7 +120,7 @@ def _list(value: Any, where: str) -> list:
     return value
 
 
-def _check_options(options: Mapping[str, Any], where: str) -> None:
+def check_options(options: Mapping[str, Any], where: str) -> None:
     unknown = sorted(set(options) - set(TRAIN_OPTIONS))
     if unknown:
         raise ConfigError(
@@ -153,9 +153,9 @@ def parse_grid(data: Mapping[str, Any], *, source: str = "grid") -> Grid:
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(seeds):
         raise ConfigError(f"{source} seeds: expected distinct integers, got {seeds!r}")
     base = dict(data.get("base", {}))
-    _check_options(base, f"{source} [base]")
+    check_options(base, f"{source} [base]")
     grid = {k: _list(v, f"{source} [grid] {k}") for k, v in dict(data.get("grid", {})).items()}
-    _check_options(grid, f"{source} [grid]")
+    check_options(grid, f"{source} [grid]")
     # (explicit name or None, options) for every point of the grid, then the listed configs
     points: list[tuple[str | None, dict]] = [
         (None, dict(zip(grid, values, strict=True))) for values in itertools.product(*grid.values())
@@ -165,7 +165,7 @@ def parse_grid(data: Mapping[str, Any], *, source: str = "grid") -> Grid:
     for k, extra in enumerate(data.get("configs", [])):
         extra = dict(extra)
         name = extra.pop("name", None)
-        _check_options(extra, f"{source} [[configs]] {k + 1}")
+        check_options(extra, f"{source} [[configs]] {k + 1}")
         points.append((None if name is None else str(name), extra))
     configurations = []
     for label, path in features.items():
@@ -232,16 +232,17 @@ def finished(run_dir: Path, config: Configuration, seed: int) -> dict[str, Any] 
     return metrics
 
 
-def _train_one(config: Configuration, seed: int, run_dir: Path, *, test, verbose: int) -> dict[str, Any]:
+def train_and_score(
+    features: str, seed: int, run_dir: Path, *, options: Mapping[str, Any], test=None, verbose: int = 0
+) -> dict[str, Any]:
+    """Train one run (``experiments.train.train``), score it on ``test`` when given; its metrics."""
     import keras
 
     from experiments.predict import predict
     from experiments.train import train
 
     keras.backend.clear_session()
-    metrics = train(
-        config.features, out=run_dir, seed=seed, verbose=verbose, quiet=verbose == 0, **config.options
-    )
+    metrics = train(features, out=run_dir, seed=seed, verbose=verbose, quiet=verbose == 0, **options)
     if test is not None:
         predict(
             test["features"],
@@ -253,6 +254,10 @@ def _train_one(config: Configuration, seed: int, run_dir: Path, *, test, verbose
         )
         metrics = json.loads((run_dir / METRICS_FILE).read_text())
     return metrics
+
+
+def _train_one(config: Configuration, seed: int, run_dir: Path, *, test, verbose: int) -> dict[str, Any]:
+    return train_and_score(config.features, seed, run_dir, options=config.options, test=test, verbose=verbose)
 
 
 def run_sweep(grid: Grid, *, out: str | os.PathLike, verbose: int = 0) -> dict[str, list[dict]]:
@@ -315,10 +320,13 @@ def mean_spread(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
 
 
-def compare(grid: Grid, results: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per configuration: its axes, the seeds run, mean and spread of every metric.
+def compare(
+    grid: Grid, results: Mapping[str, Sequence[Mapping[str, Any]]], *, keep_order: bool = False
+) -> list[dict[str, Any]]:
+    """One row per configuration: its name, the seeds run, mean and spread of every metric.
 
-    Rows are sorted best first by ``grid.metric``; metrics no run has are left out.
+    Rows are sorted best first by ``grid.metric`` (in the grid's order with ``keep_order``);
+    metrics no run has are left out.
     """
     present = [m for m in METRICS if any(not math.isnan(_value(r, m)) for rs in results.values() for r in rs)]
     rows = []
@@ -329,6 +337,8 @@ def compare(grid: Grid, results: Mapping[str, Sequence[Mapping[str, Any]]]) -> l
             row[f"{name}_mean"], row[f"{name}_std"] = mean_spread([_value(r, name) for r in runs])
         row["_values"] = [_value(r, grid.metric) for r in runs]
         rows.append(row)
+    if keep_order:
+        return rows
     sign = 1 if grid.metric in LOWER_IS_BETTER else -1
     key = f"{grid.metric}_mean"
     rows.sort(key=lambda r: (math.isnan(r.get(key, math.nan)), sign * r.get(key, math.nan)))

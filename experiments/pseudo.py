@@ -1,0 +1,237 @@
+"""Pseudo-label rounds: train, predict the train recordings, retrain with soft labels, repeat.
+
+    python -m experiments.pseudo --features features/sparse --windows features/sparse-windows \\
+        --rounds 2 --seeds 0 1 2 --out runs/pseudo --test features/demo-test \\
+        --truth data/demo/test_ground_truth.csv
+
+Where most calls in a recording were never annotated (as in RFCX), the labels of a training
+example say nothing about most species: they are unknown. Round 0 trains on the labelled
+TP/FP rows alone. Each later round scores a windows feature set over the same train
+recordings (``precompute windows``, computed once and read by every round) with the model of
+the round before, turns the scores into one soft label per example and class
+(``soft_labels``: the highest score among the windows that cover the example's centred crop),
+and trains a fresh model from the same shards, where every unknown label is replaced by its
+soft label (``ShardSequence(soft_labels=...)``); known labels (a TP, a confirmed FP) stay hard.
+
+Each round and seed trains into ``OUT/round-<r>/seed-<s>/`` (with ``soft_labels.npy`` from
+round 1 on); finished runs are skipped, so the rounds resume. The comparison (mean and spread
+over seeds of every metric, per round) is written as in ``experiments.sweep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments import sweep
+from melshards.config import FeatureConfig, center_offset, crop_span
+from melshards.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
+from melshards.errors import ConfigError, ExperimentError, MelShardsError
+from melshards.files import atomic_write_text
+
+PROG = "python -m experiments.pseudo"
+SOFT_FILE = "soft_labels.npy"
+SOFT_INFO = "soft_labels.json"
+MIN_COVER = 0.5
+
+
+def soft_labels(
+    config: FeatureConfig,
+    examples: tuple[np.ndarray, np.ndarray],
+    windows: tuple[np.ndarray, np.ndarray, np.ndarray],
+    *,
+    window_config: FeatureConfig | None = None,
+    min_cover: float = MIN_COVER,
+) -> np.ndarray:
+    """One soft label per example and class from the scores of sliding windows.
+
+    examples : (recording_id (n,), start (n,) float64) -- each example's recording and stored
+        window start (seconds); its centred crop is ``crop_span(config, start, center_offset)``
+    windows : (recording_id (m,), start (m,), scores (m, n_classes)) -- scored windows of the
+        same recordings, with their own centred crops (``window_config``, default ``config``)
+    min_cover : a window counts for an example when their crops overlap by at least this share
+        of the example's crop
+
+    Returns np.ndarray [shape=(n, n_classes)], float32: per class, the highest score of the
+    windows that count; NaN for an example no window counts for (its labels stay unknown).
+    """
+    window_config = config if window_config is None else window_config
+    ids, starts = np.asarray(examples[0]).astype(str), np.asarray(examples[1], dtype=np.float64)
+    w_ids, w_starts = np.asarray(windows[0]).astype(str), np.asarray(windows[1], dtype=np.float64)
+    scores = np.asarray(windows[2], dtype=np.float32)
+    if not len(w_ids) == len(w_starts) == len(scores):
+        raise ExperimentError(f"{len(w_ids)} window ids, {len(w_starts)} starts, {len(scores)} score rows")
+    t0, t1 = crop_span(config, starts, center_offset(config), config.crop_frames)
+    w0, w1 = crop_span(window_config, w_starts, center_offset(window_config), window_config.crop_frames)
+    out = np.full((len(ids), scores.shape[1] if scores.ndim == 2 else 0), np.nan, dtype=np.float32)
+    by_recording: dict[str, list[int]] = {}
+    for k, rid in enumerate(w_ids.tolist()):
+        by_recording.setdefault(rid, []).append(k)
+    for i, rid in enumerate(ids.tolist()):
+        rows = np.asarray(by_recording.get(rid, []), dtype=np.int64)
+        if rows.size == 0:
+            continue
+        overlap = np.minimum(t1[i], w1[rows]) - np.maximum(t0[i], w0[rows])
+        counted = rows[overlap >= min_cover * (t1[i] - t0[i]) - 1e-9]
+        if counted.size:
+            out[i] = scores[counted].max(axis=0)
+    return out
+
+
+def score_window_set(model_path: Path, windows: str | os.PathLike, *, batch_size: int = 64):
+    """``(recording_id, start, scores)`` of every window of a windows feature set, in order."""
+    from experiments.predict import load_model, score_windows
+    from loader import ShardSequence
+
+    seq = ShardSequence(windows, split="all", shuffle=False, augment=False, batch_size=batch_size)
+    model = load_model(model_path)
+    ids = seq.features.recording_id[seq.example_ids]
+    starts = seq.features.start[seq.example_ids]
+    return ids, starts, score_windows(model, seq), seq.config
+
+
+def write_soft_labels(run_dir: Path, *, features: str, windows: str, model_path: Path) -> Path:
+    """Score ``windows`` with ``model_path``, write the soft labels of ``features`` into ``run_dir``."""
+    from loader.reader import open_feature_set
+
+    feature_set = open_feature_set(features)
+    ids, starts, scores, window_config = score_window_set(model_path, windows)
+    if scores.shape[1] != feature_set.config.n_classes:
+        raise ExperimentError(
+            f"{model_path} predicts {scores.shape[1]} classes, {features} has {feature_set.config.n_classes}"
+        )
+    soft = soft_labels(
+        feature_set.config,
+        (feature_set.recording_id, feature_set.start),
+        (ids, starts, scores),
+        window_config=window_config,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    np.save(run_dir / SOFT_FILE, soft)
+    covered = int(np.isfinite(soft[:, 0]).sum()) if soft.size else 0
+    info = {"model": str(model_path), "windows": str(windows), "examples": len(soft), "covered": covered}
+    atomic_write_text(run_dir / SOFT_INFO, json.dumps(info, indent=1) + "\n")
+    return run_dir / SOFT_FILE
+
+
+def run_rounds(
+    *,
+    features: str,
+    windows: str,
+    rounds: int,
+    seeds: Sequence[int],
+    out: Path,
+    options: Mapping[str, Any],
+    test: Mapping[str, str] | None = None,
+    verbose: int = 0,
+) -> dict[str, list[dict]]:
+    """Train rounds 0..``rounds`` for every seed; returns each round's metrics (all seeds)."""
+    results: dict[str, list[dict]] = {}
+    for r in range(rounds + 1):
+        name = f"round {r}"
+        results[name] = []
+        config = sweep.Configuration(name, features, dict(options))
+        for seed in seeds:
+            run_dir = out / f"round-{r}" / f"seed-{seed}"
+            metrics = sweep.finished(run_dir, config, seed)
+            if metrics is None:
+                soft = None
+                if r > 0:
+                    previous = out / f"round-{r - 1}" / f"seed-{seed}" / "model.keras"
+                    soft = write_soft_labels(run_dir, features=features, windows=windows, model_path=previous)
+                metrics = _train(config, seed, run_dir, soft=soft, test=test, verbose=verbose)
+                log.info(f"{name} seed {seed}: " + _summary(metrics))
+            results[name].append(metrics)
+    return results
+
+
+def _summary(metrics: Mapping[str, Any]) -> str:
+    shown = [f"{k} {metrics[k]:.4f}" for k in ("val_lwlrap", "test_lwlrap") if k in metrics]
+    return ", ".join(shown)
+
+
+def _train(config, seed: int, run_dir: Path, *, soft: Path | None, test, verbose: int) -> dict[str, Any]:
+    options = dict(config.options)
+    if soft is not None:
+        options["soft_labels"] = str(soft)
+    return sweep.train_and_score(config.features, seed, run_dir, options=options, test=test, verbose=verbose)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--features", required=True, help="labelled feature set (TP/FP rows)")
+    p.add_argument("--windows", required=True, help="windows feature set over the same train recordings")
+    p.add_argument("--rounds", type=int, default=2, help="pseudo-label rounds after round 0 (default 2)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
+    p.add_argument("--out", type=Path, required=True, help="directory of the rounds' runs")
+    p.add_argument("--recipe", type=Path, help="TOML of train() options ([train] table), e.g. a recipe")
+    p.add_argument("--test", help="windows feature set to score each run on (test_lwlrap)")
+    p.add_argument("--truth", help="ground truth CSV of --test")
+    p.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2), help="Keras fit output per run")
+    p.add_argument("-q", "--quiet", action="store_true", help="no log lines")
+    args = p.parse_args(argv)
+    if args.rounds < 0:
+        p.error(f"--rounds must be >= 0, got {args.rounds}")
+    return args
+
+
+def read_recipe(path: Path | None) -> dict[str, Any]:
+    """The ``[train]`` table of a recipe TOML (train() options), checked; {} without a file."""
+    if path is None:
+        return {}
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: recipe not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    options = dict(data.get("train", {}))
+    sweep.check_options(options, f"{path} [train]")
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(quiet=args.quiet)
+    try:
+        options = read_recipe(args.recipe)
+        test = None if args.test is None else {"features": args.test, "truth": args.truth}
+        results = run_rounds(
+            features=args.features,
+            windows=args.windows,
+            rounds=args.rounds,
+            seeds=args.seeds,
+            out=args.out,
+            options=options,
+            test=test,
+            verbose=args.verbose,
+        )
+        metric = "test_lwlrap" if test and test.get("truth") else "val_lwlrap"
+        grid = sweep.Grid(
+            "pseudo",
+            tuple(args.seeds),
+            metric,
+            tuple(sweep.Configuration(name, args.features, options) for name in results),
+        )
+        rows = sweep.compare(grid, results, keep_order=True)
+        written = [*sweep.write_tables(rows, args.out), sweep.write_picture(rows, metric, args.out)]
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except MelShardsError as err:
+        return report_error(PROG, err)
+    print((args.out / sweep.TABLE_MD).read_text(), end="")
+    log.info(f"wrote {', '.join(str(p) for p in written)}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
