@@ -8,12 +8,19 @@ run reuses a finished shard exactly when it would come out the same.
 Planning reads no audio: a recording's identity is its size and mtime (``os.stat``). It is
 linear in the manifest apart from sorting, and keeps rows as numpy records (``RowTable``):
 each job holds its own rows, the plan holds nothing per row besides them.
+
+Shards stay put as data grows: given the shard each recording was in (``previous``, read from
+the output directory by the run driver), a recording keeps its shard, and only new recordings
+are packed, into new shards numbered after the highest one; a shard left without recordings
+is dropped. Without ``previous`` recordings are packed in sorted order (``_groups``).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import soundfile as sf
@@ -66,6 +73,14 @@ class RecordingTask:
 
 @dataclass(frozen=True)
 class ShardJob:
+    """One shard to write.
+
+    ``setup`` is the fingerprint of what every shard of the plan shares (format, config,
+    library versions, kind, step; ``setup_key``); ``digests`` holds, per recording, short
+    fingerprints of its rows and of its audio file's identity, which tell what changed when
+    the shard has to be rebuilt.
+    """
+
     index: int
     file: str
     kind: str
@@ -73,10 +88,16 @@ class ShardJob:
     step: float | None
     fingerprint: str
     rows: RowTable = NO_ROWS
+    setup: str = ""
+    digests: tuple[tuple[str, str], ...] = ()
 
     @property
     def n_windows(self) -> int:
         return sum(r.n_windows for r in self.recordings)
+
+    @property
+    def recording_ids(self) -> tuple[str, ...]:
+        return tuple(task.recording_id for task in self.recordings)
 
     def recording_rows(self, task: RecordingTask) -> tuple[Row, ...]:
         """The manifest rows of one of this job's recordings, sorted by event time."""
@@ -103,8 +124,56 @@ def _groups(sizes: list[int], *, shard_size: int) -> list[range]:
     return groups
 
 
+def _assign(
+    ids: Sequence[str], sizes: list[int], *, shard_size: int, previous: Mapping[str, int] | None
+) -> list[tuple[int, Sequence[int]]]:
+    """(shard index, positions of its recordings) for every shard of a plan.
+
+    ids, sizes : the recordings in planning order (sorted) and their windows
+    previous : the shard index each recording was in, or None to pack every recording afresh
+
+    With ``previous``, a recording keeps its shard; the others are packed by ``_groups``, in
+    order, into shards numbered after the highest index of ``previous``. A shard keeps its
+    recordings in planning order, the order they were packed in.
+    """
+    if not previous:
+        return list(enumerate(_groups(sizes, shard_size=shard_size)))
+    kept: dict[int, list[int]] = {}
+    new: list[int] = []
+    for k, recording_id in enumerate(ids):
+        shard = previous.get(recording_id)
+        if shard is None:
+            new.append(k)
+        else:
+            kept.setdefault(shard, []).append(k)
+    first = max(previous.values()) + 1
+    packed = _groups([sizes[k] for k in new], shard_size=shard_size)
+    return [(i, kept[i]) for i in sorted(kept)] + [
+        (first + j, [new[k] for k in group]) for j, group in enumerate(packed)
+    ]
+
+
+def setup_key(*, config: dict, versions: dict, kind: str, step: float | None) -> str:
+    """The fingerprint of what all shards of a plan share: when it changes, a run plans afresh."""
+    return fingerprint_of(
+        {"format": FORMAT_VERSION, "config": config, "versions": versions, "kind": kind, "step": step}
+    )
+
+
+def _digest(value) -> str:
+    return fingerprint_of(value)[:16]
+
+
 def _job(
-    index: int, tasks: list[RecordingTask], *, rows: RowTable, config: dict, versions: dict, kind: str, step
+    index: int,
+    tasks: list[RecordingTask],
+    *,
+    rows: RowTable,
+    config: dict,
+    versions: dict,
+    kind: str,
+    step,
+    setup: str,
 ) -> ShardJob:
     keys = rows.keys()
     described = [[t.recording_id, list(t.identity), [keys[i] for i in t.rows]] for t in tasks]
@@ -118,16 +187,18 @@ def _job(
             "recordings": described,
         }
     )
-    return ShardJob(index, SHARD_PATTERN.format(index), kind, tuple(tasks), step, fingerprint, rows)
+    digests = tuple((_digest(row_keys), _digest(identity)) for _, identity, row_keys in described)
+    return ShardJob(
+        index, SHARD_PATTERN.format(index), kind, tuple(tasks), step, fingerprint, rows, setup, digests
+    )
 
 
-def plan_labelled(rows: RowTable, *, audio_dir: Path, config: FeatureConfig) -> list[ShardJob]:
-    """Shard jobs for one window per TP and FP row, recordings in sorted order.
+def _sorted_runs(rows: RowTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows in planning order, and where each recording's run of them starts and stops.
 
-    rows : the valid, deduplicated manifest rows (``manifest.drop_duplicates``)
-
-    A recording's rows are ordered by ``(t_min, t_max, TP before FP, species_id)``, then by
-    reading order. Raises ConfigError when one recording's rows name different paths.
+    Recordings come sorted by id; a recording's rows by ``(t_min, t_max, TP before FP,
+    species_id)``, then by reading order. Raises ConfigError when one recording's rows name
+    different paths.
     """
     d = rows.data
     names = np.array(rows.recording_ids, dtype=object)
@@ -149,28 +220,52 @@ def plan_labelled(rows: RowTable, *, audio_dir: Path, config: FeatureConfig) -> 
             named = sorted({str(rows.paths[c]) for c in path_codes[starts[k] : stops[k]].tolist()})
             recording_id = rows.recording_ids[d["recording"][order[starts[k]]]]
             raise ConfigError(f"recording {recording_id}: rows name different paths {named}")
+    return order, starts, stops
+
+
+def plan_labelled(
+    rows: RowTable, *, audio_dir: Path, config: FeatureConfig, previous: Mapping[str, int] | None = None
+) -> list[ShardJob]:
+    """Shard jobs for one window per TP and FP row, recordings in sorted order.
+
+    rows : the valid, deduplicated manifest rows (``manifest.drop_duplicates``)
+    previous : the shard index each recording was in before (``_assign``); None packs every
+        recording afresh
+
+    A recording's rows are ordered by ``(t_min, t_max, TP before FP, species_id)``, then by
+    reading order. Raises ConfigError when one recording's rows name different paths.
+    """
+    order, starts, stops = _sorted_runs(rows)
+    first_rows = order[starts]
+    ids = [rows.recording_ids[c] for c in rows.data["recording"][first_rows].tolist()]
+    paths = [rows.paths[c] for c in rows.data["path"][first_rows].tolist()]
     sizes = (stops - starts).tolist()
     config_dict, versions = config.to_dict(), library_versions()
+    setup = setup_key(config=config_dict, versions=versions, kind=SET_LABELLED, step=None)
     jobs = []
-    for index, group in enumerate(_groups(sizes, shard_size=config.shard_size)):
-        first = int(starts[group.start])
-        job_rows = rows.take(order[first : int(stops[group.stop - 1])])
-        tasks = []
+    for index, group in _assign(ids, sizes, shard_size=config.shard_size, previous=previous):
+        if isinstance(group, range):  # consecutive recordings: their rows are consecutive too
+            positions = order[int(starts[group.start]) : int(stops[group.stop - 1])]
+        else:
+            positions = np.concatenate([order[int(starts[k]) : int(stops[k])] for k in group])
+        tasks, offset = [], 0
         for k in group:
-            recording_id = rows.recording_ids[d["recording"][order[starts[k]]]]
-            path, error = _locate(audio_dir, recording_id, rows.paths[path_codes[starts[k]]])
-            span = range(int(starts[k]) - first, int(stops[k]) - first)
+            path, error = _locate(audio_dir, ids[k], paths[k])
             identity = tuple(file_identity(Path(path) if path else None))
-            tasks.append(RecordingTask(recording_id, path, error, identity, span, sizes[k]))
+            tasks.append(
+                RecordingTask(ids[k], path, error, identity, range(offset, offset + sizes[k]), sizes[k])
+            )
+            offset += sizes[k]
         jobs.append(
             _job(
                 index,
                 tasks,
-                rows=job_rows,
+                rows=rows.take(positions),
                 config=config_dict,
                 versions=versions,
                 kind=SET_LABELLED,
                 step=None,
+                setup=setup,
             )
         )
     return jobs
@@ -211,14 +306,20 @@ def drop_mixed_paths(table: RowTable, *, on_error: str = "skip") -> tuple[RowTab
 
 
 def plan_manifests(
-    tp: Path, fp: Path | None, *, audio_dir: Path, config: FeatureConfig, on_error: str = "skip"
+    tp: Path,
+    fp: Path | None,
+    *,
+    audio_dir: Path,
+    config: FeatureConfig,
+    on_error: str = "skip",
+    previous: Mapping[str, int] | None = None,
 ) -> tuple[list[ShardJob], list[RowFailure]]:
     """Read, validate and deduplicate the manifests as a stream, then plan the shard jobs.
 
     Reads no audio (only the audio files' size and mtime). Returns the jobs and the rejected
     rows: bad rows of ``tp``, then of ``fp``, then duplicates, each in file order, then every
     row of each recording whose rows name different paths (which one is right cannot be told),
-    in reading order.
+    in reading order. ``previous`` is ``plan_labelled``'s.
     """
     row_failures: list[RowFailure] = []
     sources = [(tp, EVENT_TP)] + ([(fp, EVENT_FP)] if fp is not None else [])
@@ -235,40 +336,101 @@ def plan_manifests(
     row_failures += mixed
     if not len(rows):
         raise MelShardsError(f"{tp}: no valid rows to precompute ({len(row_failures)} rejected)")
-    return plan_labelled(rows, audio_dir=audio_dir, config=config), row_failures
+    return plan_labelled(rows, audio_dir=audio_dir, config=config, previous=previous), row_failures
 
 
-def list_audio(audio_dir: Path) -> list[Path]:
-    """Audio files directly inside ``audio_dir``, sorted by name.
+def list_audio(audio_dir: Path, *, files: Path | None = None) -> list[tuple[str, Path]]:
+    """The audio files under ``audio_dir`` (sub-folders included), or those ``files`` lists.
 
-    Raises ConfigError when there are none, or when two files share a recording id (their
-    name without the extension: ``a.flac`` and ``a.wav``).
+    Returns ``(recording id, path)`` pairs sorted by the path relative to ``audio_dir``. A
+    recording's id is that relative path without its extension, folders joined by ``/``
+    (``site2/rec7.flac`` is ``site2/rec7``), so files of one name in two folders stay apart.
+    Links to folders are not followed. Raises ConfigError when there are no files, or when
+    two share an id (``a.flac`` and ``a.wav``).
     """
     if not audio_dir.is_dir():
         raise ConfigError(f"{audio_dir}: audio directory not found")
-    # Links that lead nowhere are listed too: the run records them instead of skipping them silently.
-    files = sorted(
-        p
-        for p in audio_dir.iterdir()
-        if p.suffix.lower() in AUDIO_EXTENSIONS and (p.is_file() or p.is_symlink())
-    )
-    if not files:
-        raise ConfigError(f"{audio_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
-    by_id: dict[str, list[Path]] = {}
-    for path in files:
-        by_id.setdefault(path.stem, []).append(path)
-    shared = [paths for paths in by_id.values() if len(paths) > 1]
+    found = _walk_audio(audio_dir) if files is None else read_file_list(files, audio_dir=audio_dir)
+    if not found:
+        raise ConfigError(f"{files or audio_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+    found.sort(key=lambda relative: relative.as_posix())
+    by_id: dict[str, list[PurePosixPath]] = {}
+    for relative in found:
+        by_id.setdefault(relative.with_suffix("").as_posix(), []).append(relative)
+    shared = [(rid, paths) for rid, paths in by_id.items() if len(paths) > 1]
     if shared:
         more = f" ({len(shared) - 1} more id(s) have several files)" if len(shared) > 1 else ""
+        rid, paths = shared[0]
         raise ConfigError(
-            f"{audio_dir}: recordings {' and '.join(p.name for p in shared[0])} share the id "
-            f"{shared[0][0].stem!r}{more}; rename or remove one"
+            f"{audio_dir}: recordings {' and '.join(p.as_posix() for p in paths)} share the id "
+            f"{rid!r}{more}; rename or remove one"
         )
-    return files
+    return [(rid, audio_dir.joinpath(*paths[0].parts)) for rid, paths in by_id.items()]
 
 
-def plan_windows(audio_dir: Path, *, config: FeatureConfig, step: float) -> list[ShardJob]:
-    """Shard jobs for sliding windows every ``step`` seconds over every recording in ``audio_dir``.
+def _walk_audio(audio_dir: Path) -> list[PurePosixPath]:
+    """Every audio file under ``audio_dir``, relative to it."""
+
+    def refuse(err: OSError) -> None:
+        raise ConfigError(f"{err.filename}: cannot list the folder: {err.strerror}")
+
+    found = []
+    for folder, _, names in os.walk(audio_dir, onerror=refuse):
+        for name in names:
+            path = Path(folder, name)
+            # Links that lead nowhere are listed too: the run records them instead of skipping them silently.
+            if path.suffix.lower() in AUDIO_EXTENSIONS and (path.is_file() or path.is_symlink()):
+                found.append(PurePosixPath(*path.relative_to(audio_dir).parts))
+    return found
+
+
+def read_file_list(path: Path, *, audio_dir: Path) -> list[PurePosixPath]:
+    """The files a list names: one path per line, relative to ``audio_dir``.
+
+    Blank lines and lines starting with ``#`` are skipped; spaces around a path are dropped.
+    ConfigError names the list's line of a path that leaves ``audio_dir``, is not an audio
+    file, does not exist, or repeats an earlier line.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file list not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; a file list holds one path per line") from None
+    listed: dict[PurePosixPath, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        where = f"{path} line {number}"
+        relative = PurePosixPath(name)
+        if relative.is_absolute() or ".." in relative.parts or "\x00" in name:
+            raise ConfigError(f"{where}: {name!r} leaves the audio directory; list paths relative to it")
+        if relative.suffix.lower() not in AUDIO_EXTENSIONS:
+            raise ConfigError(f"{where}: {name!r} is not an audio file ({', '.join(AUDIO_EXTENSIONS)})")
+        full = audio_dir.joinpath(*relative.parts)
+        if not (full.is_file() or full.is_symlink()):
+            raise ConfigError(f"{where}: {full}: {'not a file' if full.exists() else 'no such file'}")
+        if relative in listed:
+            raise ConfigError(f"{where}: {name} is listed twice (first on line {listed[relative]})")
+        listed[relative] = number
+    return list(listed)
+
+
+def plan_windows(
+    audio_dir: Path,
+    *,
+    config: FeatureConfig,
+    step: float,
+    files: Path | None = None,
+    previous: Mapping[str, int] | None = None,
+) -> list[ShardJob]:
+    """Shard jobs for sliding windows every ``step`` seconds over recordings (``list_audio``).
+
+    files : a list of the files to read (``read_file_list``); None reads every audio file
+        under ``audio_dir``
+    previous : the shard index each recording was in before (``_assign``); None packs every
+        recording afresh
 
     A file that resolves outside ``audio_dir`` (a link) is not read: its task carries the
     reason, and the worker records it as a failure, as ``features`` does.
@@ -276,31 +438,39 @@ def plan_windows(audio_dir: Path, *, config: FeatureConfig, step: float) -> list
     hop_seconds = config.hop_length / config.sample_rate
     if not step >= hop_seconds:
         raise ConfigError(f"--step must be at least one STFT hop ({hop_seconds:.4f} s), got {step}")
-    tasks = []
-    for path in list_audio(audio_dir):
-        try:
-            if not path.is_file():
-                raise AudioError(f"{path}: broken symbolic link (its target does not exist)")
-            check_inside(audio_dir, path)
-        except AudioError as err:
-            tasks.append(RecordingTask(path.stem, None, str(err), tuple(file_identity(None)), range(0), 1))
-            continue
-        n = _header_windows(path, length=config.window_seconds, step=step)
-        tasks.append(RecordingTask(path.stem, str(path), None, tuple(file_identity(path)), range(0), n))
+    tasks = [
+        _window_task(audio_dir, recording_id, path, config=config, step=step)
+        for recording_id, path in list_audio(audio_dir, files=files)
+    ]
     config_dict, versions = config.to_dict(), library_versions()
-    groups = _groups([t.n_windows for t in tasks], shard_size=config.shard_size)
+    setup = setup_key(config=config_dict, versions=versions, kind=SET_WINDOWS, step=step)
+    ids, sizes = [t.recording_id for t in tasks], [t.n_windows for t in tasks]
     return [
         _job(
-            k,
-            tasks[g.start : g.stop],
+            index,
+            [tasks[k] for k in group],
             rows=NO_ROWS,
             config=config_dict,
             versions=versions,
             kind=SET_WINDOWS,
             step=step,
+            setup=setup,
         )
-        for k, g in enumerate(groups)
+        for index, group in _assign(ids, sizes, shard_size=config.shard_size, previous=previous)
     ]
+
+
+def _window_task(
+    audio_dir: Path, recording_id: str, path: Path, *, config: FeatureConfig, step: float
+) -> RecordingTask:
+    try:
+        if not path.is_file():
+            raise AudioError(f"{path}: broken symbolic link (its target does not exist)")
+        check_inside(audio_dir, path)
+    except AudioError as err:
+        return RecordingTask(recording_id, None, str(err), tuple(file_identity(None)), range(0), 1)
+    n = _header_windows(path, length=config.window_seconds, step=step)
+    return RecordingTask(recording_id, str(path), None, tuple(file_identity(path)), range(0), n)
 
 
 def _header_windows(path: Path, *, length: float, step: float) -> int:
