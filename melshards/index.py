@@ -23,27 +23,42 @@ from melshards.names import FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, SET_KINDS, 
 
 @dataclasses.dataclass(frozen=True)
 class ShardEntry:
-    """One shard as the index lists it: its file name, examples, sha256, job fingerprint, size."""
+    """One shard as the index lists it: its file name, examples, sha256, job fingerprint, size,
+    and the recordings it was built from.
+
+    ``recordings`` lists the id of every recording of the shard's job, those whose audio
+    failed included, in the order the shard holds them; a later run keeps each of them in
+    this shard. None when unknown (an entry written without it); it is optional on reading.
+    """
 
     file: str
     n: int
     sha256: str
     fingerprint: str
     bytes: int
+    recordings: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.recordings is None:
+            del data["recordings"]
+        else:
+            data["recordings"] = list(self.recordings)
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str) -> ShardEntry:
         data = _mapping(data, source)
-        _keys(data, {f.name for f in dataclasses.fields(cls)}, source)
+        names = {f.name for f in dataclasses.fields(cls)}
+        _keys(data, names if "recordings" in data else names - {"recordings"}, source)
+        recordings = data.get("recordings")
         entry = cls(
             file=_text(data["file"], f"{source} file"),
             n=_count(data["n"], f"{source} n"),
             sha256=_hex(data["sha256"], f"{source} sha256", digits=64),
             fingerprint=_text(data["fingerprint"], f"{source} fingerprint"),
             bytes=_count(data["bytes"], f"{source} bytes"),
+            recordings=None if recordings is None else _texts(recordings, f"{source} recordings"),
         )
         name = entry.file
         if Path(name).name != name or name.startswith(".") or not name.endswith(SHARD_SUFFIX):
@@ -302,6 +317,12 @@ def _text(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise FormatError(f"{where}: expected a string, got {_short(value)}")
     return value
+
+
+def _texts(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise FormatError(f"{where}: expected a list of strings, got {_short(value)}")
+    return tuple(value)
 
 
 def _floats(value: Any, where: str) -> tuple[float, ...]:

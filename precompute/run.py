@@ -10,6 +10,7 @@ directory in the middle of a run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -34,6 +35,7 @@ from melshards.names import (
     LOCK_FILE,
     SET_LABELLED,
     SET_WINDOWS,
+    SHARD_PATTERN,
     SHARD_PREFIX,
     SHARD_SUFFIX,
     TEMP_SUFFIX,
@@ -41,12 +43,33 @@ from melshards.names import (
 from melshards.shard import ShardStats, read_shard_summary, regular_file_problem
 from precompute.backends import LOCAL_BACKENDS, check_backend, joblib_backend
 from precompute.job import ON_ERROR, ShardResult, build_shard
-from precompute.plan import ShardJob, library_versions, plan_manifests, plan_windows
+from precompute.plan import ShardJob, library_versions, plan_manifests, plan_windows, setup_key
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """A shard a run built, and why: one of ``REASONS``, and the recordings it concerns."""
+
+    file: str
+    why: str
+    recordings: tuple[str, ...] = ()
+
+
+def _named(recordings: tuple[str, ...], *, limit: int = 3) -> str:
+    """`` (a b c +2 more)``: the first ``limit`` of ``recordings``; empty for none."""
+    if not recordings:
+        return ""
+    more = f" +{len(recordings) - limit} more" if len(recordings) > limit else ""
+    return f" ({' '.join(recordings[:limit])}{more})"
 
 
 @dataclass
 class Summary:
-    """What a run did; printed by the CLI."""
+    """What a run did; printed by the CLI.
+
+    ``rebuilt`` says why each built shard was built; ``explained`` is False when the output
+    directory held nothing of an earlier run (every shard is new, which goes without saying).
+    """
 
     out: Path
     examples: int = 0
@@ -57,6 +80,8 @@ class Summary:
     failures: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     slices_built: int = 0
+    rebuilt: list[Rebuilt] = field(default_factory=list)
+    explained: bool = False
 
     @property
     def rate(self) -> float:
@@ -66,9 +91,18 @@ class Summary:
     def failures_path(self) -> Path:
         return self.out / FAILURES_FILE
 
+    def reasons(self) -> str:
+        """Why shards were built, counted by reason: ``2 for new recordings, 1 for rows changed (rec_017)``."""
+        parts = []
+        for why in REASONS:
+            items = [item for item in self.rebuilt if item.why == why]
+            if items:
+                named = _named(tuple(r for item in items for r in item.recordings))
+                parts.append(f"{len(items)} for {why}{named}")
+        return ", ".join(parts)
+
     def line(self) -> str:
         """The one-line summary the command prints at the end."""
-        reused = f", {self.shards_reused} reused" if self.shards_reused else ""
         rate = f", {self.rate:.1f} slices/s" if self.slices_built else ""
         failures = (
             f"{len(self.failures)} failure(s) recorded in {self.failures_path}"
@@ -78,10 +112,12 @@ class Summary:
         what = f"{self.examples} examples in {self.shards} shards ({self.bytes / 1e6:.1f} MB"
         if not self.shards_built:
             return f"{self.out} is up to date: {what}, {self.shards_reused} reused); {failures}"
-        return (
-            f"wrote {what}; {self.shards_built} built{reused}) to {self.out} in {self.seconds:.1f} s"
-            f"{rate}; {failures}"
-        )
+        built = f"{self.shards_built} built"
+        reused = f", {self.shards_reused} reused" if self.shards_reused else ""
+        if self.explained and self.rebuilt:
+            built += f": {self.reasons()}"
+            reused = f"; {self.shards_reused} reused" if self.shards_reused else ""
+        return f"wrote {what}; {built}{reused}) to {self.out} in {self.seconds:.1f} s{rate}; {failures}"
 
 
 @contextlib.contextmanager
@@ -118,23 +154,173 @@ def output_lock(out: Path) -> Iterator[None]:
         yield
 
 
-def _recorded_entries(out: Path) -> dict[str, ShardEntry]:
-    """What earlier runs recorded of the shards they finished: the index's entries, then ``BUILT_FILE``'s.
+# -- what earlier runs left: finished shards, the last plan, why a shard is built again ----------
 
-    A line cut short by a crash, or an index of another version, records nothing.
+# Why a shard is built, in the order the summary lists them.
+NEW = "new recordings"
+REMOVED = "recordings removed"
+ROWS = "rows changed"
+AUDIO = "audio file changed"
+CHANGED = "rows or audio changed"
+SETUP = "config/versions changed"
+DAMAGED = "shard missing or bytes disagree"
+UNFINISHED = "left unfinished by an earlier run"
+REASONS = (NEW, REMOVED, ROWS, AUDIO, CHANGED, SETUP, DAMAGED, UNFINISHED)
+
+
+@dataclass(frozen=True)
+class PlannedShard:
+    """A shard of the last plan started in an output directory.
+
+    ``digests`` maps each recording to short fingerprints of its rows and of its audio file's
+    identity (``ShardJob.digests``); None when unknown (a plan read from an index).
     """
-    records: dict[str, ShardEntry] = {}
+
+    fingerprint: str
+    recordings: tuple[str, ...]
+    digests: dict[str, tuple[str, str]] | None = None
+
+
+@dataclass
+class Prior:
+    """What an output directory records of earlier runs (``read_prior``).
+
+    built : the finished shards by file: the index's entries, then those of ``BUILT_FILE``
+    planned : the shards of the last plan by file: ``BUILT_FILE``'s plan lines, or else the
+        index's entries that list their recordings
+    setup : that plan's ``setup_key`` (or the index's); None when nothing tells
+    """
+
+    built: dict[str, ShardEntry] = field(default_factory=dict)
+    planned: dict[str, PlannedShard] = field(default_factory=dict)
+    setup: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.built or self.planned)
+
+    def assignment(self, setup: str) -> dict[str, int] | None:
+        """The shard index of each recording of the last plan, or None unless that plan had ``setup``.
+
+        A config, library version, kind or step of its own makes a plan start afresh.
+        """
+        if setup != self.setup:
+            return None
+        assigned: dict[str, int] = {}
+        for file, shard in sorted(self.planned.items()):
+            number = _shard_number(file)
+            if number is not None:
+                for recording_id in shard.recordings:
+                    assigned.setdefault(recording_id, number)
+        return assigned or None
+
+
+def _shard_number(file: str) -> int | None:
+    """The index in a shard's file name (``shard-00012.h5``: 12), or None for another name."""
+    digits = file.removeprefix(SHARD_PREFIX).removesuffix(SHARD_SUFFIX)
+    if not (digits.isascii() and digits.isdigit()) or SHARD_PATTERN.format(int(digits)) != file:
+        return None
+    return int(digits)
+
+
+def read_prior(out: Path) -> Prior:
+    """What earlier runs left in ``out``: ``BUILT_FILE`` (written by every run as it goes) first,
+    then the index (for a directory copied without its hidden files). Anything unreadable, a
+    line cut short by a crash, or an index of another version, tells nothing."""
+    prior = Prior()
     with contextlib.suppress(FormatError):
-        records.update((entry.file, entry) for entry in read_index(out).shards)
+        index = read_index(out)
+        prior.built.update((entry.file, entry) for entry in index.shards)
+        prior.setup = _index_setup(index)
+        prior.planned.update(
+            (entry.file, PlannedShard(entry.fingerprint, entry.recordings))
+            for entry in index.shards
+            if entry.recordings is not None
+        )
+    planned: dict[str, tuple[str, PlannedShard]] = {}
     path = out / BUILT_FILE
     if regular_file_problem(path) is None:
         for k, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines()):
-            try:
-                entry = ShardEntry.from_dict(json.loads(line), source=f"{path} line {k + 1}")
-            except (ValueError, FormatError):
-                continue
-            records[entry.file] = entry
-    return records
+            with contextlib.suppress(ValueError, FormatError):
+                data = json.loads(line)
+                if isinstance(data, dict) and "planned" in data:
+                    shard = _planned_shard(data)
+                    if shard is not None:
+                        planned[data["planned"]] = (data["setup"], shard)
+                    continue
+                entry = ShardEntry.from_dict(data, source=f"{path} line {k + 1}")
+                prior.built[entry.file] = entry
+    if planned:
+        # One run writes every plan line with one setup; the last line's is the newest.
+        prior.setup = list(planned.values())[-1][0]
+        prior.planned = {file: shard for file, (setup, shard) in planned.items() if setup == prior.setup}
+    return prior
+
+
+def _index_setup(index: Index) -> str:
+    step = (index.source or {}).get("step") if index.kind == SET_WINDOWS else None
+    return setup_key(config=index.config.to_dict(), versions=dict(index.versions), kind=index.kind, step=step)
+
+
+def _plan_line(job: ShardJob) -> str:
+    """The line of ``BUILT_FILE`` that records one shard of the plan a run starts."""
+    return json.dumps(
+        {
+            "planned": job.file,
+            "setup": job.setup,
+            "fingerprint": job.fingerprint,
+            "recordings": list(job.recording_ids),
+            "digests": [list(pair) for pair in job.digests],
+        }
+    )
+
+
+def _planned_shard(data: dict) -> PlannedShard | None:
+    """A plan line of ``BUILT_FILE`` (``_plan_line``) read back, or None when malformed."""
+    texts = [data.get(key) for key in ("planned", "setup", "fingerprint")]
+    recordings, digests = data.get("recordings"), data.get("digests")
+    if not all(isinstance(v, str) for v in texts) or not _strings(recordings):
+        return None
+    if not (isinstance(digests, list) and len(digests) == len(recordings)):
+        return PlannedShard(texts[2], tuple(recordings))
+    if not all(isinstance(pair, list) and len(pair) == 2 and _strings(pair) for pair in digests):
+        return PlannedShard(texts[2], tuple(recordings))
+    return PlannedShard(
+        texts[2], tuple(recordings), {r: tuple(d) for r, d in zip(recordings, digests, strict=True)}
+    )
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def rebuild_reason(job: ShardJob, prior: Prior) -> tuple[str, tuple[str, ...]]:
+    """Why ``job``'s shard must be built: one of ``REASONS``, and the recordings it concerns."""
+    if prior.setup is not None and prior.setup != job.setup:
+        return SETUP, ()
+    planned, record = prior.planned.get(job.file), prior.built.get(job.file)
+    if planned is None or planned.fingerprint == job.fingerprint:
+        if record is not None and record.fingerprint == job.fingerprint:
+            return DAMAGED, ()
+        if planned is not None:
+            return UNFINISHED, ()
+        return (NEW, ()) if record is None else (CHANGED, ())
+    ids, before = job.recording_ids, set(planned.recordings)
+    added = tuple(r for r in ids if r not in before)
+    if added:
+        return NEW, added
+    now = set(ids)
+    removed = tuple(r for r in planned.recordings if r not in now)
+    if removed:
+        return REMOVED, removed
+    if planned.digests is None:
+        return CHANGED, ()
+    was = [planned.digests.get(r, ("", "")) for r in ids]
+    rows = tuple(r for r, old, new in zip(ids, was, job.digests, strict=True) if old[0] != new[0])
+    audio = tuple(r for r, old, new in zip(ids, was, job.digests, strict=True) if old[1] != new[1])
+    if rows:
+        return ROWS, rows
+    return (AUDIO, audio) if audio else (CHANGED, ())
 
 
 def _reusable(path: Path, job: ShardJob, record: ShardEntry | None) -> ShardResult | None:
@@ -154,7 +340,8 @@ def _reusable(path: Path, job: ShardJob, record: ShardEntry | None) -> ShardResu
         return None
     if summary.fingerprint != job.fingerprint or summary.n != record.n:
         return None
-    return ShardResult(record, summary.stats, summary.failures, reused=True)
+    entry = dataclasses.replace(record, recordings=job.recording_ids)
+    return ShardResult(entry, summary.stats, summary.failures, reused=True)
 
 
 def _existing_kind(out: Path) -> str | None:
@@ -224,10 +411,19 @@ def run_plan(
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
         _check_kind(out, kind, overwrite=overwrite)
+        prior = read_prior(out)
         _clean_strays(out, keep={job.file for job in plan})
-        results, todo = _reuse_or_rebuild(out, plan)
-        # The record keeps what is reused; each shard built from here on is added as it finishes.
-        atomic_write_text(out / BUILT_FILE, "".join(json.dumps(r.entry.to_dict()) + "\n" for r in results))
+        results, todo = _reuse_or_rebuild(out, plan, prior.built)
+        # The record holds the plan (so that a resumed run plans the same shards) and what is
+        # reused; each shard built from here on is added as it finishes.
+        atomic_write_text(
+            out / BUILT_FILE,
+            "".join(_plan_line(job) + "\n" for job in plan)
+            + "".join(json.dumps(r.entry.to_dict()) + "\n" for r in results),
+        )
+        rebuilt = [Rebuilt(job.file, *rebuild_reason(job, prior)) for job in todo]
+        for item in rebuilt:
+            log.debug(f"{item.file}: building it: {item.why}{_named(item.recordings, limit=20)}")
         if todo:
             # From here on the directory changes: no reader may trust the old index.
             (out / INDEX_FILE).unlink(missing_ok=True)
@@ -247,6 +443,8 @@ def run_plan(
         index = _write_failures_and_index(out, results, failures, config=config, kind=kind, source=source)
     built = [r for r in results if not r.reused]
     return Summary(
+        rebuilt=rebuilt,
+        explained=not prior.empty,
         out=out,
         examples=index.n_examples,
         shards=len(index.shards),
@@ -290,11 +488,12 @@ def _write_failures_and_index(
     return index
 
 
-def _reuse_or_rebuild(out: Path, plan: list[ShardJob]) -> tuple[list[ShardResult], list[ShardJob]]:
+def _reuse_or_rebuild(
+    out: Path, plan: list[ShardJob], records: dict[str, ShardEntry]
+) -> tuple[list[ShardResult], list[ShardJob]]:
     """The results of the finished shards the plan would write again, and the jobs left to run."""
     results: list[ShardResult] = []
     todo: list[ShardJob] = []
-    records = _recorded_entries(out)
     for job in plan:
         reused = _reusable(out / job.file, job, records.get(job.file))
         if reused is None:
@@ -356,9 +555,11 @@ def _build_shards(
             )
             # Workers may run elsewhere, with another working directory.
             where = os.path.abspath(out)
+            ids = {job.file: job.recording_ids for job in todo}
             for result in parallel(
                 delayed(build_shard)(job, out=where, config=config, on_error=on_error) for job in todo
             ):
+                result.entry = dataclasses.replace(result.entry, recordings=ids[result.entry.file])
                 append_line(out / BUILT_FILE, json.dumps(result.entry.to_dict()))
                 results.append(result)
                 bar.update(result.entry.n + sum(f.get("slices", 1) for f in result.failures))
@@ -384,7 +585,10 @@ def run_features(
     audio_dir, out = Path(os.path.abspath(audio_dir)), Path(out)
     if not audio_dir.is_dir():
         raise ConfigError(f"{audio_dir}: audio directory not found")
-    plan, row_failures = plan_manifests(tp, fp, audio_dir=audio_dir, config=config, on_error=on_error)
+    previous = _previous(out, config=config, kind=SET_LABELLED, step=None)
+    plan, row_failures = plan_manifests(
+        tp, fp, audio_dir=audio_dir, config=config, on_error=on_error, previous=previous
+    )
     n_rows = sum(len(job.rows) for job in plan)
     n_tp = sum(int((job.rows.data["kind"] == EVENT_TP).sum()) for job in plan)
     log.info(
@@ -405,16 +609,26 @@ def run_features(
     )
 
 
-def run_windows(*, audio_dir: Path, out: Path, config: FeatureConfig, step: float, **options) -> Summary:
-    """Sliding windows every ``step`` seconds over unlabelled recordings -> a feature set."""
+def run_windows(
+    *, audio_dir: Path, out: Path, config: FeatureConfig, step: float, files: Path | None = None, **options
+) -> Summary:
+    """Sliding windows every ``step`` seconds over unlabelled recordings -> a feature set.
+
+    ``files`` lists the files to read (``precompute.plan.read_file_list``); None reads every
+    audio file under ``audio_dir``, sub-folders included.
+    """
     check_backend(options.get("backend", "loky"), scheduler=options.get("scheduler"))
     audio_dir, out = Path(os.path.abspath(audio_dir)), Path(out)
-    plan = plan_windows(audio_dir, config=config, step=step)
-    return run_plan(
-        plan,
-        out=out,
-        config=config,
-        kind=SET_WINDOWS,
-        source={"audio_dir": str(audio_dir), "step": step},
-        **options,
-    )
+    previous = _previous(out, config=config, kind=SET_WINDOWS, step=step)
+    plan = plan_windows(audio_dir, config=config, step=step, files=files, previous=previous)
+    source = {"audio_dir": str(audio_dir), "step": step}
+    if files is not None:
+        source["files"] = str(files)
+    return run_plan(plan, out=out, config=config, kind=SET_WINDOWS, source=source, **options)
+
+
+def _previous(out: Path, *, config: FeatureConfig, kind: str, step: float | None) -> dict[str, int] | None:
+    """The shard of each recording in the last plan started in ``out``, if it had the same
+    config, library versions, kind and step (``Prior.assignment``); else None: plan afresh."""
+    setup = setup_key(config=config.to_dict(), versions=library_versions(), kind=kind, step=step)
+    return read_prior(out).assignment(setup)
