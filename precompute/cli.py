@@ -122,9 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "windows", parents=[quiet], help="sliding windows over unlabelled recordings -> shards"
     )
-    p.add_argument("--audio-dir", type=Path, required=True)
+    p.add_argument(
+        "--audio-dir",
+        type=Path,
+        required=True,
+        help="folder of recordings, sub-folders included; a recording's id is its path in it "
+        "without the extension (site2/rec7)",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--step", type=float, default=5.0, help="seconds between window starts (default 5)")
+    p.add_argument(
+        "--files",
+        type=Path,
+        metavar="LIST.txt",
+        help="read only the files this lists: one path per line, relative to --audio-dir "
+        "(blank lines and lines starting with # are skipped)",
+    )
     _add_config_options(p)
     _add_run_options(p)
 
@@ -263,7 +276,12 @@ def windows_command(args: argparse.Namespace) -> int:
     config = _config(args)
     _log_config(config)
     summary = run_windows(
-        audio_dir=args.audio_dir, out=args.out, step=args.step, config=config, **_run_options(args)
+        audio_dir=args.audio_dir,
+        out=args.out,
+        step=args.step,
+        files=args.files,
+        config=config,
+        **_run_options(args),
     )
     return _report(summary)
 
