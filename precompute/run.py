@@ -304,7 +304,7 @@ def rebuild_reason(job: ShardJob, prior: Prior) -> tuple[str, tuple[str, ...]]:
             return DAMAGED, ()
         if planned is not None:
             return UNFINISHED, ()
-        return (NEW, ()) if record is None else (CHANGED, ())
+        return (NEW, job.recording_ids) if record is None else (CHANGED, ())
     ids, before = job.recording_ids, set(planned.recordings)
     added = tuple(r for r in ids if r not in before)
     if added:
@@ -422,8 +422,10 @@ def run_plan(
             + "".join(json.dumps(r.entry.to_dict()) + "\n" for r in results),
         )
         rebuilt = [Rebuilt(job.file, *rebuild_reason(job, prior)) for job in todo]
+        # A few lines say what changed; a long list (a first run, a new config) only at debug level.
+        detail = log.info if not prior.empty and len(rebuilt) <= 10 else log.debug
         for item in rebuilt:
-            log.debug(f"{item.file}: building it: {item.why}{_named(item.recordings, limit=20)}")
+            detail(f"{item.file}: building it: {item.why}{_named(item.recordings, limit=20)}")
         if todo:
             # From here on the directory changes: no reader may trust the old index.
             (out / INDEX_FILE).unlink(missing_ok=True)
