@@ -9,7 +9,11 @@ Semantics worth knowing:
 
 - **shift**: the crop start is drawn uniformly from every start the stored context allows
   (at most ``max_shift_frames`` away from the centre when set); without shift the crop is
-  centred. Labels follow the frames actually read.
+  centred. Labels follow the frames actually read. An example whose window reaches beyond its
+  recording (``valid`` frames narrower than the stored ones) draws among the starts whose crop
+  lies inside its valid frames, or, when those are fewer than the crop, among the crops that
+  cover all of them; a draw that already qualifies is kept, so examples without padding get
+  the crops they always had.
 - **gain**: each example is multiplied by a factor drawn uniformly from ``gain``; values are
   clipped to [0, 1] when the feature config's ``normalize`` is ``"minmax"``.
 - **mixup**: with probability ``mixup_p`` an example is mixed with another example of the same
@@ -170,19 +174,26 @@ class Augment:
     # -- sampling ----------------------------------------------------------------------------
 
     def sample_params(
-        self, rng: np.random.Generator, batch_size: int, *, n_mels: int, n_frames: int, crop_frames: int
+        self,
+        rng: np.random.Generator,
+        batch_size: int,
+        *,
+        n_mels: int,
+        n_frames: int,
+        crop_frames: int,
+        valid: np.ndarray | None = None,
     ) -> AugmentParams:
         """Draw every random choice for a batch from ``rng``, in a fixed order.
 
         ``rng`` may be None when nothing is enabled (``Augment.off()``): nothing is drawn.
+        ``valid`` [shape=(B, 2)], int: the ``[first, stop)`` stored frames of each example that
+        hold audio (``FeatureSet.valid``); None: every frame does.
         """
         b = batch_size
         center = (n_frames - crop_frames) // 2
-        if self.shift and n_frames > crop_frames:
-            low, high = 0, n_frames - crop_frames
-            if self.max_shift_frames is not None:
-                low = max(low, center - self.max_shift_frames)
-                high = min(high, center + self.max_shift_frames)
+        shifts = self.shift and n_frames > crop_frames
+        if shifts:
+            low, high = self._shift_range(n_frames, crop_frames)
             crop_start = rng.integers(low, high, size=b, endpoint=True, dtype=np.int64)
         else:
             crop_start = np.full(b, center, dtype=np.int64)
@@ -203,7 +214,51 @@ class Augment:
             lam = rng.beta(self.mixup_alpha, self.mixup_alpha, size=b)
             partner[chosen] = other[chosen]
             weight[chosen] = np.maximum(lam, 1 - lam)[chosen].astype(np.float32)
+        if shifts and valid is not None:
+            # Drawn last, so every draw above is the same with or without padded examples.
+            crop_start = self._onto_audio(rng, crop_start, np.asarray(valid), n_frames, crop_frames)
         return AugmentParams(crop_start, gain, freq, time, partner, weight)
+
+    def _shift_range(self, n_frames: int, crop_frames: int) -> tuple[int, int]:
+        """Lowest and highest crop start a shift may draw (``max_shift_frames`` around the centre)."""
+        center = (n_frames - crop_frames) // 2
+        low, high = 0, n_frames - crop_frames
+        if self.max_shift_frames is not None:
+            low = max(low, center - self.max_shift_frames)
+            high = min(high, center + self.max_shift_frames)
+        return low, high
+
+    def _onto_audio(
+        self,
+        rng: np.random.Generator,
+        crop_start: np.ndarray,
+        valid: np.ndarray,
+        n_frames: int,
+        crop_frames: int,
+    ) -> np.ndarray:
+        """Crop starts moved onto each example's valid frames (see the module docstring).
+
+        A start already allowed is kept; the others are drawn uniformly among the allowed ones
+        with one extra ``rng.random`` call, made only when some start needs it. Keeping a
+        uniform draw that lands in the allowed range and redrawing the rest is still uniform.
+        """
+        first, stop = valid[:, 0].astype(np.int64), valid[:, 1].astype(np.int64)
+        fits = stop - first >= crop_frames
+        # Crops inside the valid frames, or covering all of them when they are fewer.
+        lo = np.where(fits, first, np.maximum(stop - crop_frames, 0))
+        hi = np.where(fits, stop - crop_frames, np.minimum(first, n_frames - crop_frames))
+        low, high = self._shift_range(n_frames, crop_frames)
+        bounded_lo, bounded_hi = np.maximum(lo, low), np.minimum(hi, high)
+        # Where max_shift_frames leaves no allowed start: the allowed start nearest the centre.
+        nearest = np.clip((n_frames - crop_frames) // 2, lo, hi)
+        empty = bounded_lo > bounded_hi
+        lo, hi = np.where(empty, nearest, bounded_lo), np.where(empty, nearest, bounded_hi)
+        redraw = (crop_start < lo) | (crop_start > hi)
+        if not redraw.any():
+            return crop_start
+        u = rng.random(crop_start.shape[0])
+        drawn = lo + np.minimum(np.floor(u * (hi - lo + 1)).astype(np.int64), hi - lo)
+        return np.where(redraw, drawn, crop_start)
 
     # -- applying ----------------------------------------------------------------------------
 

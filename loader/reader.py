@@ -83,6 +83,8 @@ class FeatureSet:
     ``index``, ``config``, ``fingerprint``, ``classes``, ``kind``, ``shards`` (ShardLayout),
     ``shard_of`` / ``row_of`` (n,) -- where each example is stored,
     ``recording_id`` (n,) str, ``start`` (n,) float64, ``labels`` (n, n_classes) int8,
+    ``valid`` (n, 2) int64 -- ``[first, stop)`` stored frames that hold audio (the others are
+    padding beyond the recording),
     ``mel_offset`` / ``mel_scale`` (n,) float32 for uint8 codes (None for float dtypes),
     ``event_ptr`` (n + 1,) -- events of example i are ``event_ptr[i]:event_ptr[i + 1]`` of
     ``event_species``, ``event_kind``, ``event_t_min``, ``event_t_max``.
@@ -93,6 +95,7 @@ class FeatureSet:
         self.root = self.index.root
         config = self.config
         recording_ids, starts, labels, layouts, quant_offsets, quant_scales = [], [], [], [], [], []
+        valid = []
         ev_example, ev_species, ev_kind, ev_t_min, ev_t_max = [], [], [], [], []
         first = 0
         for entry in self.index.shards:
@@ -108,6 +111,7 @@ class FeatureSet:
                 quant_scales.append(meta.mel_scale)
             starts.append(meta.start)
             labels.append(meta.labels)
+            valid.append(meta.valid)
             ev_example.append(meta.events[EVENT_EXAMPLE] + first)
             ev_species.append(meta.events["species_id"])
             ev_kind.append(meta.events["kind"])
@@ -135,6 +139,7 @@ class FeatureSet:
         self.recording_id = _concat(recording_ids, object)
         self.start = _concat(starts, np.float64)
         self.labels = _concat(labels, np.int8).reshape(n, config.n_classes)
+        self.valid = _concat(valid, np.int64).reshape(n, 2)
         quantized = codec.is_quantized(config)
         self.mel_offset = _concat(quant_offsets, np.float32) if quantized else None
         self.mel_scale = _concat(quant_scales, np.float32) if quantized else None
@@ -315,7 +320,9 @@ class MelReader:
             h5 = handles.get(s)
             if h5 is None:
                 layout = self.features.shards[s]
-                h5 = open_shard(layout.path)
+                # Held across reads: opened so that a user's plain h5py.File on the same
+                # shard, before or after, is not refused (``open_shard``).
+                h5 = open_shard(layout.path, held=True)
                 try:
                     check_shard(h5, layout.entry, self.features.config, path=layout.path)
                 except BaseException:

@@ -314,13 +314,23 @@ class ShardBatches:
         return table[0][ids].astype(np.float32), table[1][ids].astype(np.float32)
 
     def batch_params(self, index: int, size: int, *, epoch: int) -> AugmentParams:
-        """The augmentation draws of batch ``index`` of ``epoch`` (``size`` examples)."""
+        """The augmentation draws of batch ``index`` of ``epoch`` (``size`` examples).
+
+        Time shifts keep each crop on its example's valid frames (``FeatureSet.valid``); a
+        ``size`` other than the batch's draws as if every frame held audio.
+        """
         index = self._batch_position(index)
         rng = None
         if self.augment.enabled:
             rng = sampler.batch_rng(seed=self.seed, epoch=epoch, rank=self.rank, index=index)
+        ids = self.batch_example_ids(index, epoch=epoch)
         return self.augment.sample_params(
-            rng, size, n_mels=self.config.n_mels, n_frames=self.config.n_frames, crop_frames=self.crop_frames
+            rng,
+            size,
+            n_mels=self.config.n_mels,
+            n_frames=self.config.n_frames,
+            crop_frames=self.crop_frames,
+            valid=self.features.valid[ids] if ids.shape[0] == size else None,
         )
 
     def get(self, index: int, *, epoch: int | None = None) -> tuple[np.ndarray, ...]:

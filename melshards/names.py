@@ -7,7 +7,9 @@ Nothing else in the project spells these strings; writers and readers import the
 from __future__ import annotations
 
 FORMAT_NAME = "melshards"
-FORMAT_VERSION = 3
+# Version 4 added ``valid`` (the frames of each example that hold audio): windows may now reach
+# beyond their recording, so an older set lacks what the loader needs to keep crops on audio.
+FORMAT_VERSION = 4
 
 # -- files of a feature set directory --------------------------------------------------------
 INDEX_FILE = "index.json"
@@ -46,6 +48,9 @@ MEL_SCALE = "mel_scale"
 LABELS = "labels"
 RECORDING_ID = "recording_id"
 START = "start"
+# (n, 2) int32: ``[first, stop)`` stored frames of each example whose centre lies on the
+# recording; the frames outside are padding (the window reaches beyond the recording).
+VALID = "valid"
 ANCHOR = "anchor"  # group: the manifest row each window was cut around
 EVENTS = "events"  # group: every event overlapping each stored window, as one flat table
 
@@ -86,6 +91,7 @@ METADATA_DATASETS: dict[str, str] = {
     LABELS: "int8",
     RECORDING_ID: "str",
     START: "float64",
+    VALID: "int32",
     **{f"{ANCHOR}/{key}": dtype for key, dtype in ANCHOR_FIELDS.items()},
     f"{EVENTS}/{EVENT_EXAMPLE}": "int32",
     **{f"{EVENTS}/{key}": dtype for key, dtype in EVENT_FIELDS.items()},

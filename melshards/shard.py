@@ -56,6 +56,7 @@ from melshards.names import (
     QUANT_DATASETS,
     RECORDING_ID,
     START,
+    VALID,
     shard_datasets,
 )
 
@@ -69,6 +70,7 @@ class ShardExample:
     labels : np.ndarray [shape=(n_classes,)], int8
     anchor : the manifest row the window was cut around (``ANCHOR_FIELDS``)
     events : per-event arrays (``EVENT_FIELDS``), each ``(m,)``
+    valid : ``(first, stop)``, the frames that hold audio; None: every frame does
     """
 
     mel: np.ndarray
@@ -77,6 +79,7 @@ class ShardExample:
     start: float
     anchor: Mapping[str, float | int]
     events: Mapping[str, np.ndarray] = field(default_factory=dict)
+    valid: tuple[int, int] | None = None
 
 
 @dataclass
@@ -215,6 +218,12 @@ def _write_datasets(
     id_dtype = h5py.string_dtype("utf-8", max((len(i) for i in ids), default=1))
     _create_checked(h5, RECORDING_ID, np.array(ids, dtype=id_dtype))
     _create_checked(h5, START, np.array([ex.start for ex in examples], dtype=np.float64))
+    every = (0, config.n_frames)
+    valid = np.array([every if ex.valid is None else ex.valid for ex in examples], dtype=np.int32)
+    problem = valid_problem(valid.reshape(n, 2), config.n_frames)
+    if problem:
+        raise ValueError(f"{h5.filename}: {problem}; not writing it")
+    _create_checked(h5, VALID, valid.reshape(n, 2))
     for key, dtype in ANCHOR_FIELDS.items():
         _create_checked(h5, f"{ANCHOR}/{key}", np.array([ex.anchor[key] for ex in examples], dtype=dtype))
     counts = [len(ex.events.get("species_id", ())) for ex in examples]
@@ -247,7 +256,7 @@ def read_shard_summary(path: Path) -> ShardSummary:
 
     Raises OSError, KeyError or ValueError when the file is not a complete shard of this format.
     """
-    with h5py.File(path, "r", locking=False) as h5:
+    with open_readonly(path) as h5:
         if h5.attrs.get(ATTR_FORMAT) != FORMAT_NAME or h5.attrs.get(ATTR_FORMAT_VERSION) != FORMAT_VERSION:
             raise KeyError(ATTR_FORMAT)
         stats = ShardStats(
@@ -264,21 +273,60 @@ def read_shard_summary(path: Path) -> ShardSummary:
         )
 
 
-def open_shard(path: Path) -> h5py.File:
+def open_shard(path: Path, *, held: bool = False) -> h5py.File:
     """Open a shard read-only without HDF5 file locking; FormatError if missing or unreadable.
 
     A shard must be a regular file in its directory: a symbolic link (which could lead anywhere)
     or a device, FIFO or directory under a shard's name is refused. File locking is off because
     it fails on NFS and many cluster file systems, and shards are written once and never
     modified in place.
+
+    HDF5 opens a file only once per process and refuses a second open whose locking flags
+    differ from the first ("file locking flag values don't match"), so a plain
+    ``h5py.File(shard, "r")`` a user holds would block this open, and a handle held here would
+    block the user's. A handle that stays open across calls (``held``, the loader's h5py read
+    path) and an open refused that way go through a Python file object (``_FileObjectShard``):
+    HDF5 sees a file of its own, with no lock to agree on.
     """
     problem = regular_file_problem(path)
     if problem:
         raise FormatError(f"{path}: {problem}")
     try:
-        return h5py.File(path, "r", locking=False)
+        return open_readonly(path, held=held)
     except OSError as err:
         raise FormatError(f"{path}: cannot open shard: {err}") from err
+
+
+def open_readonly(path: Path, *, held: bool = False) -> h5py.File:
+    """``h5py.File(path, "r", locking=False)``, or through a file object as ``open_shard`` says.
+
+    Raises OSError when HDF5 cannot open the file.
+    """
+    if held:
+        return _FileObjectShard(path)
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as err:
+        if "file locking" not in str(err) or "match" not in str(err):
+            raise
+    return _FileObjectShard(path)
+
+
+class _FileObjectShard(h5py.File):
+    """A shard opened read-only through a Python file object (h5py's ``fileobj`` driver), which
+    it closes with itself."""
+
+    def __init__(self, path: Path) -> None:
+        self._fh = open(path, "rb")  # noqa: SIM115 -- closed by close()
+        try:
+            super().__init__(self._fh, "r")
+        except BaseException:
+            self._fh.close()
+            raise
+
+    def close(self) -> None:
+        super().close()
+        self._fh.close()
 
 
 def regular_file_problem(path: Path) -> str | None:
@@ -328,6 +376,7 @@ def check_shard(
     expected_shapes = {
         MEL: (n, config.n_mels, config.n_frames),
         LABELS: (n, config.n_classes),
+        VALID: (n, 2),
     }
     for name in shard_datasets(config.dtype):
         if name not in h5:
@@ -362,6 +411,7 @@ class ShardMetadata:
     start: np.ndarray  # (n,) float64
     labels: np.ndarray  # (n, n_classes) int8
     events: dict[str, np.ndarray]
+    valid: np.ndarray  # (n, 2) int32: [first, stop) frames that hold audio
     mel_offset: np.ndarray | None = None  # (n,) float32, dtype uint8 only
     mel_scale: np.ndarray | None = None  # (n,) float32, dtype uint8 only
 
@@ -370,7 +420,7 @@ def read_metadata(h5: h5py.File, entry: ShardEntry, config: FeatureConfig, *, pa
     """Read a checked shard's metadata, each chunk through its checksum.
 
     Raises IntegrityError when a chunk fails its checksum, FormatError when events point outside
-    the shard or the config.
+    the shard or the config, or ``valid`` outside the stored frames.
     """
     example = read_checked(h5, f"{EVENTS}/{EVENT_EXAMPLE}", path=path).astype(np.int64)
     if example.size and (example.min() < 0 or example.max() >= entry.n):
@@ -389,14 +439,31 @@ def read_metadata(h5: h5py.File, entry: ShardEntry, config: FeatureConfig, *, pa
             problem = quant_problem(name, values)
             if problem:
                 raise FormatError(f"{path}: {problem}")
+    valid = read_checked(h5, VALID, path=path)
+    problem = valid_problem(valid, config.n_frames)
+    if problem:
+        raise FormatError(f"{path}: {problem}")
     return ShardMetadata(
         recording_id=read_checked(h5, RECORDING_ID, path=path),
         start=read_checked(h5, START, path=path),
         labels=read_checked(h5, LABELS, path=path),
         events=events,
+        valid=valid,
         mel_offset=quant.get(MEL_OFFSET),
         mel_scale=quant.get(MEL_SCALE),
     )
+
+
+def valid_problem(values: np.ndarray, n_frames: int) -> str | None:
+    """What is wrong with a shard's ``valid`` rows (``0 <= first < stop <= n_frames``), or None."""
+    if values.ndim != 2 or values.shape[1] != 2:
+        return f"{VALID} has shape {values.shape}, expected (n, 2)"
+    first, stop = values[:, 0], values[:, 1]
+    bad = np.flatnonzero((first < 0) | (first >= stop) | (stop > n_frames))
+    if bad.size:
+        i = int(bad[0])
+        return f"{VALID} of example {i} is [{first[i]}, {stop[i]}), outside 0 <= first < stop <= {n_frames}"
+    return None
 
 
 def quant_problem(name: str, values: np.ndarray) -> str | None:

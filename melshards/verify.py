@@ -17,16 +17,25 @@ from melshards.names import (
     QUANT_DATASETS,
     SHARD_PREFIX,
     SHARD_SUFFIX,
+    VALID,
     shard_datasets,
 )
-from melshards.shard import check_shard, quant_problem, read_checked, regular_file_problem
+from melshards.shard import (
+    check_shard,
+    open_readonly,
+    quant_problem,
+    read_checked,
+    regular_file_problem,
+    valid_problem,
+)
 
 
 def verify(root: str | Path, *, progress: bool = False) -> list[str]:
     """Re-check every shard against the index; one line per problem (empty: all good).
 
     Checks the sha256 of each file, its schema and fingerprint against the index, reads every
-    ``mel`` chunk through HDF5's fletcher32 filter, and checks the label values.
+    ``mel`` chunk through HDF5's fletcher32 filter, and checks the label values and the valid
+    frames (``0 <= first < stop <= n_frames``).
     """
     from tqdm.auto import tqdm
 
@@ -58,7 +67,7 @@ def _verify_shard(index: Index, entry: ShardEntry) -> list[str]:
     if digest != entry.sha256:
         problems.append(f"{path}: sha256 {digest[:12]}... disagrees with the index ({entry.sha256[:12]}...)")
     try:
-        with h5py.File(path, "r", locking=False) as h5:
+        with open_readonly(path) as h5:
             check_shard(h5, entry, index.config, path=path, size=False)
             problems += _verify_mel(h5[MEL], path)
             for name in shard_datasets(index.config.dtype)[1:]:  # every dataset but mel
@@ -70,6 +79,8 @@ def _verify_shard(index: Index, entry: ShardEntry) -> list[str]:
                 if name == LABELS and not np.all(np.isin(values, LABEL_VALUES)):
                     problems.append(f"{path}: labels hold values other than -1, 0, 1")
                 problem = quant_problem(name, values) if name in QUANT_DATASETS else None
+                if name == VALID:
+                    problem = valid_problem(values, index.config.n_frames)
                 if problem:
                     problems.append(f"{path}: {problem}")
     except FormatError as err:

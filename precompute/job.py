@@ -21,7 +21,14 @@ from melshards.shard import ShardExample, ShardStats, write_shard
 from precompute.audio import decode, probe, read_span
 from precompute.mel import log_mel, log_mel_of_power, mel_power_frames
 from precompute.plan import RecordingTask, ShardJob
-from precompute.windows import event_arrays, place_window, sliding_starts, window_events
+from precompute.windows import (
+    event_arrays,
+    event_window_start,
+    grid_step,
+    valid_frames,
+    window_events,
+    window_set_starts,
+)
 
 ON_ERROR = ("skip", "fail")
 
@@ -107,14 +114,18 @@ def _recording_examples(
         raise AudioError(task.locate_error or f"{task.recording_id}: audio file not found")
     source = Samples.open(task.path, config=config)
     seconds = source.n / config.sample_rate
-    length = config.window_seconds
-    if seconds + 1e-9 < length:
-        raise AudioError(f"{task.path}: recording is {seconds:.3f} s, shorter than the {length:g} s window")
     if job.kind == SET_WINDOWS:
-        starts = sliding_starts(seconds, length=length, step=job.step)
+        starts = window_set_starts(source.n, config=config, step=job.step)
         labels = np.full(config.n_classes, LABEL_UNKNOWN, dtype=np.int8)
         return [
-            ShardExample(mel, labels, task.recording_id, start, anchor=NO_ANCHOR)
+            ShardExample(
+                mel,
+                labels,
+                task.recording_id,
+                start,
+                anchor=NO_ANCHOR,
+                valid=valid_frames(start, n_samples=source.n, config=config),
+            )
             for mel, start in window_mels(source, starts, config=config)
         ]
     rows = []
@@ -129,7 +140,7 @@ def _recording_examples(
             continue
         rows.append(row)
     events = event_arrays(job.recording_rows(task))
-    starts = [place_window(r.t_min, r.t_max, length=length, recording_seconds=seconds) for r in rows]
+    starts = [event_window_start(r.t_min, r.t_max, n_samples=source.n, config=config) for r in rows]
     examples = []
     for row, (mel, start) in zip(rows, window_mels(source, starts, config=config), strict=True):
         labels, stored = window_events(events, start, config=config)
@@ -143,7 +154,10 @@ def _recording_examples(
             "kind": row.kind,
             "line": row.line,
         }
-        examples.append(ShardExample(mel, labels, task.recording_id, start, anchor=anchor, events=stored))
+        valid = valid_frames(start, n_samples=source.n, config=config)
+        examples.append(
+            ShardExample(mel, labels, task.recording_id, start, anchor=anchor, events=stored, valid=valid)
+        )
     return examples
 
 
@@ -188,27 +202,30 @@ def window_mels(
     Returns, per window in the order given, its log-mel and its start as stored: rounded to a
     sample, or with ``share_frames`` to the hop grid, where overlapping windows take their
     frames from one STFT over the span they cover together (``precompute.mel.mel_power_frames``).
-    A window never reaches past the recording's end. Raises AudioError when a window's values
-    would not all be finite (samples so large that their power overflows, for instance): the
-    recording becomes a recorded failure instead of NaN in the shard.
+    A start that fits in the recording never passes its last fitting grid step; a window may
+    otherwise reach beyond the recording's start or end (``precompute.windows`` decides where
+    windows go, ``precompute.windows.grid_step`` rounds): the samples there are zeros, on both
+    paths. Raises AudioError when a
+    window's values would not all be finite (samples so large that their power overflows, for
+    instance): the recording becomes a recorded failure instead of NaN in the shard.
     """
     sr, hop, n_fft = config.sample_rate, config.hop_length, config.n_fft
-    n_samples = int(round(config.window_seconds * sr))
     out = []
     with np.errstate(over="ignore", invalid="ignore"):  # every window is checked, with the file named
         if not config.share_frames:
             y, _ = source.span(0, source.n)
             for start in starts:
-                first = min(int(round(start * sr)), source.n - n_samples)
-                mel = log_mel(y[first : first + n_samples], config=config)
-                out.append((_finite(mel, y, first, config, source.path), first / sr))
+                first = grid_step(start, n_samples=source.n, config=config)
+                window = _window_samples(y, first, int(round(config.window_seconds * sr)))
+                mel = log_mel(window, config=config)
+                out.append((_finite(mel, window, 0, config, source.path, first / sr), first / sr))
             return out
         n_frames = config.n_frames
-        last = (source.n - n_samples) // hop  # the last grid frame a whole window can start on
-        frames = [min(int(round(start * sr / hop)), last) for start in starts]
+        frames = [grid_step(start, n_samples=source.n, config=config) for start in starts]
         power_of: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # first frame -> power, samples
         for first, count in frame_runs(frames, n_frames):
-            # Frame k reads samples k * hop - n_fft // 2 onwards, n_fft of them.
+            # Frame k reads samples k * hop - n_fft // 2 onwards, n_fft of them; none exist
+            # before 0 or from the recording's end on, where the frames see zeros.
             lo = first * hop - n_fft // 2
             y, offset = source.span(lo, lo + (count - 1) * hop + n_fft)
             power = mel_power_frames(y, first, count, config=config, offset=offset)
@@ -218,8 +235,19 @@ def window_mels(
         for f in frames:
             power, y, offset = power_of[f]
             mel = log_mel_of_power(power, config=config)
-            out.append((_finite(mel, y, f * hop - offset, config, source.path), f * hop / sr))
+            out.append((_finite(mel, y, f * hop - offset, config, source.path, f * hop / sr), f * hop / sr))
     return out
+
+
+def _window_samples(y: np.ndarray, first: int, n: int) -> np.ndarray:
+    """Samples ``first .. first + n - 1`` of ``y``, zeros where ``y`` has none (padding)."""
+    if first >= 0 and first + n <= y.size:
+        return y[first : first + n]
+    window = np.zeros(n, dtype=y.dtype)
+    lo, hi = max(first, 0), min(first + n, y.size)
+    if hi > lo:
+        window[lo - first : hi - first] = y[lo:hi]
+    return window
 
 
 def frame_runs(firsts: Sequence[int], n_frames: int) -> list[tuple[int, int]]:
@@ -237,19 +265,21 @@ def frame_runs(firsts: Sequence[int], n_frames: int) -> list[tuple[int, int]]:
 
 
 def _finite(
-    mel: np.ndarray, y: np.ndarray, first_sample: int, config: FeatureConfig, path: str
+    mel: np.ndarray, y: np.ndarray, first_sample: int, config: FeatureConfig, path: str, start: float
 ) -> np.ndarray:
     """``mel`` as handed to the shard writer, or AudioError naming the file when a value is not finite.
 
     Float dtypes are cast here (a value beyond float16's range becomes inf and is caught);
-    uint8 codes are made from the float32 values by the writer.
+    uint8 codes are made from the float32 values by the writer. ``y[first_sample:]`` are the
+    window's samples (where it has any), ``start`` its start in seconds.
     """
     stored = mel.astype(np.float32 if config.dtype == QUANTIZED_DTYPE else config.dtype)
     if not np.isfinite(stored).all():
-        window = y[first_sample : first_sample + int(round(config.window_seconds * config.sample_rate))]
+        lo = max(first_sample, 0)
+        window = y[lo : first_sample + int(round(config.window_seconds * config.sample_rate))]
         peak = float(np.max(np.abs(window))) if window.size else 0.0
         raise AudioError(
-            f"{path}: the log-mel of the window at {first_sample / config.sample_rate:.3f} s is not finite "
+            f"{path}: the log-mel of the window at {start:.3f} s is not finite "
             f"(sample peak {peak:.3g}; audio is expected within [-1, 1])"
         )
     return stored

@@ -50,13 +50,14 @@ def test_index_round_trips_through_dict_and_file(feature_dir, index_dict, tmp_pa
 def test_index_fields_have_their_documented_values(feature_dir, index_dict):
     index = read_index(feature_dir)
     config = index.config
-    assert index_dict["format"] == {"name": "melshards", "version": 3}
+    assert index_dict["format"] == {"name": "melshards", "version": 4}
     assert list(index_dict) == [
         "format",
         "fingerprint",
         "kind",
         "config",
         "classes",
+        "class_names",
         "n_examples",
         "n_frames",
         "crop_frames",
@@ -67,6 +68,7 @@ def test_index_fields_have_their_documented_values(feature_dir, index_dict):
     ]
     assert index.kind == names.SET_LABELLED
     assert index.classes == (0, 1, 2, 3) == tuple(range(config.n_classes))
+    assert index.class_names == ("s0", "s1", "s2", "s3")
     assert index.n_examples == index_dict["n_examples"] == 9
     assert [e.n for e in index.shards] == [4, 4, 1]
     assert [e.file for e in index.shards] == ["shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
@@ -97,11 +99,11 @@ def test_build_sorts_shards_and_fingerprints_config_and_shards():
 @pytest.mark.parametrize(
     ("fmt", "message"),
     [
-        ({"name": "melshards", "version": 4}, "format version 4 is unknown; this reader knows version 3"),
+        ({"name": "melshards", "version": 5}, "format version 5 is unknown; this reader knows version 4"),
         ({"name": "melshards", "version": 0}, "format version 0 is unknown"),
         (
-            {"name": "melshards", "version": 2},
-            "format version 2 is unknown; this reader knows version 3; run the same precompute command "
+            {"name": "melshards", "version": 3},
+            "format version 3 is unknown; this reader knows version 4; run the same precompute command "
             "again to rebuild it",
         ),
         ({"name": "melshards"}, "format version None is unknown"),
@@ -138,6 +140,14 @@ def test_refuses_a_file_that_is_no_index(tmp_path):
         (lambda d: d.update(crop_frames="101"), "crop_frames '101' disagrees"),
         (lambda d: d.update(classes=[0, 1, 2]), "3 classes, but the config has n_classes 4"),
         (lambda d: d.update(classes=[0, 1, 2, "3"]), "classes must be a list of integers"),
+        (
+            lambda d: d.update(class_names=["a", "b", "c"]),
+            "class_names: 3 names, but the config has n_classes 4",
+        ),
+        (lambda d: d.update(class_names=["a", "b", "c", "a"]), "class_names: class name 'a' appears twice"),
+        (lambda d: d.update(class_names=["a", "b", "c", "d,e"]), "class name 'd,e' has a comma"),
+        (lambda d: d.update(class_names=["a", "b", "c", 4]), "class name 4 is not a string"),
+        (lambda d: d.pop("class_names"), "missing class_names"),
         (lambda d: d.update(shards={}), "shards must be a list"),
         (lambda d: d["shards"][0].update(file="../x.h5"), "shard name '../x.h5' is not a plain file"),
         (lambda d: d["shards"][0].update(file=".hidden.h5"), "is not a plain file"),
@@ -254,7 +264,7 @@ def test_a_written_shard_holds_exactly_the_named_datasets_and_attributes(tmp_pat
         *(f"{names.ATTR_CONFIG_PREFIX}{key}" for key in parameter_names()),
     }
     assert set(attrs) == expected_attrs
-    assert attrs[names.ATTR_FORMAT] == "melshards" and attrs[names.ATTR_FORMAT_VERSION] == 3
+    assert attrs[names.ATTR_FORMAT] == "melshards" and attrs[names.ATTR_FORMAT_VERSION] == 4
     assert attrs[names.ATTR_KIND] == "labelled"
     assert json.loads(attrs[names.ATTR_CONFIG]) == config.to_dict()
     assert attrs[f"{names.ATTR_CONFIG_PREFIX}compression"] == "none"
@@ -276,6 +286,8 @@ def test_a_written_shard_holds_exactly_the_named_datasets_and_attributes(tmp_pat
         assert h5[f"{names.ANCHOR}/line"][()].tolist() == [7, 7]
         assert h5[f"{names.EVENTS}/{names.EVENT_EXAMPLE}"][()].tolist() == [0, 0, 1, 1]
         assert h5[f"{names.EVENTS}/kind"][()].tolist() == [1, 0, 1, 0]
+        # An example without ``valid`` holds audio in every frame.
+        assert h5[names.VALID][()].tolist() == [[0, config.n_frames], [0, config.n_frames]]
 
     summary = read_shard_summary(path)
     assert (summary.fingerprint, summary.n, summary.failures) == ("f" * 32, 2, failures)
@@ -288,7 +300,7 @@ def test_a_written_shard_holds_exactly_the_named_datasets_and_attributes(tmp_pat
 
 def test_every_name_is_distinct():
     groups = [
-        (names.MEL, names.LABELS, names.RECORDING_ID, names.START, names.ANCHOR, names.EVENTS),
+        (names.MEL, names.LABELS, names.RECORDING_ID, names.START, names.VALID, names.ANCHOR, names.EVENTS),
         tuple(names.SHARD_DATASETS),
         names.SHARD_ATTRIBUTES,
         (names.EVENT_TP, names.EVENT_FP, names.EVENT_NONE),

@@ -204,7 +204,7 @@ def test_shard_bytes_do_not_depend_on_when_dataset_handles_close(tiny_run, tmp_p
 
     monkeypatch.setattr(h5py.Group, "create_dataset", create_and_hold)
     run_tiny(paths, tmp_path / "held")
-    assert len(held) == 3 * 17  # every dataset of every shard stayed open until here
+    assert len(held) == 3 * 18  # every dataset of every shard stayed open until here
     assert read_index(tmp_path / "held").shards == read_index(loky_out).shards  # sha256 included
 
 
