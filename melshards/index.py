@@ -94,7 +94,8 @@ class Index:
 
     ``root`` is the directory it was read from (None for an index not yet on disk); it is not
     serialized. ``n_examples``, ``n_frames`` and ``crop_frames`` are derived, written for
-    readers without this code, and checked on reading.
+    readers without this code, and checked on reading. ``class_names`` names each class
+    (column of ``labels``), ``n_classes`` of them (default ``s0``, ``s1``, ...).
     """
 
     fingerprint: str
@@ -107,6 +108,14 @@ class Index:
     versions: Mapping[str, str]
     source: Mapping[str, Any] | None = None
     root: Path | None = dataclasses.field(default=None, compare=False)
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        names = default_class_names(self.config.n_classes) if self.class_names is None else self.class_names
+        object.__setattr__(self, "class_names", tuple(names))
+        problem = class_names_problem(self.class_names, self.config.n_classes)
+        if problem:
+            raise ConfigError(f"class_names: {problem}")
 
     @classmethod
     def build(
@@ -119,13 +128,18 @@ class Index:
         kind: str,
         versions: Mapping[str, str],
         source: Mapping[str, Any] | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> Index:
-        """The index of a finished run: shards sorted by name, fingerprint over config and shards."""
+        """The index of a finished run: shards sorted by name, fingerprint over config, shards
+        and class names (default ``s0..s<n_classes - 1>``)."""
         if kind not in SET_KINDS:
             raise ConfigError(f"feature set kind must be one of {SET_KINDS}, got {kind!r}")
         shards = tuple(sorted(entries, key=lambda e: e.file))
+        names = default_class_names(config.n_classes) if class_names is None else tuple(class_names)
         return cls(
-            fingerprint=fingerprint_of([config.to_dict(), [e.fingerprint for e in shards], kind]),
+            fingerprint=fingerprint_of(
+                [config.to_dict(), [e.fingerprint for e in shards], kind, list(names)]
+            ),
             kind=kind,
             config=config,
             classes=tuple(range(config.n_classes)),
@@ -134,6 +148,7 @@ class Index:
             failures=failures,
             versions=dict(versions),
             source=None if source is None else dict(source),
+            class_names=names,
         )
 
     @property
@@ -152,6 +167,7 @@ class Index:
             "kind": self.kind,
             "config": self.config.to_dict(),
             "classes": list(self.classes),
+            "class_names": list(self.class_names),
             "n_examples": self.n_examples,
             "n_frames": self.config.n_frames,
             "crop_frames": self.config.crop_frames,
@@ -184,6 +200,7 @@ class Index:
             "kind",
             "config",
             "classes",
+            "class_names",
             "n_examples",
             "shards",
             "stats",
@@ -215,6 +232,10 @@ class Index:
             raise FormatError(
                 f"{source}: {len(classes)} classes, but the config has n_classes {config.n_classes}"
             )
+        class_names = data["class_names"]
+        problem = class_names_problem(class_names, config.n_classes)
+        if problem:
+            raise FormatError(f"{source}: class_names: {problem}")
         stats = BinStats.from_dict(data["stats"], source=f"{source} stats")
         versions = data.get("versions", {})
         if not isinstance(versions, dict):
@@ -233,6 +254,7 @@ class Index:
             versions={str(k): str(v) for k, v in versions.items()},
             source=origin,
             root=root,
+            class_names=tuple(class_names),
         )
         n_examples = _count(data["n_examples"], f"{source} n_examples")
         if index.n_examples != n_examples:
@@ -245,6 +267,45 @@ class Index:
                     f"{source}: {name} {data[name]!r} disagrees with the config's {getattr(config, name)}"
                 )
         return index
+
+
+# A class name becomes a CSV column (submissions) and a picture title: one printable line,
+# no comma or quote, of a readable length.
+MAX_CLASS_NAME = 100
+
+
+def default_class_names(n_classes: int) -> tuple[str, ...]:
+    """``s0, s1, ...``: the names of numeric class ids (RFCX's submission columns)."""
+    return tuple(f"s{k}" for k in range(n_classes))
+
+
+def class_name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot name a class, or None."""
+    if not isinstance(name, str):
+        return f"class name {_short(name)} is not a string"
+    if not name or name != name.strip():
+        return f"class name {name!r} is empty or has spaces at an end"
+    if len(name) > MAX_CLASS_NAME:
+        return f"class name {_short(name)} is longer than {MAX_CLASS_NAME} characters"
+    if not name.isprintable() or any(c in name for c in ',"'):
+        return f"class name {name!r} has a comma, a quote or a control character"
+    return None
+
+
+def class_names_problem(names: Any, n_classes: int) -> str | None:
+    """Why ``names`` cannot be the class list of ``n_classes`` classes, or None."""
+    if not isinstance(names, list | tuple):
+        return f"expected a list of {n_classes} names, got {_short(names)}"
+    if len(names) != n_classes:
+        return f"{len(names)} names, but the config has n_classes {n_classes}"
+    for name in names:
+        problem = class_name_problem(name)
+        if problem:
+            return problem
+    if len(set(names)) != len(names):
+        repeated = next(n for k, n in enumerate(names) if n in names[:k])
+        return f"class name {repeated!r} appears twice"
+    return None
 
 
 def read_index(root: str | os.PathLike) -> Index:

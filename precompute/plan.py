@@ -17,8 +17,9 @@ is dropped. Without ``previous`` recordings are packed in sorted order (``_group
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -26,11 +27,13 @@ import numpy as np
 import soundfile as sf
 
 from melshards.config import FeatureConfig
-from melshards.errors import AudioError, ConfigError, ManifestError, MelShardsError
+from melshards.errors import AudioError, ConfigError, ManifestError
 from melshards.files import fingerprint_of
-from melshards.names import EVENT_FP, EVENT_TP, FORMAT_VERSION, SET_LABELLED, SET_WINDOWS, SHARD_PATTERN
+from melshards.names import EVENT_FP, FORMAT_VERSION, SET_LABELLED, SET_WINDOWS, SHARD_PATTERN
+from precompute.annotations import Annotations, iter_annotations
 from precompute.audio import AUDIO_EXTENSIONS, MAX_SECONDS, check_inside, file_identity, find_audio
-from precompute.manifest import ROW_DTYPE, Row, RowFailure, RowTable, drop_duplicates, iter_manifest
+from precompute.classes import ClassCoder, ClassSpec
+from precompute.manifest import ROW_DTYPE, NoValidRows, Row, RowFailure, RowTable, drop_duplicates
 
 NO_ROWS = RowTable(np.zeros(0, dtype=ROW_DTYPE), (), (), (None,))
 
@@ -314,29 +317,93 @@ def plan_manifests(
     on_error: str = "skip",
     previous: Mapping[str, int] | None = None,
 ) -> tuple[list[ShardJob], list[RowFailure]]:
-    """Read, validate and deduplicate the manifests as a stream, then plan the shard jobs.
+    """Read, validate and deduplicate RFCX manifests as a stream, then plan the shard jobs.
 
-    Reads no audio (only the audio files' size and mtime). Returns the jobs and the rejected
-    rows: bad rows of ``tp``, then of ``fp``, then duplicates, each in file order, then every
-    row of each recording whose rows name different paths (which one is right cannot be told),
-    in reading order. ``previous`` is ``plan_labelled``'s.
+    Species ids must lie in ``0..config.n_classes - 1``; ``plan_annotations`` (which this
+    calls) says the rest. Returns the jobs and the rejected rows.
     """
-    row_failures: list[RowFailure] = []
-    sources = [(tp, EVENT_TP)] + ([(fp, EVENT_FP)] if fp is not None else [])
+    inputs = [Annotations("rfcx", tp)] + ([Annotations("rfcx", fp, kind=EVENT_FP)] if fp is not None else [])
+    planned = plan_annotations(
+        inputs,
+        audio_dir=audio_dir,
+        config=config,
+        classes=ClassSpec(count=config.n_classes),
+        on_error=on_error,
+        previous=previous,
+    )
+    return planned.jobs, planned.failures
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A labelled run's plan: jobs, rejected rows, classes, and the config with their count.
+
+    ``ignored`` maps each table to the columns it has that no field uses.
+    """
+
+    jobs: list[ShardJob]
+    failures: list[RowFailure]
+    class_names: tuple[str, ...]
+    config: FeatureConfig
+    ignored: dict[str, list[str]]
+
+
+def plan_annotations(
+    inputs: Sequence[Annotations],
+    *,
+    audio_dir: Path,
+    config: FeatureConfig,
+    classes: ClassSpec | None = None,
+    on_error: str = "skip",
+    previous: Mapping[str, int] | Callable[[FeatureConfig], Mapping[str, int] | None] | None = None,
+) -> Planned:
+    """Read, validate and deduplicate annotations of any format as a stream, then plan the jobs.
+
+    inputs : the annotation inputs (``precompute.annotations``), read in order
+    classes : where the class list comes from (default: the data); the returned config's
+        ``n_classes`` is its length
+    previous : ``plan_labelled``'s, or a function of the returned config that gives it
+
+    Reads no audio besides the headers of clips (their length) and the audio files' size and
+    mtime. The rejected rows come in this order: bad rows of each input in reading order, then
+    duplicates, then every row of each recording whose rows name different paths (which one
+    is right cannot be told). Each job's fingerprint covers the class names. Raises
+    ``NoValidRows`` (with the failures) when no row is left.
+    """
+    coder = ClassCoder(classes)
+    failures: list[RowFailure] = []
+    ignored: dict[str, list[str]] = {}
     rows = RowTable.from_rows(
-        row
-        for path, kind in sources
-        for row in iter_manifest(
-            path, kind=kind, n_classes=config.n_classes, on_error=on_error, failures=row_failures
+        iter_annotations(
+            inputs,
+            audio_dir=audio_dir,
+            config=config,
+            classes=coder,
+            on_error=on_error,
+            failures=failures,
+            ignored=ignored,
         )
     )
+    names, remap = coder.finish()
+    if remap is not None and len(rows):
+        rows.data["species_id"] = remap[rows.data["species_id"]]
     rows, duplicates = drop_duplicates(rows, on_error=on_error)
-    row_failures += duplicates
     rows, mixed = drop_mixed_paths(rows, on_error=on_error)
-    row_failures += mixed
+    failures += duplicates + mixed
     if not len(rows):
-        raise MelShardsError(f"{tp}: no valid rows to precompute ({len(row_failures)} rejected)")
-    return plan_labelled(rows, audio_dir=audio_dir, config=config, previous=previous), row_failures
+        what = ", ".join(str(item.path) for item in inputs)
+        reasons = "; ".join(f.to_record()["message"] for f in failures[:3])
+        more = f"; ... ({len(failures)} in all)" if len(failures) > 3 else ""
+        raise NoValidRows(
+            f"{what}: no valid rows to precompute ({len(failures)} rejected): {reasons}{more}", failures
+        )
+    config = dataclasses.replace(config, n_classes=len(names))
+    assigned = previous(config) if callable(previous) else previous
+    jobs = [
+        dataclasses.replace(job, fingerprint=fingerprint_of([job.fingerprint, list(names)]))
+        for job in plan_labelled(rows, audio_dir=audio_dir, config=config, previous=assigned)
+    ]
+    return Planned(jobs, failures, names, config, ignored)
 
 
 def list_audio(audio_dir: Path, *, files: Path | None = None) -> list[tuple[str, Path]]:

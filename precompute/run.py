@@ -17,18 +17,19 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from melshards import codec
 from melshards.config import FeatureConfig
 from melshards.console import log
-from melshards.errors import ConfigError, FormatError, LockedError
+from melshards.errors import ConfigError, FormatError, LockedError, ManifestError
 from melshards.files import append_line, atomic_write_text, sha256_file
 from melshards.index import Index, ShardEntry, read_index, write_index
 from melshards.names import (
     BUILT_FILE,
+    EVENT_FP,
     EVENT_TP,
     FAILURES_FILE,
     INDEX_FILE,
@@ -41,9 +42,12 @@ from melshards.names import (
     TEMP_SUFFIX,
 )
 from melshards.shard import ShardStats, read_shard_summary, regular_file_problem
+from precompute.annotations import Annotations
 from precompute.backends import LOCAL_BACKENDS, check_backend, joblib_backend
+from precompute.classes import ClassSpec
 from precompute.job import ON_ERROR, ShardResult, build_shard
-from precompute.plan import ShardJob, library_versions, plan_manifests, plan_windows, setup_key
+from precompute.manifest import NoValidRows
+from precompute.plan import ShardJob, library_versions, plan_annotations, plan_windows, setup_key
 
 
 @dataclass(frozen=True)
@@ -382,6 +386,7 @@ def run_plan(
     progress: bool = True,
     source: dict | None = None,
     overwrite: bool = False,
+    class_names: Sequence[str] | None = None,
 ) -> Summary:
     """Build every shard of ``plan`` that is missing or stale, then write the index.
 
@@ -399,6 +404,7 @@ def run_plan(
     prior_failures : failures found before any job ran (rejected manifest rows)
     source : where the inputs came from, recorded in the index
     overwrite : replace a feature set of another kind in ``out`` (refused otherwise)
+    class_names : the name of each class, recorded in the index (default ``s0``, ``s1``, ...)
 
     Every backend runs the same ``build_shard`` per job and writes the same bytes; the driver
     only receives each shard's ``ShardResult`` (entry, statistics, failures).
@@ -442,7 +448,9 @@ def run_plan(
         )
         results.sort(key=lambda r: r.entry.file)
         failures = list(prior_failures or []) + [f for r in results for f in r.failures]
-        index = _write_failures_and_index(out, results, failures, config=config, kind=kind, source=source)
+        index = _write_failures_and_index(
+            out, results, failures, config=config, kind=kind, source=source, class_names=class_names
+        )
     built = [r for r in results if not r.reused]
     return Summary(
         rebuilt=rebuilt,
@@ -470,7 +478,14 @@ def _check_kind(out: Path, kind: str, *, overwrite: bool) -> None:
 
 
 def _write_failures_and_index(
-    out: Path, results: list[ShardResult], failures: list[dict], *, config: FeatureConfig, kind: str, source
+    out: Path,
+    results: list[ShardResult],
+    failures: list[dict],
+    *,
+    config: FeatureConfig,
+    kind: str,
+    source,
+    class_names: Sequence[str] | None = None,
 ) -> Index:
     """``failures.jsonl``, then the index (last): the statistics of every shard, merged."""
     stats = ShardStats.empty(config.n_mels)
@@ -485,6 +500,7 @@ def _write_failures_and_index(
         kind=kind,
         versions=library_versions(),
         source=source,
+        class_names=class_names,
     )
     write_index(out, index)
     return index
@@ -571,44 +587,99 @@ def _build_shards(
 def run_features(
     *,
     audio_dir: Path,
-    tp: Path,
-    fp: Path | None,
     out: Path,
     config: FeatureConfig,
+    tp: Path | None = None,
+    fp: Path | None = None,
+    annotations: Sequence[Annotations] = (),
+    classes: ClassSpec | None = None,
     on_error: str = "skip",
     **options,
 ) -> Summary:
-    """Labelled slices (one window per TP and FP row) -> a feature set in ``out``.
+    """Labelled slices (one window per annotated event) -> a feature set in ``out``.
 
-    ``options`` are ``run_plan``'s: ``jobs``, ``backend``, ``scheduler``, ``progress``.
+    Parameters
+    ----------
+    tp, fp : RFCX manifests of calls and of confirmed false positives
+    annotations : more inputs, of any format (``precompute.annotations.Annotations``)
+    classes : where the class list comes from; None keeps ``config.n_classes`` numeric ids
+        (``ClassSpec(count=config.n_classes)``), ``ClassSpec()`` takes the classes from the data
+    options : ``run_plan``'s: ``jobs``, ``backend``, ``scheduler``, ``progress``, ``overwrite``
+
+    When every row is rejected, ``failures.jsonl`` in ``out`` lists why, and ManifestError
+    names the first reasons.
     """
     check_backend(options.get("backend", "loky"), scheduler=options.get("scheduler"))
     # Absolute, because the workers may run on other machines (with the same mounts).
     audio_dir, out = Path(os.path.abspath(audio_dir)), Path(out)
     if not audio_dir.is_dir():
         raise ConfigError(f"{audio_dir}: audio directory not found")
-    previous = _previous(out, config=config, kind=SET_LABELLED, step=None)
-    plan, row_failures = plan_manifests(
-        tp, fp, audio_dir=audio_dir, config=config, on_error=on_error, previous=previous
-    )
-    n_rows = sum(len(job.rows) for job in plan)
-    n_tp = sum(int((job.rows.data["kind"] == EVENT_TP).sum()) for job in plan)
-    log.info(
-        f"manifests: {n_tp} TP rows from {tp}"
-        + (f", {n_rows - n_tp} FP rows from {fp}" if fp is not None else "")
-        + f"; {len(row_failures)} rejected"
-    )
-    manifests = {"tp": str(tp), "fp": None if fp is None else str(fp), "audio_dir": str(audio_dir)}
+    inputs = [Annotations("rfcx", tp)] if tp is not None else []
+    inputs += [Annotations("rfcx", fp, kind=EVENT_FP)] if fp is not None else []
+    inputs += list(annotations)
+    if not inputs:
+        raise ConfigError("no annotations to precompute: give --tp, --raven, --clips or --class-folders")
+    classes = ClassSpec(count=config.n_classes) if classes is None else classes
+    try:
+        planned = plan_annotations(
+            inputs,
+            audio_dir=audio_dir,
+            config=config,
+            classes=classes,
+            on_error=on_error,
+            previous=lambda final: _previous(out, config=final, kind=SET_LABELLED, step=None),
+        )
+    except NoValidRows as err:
+        _write_rejected(out, err.failures)
+        raise ManifestError(f"{err} (every rejected row in {out / FAILURES_FILE})") from None
+    _log_annotations(planned, classes)
+    source = {
+        "tp": None if tp is None else str(tp),
+        "fp": None if fp is None else str(fp),
+        "audio_dir": str(audio_dir),
+        "annotations": [item.describe() for item in inputs],
+        "classes": classes.describe(),
+    }
+    if planned.ignored:
+        source["ignored_columns"] = planned.ignored
     return run_plan(
-        plan,
+        planned.jobs,
         out=out,
-        config=config,
+        config=planned.config,
         kind=SET_LABELLED,
         on_error=on_error,
-        prior_failures=[f.to_record() for f in row_failures],
-        source=manifests,
+        prior_failures=[f.to_record() for f in planned.failures],
+        source=source,
+        class_names=planned.class_names,
         **options,
     )
+
+
+def _write_rejected(out: Path, failures: list) -> None:
+    """``failures.jsonl`` of a run whose every row was rejected (nothing else is written)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        atomic_write_text(out / FAILURES_FILE, "".join(json.dumps(f.to_record()) + "\n" for f in failures))
+
+
+def _log_annotations(planned, classes: ClassSpec) -> None:
+    """One line for the rows and classes, and one per set of columns the inputs do not use."""
+    rows = [job.rows.data["kind"] for job in planned.jobs]
+    n_tp = sum(int((kinds == EVENT_TP).sum()) for kinds in rows)
+    n_fp = sum(kinds.size for kinds in rows) - n_tp
+    names = planned.class_names
+    shown = ", ".join(names[:6]) + (f", ... {names[-1]}" if len(names) > 6 else "")
+    log.info(
+        f"annotations: {n_tp} TP rows"
+        + (f", {n_fp} FP rows" if n_fp else "")
+        + f"; {len(planned.failures)} rejected; {len(names)} classes ({classes.describe()}): {shown}"
+    )
+    by_columns: dict[tuple[str, ...], list[str]] = {}
+    for table, columns in planned.ignored.items():
+        by_columns.setdefault(tuple(columns), []).append(table)
+    for columns, tables in by_columns.items():
+        more = f" and {len(tables) - 1} more table(s)" if len(tables) > 1 else ""
+        log.info(f"ignoring column(s) {', '.join(columns)} of {tables[0]}{more} (not used by precompute)")
 
 
 def run_windows(

@@ -27,7 +27,7 @@ def test_row_table_round_trips_rows_and_keeps_only_the_strings_it_uses():
         row("c", 1.0, line=3),
     ]
     table = RowTable.from_rows(iter(rows), chunk=2)
-    assert table.data.dtype == ROW_DTYPE and table.data.itemsize == 54
+    assert table.data.dtype == ROW_DTYPE and table.data.itemsize == 57
     assert list(table) == rows
     assert (table.recording_ids, table.sources, table.paths) == (
         ("b", "a", "c"),
