@@ -324,7 +324,8 @@ def rebuild_reason(job: ShardJob, prior: Prior) -> tuple[str, tuple[str, ...]]:
     audio = tuple(r for r, old, new in zip(ids, was, job.digests, strict=True) if old[1] != new[1])
     if rows:
         return ROWS, rows
-    return (AUDIO, audio) if audio else (CHANGED, ())
+    # Same recordings, rows and audio: what changed is shared by every shard (class names, say).
+    return (AUDIO, audio) if audio else (SETUP, ())
 
 
 def _reusable(path: Path, job: ShardJob, record: ShardEntry | None) -> ShardResult | None:
