@@ -120,7 +120,7 @@ class FeatureConfig:
         if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
             raise ConfigError(
                 f"config needs 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin} "
-                f"fmax={self.fmax} sample_rate={self.sample_rate}"
+                f"fmax={self.fmax} sample_rate={self.sample_rate}; {_band_hint(self)}"
             )
         if self.normalize not in NORMALIZE_MODES:
             raise ConfigError(f"config normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}")
@@ -183,6 +183,14 @@ class FeatureConfig:
 
     def fingerprint(self) -> str:
         return fingerprint_of(self.to_dict())
+
+
+def _band_hint(config: FeatureConfig) -> str:
+    """What to set so that fmin < fmax <= sample_rate / 2 holds."""
+    nyquist = config.sample_rate / 2
+    if config.fmax > nyquist:
+        return f"set fmax <= {nyquist:g} (for instance --set fmax={nyquist:g}), or raise sample_rate"
+    return f"set fmin below fmax (for instance --set fmin={min(50.0, config.fmax / 2):g})"
 
 
 def parameter_names() -> tuple[str, ...]:

@@ -211,7 +211,7 @@ def iter_annotations(
                 layout = raven_layout(table, label_column=item.label_column, nyquist=nyquist)
                 yield from iter_manifest(table, kind=EVENT_TP, layout=layout, source=source, **common)
         elif item.format == "clips":
-            layout = clips_layout(item, nyquist=nyquist, lengths=clip_lengths(audio_dir, config))
+            layout = clips_layout(item, nyquist=nyquist, lengths=clip_lengths(audio_dir))
             yield from iter_manifest(item.path, kind=EVENT_TP, layout=layout, **common)
         else:
             yield from folder_rows(
@@ -281,11 +281,11 @@ def clips_layout(item: Annotations, *, nyquist: float, lengths) -> Layout:
     )
 
 
-def clip_lengths(audio_dir: Path, config: FeatureConfig):
+def clip_lengths(audio_dir: Path):
     """``f(recording_id, path)``: a clip's length in seconds from its audio header (cached).
 
-    Raises ValueError (the row's failure) when the file is missing or unreadable, or holds
-    less audio than one stored window (``duration + 2 x context``).
+    Raises ValueError (the row's failure) when the file is missing or unreadable. A clip
+    shorter than the stored window is kept: the shard job pads its one window.
     """
 
     @functools.lru_cache(maxsize=4096)
@@ -297,15 +297,9 @@ def clip_lengths(audio_dir: Path, config: FeatureConfig):
             raise ValueError(str(err)) from None
         except (sf.LibsndfileError, RuntimeError) as err:
             raise ValueError(f"{path or recording_id}: not readable audio ({err})") from None
-        seconds = info.frames / info.samplerate if info.samplerate else 0.0
-        window = config.window_seconds
-        if seconds + 1e-9 < window:
-            fit = max(round(seconds - 2 * config.context, 3), 0.01)
-            raise ValueError(
-                f"clip {path or recording_id} is {seconds:.3f} s, shorter than the {window:g} s window "
-                f"(duration + 2 x context); set a shorter duration, e.g. --set duration={fit:g}"
-            )
-        return seconds
+        if not info.frames or not info.samplerate:
+            raise ValueError(f"{path or recording_id}: no samples")
+        return info.frames / info.samplerate
 
     return length
 
@@ -320,15 +314,15 @@ def folder_rows(
     folders = sorted(p for p in audio_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise ManifestError(f"{audio_dir}: no class folders (one folder of clips per class)")
+    lengths = clip_lengths(audio_dir)
     layout = Layout(
-        name="class folder", file_names=True, clip_seconds=clip_lengths(audio_dir, config), nyquist=0.0
+        name="class folder", file_names=True, clip_seconds=lengths, nyquist=config.sample_rate / 2
     )
     for folder in folders:
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
         for path in files:
             relative = path.relative_to(audio_dir).as_posix()
-            fields = {"recording_id": relative, "species_id": folder.name, "songtype_id": "0"}
-            fields.update(t_min="0", t_max="0", f_min="0", f_max=repr(config.sample_rate / 2), path="")
+            fields = {**layout.defaults(), "recording_id": relative, "species_id": folder.name}
             try:
                 yield parse_row(
                     fields, kind=EVENT_TP, source=relative, line=0, classes=classes, layout=layout

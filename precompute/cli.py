@@ -27,6 +27,7 @@ from melshards.console import (
     setup_logging,
 )
 from melshards.errors import ConfigError, MelShardsError
+from melshards.names import EVENT_FP
 from precompute.backends import BACKENDS
 
 
@@ -88,6 +89,41 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_annotation_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("annotations (docs/annotations.md; also an [annotations] table in --config)")
+    g.add_argument(
+        "--tp", type=Path, help="CSV of calls: RFCX columns (train_tp.csv), or any, mapped by --columns"
+    )
+    g.add_argument("--fp", type=Path, help="CSV of confirmed false positives, same columns as --tp")
+    g.add_argument(
+        "--columns",
+        metavar="MAP",
+        help="which column holds each field in --tp/--fp/--clips, e.g. "
+        "recording_id=file,species_id=label,t_min=start,t_max=end",
+    )
+    g.add_argument("--raven", type=Path, metavar="PATH", help="a Raven selection table, or a folder of them")
+    g.add_argument(
+        "--clips", type=Path, metavar="CSV", help="clip-level labels: a file column and a label column"
+    )
+    g.add_argument(
+        "--class-folders",
+        action="store_true",
+        help="one folder of clips per class in --audio-dir; each clip is labelled with its folder",
+    )
+    g.add_argument(
+        "--label-column",
+        metavar="NAME",
+        help="the labels' column in --raven/--clips (default: Annotation, Species, label, category, ...)",
+    )
+    g.add_argument("--label-separator", metavar="SEP", help="between several labels of one clip (default ;)")
+    g.add_argument(
+        "--classes",
+        metavar="LIST",
+        help="the class list, in order (a,b,c; other labels are rejected), or species_songtype "
+        "(a class per species and songtype); default: the labels found, or --set n_classes=N ids",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="precompute",
@@ -111,11 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--jobs", type=int, default=None, help="parallel jobs (default: all cores)")
 
-    p = sub.add_parser("features", parents=[quiet], help="labelled slices (TP and FP rows) -> shards")
+    p = sub.add_parser(
+        "features",
+        parents=[quiet],
+        help="labelled slices (annotated events) -> shards",
+        description="One window per annotated event, from RFCX manifests, event CSVs, Raven selection "
+        "tables or clip-level labels (docs/annotations.md). Give at least one of --tp, --raven, "
+        "--clips, --class-folders; they may be combined.",
+    )
     p.add_argument("--audio-dir", type=Path, required=True, help="folder of <recording_id>.flac/.wav/...")
-    p.add_argument("--tp", type=Path, required=True, help="train_tp.csv (RFCX columns)")
-    p.add_argument("--fp", type=Path, help="train_fp.csv (confirmed false positives)")
     p.add_argument("--out", type=Path, required=True, help="feature set directory")
+    _add_annotation_options(p)
     _add_config_options(p)
     _add_run_options(p)
 
@@ -260,14 +302,58 @@ def _log_config(config) -> None:
 
 
 def features_command(args: argparse.Namespace) -> int:
+    from precompute.annotations import read_annotation_options
     from precompute.run import run_features
 
     config = _config(args)
     _log_config(config)
+    options = read_annotation_options(args.config)
     summary = run_features(
-        audio_dir=args.audio_dir, tp=args.tp, fp=args.fp, out=args.out, config=config, **_run_options(args)
+        audio_dir=args.audio_dir,
+        out=args.out,
+        config=config,
+        annotations=_annotations(args, options),
+        classes=_classes(args, options, config=config),
+        **_run_options(args),
     )
     return _report(summary)
+
+
+def _annotations(args: argparse.Namespace, options: dict) -> list:
+    """The annotation inputs the options name, in reading order: --tp, --fp, --raven, --clips, folders."""
+    from precompute.annotations import Annotations, parse_columns
+
+    columns = parse_columns(args.columns) if args.columns else options.get("columns", {})
+    label = args.label_column or options.get("label_column")
+    separator = args.label_separator or options.get("label_separator") or ";"
+    if not (args.tp or args.raven or args.clips or args.class_folders):
+        raise ConfigError("no annotations: give --tp CSV, --raven PATH, --clips CSV or --class-folders")
+    csv_format = "events" if columns else "rfcx"
+    inputs = [Annotations(csv_format, args.tp, columns=columns)] if args.tp else []
+    inputs += [Annotations(csv_format, args.fp, kind=EVENT_FP, columns=columns)] if args.fp else []
+    inputs += [Annotations("raven", args.raven, label_column=label)] if args.raven else []
+    if args.clips:
+        inputs.append(
+            Annotations("clips", args.clips, columns=columns, label_column=label, separator=separator)
+        )
+    inputs += [Annotations("class_folders", args.audio_dir)] if args.class_folders else []
+    return inputs
+
+
+def _classes(args: argparse.Namespace, options: dict, *, config):
+    """The class list's source: --classes (or the config's [annotations] classes), and n_classes
+    when the config file, --set or the preset gives it; else the data."""
+    from precompute.classes import ClassSpec, parse_class_option
+    from precompute.config import parse_set, preset_values, read_toml
+
+    spec = parse_class_option(args.classes) if args.classes else options.get("classes", ClassSpec())
+    given = "n_classes" in parse_set(args.overrides) or "n_classes" in preset_values(config.preset)
+    given = given or (args.config is not None and "n_classes" in read_toml(args.config))
+    if given and spec.names is not None and len(spec.names) != config.n_classes:
+        raise ConfigError(
+            f"n_classes is {config.n_classes}, but the class list names {len(spec.names)} classes"
+        )
+    return ClassSpec(names=spec.names, count=config.n_classes if given else None, scheme=spec.scheme)
 
 
 def windows_command(args: argparse.Namespace) -> int:

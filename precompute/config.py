@@ -155,7 +155,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: is a directory, expected a TOML config file") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
-    return dict(data.get("features", data))
+    features = dict(data.get("features", data))
+    features.pop("annotations", None)  # the [annotations] table: precompute.annotations reads it
+    return features
 
 
 def load_config(

@@ -99,33 +99,73 @@ def inspect_lines(root: str | Path) -> list[str]:
         f"{cfg.context:g} s of context on each side",
         f"values       {_value_summary(index.stats, cfg)}",
         f"failures     {failures}",
+        *_annotation_lines(index),
         "",
         f"config (preset {cfg.preset}; change with --preset, --config FILE or --set key=value)",
         *config_lines(cfg),
     ]
     if index.kind == SET_LABELLED and len(labels):
-        lines += ["", *_class_table(labels, np.array(recordings), index.classes)]
+        lines += ["", *_class_table(labels, np.array(recordings), index.class_names)]
     return [clip_line(line) for line in lines]
 
 
-def _class_table(labels: np.ndarray, recordings: np.ndarray, classes: tuple[int, ...]) -> list[str]:
-    """Label counts per class, two classes per line."""
-    head = "class   pos    FP  unknown  recs"
+def _annotation_lines(index: Index) -> list[str]:
+    """Where the labels came from: the classes, the annotation inputs, the columns ignored."""
+    names = index.class_names
+    source = index.source or {}
+    how = f" ({source['classes']})" if isinstance(source.get("classes"), str) else ""
+    start = f"classes      {len(names)}{how}: "
+    lines = [start + _names_fitting(names, WIDTH - len(start))]
+    inputs = source.get("annotations")
+    if isinstance(inputs, list) and inputs:
+        described = [
+            f"{item.get('format')} {Path(str(item.get('path'))).name}"
+            + (" (FP)" if item.get("kind") == "fp" else "")
+            for item in inputs
+            if isinstance(item, dict)
+        ]
+        lines.append(f"annotations  {', '.join(described)}")
+    ignored = source.get("ignored_columns")
+    if isinstance(ignored, dict) and ignored:
+        columns = sorted({str(c) for cols in ignored.values() if isinstance(cols, list) for c in cols})
+        lines.append(f"ignored      column(s) {', '.join(columns)} of {len(ignored)} table(s): not stored")
+    return lines
+
+
+def _names_fitting(names: tuple[str, ...], room: int) -> str:
+    """As many of ``names`` as fit ``room`` columns, then ``... <last>``."""
+    if len(", ".join(names)) <= room:
+        return ", ".join(names)
+    tail = f", ... {names[-1]}"
+    shown = []
+    for name in names[:-1]:
+        if len(", ".join([*shown, name])) + len(tail) > room:
+            break
+        shown.append(name)
+    return ", ".join(shown) + tail
+
+
+def _class_table(labels: np.ndarray, recordings: np.ndarray, names: tuple[str, ...]) -> list[str]:
+    """Label counts per class, two classes per line when their names are short enough."""
+    width = min(max(5, *(len(n) for n in names)), 30)
+    head = f"  # {'class':<{width}}   pos    FP  unknown  recs"
     cells = []
-    for c in classes:
+    for c, name in enumerate(names):
         pos = labels[:, c] == LABEL_POSITIVE
+        shown = name if len(name) <= width else name[: width - 3] + "..."
         cells.append(
-            f"{c:>5} {int(pos.sum()):>5} {int((labels[:, c] == LABEL_NEGATIVE).sum()):>5} "
+            f"{c:>3} {shown:<{width}} {int(pos.sum()):>5} {int((labels[:, c] == LABEL_NEGATIVE).sum()):>5} "
             f"{int((labels[:, c] == LABEL_UNKNOWN).sum()):>8} {len(set(recordings[pos])):>5}"
         )
-    half = math.ceil(len(cells) / 2)
+    columns = 2 if 2 * len(head) + 4 <= WIDTH else 1
     rows = [
         "labels per class (pos: a TP counts in the centred crop; FP: only a confirmed false positive does;",
         "unknown: neither; recs: recordings with a positive)",
-        f"{head}    {head}",
+        f"{head}    {head}" if columns == 2 else head,
     ]
+    half = math.ceil(len(cells) / columns)
     for i in range(half):
-        right = cells[i + half] if i + half < len(cells) else ""
+        right = cells[i + half] if columns == 2 and i + half < len(cells) else ""
         rows.append(f"{cells[i]}    {right}".rstrip())
     multi = int(((labels == LABEL_POSITIVE).sum(axis=1) > 1).sum())
     rows.append(f"examples with more than one positive class: {multi} of {labels.shape[0]}")

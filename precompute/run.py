@@ -633,7 +633,7 @@ def run_features(
     except NoValidRows as err:
         _write_rejected(out, err.failures)
         raise ManifestError(f"{err} (every rejected row in {out / FAILURES_FILE})") from None
-    _log_annotations(planned, classes)
+    _log_annotations(planned, inputs, classes)
     source = {
         "tp": None if tp is None else str(tp),
         "fp": None if fp is None else str(fp),
@@ -663,23 +663,26 @@ def _write_rejected(out: Path, failures: list) -> None:
         atomic_write_text(out / FAILURES_FILE, "".join(json.dumps(f.to_record()) + "\n" for f in failures))
 
 
-def _log_annotations(planned, classes: ClassSpec) -> None:
+def _log_annotations(planned, inputs: Sequence[Annotations], classes: ClassSpec) -> None:
     """One line for the rows and classes, and one per set of columns the inputs do not use."""
-    rows = [job.rows.data["kind"] for job in planned.jobs]
-    n_tp = sum(int((kinds == EVENT_TP).sum()) for kinds in rows)
-    n_fp = sum(kinds.size for kinds in rows) - n_tp
+    kinds = [job.rows.data["kind"] for job in planned.jobs]
+    n_tp = sum(int((k == EVENT_TP).sum()) for k in kinds)
+    n_fp = sum(k.size for k in kinds) - n_tp
+    tp = ", ".join(str(item.path) for item in inputs if item.kind == EVENT_TP)
+    fp = ", ".join(str(item.path) for item in inputs if item.kind == EVENT_FP)
     names = planned.class_names
     shown = ", ".join(names[:6]) + (f", ... {names[-1]}" if len(names) > 6 else "")
     log.info(
-        f"annotations: {n_tp} TP rows"
-        + (f", {n_fp} FP rows" if n_fp else "")
+        f"annotations: {n_tp} TP rows from {tp}"
+        + (f", {n_fp} FP rows from {fp}" if fp else "")
         + f"; {len(planned.failures)} rejected; {len(names)} classes ({classes.describe()}): {shown}"
     )
     by_columns: dict[tuple[str, ...], list[str]] = {}
     for table, columns in planned.ignored.items():
         by_columns.setdefault(tuple(columns), []).append(table)
     for columns, tables in by_columns.items():
-        more = f" and {len(tables) - 1} more table(s)" if len(tables) > 1 else ""
+        more = f" and {len(tables) - 1} more table(s)" if len(tables) > 2 else ""
+        more = f" and {tables[1]}" if len(tables) == 2 else more
         log.info(f"ignoring column(s) {', '.join(columns)} of {tables[0]}{more} (not used by precompute)")
 
 

@@ -64,8 +64,8 @@ def test_features_logs_on_stderr_and_prints_one_summary_line(tone_dataset, tmp_p
     err = captured.err.replace("\r", "\n")
     assert "feature config: preset default, 32 mels 50-8000 Hz, 2 s + 0.25 s context at 16000 Hz" in err
     assert (
-        f"manifests: 7 TP rows from {tone_dataset['tp']}, 2 FP rows from {tone_dataset['fp']}; 0 rejected"
-        in err
+        f"annotations: 7 TP rows from {tone_dataset['tp']}, 2 FP rows from {tone_dataset['fp']}; 0 rejected; "
+        "4 classes (n_classes 4): s0, s1, s2, s3" in err
     )
     assert "9 slices from 4 recordings in 3 shards: 0 up to date, 3 to build with 1 loky worker(s)" in err
     assert "features -> f: 100%" in err  # the tqdm bar

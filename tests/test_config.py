@@ -200,6 +200,16 @@ def test_an_invalid_combination_names_the_layers_it_came_from(tmp_path):
     with pytest.raises(
         ConfigError,
         match=r"^preset seed \+ \S+my\.toml \+ fmax=90\.0: config needs 0 <= fmin < fmax <= sample_rate/2, "
-        r"got fmin=100\.0 fmax=90\.0 sample_rate=48000$",
+        r"got fmin=100\.0 fmax=90\.0 sample_rate=48000; set fmin below fmax \(for instance --set fmin=45\)$",
     ):
         load_config(tmp_path / "my.toml", overrides=parse_set(["fmax=90"]))
+
+
+def test_a_band_beyond_the_sample_rate_says_which_fmax_to_set():
+    with pytest.raises(
+        ConfigError,
+        match=r"fmax=16000\.0 sample_rate=22050; set fmax <= 11025 \(for instance --set fmax=11025\), "
+        r"or raise sample_rate$",
+    ):
+        load_config(overrides=parse_set(["sample_rate=22050"]))
+    assert load_config(overrides=parse_set(["sample_rate=22050", "fmax=11025"])).fmax == 11025.0

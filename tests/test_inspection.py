@@ -19,12 +19,13 @@ def test_inspect_fits_100_columns_and_prints_the_real_values(feats, table):
     assert re.search(r"^  n_mels +16  bands ", text, re.M)
     assert re.search(r"^  top_db +80  dB ", text, re.M)
     assert re.search(r"^  compression +none  filter ", text, re.M)
-    # The class table, two classes per line: counts from the labels themselves.
+    # The class table, two classes per line, named: counts from the labels themselves.
     labels = table["labels"]
     for c in range(4):
         pos, fp, unknown = ((labels[:, c] == v).sum() for v in (1, 0, -1))
         recs = len(set(table["rid"][labels[:, c] == 1]))
-        assert re.search(rf"(^|    ) +{c} +{pos} +{fp} +{unknown} +{recs}( |$)", text, re.M), c
+        assert re.search(rf"(^|    ) +{c} s{c} +{pos} +{fp} +{unknown} +{recs}( |$)", text, re.M), c
+    assert "classes      4: s0, s1, s2, s3" in text
     multi = int(((labels == 1).sum(axis=1) > 1).sum())
     assert f"examples with more than one positive class: {multi} of 40" in text
 
