@@ -428,15 +428,15 @@ def run_plan(
             "".join(_plan_line(job) + "\n" for job in plan)
             + "".join(json.dumps(r.entry.to_dict()) + "\n" for r in results),
         )
-        rebuilt = [Rebuilt(job.file, *rebuild_reason(job, prior)) for job in todo]
-        # A few lines say what changed; a long list (a first run, a new config) only at debug level.
-        detail = log.info if not prior.empty and len(rebuilt) <= 10 else log.debug
-        for item in rebuilt:
-            detail(f"{item.file}: building it: {item.why}{_named(item.recordings, limit=20)}")
         if todo:
             # From here on the directory changes: no reader may trust the old index.
             (out / INDEX_FILE).unlink(missing_ok=True)
         _log_plan(plan, reused=len(results), todo=todo, jobs=jobs, backend=backend, scheduler=scheduler)
+        rebuilt = [Rebuilt(job.file, *rebuild_reason(job, prior)) for job in todo]
+        # A few lines say what changed; a long list (a first run, a new config) only at debug level.
+        detail = log.info if not prior.empty and len(rebuilt) <= 10 else log.debug
+        for item in rebuilt:
+            detail(f"  {item.file}: {item.why}{_named(item.recordings, limit=20)}")
         results += _build_shards(
             todo,
             out=out,

@@ -141,7 +141,7 @@ def test_adding_ten_percent_new_recordings_rebuilds_one_shard_of_twelve(growth, 
     assert (summary.shards_built, summary.shards_reused) == (1, 12)
     assert summary.rebuilt == [run.Rebuilt("shard-00012.h5", run.NEW, tuple(NEW_IDS))]
     assert "; 1 built: 1 for new recordings (rec04b rec17b rec99); 12 reused) to " in summary.line()
-    assert "shard-00012.h5: building it: new recordings (rec04b rec17b rec99)" in caplog.text
+    assert "  shard-00012.h5: new recordings (rec04b rec17b rec99)" in caplog.text
     # The grown set holds exactly the examples a first run over the grown manifest computes.
     fresh = features(growth, out=tmp_path / "fresh")
     assert fresh.shards == 13 and fresh.explained is False
