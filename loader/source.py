@@ -232,6 +232,12 @@ class ShardBatches:
         return self.features.start[self.example_ids]
 
     @property
+    def valid(self) -> np.ndarray:
+        """``[first, stop)`` stored frames holding audio of each example (the others are padding
+        beyond its recording), (n, 2) int64, ``example_ids`` order."""
+        return self.features.valid[self.example_ids]
+
+    @property
     def center_offset(self) -> int:
         """First stored frame of the centred crop (the crop without time shift)."""
         return self._center

@@ -224,6 +224,8 @@ def test_random_crops_stay_on_the_valid_frames(edge_run):
         out, split="all", batch_size=6, augment=Augment(freq_masks=0, time_masks=0), lookahead=False
     )
     valid = seq.features.valid
+    np.testing.assert_array_equal(seq.valid, valid[seq.example_ids])
+    assert (valid[:, 0] > 0).sum() == 2 and (valid[:, 1] < N_FRAMES).sum() == 3  # 4 padded examples
     seen = {}
     for epoch in range(400):
         for index in range(len(seq)):
