@@ -47,17 +47,23 @@ def _anchors(features) -> dict[str, np.ndarray]:
     return {name: np.concatenate(parts[name]) if parts[name] else np.zeros(0) for name in names}
 
 
-def parse_classes(text: str | None, *, classes: tuple[int, ...]) -> tuple[int, ...]:
-    """``"0-5,9"`` -> ``(0, 1, 2, 3, 4, 5, 9)``; None -> every class of the feature set."""
+def parse_classes(
+    text: str | None, *, classes: tuple[int, ...], names: tuple[str, ...] = ()
+) -> tuple[int, ...]:
+    """``"0-5,9"`` -> ``(0, 1, 2, 3, 4, 5, 9)``; a class name (one of ``names``) counts as its
+    id; None -> every class of the feature set."""
     if text is None:
         return tuple(classes)
     chosen: list[int] = []
     for part in text.split(","):
         low, sep, high = part.strip().partition("-")
         try:
-            values = range(int(low), int(high) + 1) if sep else [int(low)]
+            if part.strip() in names:
+                values = [names.index(part.strip())]
+            else:
+                values = range(int(low), int(high) + 1) if sep else [int(low)]
         except ValueError:
-            raise ConfigError(f"--classes {text!r}: expected class ids like 0-5,9") from None
+            raise ConfigError(f"--classes {text!r}: expected class ids like 0-5,9, or class names") from None
         chosen += [c for c in values if c not in chosen]
     outside = [c for c in chosen if c not in classes]
     if outside or not chosen:
@@ -194,7 +200,8 @@ def preview_figure(root: str | Path, *, per_class: int = 3, classes: str | tuple
     Each panel is one stored window (``duration`` plus ``context`` on each side) on true axes:
     seconds from the window's start and Hz on a mel scale (``fmin`` to ``fmax``). Dashed lines
     mark the centred crop the model sees, a box the labelled call the window was cut around.
-    Titles read ``species NN · recording_id @ start s``. One colour bar for the whole figure.
+    Titles read ``species NN · recording_id @ start s`` (numeric RFCX ids), or the class name in
+    place of ``species NN``. One colour bar for the whole figure.
     For a windows feature set (no labels) the rows are recordings instead of classes.
     """
     from matplotlib.patches import Rectangle
@@ -205,7 +212,11 @@ def preview_figure(root: str | Path, *, per_class: int = 3, classes: str | tuple
     features = FeatureSet(root)
     cfg = features.config
     if features.kind == SET_LABELLED:
-        wanted = classes if isinstance(classes, tuple) else parse_classes(classes, classes=features.classes)
+        wanted = (
+            classes
+            if isinstance(classes, tuple)
+            else parse_classes(classes, classes=features.classes, names=features.index.class_names)
+        )
         picks = choose_examples(features, classes=wanted, per_class=per_class)
         rows = [c for c in wanted if picks[c]]
     else:
@@ -249,7 +260,7 @@ def preview_figure(root: str | Path, *, per_class: int = 3, classes: str | tuple
                         lw=0.9,
                     )
                 )
-            who = f"species {ex.species:02d} · " if ex.species >= 0 else ""
+            who = f"{_class_title(features, ex.species)} · " if ex.species >= 0 else ""
             _style_panel(
                 ax,
                 f"{who}{ex.recording_id} @ {ex.start:.1f} s",
@@ -311,7 +322,7 @@ def augment_figure(root: str | Path, *, examples: int = 4, seed: int = 0, augmen
         shift = int(params.crop_start[r]) - center_offset(cfg)
         gain = 1.0 if params.gain is None else float(params.gain[r])
         n_masks = int((params.freq[r, :, 1] > 0).sum() + (params.time[r, :, 1] > 0).sum())
-        who = f"species {ex.species:02d} · " if ex.species >= 0 else ""
+        who = f"{_class_title(features, ex.species)} · " if ex.species >= 0 else ""
         for col, (mel, what) in enumerate(
             (
                 (before[r], "centred crop"),
@@ -334,6 +345,12 @@ def augment_figure(root: str | Path, *, examples: int = 4, seed: int = 0, augmen
         fontsize=9,
     )
     return fig
+
+
+def _class_title(features, species: int) -> str:
+    """A class as picture titles name it: ``s03`` for RFCX ids (``species 03``), else its name."""
+    name = features.index.class_names[species]
+    return f"species {species:02d}" if name == f"s{species}" else name
 
 
 def augment_path(out: str | Path) -> Path:

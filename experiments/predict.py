@@ -13,9 +13,13 @@ From Python::
 ``--features`` is a "windows" feature set (``precompute windows``: sliding windows over
 whole recordings). Every window is scored; a recording's score for a species is the
 maximum over its windows (a species is present if it calls in any window). The CSV has
-the header ``recording_id,s0,...,s{n-1}`` and one row per recording, sorted by id.
+the header ``recording_id`` and the class names the training features stored (their
+index's ``class_names``, kept in the run's ``metrics.json``): ``s0,...,s23`` for RFCX's
+numeric species ids, the names themselves for named classes. Classes made of species and
+songtype (``s3_t1``, ``s3_t4``) are merged back to species (``s3``) by the maximum. Without
+a ``metrics.json`` the columns are ``s0..s{n-1}``. One row per recording, sorted by id.
 
-With ``--truth`` (a CSV ``recording_id,s0,...`` of 0/1) the recordings are scored with
+With ``--truth`` (a CSV of 0/1 with the submission's header) the recordings are scored with
 LWLRAP; with ``--metrics`` too, ``test_lwlrap`` (and ``test_top1``) are added to that
 ``metrics.json``.
 
@@ -43,6 +47,7 @@ from loader import ShardSequence
 from melshards.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
 from melshards.errors import ConfigError, ExperimentError, MelShardsError
 from melshards.files import atomic_write_text
+from melshards.names import SET_LABELLED
 
 # Feature parameters that change the arrays a model sees; a model trained on one value
 # scores garbage on another, so prediction refuses a mismatch.
@@ -58,8 +63,9 @@ SHAPING_KEYS = (
     "top_db",
     "duration",
     "normalize",
-    "n_classes",
 )
+# Where a species x songtype class name splits: ``s3_t1`` is species ``s3``, songtype 1.
+SONGTYPE_MARK = "_t"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -70,7 +76,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="a model.keras written by experiments.train")
     p.add_argument("--features", required=True, help="windows feature set (precompute windows)")
     p.add_argument("--out", required=True, help="submission CSV to write")
-    p.add_argument("--truth", help="CSV recording_id,s0,... of 0/1 to score against")
+    p.add_argument(
+        "--truth", help="CSV of 0/1 with the submission's header (recording_id,s0,...) to score against"
+    )
     p.add_argument(
         "--metrics",
         help="metrics.json of the run (default: the one next to --model, if any): its feature "
@@ -105,7 +113,7 @@ def check_fit(model: Any, seq: Any, *, model_path: Any, features: Any) -> None:
             f"{features}: features give windows of {got[0]} mels x {got[1]} frames, but "
             f"{model_path} expects {n_mels} x {frames}"
         )
-    if len(seq.classes) != n_classes:
+    if seq.features.kind == SET_LABELLED and len(seq.classes) != n_classes:
         raise ExperimentError(
             f"{features}: features have {len(seq.classes)} classes, but {model_path} outputs {n_classes}"
         )
@@ -158,29 +166,63 @@ def max_per_recording(recording_ids: Sequence[str], scores: np.ndarray) -> tuple
     return [str(u) for u in unique], table
 
 
-def write_submission(path: str | Path, recording_ids: Sequence[str], table: np.ndarray) -> Path:
-    """Write ``recording_id,s0,...`` with one row per recording, atomically."""
+def submission_columns(run_metrics: dict[str, Any] | None, n_outputs: int) -> tuple[list[str], np.ndarray]:
+    """The submission's class columns and, per model output, the column it goes to.
+
+    The run's ``metrics.json`` names the outputs (``config.class_names``); with the
+    ``species_songtype`` scheme, ``<species>_t<songtype>`` outputs share their species' column
+    (merged by the maximum). Without names the columns are ``s0..s{n_outputs - 1}``.
+    """
+    config = (run_metrics or {}).get("config", {})
+    names = config.get("class_names")
+    if not (isinstance(names, list) and len(names) == n_outputs and all(isinstance(n, str) for n in names)):
+        names = [f"s{j}" for j in range(n_outputs)]
+    if config.get("class_scheme") == "species_songtype":
+        names = [n.rsplit(SONGTYPE_MARK, 1)[0] if SONGTYPE_MARK in n else n for n in names]
+    columns = list(dict.fromkeys(names))  # first appearance: the class list's order
+    return columns, np.array([columns.index(n) for n in names], dtype=np.int64)
+
+
+def merge_columns(table: np.ndarray, column_of: np.ndarray, n_columns: int) -> np.ndarray:
+    """Per-output scores (n, n_outputs) -> per-column scores (n, n_columns), maximum of each group."""
+    merged = np.full((table.shape[0], n_columns), -np.inf, dtype=table.dtype)
+    for j, column in enumerate(column_of.tolist()):
+        merged[:, column] = np.maximum(merged[:, column], table[:, j])
+    return merged
+
+
+def write_submission(
+    path: str | Path, recording_ids: Sequence[str], table: np.ndarray, columns: Sequence[str] | None = None
+) -> Path:
+    """Write ``recording_id,<columns>`` (default ``s0,...``) with one row per recording, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [",".join(["recording_id"] + [f"s{j}" for j in range(table.shape[1])])]
+    columns = list(columns) if columns is not None else [f"s{j}" for j in range(table.shape[1])]
+    lines = [",".join(["recording_id", *columns])]
     for rid, row in zip(recording_ids, table, strict=True):
         lines.append(",".join([rid] + [f"{v:.6f}" for v in row]))
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
-def read_truth(path: str | Path, *, n_classes: int) -> tuple[list[str], np.ndarray]:
-    """Read a ``recording_id,s0,...`` 0/1 CSV; returns the ids and an int8 array."""
+def read_truth(
+    path: str | Path, *, n_classes: int, columns: Sequence[str] | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Read a ``recording_id,<columns>`` 0/1 CSV (default columns ``s0,...``); returns the ids
+    and an int8 array."""
     path = Path(path)
     if not path.is_file():
         raise ExperimentError(f"{path}: no such truth file")
+    columns = list(columns) if columns is not None else [f"s{j}" for j in range(n_classes)]
+    n_classes = len(columns)
     with open(path, newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
-        expected = ["recording_id"] + [f"s{j}" for j in range(n_classes)]
+        expected = ["recording_id", *columns]
         if header is None or [h.strip() for h in header] != expected:
+            shown = f"{columns[0]},...,{columns[-1]}" if len(columns) > 2 else ",".join(columns)
             raise ExperimentError(
-                f"{path}: header must be recording_id,s0,...,s{n_classes - 1} for a "
+                f"{path}: header must be recording_id,{shown} for a "
                 f"{n_classes}-class model, got {','.join(header or [])!r}"
             )
         ids, rows = [], []
@@ -248,10 +290,11 @@ def predict(
     model : str or os.PathLike
         A ``model.keras`` written by ``experiments.train``.
     out : str or os.PathLike
-        Submission CSV to write: ``recording_id,s0,...`` and one row per recording, the
-        maximum over its windows.
+        Submission CSV to write: ``recording_id`` and a column per class (the training
+        features' class names; ``s0,...`` for RFCX ids), one row per recording, the maximum
+        over its windows.
     truth : str or os.PathLike, optional
-        CSV ``recording_id,s0,...`` of 0/1: the recordings are scored against it.
+        CSV of 0/1 with the submission's header: the recordings are scored against it.
     metrics : str or os.PathLike, optional
         The run's ``metrics.json`` (default: the one next to ``model``, if any): its feature
         config is checked against ``features``; with ``truth`` it gets ``test_lwlrap``,
@@ -289,8 +332,10 @@ def predict(
     trained = (run_metrics or {}).get("config", {}).get("features")
     if trained:
         check_feature_config(trained, seq.config, metrics_path=metrics_path, features=features)
-    n_classes = net.output_shape[-1]
-    truth_ids, truth_table = read_truth(truth, n_classes=n_classes) if truth else ([], None)
+    columns, column_of = submission_columns(run_metrics, net.output_shape[-1])
+    truth_ids, truth_table = (
+        read_truth(truth, n_classes=len(columns), columns=columns) if truth else ([], None)
+    )
 
     if not quiet:
         log.info(
@@ -299,7 +344,8 @@ def predict(
         )
     scores = score_windows(net, seq, progress=not quiet)
     ids, table = max_per_recording(window_recording_ids(seq), scores)
-    write_submission(out, ids, table)
+    table = merge_columns(table, column_of, len(columns))
+    write_submission(out, ids, table, columns)
     result: dict[str, Any] = {"recordings": len(ids), "windows": int(len(scores))}
     if truth_table is not None:
         result.update(score_against_truth(ids, table, truth_ids, truth_table, truth_path=truth))

@@ -18,8 +18,10 @@ directory ``--out`` (``out=`` from Python):
 - ``model.keras``: the model of the epoch with the best ``val_lwlrap`` (ModelCheckpoint);
 - ``history.csv``: loss and metrics per epoch (CSVLogger);
 - ``metrics.json``: ``val_lwlrap``, ``val_top1`` (of the saved model, recomputed on the
-  whole validation split), the feature set ``fingerprint``, the full ``config`` (these
-  arguments and the feature config), timings and versions;
+  whole validation split), per-class LWLRAP keyed by class name, the feature set
+  ``fingerprint``, the full ``config`` (these arguments, the feature config, the class names
+  in output order and the class scheme, which ``experiments.predict`` reads), timings and
+  versions;
 - ``curves.png``: loss and LWLRAP per epoch.
 
 ``metrics.json`` is written last: its presence marks a finished run.
@@ -325,6 +327,17 @@ def _checked_arguments(**arguments: Any) -> dict[str, Any]:
     return checked
 
 
+def class_names(seq: Any) -> tuple[str, ...]:
+    """The name of each class (model output) of a sequence's feature set, from its index."""
+    return tuple(seq.features.index.class_names)
+
+
+def class_scheme(seq: Any) -> str:
+    """``species`` or ``species_songtype``: how the feature set's classes were made (its index's source)."""
+    scheme = (seq.features.index.source or {}).get("class_scheme", "species")
+    return scheme if scheme in ("species", "species_songtype") else "species"
+
+
 def _run_metrics(
     truth: np.ndarray,
     scores: np.ndarray,
@@ -343,6 +356,7 @@ def _run_metrics(
     """What ``metrics.json`` holds: validation scores of the best epoch, timings, the config."""
     model, features, config = arguments["model"], arguments["features"], train_seq.config
     per_class, weight = class_lwlrap(truth, scores)
+    names = class_names(train_seq)
     epochs_run = len(history.history.get("loss", []))
     train_seconds = float(sum(timer.seconds))
     seen = train_seq.n_examples * len(timer.seconds)
@@ -350,12 +364,8 @@ def _run_metrics(
         "val_lwlrap": lwlrap(truth, scores),
         "val_top1": top1(truth, scores),
         "val_loss": float(history.history["val_loss"][best_epoch - 1]) if best_epoch else None,
-        "val_class_lwlrap": {
-            str(c): round(float(v), 6) for c, v in zip(train_seq.classes, per_class, strict=True)
-        },
-        "val_class_weight": {
-            str(c): round(float(v), 6) for c, v in zip(train_seq.classes, weight, strict=True)
-        },
+        "val_class_lwlrap": {c: round(float(v), 6) for c, v in zip(names, per_class, strict=True)},
+        "val_class_weight": {c: round(float(v), 6) for c, v in zip(names, weight, strict=True)},
         "best_epoch": best_epoch,
         "epochs_run": epochs_run,
         "n_train": int(train_seq.n_examples),
@@ -373,6 +383,8 @@ def _run_metrics(
             "features_path": str(Path(features).resolve()),
             "input_shape": list(input_shape),
             "classes": list(train_seq.classes),
+            "class_names": list(names),
+            "class_scheme": class_scheme(train_seq),
         },
         "versions": {
             "python": platform.python_version(),

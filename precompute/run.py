@@ -640,6 +640,7 @@ def run_features(
         "audio_dir": str(audio_dir),
         "annotations": [item.describe() for item in inputs],
         "classes": classes.describe(),
+        "class_scheme": classes.scheme,
     }
     if planned.ignored:
         source["ignored_columns"] = planned.ignored

@@ -84,7 +84,8 @@ def test_train_from_python_matches_the_command_line(run_dir, feature_sets, tmp_p
     assert 0.0 <= written["val_lwlrap"] <= 1.0 and 0.0 <= written["val_top1"] <= 1.0
     assert written["n_train"] + written["n_val"] == 40 and written["model"] == "tiny"
     assert written["fingerprint"] == read_index(feature_sets["train"]).fingerprint
-    assert set(written["val_class_lwlrap"]) == set(written["val_class_weight"]) == {"0", "1", "2", "3"}
+    assert set(written["val_class_lwlrap"]) == set(written["val_class_weight"]) == {"s0", "s1", "s2", "s3"}
+    assert written["config"]["class_names"] == ["s0", "s1", "s2", "s3"]
     assert written["config"]["train"]["features"] == str(feature_sets["train"])
     assert written["config"]["train"]["out"] == str(out)
 
