@@ -328,6 +328,16 @@ def rebuild_reason(job: ShardJob, prior: Prior) -> tuple[str, tuple[str, ...]]:
     return (AUDIO, audio) if audio else (SETUP, ())
 
 
+def _reasons(todo: list[ShardJob], prior: Prior) -> list[Rebuilt]:
+    """Why each job of ``todo`` runs, logged: a line per shard when there are a few, else only
+    at debug level (a first run, a new config)."""
+    rebuilt = [Rebuilt(job.file, *rebuild_reason(job, prior)) for job in todo]
+    detail = log.info if not prior.empty and len(rebuilt) <= 10 else log.debug
+    for item in rebuilt:
+        detail(f"  {item.file}: {item.why}{_named(item.recordings, limit=20)}")
+    return rebuilt
+
+
 def _reusable(path: Path, job: ShardJob, record: ShardEntry | None) -> ShardResult | None:
     """The result of a finished shard that this job would write again, or None to rebuild it.
 
@@ -432,11 +442,7 @@ def run_plan(
             # From here on the directory changes: no reader may trust the old index.
             (out / INDEX_FILE).unlink(missing_ok=True)
         _log_plan(plan, reused=len(results), todo=todo, jobs=jobs, backend=backend, scheduler=scheduler)
-        rebuilt = [Rebuilt(job.file, *rebuild_reason(job, prior)) for job in todo]
-        # A few lines say what changed; a long list (a first run, a new config) only at debug level.
-        detail = log.info if not prior.empty and len(rebuilt) <= 10 else log.debug
-        for item in rebuilt:
-            detail(f"  {item.file}: {item.why}{_named(item.recordings, limit=20)}")
+        rebuilt = _reasons(todo, prior)
         results += _build_shards(
             todo,
             out=out,
