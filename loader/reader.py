@@ -18,6 +18,8 @@ Process rules: h5py handles are opened lazily and belong to the process that ope
 (keyed by ``os.getpid()``); a forked child never uses or closes its parent's handles, and
 nothing with a handle is pickled. Memory maps, checksum bitmaps and the in-RAM cache are
 plain memory, safe to inherit through ``fork``; they are dropped when pickling (``spawn``).
+A user's plain ``h5py.File`` on a shard, opened before or after this reader's, does not clash
+with it (``melshards.shard.open_shard``).
 """
 
 from __future__ import annotations
