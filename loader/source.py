@@ -78,6 +78,10 @@ class ShardBatches:
         ``sampler.rank_members``); every rank gets the same number of batches per epoch
     workers, use_multiprocessing : build each batch with ``workers`` threads, or processes
         writing into shared memory (``loader.batches``)
+    soft_labels : np.ndarray [shape=(n_examples, n_classes)] or the path of one (``.npy``),
+        values in [0, 1] or NaN, rows in the feature set's example order: where a crop's label
+        is unknown and the value is not NaN, ``y`` takes it and ``known`` becomes 1 (pseudo
+        labels, ``experiments.pseudo``); known labels stay. The features are not copied.
 
     ``x`` is (B, n_mels, crop_frames, 1); ``y`` is (B, n_classes) float32, 1 where a TP event
     counts in the crop. Windows feature sets (inference) have no labels: y and known are 0.
@@ -105,6 +109,7 @@ class ShardBatches:
         split_seed: int = 0,
         workers: int = 1,
         use_multiprocessing: bool = False,
+        soft_labels: np.ndarray | str | os.PathLike | None = None,
     ) -> None:
         workers = _check_int("workers", workers, low=1)
         use_multiprocessing = bool(use_multiprocessing)
@@ -142,6 +147,7 @@ class ShardBatches:
         self.lookahead = bool(lookahead)
         self._lookahead = Lookahead(self._build)
         self.epoch = 0
+        self.soft_labels = None if soft_labels is None else self._check_soft_labels(soft_labels)
 
         self._choose_examples()
         self.reader = MelReader(self.features, cache_ids=self.rank_ids if self.in_memory else None)
@@ -304,8 +310,31 @@ class ShardBatches:
         if mixes:  # mixup reads rows built by other workers, then the masks (the gain is applied)
             self.augment.apply(x, params, fill=self.fill, gain=False)
         y, known = self._labels(ids, params.crop_start)
+        if self.soft_labels is not None:
+            y, known = fill_unknown(y, known, self.soft_labels[ids])
         y, known = self.augment.mix_labels(y, known, params)
         return (x, y, known) if self.return_mask else (x, y)
+
+    def _check_soft_labels(self, soft: np.ndarray | str | os.PathLike) -> np.ndarray:
+        """``soft_labels`` as a float32 array of this feature set's shape, or ConfigError naming it."""
+        where = "soft_labels"
+        if not isinstance(soft, np.ndarray):
+            where = os.fspath(soft)
+            try:
+                soft = np.load(where, allow_pickle=False)
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"{where}: cannot read soft labels: {err}") from None
+        expected = (self.features.n_examples, self.features.config.n_classes)
+        if soft.shape != expected or soft.dtype.kind != "f":
+            raise ConfigError(
+                f"{where}: soft labels must be floats of shape {expected} (examples, classes) for "
+                f"{self.features.root}, got {soft.dtype} {soft.shape}"
+            )
+        soft = soft.astype(np.float32, copy=False)
+        outside = np.flatnonzero(((soft < 0) | (soft > 1)).any(axis=1))
+        if outside.size:
+            raise ConfigError(f"{where}: example {outside[0]} has a soft label outside [0, 1]")
+        return soft
 
     def _labels(self, ids: np.ndarray, crop_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(y, known) of the crops; centred crops come from a table made once per process."""
@@ -369,3 +398,14 @@ class ShardBatches:
         state["_order"] = None
         state["_center_labels"] = None
         return state
+
+
+def fill_unknown(y: np.ndarray, known: np.ndarray, soft: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``y`` and ``known`` with every unknown label that has a soft value (not NaN) set to it.
+
+    y, known, soft : np.ndarray [shape=(B, n_classes)]; y and known are changed in place.
+    """
+    fill = (known == 0) & ~np.isnan(soft)
+    y[fill] = soft[fill]
+    known[fill] = 1.0
+    return y, known

@@ -53,3 +53,81 @@ def test_mismatched_window_arrays_are_refused():
             (np.array(["a"]), np.array([0.0])),
             (np.array(["a", "a"]), np.array([0.0]), np.zeros((2, 3))),
         )
+
+
+# -- soft labels in the loader and the loss -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    from synthetic_features import make_feature_set
+
+    return make_feature_set(
+        tmp_path_factory.mktemp("soft") / "f", n_recordings=6, per_recording=4, n_classes=4, seed=2
+    )
+
+
+def _soft_table(n_examples, n_classes):
+    rng = np.random.default_rng(0)
+    soft = rng.random((n_examples, n_classes)).astype(np.float32)
+    soft[::3, 1] = np.nan  # no window covered these: their unknown labels stay unknown
+    return soft
+
+
+def test_soft_labels_fill_only_unknown_labels_and_leave_x_alone(small_set, tmp_path):
+    from loader import ShardSequence
+
+    options = {"split": "train", "batch_size": 8, "augment": False, "return_mask": True, "seed": 3}
+    plain = ShardSequence(small_set, **options)
+    soft = _soft_table(plain.features.n_examples, plain.config.n_classes)
+    np.save(tmp_path / "soft.npy", soft)
+    filled = ShardSequence(small_set, soft_labels=tmp_path / "soft.npy", **options)
+    checked = 0
+    for i in range(len(plain)):
+        x0, y0, k0 = plain[i]
+        x1, y1, k1 = filled[i]
+        ids = plain.batch_example_ids(i)
+        np.testing.assert_array_equal(x0, x1)
+        hard = k0 == 1
+        np.testing.assert_array_equal(y1[hard], y0[hard])
+        take = ~hard & ~np.isnan(soft[ids])
+        np.testing.assert_array_equal(y1[take], soft[ids][take])
+        assert (k1[take] == 1).all()
+        stay = ~hard & np.isnan(soft[ids])
+        assert (k1[stay] == 0).all() and (y1[stay] == 0).all()
+        checked += int(take.sum())
+    assert checked > 20
+
+
+def test_soft_labels_reach_the_loss_unchanged(small_set):
+    from experiments.losses import MaskedBinaryCrossentropy
+    from loader import ShardSequence
+
+    seq = ShardSequence(small_set, split="all", batch_size=8, augment=False, return_mask=True, shuffle=False)
+    soft = _soft_table(seq.features.n_examples, seq.config.n_classes)
+    seq = ShardSequence(
+        small_set, split="all", batch_size=8, augment=False, return_mask=True, shuffle=False, soft_labels=soft
+    )
+    _, y, known = seq[0]
+    pred = np.clip(np.random.default_rng(1).random(y.shape), 0.05, 0.95).astype(np.float32)
+    loss = float(MaskedBinaryCrossentropy(unknown="ignore")(y, pred, sample_weight=known))
+    bce = -(y * np.log(pred) + (1 - y) * np.log(1 - pred))
+    assert loss == pytest.approx(float((bce * known).sum() / known.sum()), rel=1e-5)
+    assert ((y > 0) & (y < 1)).any()  # soft targets, not rounded
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda n, c: np.zeros((n, c + 1), np.float32), r"shape \(\d+, 4\)"),
+        (lambda n, c: np.zeros((n, c), np.int64), "must be floats"),
+        (lambda n, c: np.full((n, c), 1.5, np.float32), "example 0 has a soft label outside"),
+    ],
+)
+def test_bad_soft_labels_are_refused(small_set, make, message):
+    from loader import ShardSequence
+    from melshards.errors import ConfigError
+
+    n = ShardSequence(small_set, split="all").features.n_examples
+    with pytest.raises(ConfigError, match=message):
+        ShardSequence(small_set, split="all", soft_labels=make(n, 4))
