@@ -121,6 +121,7 @@ class ClassCoder:
         self._given = {name: k for k, name in enumerate(self.spec.names)} if self.spec.names else None
         self._found: dict[str, int] = {}  # class name -> provisional index, in order of first use
         self._numeric = True  # every label found so far is an integer id
+        self._known: dict[tuple[str, int], int] = {}  # (label, songtype) -> index, for repeats
 
     @property
     def songtypes(self) -> bool:
@@ -133,7 +134,14 @@ class ClassCoder:
 
     def code(self, label: str, songtype: int, *, field: str | None = None) -> int:
         """The class index of one row's label (final or provisional; see ``direct``)."""
-        field = field or self.field
+        known = self._known.get((label, songtype))
+        if known is not None:
+            return known
+        code = self._code(label, songtype, field=field or self.field)
+        self._known[(label, songtype)] = code
+        return code
+
+    def _code(self, label: str, songtype: int, *, field: str) -> int:
         if not label:
             raise ValueError(f"{field} is empty")
         numeric = _INTEGER.fullmatch(label) is not None

@@ -228,6 +228,10 @@ def _recording(fields: Mapping[str, str], *, file_names: bool) -> tuple[str, str
     return recording_id, path
 
 
+# Each field named by itself, in messages about a row read without a header.
+_OWN_NAMES = {name: name for name in (*FIELDS, "offset")}
+
+
 def parse_row(
     fields: Mapping[str, str],
     *,
@@ -245,23 +249,24 @@ def parse_row(
     The label (``species_id``) gets its class index from ``classes``, or, for a bare
     ``n_classes``, must be an integer id in ``0..n_classes - 1``.
     """
-    names = names or {}
+    names = names or _OWN_NAMES
     coder = classes if classes is not None else ClassCoder(ClassSpec(count=n_classes))
     recording_id, path = _recording(fields, file_names=layout.file_names)
-    songtype = _number((fields["songtype_id"] or "").strip(), names.get("songtype_id", "songtype_id"), int)
+    songtype = _number((fields["songtype_id"] or "").strip(), names["songtype_id"], int)
     if not SONGTYPE_MIN <= songtype <= SONGTYPE_MAX:
         raise ValueError(
             f"songtype_id {songtype} is outside {SONGTYPE_MIN}..{SONGTYPE_MAX} (int16 in the shards)"
         )
     label = (fields["species_id"] or "").strip()
-    species = coder.code(label, songtype, field=names.get("species_id", "species_id"))
-    t_min, t_max, f_min, f_max = (
-        _number(fields[k], names.get(k, k), float) for k in ("t_min", "t_max", "f_min", "f_max")
-    )
+    species = coder.code(label, songtype, field=names["species_id"])
+    t_min = _number(fields["t_min"], names["t_min"], float)
+    t_max = _number(fields["t_max"], names["t_max"], float)
+    f_min = _number(fields["f_min"], names["f_min"], float)
+    f_max = _number(fields["f_max"], names["f_max"], float)
     if layout.clip_seconds is not None:
         t_min, t_max = 0.0, float(layout.clip_seconds(recording_id, path))
     elif (fields.get("offset") or "").strip():
-        offset = _number(fields["offset"], names.get("offset", "offset"), float)
+        offset = _number(fields["offset"], names["offset"], float)
         t_min, t_max = offset, offset + (t_max - t_min)
     if t_min < 0 or t_max < 0:
         raise ValueError(f"negative time: t_min {t_min}, t_max {t_max}")
@@ -316,7 +321,9 @@ def iter_manifest(
             yield from _rows(
                 csv.reader(fh, delimiter=layout.delimiter),
                 source=source,
-                context=_Context(kind, coder, layout, on_error, failures, ignored),
+                context=_Context(
+                    kind, coder, layout, on_error, failures, ignored, defaults=layout.defaults()
+                ),
             )
         except UnicodeDecodeError:
             found = _first_non_utf8(path)
@@ -340,6 +347,7 @@ class _Context:
     failures: list[RowFailure]
     ignored: dict[str, list[str]] | None
     seen: set[str] = dataclasses.field(default_factory=set)  # values of ``layout.once_per`` read so far
+    defaults: dict[str, str] = dataclasses.field(default_factory=dict)  # ``layout.defaults()``
 
 
 def _rows(reader, *, source: str, context: _Context) -> Iterator[Row]:
@@ -354,12 +362,13 @@ def _rows(reader, *, source: str, context: _Context) -> Iterator[Row]:
             raise _nul_error(source, line)
         header = [h.strip() for h in header]
         positions, names = _resolve_header(header, source=source, context=context)
+        missing = {f: text for f, text in context.defaults.items() if f not in positions}
         for record in reader:
             line = reader.line_num
             if not (record and record[0].strip()) and not any(cell.strip() for cell in record):
                 continue
             yield from _record_rows(
-                record, header, positions, names, source=source, line=line, context=context
+                record, header, positions, names, missing, source=source, line=line, context=context
             )
     except csv.Error as err:
         first, last = line + 1, reader.line_num
@@ -377,34 +386,42 @@ def _record_rows(
     header: list[str],
     positions: dict[str, int],
     names: dict[str, str],
+    missing: dict[str, str],
     *,
     source: str,
     line: int,
     context: _Context,
-) -> Iterator[Row]:
-    """The rows of one record (one per label of a multi-label field), or its failure."""
-    layout, defaults = context.layout, context.layout.defaults()
+) -> list[Row]:
+    """The rows of one record (one per label of a multi-label field), or none (a failure).
+
+    ``missing`` holds the default text of each field the table has no column for.
+    """
+    layout = context.layout
     try:
         if len(record) != len(header):
             raise ValueError(f"{len(record)} fields, header has {len(header)}")
         fields = {f: record[k] for f, k in positions.items()}
+        fields.update(missing)
         if "once_per" in fields:
             key = fields.pop("once_per").strip()
             if key in context.seen:
-                return
+                return []
             context.seen.add(key)
-        for name, text in defaults.items():
-            fields.setdefault(name, text)
-        labels = [fields["species_id"]]
-        if layout.separator:
-            labels = [part for part in fields["species_id"].split(layout.separator) if part.strip()] or [""]
-        rows = [
+        kind, coder = context.kind, context.coder
+        if not layout.separator:
+            return [
+                parse_row(
+                    fields, kind=kind, source=source, line=line, classes=coder, names=names, layout=layout
+                )
+            ]
+        labels = [part for part in fields["species_id"].split(layout.separator) if part.strip()] or [""]
+        return [
             parse_row(
                 {**fields, "species_id": label},
-                kind=context.kind,
+                kind=kind,
                 source=source,
                 line=line,
-                classes=context.coder,
+                classes=coder,
                 names=names,
                 layout=layout,
             )
@@ -420,8 +437,7 @@ def _record_rows(
         k = positions.get("recording_id")
         recording_id = record[k].strip() if k is not None and len(record) == len(header) else ""
         context.failures.append(RowFailure(source, line, recording_id or layout.recording or "", str(err)))
-        return
-    yield from rows
+        return []
 
 
 def _resolve_header(
@@ -450,7 +466,7 @@ def _resolve_header(
         unused = [c for c in header if c not in names.values()]
         if unused:
             context.ignored[source] = unused
-    return positions, names
+    return positions, {**_OWN_NAMES, **names}
 
 
 def _missing_text(missing: list[str], header: list[str], layout: Layout) -> str:
