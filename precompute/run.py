@@ -644,12 +644,8 @@ def run_features(
         "tp": None if tp is None else str(tp),
         "fp": None if fp is None else str(fp),
         "audio_dir": str(audio_dir),
-        "annotations": [item.describe() for item in inputs],
-        "classes": classes.describe(),
-        "class_scheme": classes.scheme,
+        **_annotation_source(inputs, classes, ignored=planned.ignored),
     }
-    if planned.ignored:
-        source["ignored_columns"] = planned.ignored
     return run_plan(
         planned.jobs,
         out=out,
@@ -661,6 +657,18 @@ def run_features(
         class_names=planned.class_names,
         **options,
     )
+
+
+def _annotation_source(inputs: Sequence[Annotations], classes: ClassSpec, *, ignored: dict) -> dict:
+    """What the index's ``source`` records of the annotations: inputs, classes, ignored columns."""
+    source = {
+        "annotations": [item.describe() for item in inputs],
+        "classes": classes.describe(),
+        "class_scheme": classes.scheme,
+    }
+    if ignored:
+        source["ignored_columns"] = ignored
+    return source
 
 
 def _write_rejected(out: Path, failures: list) -> None:
