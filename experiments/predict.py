@@ -47,6 +47,7 @@ from loader import ShardSequence
 from melshards.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
 from melshards.errors import ConfigError, ExperimentError, MelShardsError
 from melshards.files import atomic_write_text
+from melshards.index import read_index
 from melshards.names import SET_LABELLED
 
 # Feature parameters that change the arrays a model sees; a model trained on one value
@@ -102,12 +103,26 @@ def load_model(path: str | Path) -> Any:
         raise ExperimentError(f"{path}: cannot load model: {type(err).__name__}: {err}") from err
 
 
+def window_sequence(features: Any, model: Any, *, batch_size: int = 64) -> Any:
+    """Every window of ``features`` in order, cropped (centred) to the width ``model`` takes.
+
+    A model trained on shorter crops (``train(crop_seconds=...)``) sees the centre of each
+    window; one wider than the stored windows is refused by ``check_fit``.
+    """
+    frames = model.input_shape[2]
+    stored = read_index(features).config.n_frames
+    crop = {"crop_frames": int(frames)} if isinstance(frames, int) and frames <= stored else {}
+    return ShardSequence(
+        features, split="all", shuffle=False, augment=False, batch_size=batch_size, dtype="float16", **crop
+    )
+
+
 def check_fit(model: Any, seq: Any, *, model_path: Any, features: Any) -> None:
     """Refuse features whose shape or classes differ from what the model was built for."""
     _, n_mels, frames, channels = model.input_shape
     n_classes = model.output_shape[-1]
     config = seq.config
-    got = (config.n_mels, config.crop_frames, 1)
+    got = (config.n_mels, seq.crop_frames, 1)
     if (n_mels, frames, channels) != got:
         raise ExperimentError(
             f"{features}: features give windows of {got[0]} mels x {got[1]} frames, but "
@@ -321,9 +336,7 @@ def predict(
     if not isinstance(batch_size, int | np.integer) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     net = load_model(model)
-    seq = ShardSequence(
-        features, split="all", shuffle=False, augment=False, batch_size=int(batch_size), dtype="float16"
-    )
+    seq = window_sequence(features, net, batch_size=int(batch_size))
     check_fit(net, seq, model_path=model, features=features)
     # The run's metrics.json records the training feature config: check it whether or not
     # metrics was given, when it sits next to the model.

@@ -40,6 +40,7 @@ PROG = "python -m experiments.pseudo"
 SOFT_FILE = "soft_labels.npy"
 SOFT_INFO = "soft_labels.json"
 MIN_COVER = 0.5
+DEFAULT_ROUNDS = 2
 
 
 def soft_labels(
@@ -86,12 +87,11 @@ def soft_labels(
 
 
 def score_window_set(model_path: Path, windows: str | os.PathLike, *, batch_size: int = 64):
-    """``(recording_id, start, scores)`` of every window of a windows feature set, in order."""
-    from experiments.predict import load_model, score_windows
-    from loader import ShardSequence
+    """``(recording_id, start, scores, config)`` of every window of a windows feature set, in order."""
+    from experiments.predict import load_model, score_windows, window_sequence
 
-    seq = ShardSequence(windows, split="all", shuffle=False, augment=False, batch_size=batch_size)
     model = load_model(model_path)
+    seq = window_sequence(windows, model, batch_size=batch_size)
     ids = seq.features.recording_id[seq.example_ids]
     starts = seq.features.start[seq.example_ids]
     return ids, starts, score_windows(model, seq), seq.config
@@ -168,24 +168,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--features", required=True, help="labelled feature set (TP/FP rows)")
     p.add_argument("--windows", required=True, help="windows feature set over the same train recordings")
-    p.add_argument("--rounds", type=int, default=2, help="pseudo-label rounds after round 0 (default 2)")
+    p.add_argument(
+        "--rounds", type=int, help="pseudo-label rounds after round 0 (default: the recipe's, or 2)"
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
     p.add_argument("--out", type=Path, required=True, help="directory of the rounds' runs")
-    p.add_argument("--recipe", type=Path, help="TOML of train() options ([train] table), e.g. a recipe")
+    p.add_argument(
+        "--recipe",
+        type=Path,
+        help="TOML: train() options in [train], rounds in [pseudo] (experiments/recipes/)",
+    )
     p.add_argument("--test", help="windows feature set to score each run on (test_lwlrap)")
     p.add_argument("--truth", help="ground truth CSV of --test")
     p.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2), help="Keras fit output per run")
     p.add_argument("-q", "--quiet", action="store_true", help="no log lines")
     args = p.parse_args(argv)
-    if args.rounds < 0:
+    if args.rounds is not None and args.rounds < 0:
         p.error(f"--rounds must be >= 0, got {args.rounds}")
     return args
 
 
-def read_recipe(path: Path | None) -> dict[str, Any]:
-    """The ``[train]`` table of a recipe TOML (train() options), checked; {} without a file."""
+def read_recipe(path: Path | None) -> tuple[dict[str, Any], int]:
+    """A recipe's train() options (``[train]``) and rounds (``[pseudo] rounds``, default 2)."""
     if path is None:
-        return {}
+        return {}, DEFAULT_ROUNDS
     import tomllib
 
     try:
@@ -196,19 +202,22 @@ def read_recipe(path: Path | None) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
     options = dict(data.get("train", {}))
     sweep.check_options(options, f"{path} [train]")
-    return options
+    rounds = data.get("pseudo", {}).get("rounds", DEFAULT_ROUNDS)
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 0:
+        raise ConfigError(f"{path} [pseudo]: rounds must be an integer >= 0, got {rounds!r}")
+    return options, rounds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(quiet=args.quiet)
     try:
-        options = read_recipe(args.recipe)
+        options, rounds = read_recipe(args.recipe)
         test = None if args.test is None else {"features": args.test, "truth": args.truth}
         results = run_rounds(
             features=args.features,
             windows=args.windows,
-            rounds=args.rounds,
+            rounds=rounds if args.rounds is None else args.rounds,
             seeds=args.seeds,
             out=args.out,
             options=options,

@@ -67,6 +67,8 @@ TRAIN_OPTIONS = (
     "unknown_weight",
     "patience",
     "in_memory",
+    "crop_seconds",
+    "soft_labels",
 )
 GRID_KEYS = ("name", "features", "seeds", "metric", "base", "grid", "configs", "test")
 # Compared for every configuration (those a run lacks are left out); "lower" ranks ascending.

@@ -48,9 +48,11 @@ from experiments.metrics import Lwlrap, Top1, class_lwlrap, lwlrap, top1
 from experiments.models import available_models, build_model
 from experiments.plots import plot_curves, read_history
 from loader import Augment, ShardSequence
+from melshards.config import frames_for
 from melshards.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
 from melshards.errors import ConfigError, MelShardsError
 from melshards.files import atomic_write_text
+from melshards.index import read_index
 
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
@@ -108,6 +110,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=False,
         help="cache the feature set in RAM",
     )
+    p.add_argument(
+        "--crop-seconds", type=float, help="seconds the model sees (default: the feature set's duration)"
+    )
+    p.add_argument("--soft-labels", help=".npy of soft labels for the unknown labels (experiments.pseudo)")
     p.add_argument(
         "--verbose",
         type=int,
@@ -188,8 +194,14 @@ def make_sequences(
     augment: bool,
     mixup: float,
     in_memory: bool,
+    crop_seconds: float | None = None,
+    soft_labels: str | os.PathLike | None = None,
 ) -> tuple[Any, Any]:
-    """The training sequence (shuffled, augmented) and the validation sequence of ``features``."""
+    """The training sequence (shuffled, augmented) and the validation sequence of ``features``.
+
+    ``soft_labels`` fill the unknown labels of the training split only: validation scores
+    stay against the annotations.
+    """
     common = dict(
         fold=fold,
         n_folds=n_folds,
@@ -199,7 +211,14 @@ def make_sequences(
         return_mask=True,
         in_memory=in_memory,
     )
+    if crop_seconds is not None:
+        config = read_index(features).config
+        common["crop_frames"] = frames_for(
+            crop_seconds, sample_rate=config.sample_rate, hop_length=config.hop_length
+        )
     extra = {"workers": workers} if workers > 1 else {}
+    if soft_labels is not None:
+        extra["soft_labels"] = soft_labels
     augmentation = Augment(mixup_p=mixup) if augment else Augment.off()
     train_seq = ShardSequence(features, split="train", shuffle=True, augment=augmentation, **common, **extra)
     val_seq = ShardSequence(features, split="val", shuffle=False, augment=False, **common)
@@ -322,6 +341,9 @@ def _checked_arguments(**arguments: Any) -> dict[str, Any]:
         unknown_weight=_check_float("unknown_weight", arguments["unknown_weight"]),
         warmup_epochs=_check_float("warmup_epochs", arguments["warmup_epochs"]),
         weight_decay=_check_float("weight_decay", arguments["weight_decay"]),
+        crop_seconds=None
+        if arguments["crop_seconds"] is None
+        else _check_float("crop_seconds", arguments["crop_seconds"]),
         verbose=0 if arguments["quiet"] else verbose,
     )
     return checked
@@ -416,6 +438,8 @@ def train(
     unknown_weight: float = 1.0,
     patience: int = 10,
     in_memory: bool = False,
+    crop_seconds: float | None = None,
+    soft_labels: str | os.PathLike | None = None,
     verbose: int = 2,
     quiet: bool = False,
 ) -> dict[str, Any]:
@@ -463,6 +487,12 @@ def train(
         Early stopping patience in epochs, on ``val_lwlrap``.
     in_memory : bool
         Cache the feature set in RAM.
+    crop_seconds : float or None
+        Seconds the model sees, up to the stored duration plus context (default: the feature
+        set's ``duration``); crops are centred for validation, shifted for training.
+    soft_labels : path or None
+        ``.npy`` of soft labels (examples x classes, NaN where none) that fill the unknown
+        labels of the training split (``ShardSequence(soft_labels=...)``, ``experiments.pseudo``).
     verbose : {0, 1, 2}
         Keras ``fit`` output on stderr: 0 none, 1 progress bar, 2 one line per epoch.
     quiet : bool
@@ -502,6 +532,8 @@ def train(
         unknown_weight=unknown_weight,
         patience=patience,
         in_memory=in_memory,
+        crop_seconds=crop_seconds,
+        soft_labels=None if soft_labels is None else os.fspath(soft_labels),
         verbose=verbose,
         quiet=quiet,
     )
@@ -525,9 +557,11 @@ def train(
         augment=augment,
         mixup=mixup,
         in_memory=in_memory,
+        crop_seconds=arguments["crop_seconds"],
+        soft_labels=arguments["soft_labels"],
     )
     config = train_seq.config
-    input_shape = (config.n_mels, config.crop_frames, 1)
+    input_shape = (config.n_mels, train_seq.crop_frames, 1)
     net = build_model(model, input_shape=input_shape, n_classes=len(train_seq.classes))
     compile_model(
         net,
@@ -607,6 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             unknown_weight=args.unknown_weight,
             patience=args.patience,
             in_memory=args.in_memory,
+            crop_seconds=args.crop_seconds,
+            soft_labels=args.soft_labels,
             verbose=args.verbose,
             quiet=args.quiet,
         )

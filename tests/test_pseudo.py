@@ -1,8 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 
 from experiments import pseudo
 from melshards.config import FeatureConfig, center_offset, crop_span
+from melshards.errors import ConfigError
 
 # 1 s crops with 0.25 s of context; 100 frames per second.
 CONFIG = FeatureConfig(
@@ -131,3 +134,49 @@ def test_bad_soft_labels_are_refused(small_set, make, message):
     n = ShardSequence(small_set, split="all").features.n_examples
     with pytest.raises(ConfigError, match=message):
         ShardSequence(small_set, split="all", soft_labels=make(n, 4))
+
+
+def test_rounds_train_from_soft_labels_of_the_previous_model(tmp_path):
+    from synthetic_features import make_feature_set
+
+    labelled = make_feature_set(tmp_path / "l", n_recordings=8, per_recording=3, n_classes=3, seed=4)
+    windows = make_feature_set(tmp_path / "w", n_recordings=8, per_recording=10, n_classes=3, kind="windows")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[train]\nmodel = "tiny"\nepochs = 1\nbatch_size = 8\nunknown = "ignore"\n')
+    out = tmp_path / "runs"
+    argv = ["--features", str(labelled), "--windows", str(windows), "--rounds", "1", "--out", str(out)]
+    assert pseudo.main([*argv, "--recipe", str(recipe), "--quiet"]) == 0
+
+    first, second = (json.loads((out / f"round-{r}" / "seed-0" / "metrics.json").read_text()) for r in (0, 1))
+    assert first["config"]["train"]["soft_labels"] is None
+    soft_path = out / "round-1" / "seed-0" / pseudo.SOFT_FILE
+    assert second["config"]["train"]["soft_labels"] == str(soft_path)
+    assert second["config"]["train"]["unknown"] == "ignore"
+    # the soft labels are round 0's model scoring the windows, one row per labelled example
+    ids, starts, scores, wconfig = pseudo.score_window_set(
+        out / "round-0" / "seed-0" / "model.keras", windows
+    )
+    from loader.reader import open_feature_set
+
+    feats = open_feature_set(labelled)
+    expected = pseudo.soft_labels(
+        feats.config, (feats.recording_id, feats.start), (ids, starts, scores), window_config=wconfig
+    )
+    np.testing.assert_allclose(np.load(soft_path), expected, rtol=1e-5)
+    assert np.isfinite(expected).all()
+    table = (out / "comparison.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| round 0", "| round 1"]
+    # a second call trains nothing
+    before = soft_path.stat().st_mtime_ns
+    assert pseudo.main([*argv, "--recipe", str(recipe), "--quiet"]) == 0
+    assert soft_path.stat().st_mtime_ns == before
+
+
+def test_recipe_with_an_unknown_option_is_refused(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[train]\nlearning_rate = 0.1\n")
+    with pytest.raises(ConfigError, match=r"r\.toml \[train\]: unknown training option\(s\) learning_rate"):
+        pseudo.read_recipe(recipe)
+    recipe.write_text("[train]\nlr = 0.1\n[pseudo]\nrounds = -1\n")
+    with pytest.raises(ConfigError, match=r"\[pseudo\]: rounds must be an integer >= 0, got -1"):
+        pseudo.read_recipe(recipe)
