@@ -637,8 +637,8 @@ def run_features(
             previous=lambda final: _previous(out, config=final, kind=SET_LABELLED, step=None),
         )
     except NoValidRows as err:
-        _write_rejected(out, err.failures)
-        raise ManifestError(f"{err} (every rejected row in {out / FAILURES_FILE})") from None
+        written = _write_rejected(out, err.failures)
+        raise ManifestError(f"{err} (every rejected row in {written})") from None
     _log_annotations(planned, inputs, classes)
     source = {
         "tp": None if tp is None else str(tp),
@@ -671,11 +671,21 @@ def _annotation_source(inputs: Sequence[Annotations], classes: ClassSpec, *, ign
     return source
 
 
-def _write_rejected(out: Path, failures: list) -> None:
-    """``failures.jsonl`` of a run whose every row was rejected (nothing else is written)."""
+# Where a fully rejected run lists its rows when the output already holds a finished set.
+REJECTED_FILE = "rejected.jsonl"
+
+
+def _write_rejected(out: Path, failures: list) -> Path:
+    """Write the rows of a run whose every row was rejected; returns the file (nothing else is written).
+
+    ``failures.jsonl``, or ``rejected.jsonl`` where ``out`` holds a finished feature set: its
+    own ``failures.jsonl`` stays as its index counts it.
+    """
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
-        atomic_write_text(out / FAILURES_FILE, "".join(json.dumps(f.to_record()) + "\n" for f in failures))
+        path = out / (REJECTED_FILE if (out / INDEX_FILE).exists() else FAILURES_FILE)
+        atomic_write_text(path, "".join(json.dumps(f.to_record()) + "\n" for f in failures))
+    return path
 
 
 def _log_annotations(planned, inputs: Sequence[Annotations], classes: ClassSpec) -> None:

@@ -237,6 +237,20 @@ def test_a_fully_rejected_manifest_names_its_reasons_and_writes_failures(tmp_pat
     assert not (tmp_path / "out" / "index.json").exists()
 
 
+def test_a_rejected_run_leaves_a_finished_sets_failures_alone(tmp_path, capsys):
+    paths = write_dataset(tmp_path)
+    good = ["--audio-dir", str(paths["audio"]), "--tp", str(paths["tp"]), "--set", "n_classes=4"]
+    out = tmp_path / "out"
+    assert features(good, out) in (0, 3)
+    kept = (out / FAILURES_FILE).read_bytes()
+    tp = tmp_path / "bad.csv"
+    tp.write_text(HEADER + "rec0,1,1,3.0,450,2.0,550\n")
+    assert features(["--audio-dir", str(paths["audio"]), "--tp", str(tp), "--set", "n_classes=4"], out) == 2
+    assert f"every rejected row in {out / 'rejected.jsonl'}" in capsys.readouterr().err
+    assert (out / FAILURES_FILE).read_bytes() == kept
+    assert json.loads((out / "rejected.jsonl").read_text())["line"] == 2
+
+
 # -- the pieces -----------------------------------------------------------------------------------
 
 
