@@ -230,10 +230,18 @@ def _shard_number(file: str) -> int | None:
 def read_prior(out: Path) -> Prior:
     """What earlier runs left in ``out``: ``BUILT_FILE`` (written by every run as it goes) first,
     then the index (for a directory copied without its hidden files). Anything unreadable, a
-    line cut short by a crash, or an index of another version, tells nothing."""
+    line cut short by a crash, tells nothing; an index of another version (or damaged) says
+    that every shard is built afresh ("config/versions changed")."""
     prior = Prior()
-    with contextlib.suppress(FormatError):
+    try:
         index = read_index(out)
+    except FormatError:
+        index = None
+        if (out / INDEX_FILE).is_file():
+            # Another format version (or a damaged index): its shards are built afresh, and
+            # say why.
+            prior.setup = "unreadable index"
+    if index is not None:
         prior.built.update((entry.file, entry) for entry in index.shards)
         prior.setup = _index_setup(index)
         prior.planned.update(

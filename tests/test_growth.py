@@ -215,6 +215,18 @@ def test_a_new_config_plans_afresh(growth, tmp_path):
     assert f"{summary.shards} built: {summary.shards} for config/versions changed)" in summary.line()
 
 
+def test_an_index_of_another_format_version_rebuilds_everything_and_says_why(growth):
+    features(growth)
+    index_path = growth["out"] / "index.json"
+    data = json.loads(index_path.read_text())
+    data["format"]["version"] -= 1
+    index_path.write_text(json.dumps(data))
+    (growth["out"] / BUILT_FILE).unlink()
+    summary = features(growth)
+    assert summary.shards_built == summary.shards
+    assert {r.why for r in summary.rebuilt} == {run.SETUP}
+
+
 def test_the_index_alone_keeps_shards_in_place(growth):
     # A copy without hidden files (cp dir/*) has no .built.jsonl: the index's lists suffice.
     features(growth)
