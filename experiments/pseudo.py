@@ -11,7 +11,8 @@ recordings (``precompute windows``, computed once and read by every round) with 
 the round before, turns the scores into one soft label per example and class
 (``soft_labels``: the highest score among the windows that cover the example's centred crop),
 and trains a fresh model from the same shards, where every unknown label is replaced by its
-soft label (``ShardSequence(soft_labels=...)``); known labels (a TP, a confirmed FP) stay hard.
+soft label (``ShardSequence(soft_labels=...)``), weighted as unknown labels are
+(``unknown_weight``); known labels (a TP, a confirmed FP) stay hard.
 
 Each round and seed trains into ``OUT/round-<r>/seed-<s>/`` (with ``soft_labels.npy`` from
 round 1 on); finished runs are skipped, so the rounds resume. The comparison (mean and spread
@@ -213,11 +214,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(quiet=args.quiet)
     try:
         options, rounds = read_recipe(args.recipe)
+        rounds = rounds if args.rounds is None else args.rounds
+        if rounds > 0 and options.get("unknown") == "ignore":
+            raise ConfigError(
+                "soft labels fill unknown labels, which unknown = 'ignore' leaves out of the loss: "
+                "use unknown = 'negative' with an unknown_weight (e.g. 0.3)"
+            )
         test = None if args.test is None else {"features": args.test, "truth": args.truth}
         results = run_rounds(
             features=args.features,
             windows=args.windows,
-            rounds=rounds if args.rounds is None else args.rounds,
+            rounds=rounds,
             seeds=args.seeds,
             out=args.out,
             options=options,

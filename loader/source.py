@@ -80,8 +80,9 @@ class ShardBatches:
         writing into shared memory (``loader.batches``)
     soft_labels : np.ndarray [shape=(n_examples, n_classes)] or the path of one (``.npy``),
         values in [0, 1] or NaN, rows in the feature set's example order: where a crop's label
-        is unknown and the value is not NaN, ``y`` takes it and ``known`` becomes 1 (pseudo
-        labels, ``experiments.pseudo``); known labels stay. The features are not copied.
+        is unknown and the value is not NaN, ``y`` takes it (pseudo labels,
+        ``experiments.pseudo``); known labels stay, and ``known`` is unchanged, so the loss
+        weighs a soft label as it weighs an unknown one. The features are not copied.
 
     ``x`` is (B, n_mels, crop_frames, 1); ``y`` is (B, n_classes) float32, 1 where a TP event
     counts in the crop. Windows feature sets (inference) have no labels: y and known are 0.
@@ -401,11 +402,10 @@ class ShardBatches:
 
 
 def fill_unknown(y: np.ndarray, known: np.ndarray, soft: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``y`` and ``known`` with every unknown label that has a soft value (not NaN) set to it.
+    """``y`` with every unknown label that has a soft value (not NaN) set to it; ``known`` as given.
 
-    y, known, soft : np.ndarray [shape=(B, n_classes)]; y and known are changed in place.
+    y, known, soft : np.ndarray [shape=(B, n_classes)]; y is changed in place.
     """
     fill = (known == 0) & ~np.isnan(soft)
     y[fill] = soft[fill]
-    known[fill] = 1.0
     return y, known

@@ -95,7 +95,7 @@ def test_soft_labels_fill_only_unknown_labels_and_leave_x_alone(small_set, tmp_p
         np.testing.assert_array_equal(y1[hard], y0[hard])
         take = ~hard & ~np.isnan(soft[ids])
         np.testing.assert_array_equal(y1[take], soft[ids][take])
-        assert (k1[take] == 1).all()
+        np.testing.assert_array_equal(k1, k0)  # soft labels weigh as unknown labels do
         stay = ~hard & np.isnan(soft[ids])
         assert (k1[stay] == 0).all() and (y1[stay] == 0).all()
         checked += int(take.sum())
@@ -113,9 +113,12 @@ def test_soft_labels_reach_the_loss_unchanged(small_set):
     )
     _, y, known = seq[0]
     pred = np.clip(np.random.default_rng(1).random(y.shape), 0.05, 0.95).astype(np.float32)
-    loss = float(MaskedBinaryCrossentropy(unknown="ignore")(y, pred, sample_weight=known))
+    loss = float(
+        MaskedBinaryCrossentropy(unknown="negative", unknown_weight=0.3)(y, pred, sample_weight=known)
+    )
     bce = -(y * np.log(pred) + (1 - y) * np.log(1 - pred))
-    assert loss == pytest.approx(float((bce * known).sum() / known.sum()), rel=1e-5)
+    weight = known + 0.3 * (1 - known)
+    assert loss == pytest.approx(float((bce * weight).sum() / weight.sum()), rel=1e-5)
     assert ((y > 0) & (y < 1)).any()  # soft targets, not rounded
 
 
@@ -142,7 +145,7 @@ def test_rounds_train_from_soft_labels_of_the_previous_model(tmp_path):
     labelled = make_feature_set(tmp_path / "l", n_recordings=8, per_recording=3, n_classes=3, seed=4)
     windows = make_feature_set(tmp_path / "w", n_recordings=8, per_recording=10, n_classes=3, kind="windows")
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text('[train]\nmodel = "tiny"\nepochs = 1\nbatch_size = 8\nunknown = "ignore"\n')
+    recipe.write_text('[train]\nmodel = "tiny"\nepochs = 1\nbatch_size = 8\nunknown_weight = 0.3\n')
     out = tmp_path / "runs"
     argv = ["--features", str(labelled), "--windows", str(windows), "--rounds", "1", "--out", str(out)]
     assert pseudo.main([*argv, "--recipe", str(recipe), "--quiet"]) == 0
@@ -151,7 +154,7 @@ def test_rounds_train_from_soft_labels_of_the_previous_model(tmp_path):
     assert first["config"]["train"]["soft_labels"] is None
     soft_path = out / "round-1" / "seed-0" / pseudo.SOFT_FILE
     assert second["config"]["train"]["soft_labels"] == str(soft_path)
-    assert second["config"]["train"]["unknown"] == "ignore"
+    assert second["config"]["train"]["unknown_weight"] == 0.3
     # the soft labels are round 0's model scoring the windows, one row per labelled example
     ids, starts, scores, wconfig = pseudo.score_window_set(
         out / "round-0" / "seed-0" / "model.keras", windows
@@ -170,6 +173,14 @@ def test_rounds_train_from_soft_labels_of_the_previous_model(tmp_path):
     before = soft_path.stat().st_mtime_ns
     assert pseudo.main([*argv, "--recipe", str(recipe), "--quiet"]) == 0
     assert soft_path.stat().st_mtime_ns == before
+
+
+def test_rounds_refuse_a_loss_that_ignores_soft_labels(tmp_path, capsys):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[train]\nunknown = "ignore"\n')
+    argv = ["--features", "f", "--windows", "w", "--out", str(tmp_path / "o"), "--recipe", str(recipe)]
+    assert pseudo.main(argv) == 2
+    assert "unknown = 'ignore' leaves out of the loss" in capsys.readouterr().err
 
 
 def test_recipe_with_an_unknown_option_is_refused(tmp_path):
