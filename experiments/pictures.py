@@ -199,7 +199,8 @@ def preview_figure(root: str | Path, *, per_class: int = 3, classes: str | tuple
 
     Each panel is one stored window (``duration`` plus ``context`` on each side) on true axes:
     seconds from the window's start and Hz on a mel scale (``fmin`` to ``fmax``). Dashed lines
-    mark the centred crop the model sees, a box the labelled call the window was cut around.
+    mark the centred crop the model sees, a box the labelled call the window was cut around,
+    grey hatching the padding beyond the recording's ends (frames outside ``valid``).
     Titles read ``species NN · recording_id @ start s`` (numeric RFCX ids), or the class name in
     place of ``species NN``. One colour bar for the whole figure.
     For a windows feature set (no labels) the rows are recordings instead of classes.
@@ -248,6 +249,7 @@ def preview_figure(root: str | Path, *, per_class: int = 3, classes: str | tuple
             img = _specshow(ax, mels[ex.id], cfg, vmin=vmin, vmax=vmax)
             for t in (crop0, crop1):
                 ax.axvline(t, color="white", lw=0.7, ls="--", alpha=0.8)
+            _shade_padding(ax, features.valid[ex.id], cfg)
             if ex.box is not None:
                 t_min, t_max, f_min, f_max = ex.box
                 ax.add_patch(
@@ -279,6 +281,15 @@ def preview_figure(root: str | Path, *, per_class: int = 3, classes: str | tuple
     return fig
 
 
+def _shade_padding(ax, valid: np.ndarray, config: FeatureConfig) -> None:
+    """Hatch the frames of a stored window that lie beyond its recording (``valid`` = [first, stop))."""
+    spf = config.seconds_per_frame
+    first, stop = int(valid[0]), int(valid[1])
+    for lo, hi in ((0, first), (stop, config.n_frames)):
+        if hi > lo:
+            ax.axvspan(lo * spf, hi * spf, facecolor="0.5", alpha=0.55, hatch="///", edgecolor="0.85", lw=0)
+
+
 def augment_figure(root: str | Path, *, examples: int = 4, seed: int = 0, augment=None):
     """The same examples before and after the loader's augmentation, as a matplotlib Figure.
 
@@ -306,7 +317,9 @@ def augment_figure(root: str | Path, *, examples: int = 4, seed: int = 0, augmen
         features, ids, crop_start=np.full(len(ids), center_offset(cfg), np.int64), crop=crop
     )
     rng = np.random.default_rng(seed)
-    params = augment.sample_params(rng, len(ids), n_mels=cfg.n_mels, n_frames=cfg.n_frames, crop_frames=crop)
+    params = augment.sample_params(
+        rng, len(ids), n_mels=cfg.n_mels, n_frames=cfg.n_frames, crop_frames=crop, valid=features.valid[ids]
+    )
     clip = (0.0, 1.0) if cfg.normalize == "minmax" else None
     after = _read_windows(features, ids, crop_start=params.crop_start, crop=crop)[..., None]
     augment.apply(after, params, fill=features.bin_mean, clip=clip, gain=True)

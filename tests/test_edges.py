@@ -338,3 +338,32 @@ def test_a_user_can_open_a_shard_the_loader_holds_open(edge_run):
         np.testing.assert_array_equal(again, first)
         assert verify(out) == []
     reader.close()
+
+
+def test_preview_hatches_the_padding_beyond_the_recording(edge_run):
+    pytest.importorskip("matplotlib")
+    from experiments.pictures import preview_figure
+
+    config, found, out = edge_run
+    spf = config.seconds_per_frame
+    fig = preview_figure(out, per_class=4)
+    by_title = {}
+    for (rid, _), ex in found.items():
+        by_title[f"{rid} @ {ex['start']:.1f} s"] = ex["valid"]
+    shown = padded = 0
+    for ax in fig.axes:
+        title = ax.get_title().split(" · ")[-1]
+        if title not in by_title:
+            continue
+        shown += 1
+        first, stop = by_title[title]
+        expected = [(0.0, first * spf)] if first > 0 else []
+        expected += [(stop * spf, N_FRAMES * spf)] if stop < N_FRAMES else []
+        hatched = sorted(
+            (round(p.get_x(), 6), round(p.get_x() + p.get_width(), 6))
+            for p in ax.patches
+            if p.get_hatch() == "///"
+        )
+        assert hatched == [(round(a, 6), round(b, 6)) for a, b in expected], title
+        padded += bool(expected)
+    assert shown == 6 and padded >= 3  # the two edge calls and both clips are padded
