@@ -128,8 +128,12 @@ def _recording_examples(
             )
             for mel, start in window_mels(source, starts, config=config)
         ]
-    rows = []
+    rows, spans = [], set()
     for row in job.recording_rows(task):
+        if (row.t_min, row.t_max, row.kind) in spans:
+            # The same window with the same labels (a clip with several labels, two classes
+            # boxed alike): one example, anchored on the first of them.
+            continue
         if row.t_max > seconds + 1e-6:
             err = AudioError(
                 f"{row.where}: event ends at {row.t_max} s, beyond the end of {task.path} ({seconds:.3f} s)"
@@ -138,6 +142,7 @@ def _recording_examples(
                 raise err
             failures.append(failure_record(task.recording_id, task.path, err, slices=1, line=row.line))
             continue
+        spans.add((row.t_min, row.t_max, row.kind))
         rows.append(row)
     events = event_arrays(job.recording_rows(task))
     starts = [event_window_start(r.t_min, r.t_max, n_samples=source.n, config=config) for r in rows]

@@ -231,6 +231,8 @@ def plan_labelled(
 ) -> list[ShardJob]:
     """Shard jobs for one window per TP and FP row, recordings in sorted order.
 
+    (The job makes one example of rows with the same times and kind: ``n_windows`` counts rows.)
+
     rows : the valid, deduplicated manifest rows (``manifest.drop_duplicates``)
     previous : the shard index each recording was in before (``_assign``); None packs every
         recording afresh
