@@ -193,14 +193,7 @@ def read_recipe(path: Path | None) -> tuple[dict[str, Any], int]:
     """A recipe's train() options (``[train]``) and rounds (``[pseudo] rounds``, default 2)."""
     if path is None:
         return {}, DEFAULT_ROUNDS
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: recipe not found") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    data = sweep.read_toml(path, what="recipe")
     options = dict(data.get("train", {}))
     sweep.check_options(options, f"{path} [train]")
     rounds = data.get("pseudo", {}).get("rounds", DEFAULT_ROUNDS)

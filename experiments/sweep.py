@@ -198,15 +198,19 @@ def _first_repeat(names: Sequence[str]) -> str:
     return ""
 
 
-def read_grid(path: str | os.PathLike) -> Grid:
+def read_toml(path: str | os.PathLike, *, what: str) -> dict[str, Any]:
+    """A TOML file's contents; ConfigError naming the file when it is missing or not TOML."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: grid file not found") from None
+        raise ConfigError(f"{path}: {what} not found") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    return parse_grid(data, source=str(path))
+
+
+def read_grid(path: str | os.PathLike) -> Grid:
+    return parse_grid(read_toml(path, what="grid file"), source=str(path))
 
 
 # -- running ------------------------------------------------------------------------------------
