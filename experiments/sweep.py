@@ -354,7 +354,7 @@ def compare(
 def _cell(mean: float, std: float) -> str:
     if math.isnan(mean):
         return ""
-    digits = 1 if abs(mean) >= 100 else 4
+    digits = 1 if abs(mean) >= 100 else 2 if abs(mean) >= 1 else 4
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
