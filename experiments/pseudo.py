@@ -39,6 +39,10 @@ from melshards.files import atomic_write_text
 
 PROG = "python -m experiments.pseudo"
 SOFT_FILE = "soft_labels.npy"
+WINDOW_FILE = "window_labels.npy"
+# What a round trains on besides the labelled examples' annotations: soft labels for the
+# windows (as extra examples), for the labelled examples' unknown labels, or both.
+TRAIN_ON = ("windows", "examples", "both")
 SOFT_INFO = "soft_labels.json"
 MIN_COVER = 0.5
 DEFAULT_ROUNDS = 2
@@ -88,22 +92,23 @@ def soft_labels(
 
 
 def score_window_set(model_path: Path, windows: str | os.PathLike, *, batch_size: int = 64):
-    """``(recording_id, start, scores, config)`` of every window of a windows feature set, in order."""
+    """``(example_ids, recording_id, start, scores, config)`` of every window of a windows
+    feature set, in storage order (``example_ids`` index its examples)."""
     from experiments.predict import load_model, score_windows, window_sequence
 
     model = load_model(model_path)
     seq = window_sequence(windows, model, batch_size=batch_size)
-    ids = seq.features.recording_id[seq.example_ids]
-    starts = seq.features.start[seq.example_ids]
-    return ids, starts, score_windows(model, seq), seq.config
+    ids = seq.example_ids
+    return ids, seq.features.recording_id[ids], seq.features.start[ids], score_windows(model, seq), seq.config
 
 
-def write_soft_labels(run_dir: Path, *, features: str, windows: str, model_path: Path) -> Path:
-    """Score ``windows`` with ``model_path``, write the soft labels of ``features`` into ``run_dir``."""
+def write_soft_labels(run_dir: Path, *, features: str, windows: str, model_path: Path) -> tuple[Path, Path]:
+    """Score ``windows`` with ``model_path``; write into ``run_dir`` the soft labels of the
+    windows themselves (``WINDOW_FILE``) and of the examples of ``features`` (``SOFT_FILE``)."""
     from loader.reader import open_feature_set
 
     feature_set = open_feature_set(features)
-    ids, starts, scores, window_config = score_window_set(model_path, windows)
+    order, ids, starts, scores, window_config = score_window_set(model_path, windows)
     if scores.shape[1] != feature_set.config.n_classes:
         raise ExperimentError(
             f"{model_path} predicts {scores.shape[1]} classes, {features} has {feature_set.config.n_classes}"
@@ -114,12 +119,15 @@ def write_soft_labels(run_dir: Path, *, features: str, windows: str, model_path:
         (ids, starts, scores),
         window_config=window_config,
     )
+    own = np.full((int(order.max()) + 1 if order.size else 0, scores.shape[1]), np.nan, np.float32)
+    own[order] = scores
     run_dir.mkdir(parents=True, exist_ok=True)
     np.save(run_dir / SOFT_FILE, soft)
+    np.save(run_dir / WINDOW_FILE, own)
     covered = int(np.isfinite(soft[:, 0]).sum()) if soft.size else 0
     info = {"model": str(model_path), "windows": str(windows), "examples": len(soft), "covered": covered}
     atomic_write_text(run_dir / SOFT_INFO, json.dumps(info, indent=1) + "\n")
-    return run_dir / SOFT_FILE
+    return run_dir / SOFT_FILE, run_dir / WINDOW_FILE
 
 
 def run_rounds(
@@ -131,9 +139,15 @@ def run_rounds(
     out: Path,
     options: Mapping[str, Any],
     test: Mapping[str, str] | None = None,
+    train_on: str = "windows",
     verbose: int = 0,
 ) -> dict[str, list[dict]]:
-    """Train rounds 0..``rounds`` for every seed; returns each round's metrics (all seeds)."""
+    """Train rounds 0..``rounds`` for every seed; returns each round's metrics (all seeds).
+
+    ``train_on`` (``TRAIN_ON``): where a round puts the previous model's scores: on the windows
+    of the training fold's recordings, trained on as extra examples; on the unknown labels of
+    the labelled examples; or both.
+    """
     results: dict[str, list[dict]] = {}
     for r in range(rounds + 1):
         name = f"round {r}"
@@ -143,11 +157,17 @@ def run_rounds(
             run_dir = out / f"round-{r}" / f"seed-{seed}"
             metrics = sweep.finished(run_dir, config, seed)
             if metrics is None:
-                soft = None
+                extra: dict[str, str] = {}
                 if r > 0:
                     previous = out / f"round-{r - 1}" / f"seed-{seed}" / "model.keras"
-                    soft = write_soft_labels(run_dir, features=features, windows=windows, model_path=previous)
-                metrics = _train(config, seed, run_dir, soft=soft, test=test, verbose=verbose)
+                    soft, own = write_soft_labels(
+                        run_dir, features=features, windows=windows, model_path=previous
+                    )
+                    if train_on in ("examples", "both"):
+                        extra["soft_labels"] = str(soft)
+                    if train_on in ("windows", "both"):
+                        extra.update(windows=str(windows), window_labels=str(own))
+                metrics = _train(config, seed, run_dir, extra=extra, test=test, verbose=verbose)
                 log.info(f"{name} seed {seed}: " + _summary(metrics))
             results[name].append(metrics)
     return results
@@ -158,10 +178,10 @@ def _summary(metrics: Mapping[str, Any]) -> str:
     return ", ".join(shown)
 
 
-def _train(config, seed: int, run_dir: Path, *, soft: Path | None, test, verbose: int) -> dict[str, Any]:
-    options = dict(config.options)
-    if soft is not None:
-        options["soft_labels"] = str(soft)
+def _train(
+    config, seed: int, run_dir: Path, *, extra: Mapping[str, str], test, verbose: int
+) -> dict[str, Any]:
+    options = dict(config.options) | dict(extra)
     return sweep.train_and_score(config.features, seed, run_dir, options=options, test=test, verbose=verbose)
 
 
@@ -189,24 +209,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def read_recipe(path: Path | None) -> tuple[dict[str, Any], int]:
-    """A recipe's train() options (``[train]``) and rounds (``[pseudo] rounds``, default 2)."""
+def read_recipe(path: Path | None) -> tuple[dict[str, Any], int, str]:
+    """A recipe's train() options (``[train]``), its rounds and where they put soft labels
+    (``[pseudo] rounds``, default 2, and ``train_on``, default "windows")."""
     if path is None:
-        return {}, DEFAULT_ROUNDS
+        return {}, DEFAULT_ROUNDS, "windows"
     data = sweep.read_toml(path, what="recipe")
     options = dict(data.get("train", {}))
     sweep.check_options(options, f"{path} [train]")
-    rounds = data.get("pseudo", {}).get("rounds", DEFAULT_ROUNDS)
+    pseudo = dict(data.get("pseudo", {}))
+    unknown = sorted(set(pseudo) - {"rounds", "train_on"})
+    if unknown:
+        raise ConfigError(f"{path} [pseudo]: unknown key(s) {', '.join(unknown)}; known: rounds, train_on")
+    rounds = pseudo.get("rounds", DEFAULT_ROUNDS)
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 0:
         raise ConfigError(f"{path} [pseudo]: rounds must be an integer >= 0, got {rounds!r}")
-    return options, rounds
+    train_on = pseudo.get("train_on", "windows")
+    if train_on not in TRAIN_ON:
+        raise ConfigError(f"{path} [pseudo]: train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}")
+    return options, rounds, train_on
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(quiet=args.quiet)
     try:
-        options, rounds = read_recipe(args.recipe)
+        options, rounds, train_on = read_recipe(args.recipe)
         rounds = rounds if args.rounds is None else args.rounds
         if rounds > 0 and options.get("unknown") == "ignore":
             raise ConfigError(
@@ -222,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out=args.out,
             options=options,
             test=test,
+            train_on=train_on,
             verbose=args.verbose,
         )
         metric = "test_lwlrap" if test and test.get("truth") else "val_lwlrap"

@@ -48,6 +48,7 @@ from experiments.metrics import Lwlrap, Top1, class_lwlrap, lwlrap, top1
 from experiments.models import available_models, build_model
 from experiments.plots import plot_curves, read_history
 from loader import Augment, ShardSequence
+from loader.sequence import PairedSequence
 from melshards.config import frames_for
 from melshards.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
 from melshards.errors import ConfigError, MelShardsError
@@ -114,6 +115,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--crop-seconds", type=float, help="seconds the model sees (default: the feature set's duration)"
     )
     p.add_argument("--soft-labels", help=".npy of soft labels for the unknown labels (experiments.pseudo)")
+    p.add_argument("--windows", help="windows feature set of the same recordings to train on too")
+    p.add_argument("--window-labels", help=".npy of soft labels for --windows (experiments.pseudo)")
     p.add_argument(
         "--verbose",
         type=int,
@@ -196,6 +199,8 @@ def make_sequences(
     in_memory: bool,
     crop_seconds: float | None = None,
     soft_labels: str | os.PathLike | None = None,
+    windows: str | os.PathLike | None = None,
+    window_labels: str | os.PathLike | None = None,
 ) -> tuple[Any, Any]:
     """The training sequence (shuffled, augmented) and the validation sequence of ``features``.
 
@@ -222,6 +227,18 @@ def make_sequences(
     augmentation = Augment(mixup_p=mixup) if augment else Augment.off()
     train_seq = ShardSequence(features, split="train", shuffle=True, augment=augmentation, **common, **extra)
     val_seq = ShardSequence(features, split="val", shuffle=False, augment=False, **common)
+    if windows is not None:
+        # Only the windows of the training fold's recordings: the validation fold stays unseen.
+        window_seq = ShardSequence(
+            windows,
+            split="all",
+            shuffle=True,
+            augment=augmentation,
+            soft_labels=window_labels,
+            recordings=set(np.unique(train_seq.recording_id).tolist()),
+            **common,
+        )
+        train_seq = PairedSequence(train_seq, window_seq)
     return train_seq, val_seq
 
 
@@ -440,6 +457,8 @@ def train(
     in_memory: bool = False,
     crop_seconds: float | None = None,
     soft_labels: str | os.PathLike | None = None,
+    windows: str | os.PathLike | None = None,
+    window_labels: str | os.PathLike | None = None,
     verbose: int = 2,
     quiet: bool = False,
 ) -> dict[str, Any]:
@@ -493,6 +512,10 @@ def train(
     soft_labels : path or None
         ``.npy`` of soft labels (examples x classes, NaN where none) that fill the unknown
         labels of the training split (``ShardSequence(soft_labels=...)``, ``experiments.pseudo``).
+    windows, window_labels : path or None
+        A windows feature set over the same recordings and a ``.npy`` of soft labels for its
+        windows: each training batch is followed by a batch of the training fold's windows
+        (``loader.sequence.PairedSequence``), weighted as unknown labels.
     verbose : {0, 1, 2}
         Keras ``fit`` output on stderr: 0 none, 1 progress bar, 2 one line per epoch.
     quiet : bool
@@ -534,6 +557,8 @@ def train(
         in_memory=in_memory,
         crop_seconds=crop_seconds,
         soft_labels=None if soft_labels is None else os.fspath(soft_labels),
+        windows=None if windows is None else os.fspath(windows),
+        window_labels=None if window_labels is None else os.fspath(window_labels),
         verbose=verbose,
         quiet=quiet,
     )
@@ -559,6 +584,8 @@ def train(
         in_memory=in_memory,
         crop_seconds=arguments["crop_seconds"],
         soft_labels=arguments["soft_labels"],
+        windows=arguments["windows"],
+        window_labels=arguments["window_labels"],
     )
     config = train_seq.config
     input_shape = (config.n_mels, train_seq.crop_frames, 1)
@@ -643,6 +670,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             in_memory=args.in_memory,
             crop_seconds=args.crop_seconds,
             soft_labels=args.soft_labels,
+            windows=args.windows,
+            window_labels=args.window_labels,
             verbose=args.verbose,
             quiet=args.quiet,
         )

@@ -54,3 +54,70 @@ class ShardSequence(ShardBatches, keras.utils.PyDataset):
         from loader.tfdata import as_tf_dataset
 
         return as_tf_dataset(self, prefetch=prefetch)
+
+
+class PairedSequence(keras.utils.PyDataset):
+    """Each batch of ``first`` followed by a batch of ``second``, for ``model.fit``.
+
+    Batch ``i`` is ``first[i]`` and ``second[i % len(second)]`` concatenated along the batch
+    axis (both yielding ``(x, y)`` or both ``(x, y, known)``); an epoch is ``len(first)``
+    batches. ``on_epoch_end`` moves both to their next epoch. Used to train on labelled
+    examples and pseudo-labelled windows together (``experiments.pseudo``).
+    """
+
+    def __init__(self, first: ShardSequence, second: ShardSequence) -> None:
+        super().__init__()
+        if first.return_mask != second.return_mask or first.crop_frames != second.crop_frames:
+            raise ConfigError("paired sequences must agree on return_mask and crop_frames")
+        if first.config.n_mels != second.config.n_mels or len(first.classes) != len(second.classes):
+            raise ConfigError(
+                f"{second.features.root} does not fit {first.features.root}: "
+                f"{second.config.n_mels} mels and {len(second.classes)} classes against "
+                f"{first.config.n_mels} and {len(first.classes)}"
+            )
+        self.first, self.second = first, second
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def __getitem__(self, index: int):
+        import numpy as np
+
+        a = self.first[index]
+        b = self.second[index % len(self.second)]
+        return tuple(np.concatenate([u, v]) for u, v in zip(a, b, strict=True))
+
+    def on_epoch_end(self) -> None:
+        self.first.on_epoch_end()
+        self.second.on_epoch_end()
+
+    # What describes the batches is ``first``'s: its config, classes, crop and feature set.
+    @property
+    def features(self) -> FeatureSet:
+        return self.first.features
+
+    @property
+    def config(self):
+        return self.first.config
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        return self.first.classes
+
+    @property
+    def crop_frames(self) -> int:
+        return self.first.crop_frames
+
+    @property
+    def fingerprint(self) -> str:
+        return self.first.fingerprint
+
+    @property
+    def recording_id(self):
+        return self.first.recording_id
+
+    @property
+    def n_examples(self) -> int:
+        """Examples fed per epoch: all of ``first``, and ``second``'s batches that go with them."""
+        second = sum(len(self.second.batch_example_ids(i % len(self.second))) for i in range(len(self)))
+        return self.first.n_examples + second

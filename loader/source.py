@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import operator
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import numpy as np
 
@@ -83,6 +83,8 @@ class ShardBatches:
         is unknown and the value is not NaN, ``y`` takes it (pseudo labels,
         ``experiments.pseudo``); known labels stay, and ``known`` is unchanged, so the loss
         weighs a soft label as it weighs an unknown one. The features are not copied.
+    recordings : keep only the split's examples of these recordings (for instance the windows
+        of a training fold's recordings, ``experiments.pseudo``)
 
     ``x`` is (B, n_mels, crop_frames, 1); ``y`` is (B, n_classes) float32, 1 where a TP event
     counts in the crop. Windows feature sets (inference) have no labels: y and known are 0.
@@ -111,6 +113,7 @@ class ShardBatches:
         workers: int = 1,
         use_multiprocessing: bool = False,
         soft_labels: np.ndarray | str | os.PathLike | None = None,
+        recordings: Collection[str] | None = None,
     ) -> None:
         workers = _check_int("workers", workers, low=1)
         use_multiprocessing = bool(use_multiprocessing)
@@ -148,6 +151,7 @@ class ShardBatches:
         self.lookahead = bool(lookahead)
         self._lookahead = Lookahead(self._build)
         self.epoch = 0
+        self.recordings = None if recordings is None else frozenset(str(r) for r in recordings)
         self.soft_labels = None if soft_labels is None else self._check_soft_labels(soft_labels)
 
         self._choose_examples()
@@ -170,6 +174,9 @@ class ShardBatches:
             self.features.recording_id, self.features.labels == 1, n_folds=n_folds, seed=self.split_seed
         )
         self.example_ids = sampler.split_members(self.folds, split, fold=fold)
+        if self.recordings is not None:
+            chosen = np.isin(self.features.recording_id[self.example_ids].astype(str), list(self.recordings))
+            self.example_ids = self.example_ids[chosen]
         if self.example_ids.size == 0:
             raise ConfigError(
                 f"split {split!r} (fold {fold} of {n_folds}) of {self.features.root} is empty: "

@@ -139,40 +139,83 @@ def test_bad_soft_labels_are_refused(small_set, make, message):
         ShardSequence(small_set, split="all", soft_labels=make(n, 4))
 
 
-def test_rounds_train_from_soft_labels_of_the_previous_model(tmp_path):
+@pytest.mark.parametrize("train_on", ["windows", "both"])
+def test_rounds_train_from_soft_labels_of_the_previous_model(tmp_path, train_on):
+    from loader.reader import open_feature_set
     from synthetic_features import make_feature_set
 
     labelled = make_feature_set(tmp_path / "l", n_recordings=8, per_recording=3, n_classes=3, seed=4)
     windows = make_feature_set(tmp_path / "w", n_recordings=8, per_recording=10, n_classes=3, kind="windows")
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text('[train]\nmodel = "tiny"\nepochs = 1\nbatch_size = 8\nunknown_weight = 0.3\n')
+    recipe.write_text(
+        '[train]\nmodel = "tiny"\nepochs = 1\nbatch_size = 8\nunknown_weight = 0.3\n'
+        f'[pseudo]\nrounds = 1\ntrain_on = "{train_on}"\n'
+    )
     out = tmp_path / "runs"
-    argv = ["--features", str(labelled), "--windows", str(windows), "--rounds", "1", "--out", str(out)]
-    assert pseudo.main([*argv, "--recipe", str(recipe), "--quiet"]) == 0
+    argv = [
+        "--features",
+        str(labelled),
+        "--windows",
+        str(windows),
+        "--out",
+        str(out),
+        "--recipe",
+        str(recipe),
+    ]
+    assert pseudo.main([*argv, "--quiet"]) == 0
 
     first, second = (json.loads((out / f"round-{r}" / "seed-0" / "metrics.json").read_text()) for r in (0, 1))
-    assert first["config"]["train"]["soft_labels"] is None
-    soft_path = out / "round-1" / "seed-0" / pseudo.SOFT_FILE
-    assert second["config"]["train"]["soft_labels"] == str(soft_path)
+    run_dir = out / "round-1" / "seed-0"
+    assert first["config"]["train"]["soft_labels"] is None and first["config"]["train"]["windows"] is None
+    assert second["config"]["train"]["windows"] == str(windows)
+    assert second["config"]["train"]["window_labels"] == str(run_dir / pseudo.WINDOW_FILE)
+    expected_soft = str(run_dir / pseudo.SOFT_FILE) if train_on == "both" else None
+    assert second["config"]["train"]["soft_labels"] == expected_soft
     assert second["config"]["train"]["unknown_weight"] == 0.3
-    # the soft labels are round 0's model scoring the windows, one row per labelled example
-    ids, starts, scores, wconfig = pseudo.score_window_set(
-        out / "round-0" / "seed-0" / "model.keras", windows
+    # round 0's model scoring the windows: their own labels, and per labelled example the
+    # highest score of the windows covering its crop
+    order, ids, starts, scores, wconfig = pseudo.score_window_set(
+        run_dir.parent.parent / "round-0" / "seed-0" / "model.keras", windows
     )
-    from loader.reader import open_feature_set
-
+    np.testing.assert_allclose(np.load(run_dir / pseudo.WINDOW_FILE)[order], scores, rtol=1e-5)
     feats = open_feature_set(labelled)
     expected = pseudo.soft_labels(
         feats.config, (feats.recording_id, feats.start), (ids, starts, scores), window_config=wconfig
     )
-    np.testing.assert_allclose(np.load(soft_path), expected, rtol=1e-5)
+    np.testing.assert_allclose(np.load(run_dir / pseudo.SOFT_FILE), expected, rtol=1e-5)
     assert np.isfinite(expected).all()
+    # the windows trained on are those of the training fold's recordings, not of validation
+    assert second["n_train"] > first["n_train"]
     table = (out / "comparison.md").read_text().splitlines()
     assert [line.split(" | ")[0] for line in table[2:]] == ["| round 0", "| round 1"]
     # a second call trains nothing
-    before = soft_path.stat().st_mtime_ns
-    assert pseudo.main([*argv, "--recipe", str(recipe), "--quiet"]) == 0
-    assert soft_path.stat().st_mtime_ns == before
+    before = (run_dir / pseudo.WINDOW_FILE).stat().st_mtime_ns
+    assert pseudo.main([*argv, "--quiet"]) == 0
+    assert (run_dir / pseudo.WINDOW_FILE).stat().st_mtime_ns == before
+
+
+def test_paired_batches_take_only_the_training_folds_windows(tmp_path):
+    from experiments.train import make_sequences
+    from synthetic_features import make_feature_set
+
+    labelled = make_feature_set(tmp_path / "l", n_recordings=10, per_recording=3, n_classes=3, seed=4)
+    windows = make_feature_set(tmp_path / "w", n_recordings=10, per_recording=4, n_classes=3, kind="windows")
+    labels = np.random.default_rng(0).random((40, 3)).astype(np.float32)
+    train_seq, val_seq = make_sequences(
+        labelled, fold=0, n_folds=5, batch_size=4, seed=0, workers=1, augment=False, mixup=0.0,
+        in_memory=False, windows=windows, window_labels=labels,
+    )  # fmt: skip
+    second = train_seq.second
+    assert set(second.recording_id) == set(train_seq.first.recording_id)
+    assert not set(second.recording_id) & set(val_seq.recording_id)
+    x, y, known = train_seq[0]
+    a, b = train_seq.first[0], second[0]
+    assert x.shape[0] == a[0].shape[0] + b[0].shape[0]
+    np.testing.assert_array_equal(y[len(a[1]) :], labels[second.batch_example_ids(0)])
+    assert (known[len(a[1]) :] == 0).all()  # weighted as unknown labels
+    assert train_seq.n_examples == train_seq.first.n_examples + sum(
+        len(second.batch_example_ids(i % len(second))) for i in range(len(train_seq))
+    )
 
 
 def test_rounds_refuse_a_loss_that_ignores_soft_labels(tmp_path, capsys):
