@@ -228,18 +228,26 @@ def make_sequences(
     train_seq = ShardSequence(features, split="train", shuffle=True, augment=augmentation, **common, **extra)
     val_seq = ShardSequence(features, split="val", shuffle=False, augment=False, **common)
     if windows is not None:
-        # Only the windows of the training fold's recordings: the validation fold stays unseen.
-        window_seq = ShardSequence(
-            windows,
-            split="all",
-            shuffle=True,
-            augment=augmentation,
-            soft_labels=window_labels,
-            recordings=set(np.unique(train_seq.recording_id).tolist()),
-            **common,
+        train_seq = PairedSequence(
+            train_seq, _window_sequence(windows, window_labels, train_seq, augmentation, common)
         )
-        train_seq = PairedSequence(train_seq, window_seq)
     return train_seq, val_seq
+
+
+def _window_sequence(windows, labels, train_seq, augmentation, common: dict) -> Any:
+    """The windows of the training fold's recordings (the validation fold stays unseen), in
+    batches sized so that an epoch of ``train_seq`` sees each of them once."""
+    options = dict(
+        split="all",
+        shuffle=True,
+        augment=augmentation,
+        soft_labels=labels,
+        recordings=set(np.unique(train_seq.recording_id).tolist()),
+        **common,
+    )
+    seq = ShardSequence(windows, **options)
+    options["batch_size"] = -(-seq.n_examples // len(train_seq))
+    return ShardSequence(seq.features, **options)
 
 
 def compile_model(
