@@ -69,6 +69,8 @@ TRAIN_OPTIONS = (
     "in_memory",
     "crop_seconds",
     "soft_labels",
+    "windows",
+    "window_labels",
 )
 GRID_KEYS = ("name", "features", "seeds", "metric", "base", "grid", "configs", "test")
 # Compared for every configuration (those a run lacks are left out); "lower" ranks ascending.
