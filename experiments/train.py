@@ -128,6 +128,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "-q", "--quiet", action="store_true", help="no log lines or Keras output (same as --verbose 0)"
     )
     args = p.parse_args(argv)
+    _check_args(p, args)
+    return args
+
+
+def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What argparse cannot check itself; ``p.error`` on the first bad option."""
     if args.quiet:
         args.verbose = 0
     for name in ("epochs", "batch_size", "workers", "n_folds", "patience"):
@@ -141,7 +147,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--mixup must be in [0, 1], got {args.mixup}")
     if args.unknown_weight < 0:
         p.error(f"--unknown-weight must be >= 0, got {args.unknown_weight}")
-    return args
 
 
 class TrainTimer(keras.callbacks.Callback):

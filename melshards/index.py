@@ -225,17 +225,7 @@ class Index:
         )
         if len({entry.file for entry in shards}) != len(shards):
             raise FormatError(f"{source}: a shard file is listed twice")
-        classes = data["classes"]
-        if not isinstance(classes, list) or not all(_is_int(c) for c in classes):
-            raise FormatError(f"{source}: classes must be a list of integers")
-        if len(classes) != config.n_classes:
-            raise FormatError(
-                f"{source}: {len(classes)} classes, but the config has n_classes {config.n_classes}"
-            )
-        class_names = data["class_names"]
-        problem = class_names_problem(class_names, config.n_classes)
-        if problem:
-            raise FormatError(f"{source}: class_names: {problem}")
+        classes, class_names = _classes(data, config.n_classes, source)
         stats = BinStats.from_dict(data["stats"], source=f"{source} stats")
         versions = data.get("versions", {})
         if not isinstance(versions, dict):
@@ -306,6 +296,20 @@ def class_names_problem(names: Any, n_classes: int) -> str | None:
         repeated = next(n for k, n in enumerate(names) if n in names[:k])
         return f"class name {repeated!r} appears twice"
     return None
+
+
+def _classes(data: Mapping[str, Any], n_classes: int, source: str) -> tuple[list[int], list[str]]:
+    """An index's ``classes`` (integers) and ``class_names``, checked against ``n_classes``."""
+    classes = data["classes"]
+    if not isinstance(classes, list) or not all(_is_int(c) for c in classes):
+        raise FormatError(f"{source}: classes must be a list of integers")
+    if len(classes) != n_classes:
+        raise FormatError(f"{source}: {len(classes)} classes, but the config has n_classes {n_classes}")
+    class_names = data["class_names"]
+    problem = class_names_problem(class_names, n_classes)
+    if problem:
+        raise FormatError(f"{source}: class_names: {problem}")
+    return classes, class_names
 
 
 def read_index(root: str | os.PathLike) -> Index:

@@ -133,7 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     quiet = _quiet_option()
+    _add_input_commands(sub, quiet)
+    _add_reading_commands(sub, quiet)
+    return parser
 
+
+def _add_input_commands(sub, quiet: argparse.ArgumentParser) -> None:
+    """``demo-data``, ``features`` and ``windows``: the commands that read audio."""
     p = sub.add_parser("demo-data", parents=[quiet], help="synthesize the embedded RFCX-like demo dataset")
     p.add_argument("out", type=Path, help="output directory, e.g. data/demo")
     p.add_argument("--seed", type=int, default=0)
@@ -183,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     _add_run_options(p)
 
+
+def _add_reading_commands(sub, quiet: argparse.ArgumentParser) -> None:
+    """``inspect``, ``preview``, ``verify`` and ``config``: the commands that read a feature set
+    or a config."""
     p = sub.add_parser("inspect", parents=[quiet], help="summary of a feature set (fits 100 columns)")
     p.add_argument("features", type=Path)
 
@@ -221,7 +231,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_options(p)
     p.add_argument("--list", action="store_true", help="list the presets shipped with the package")
-    return parser
 
 
 def _config(args: argparse.Namespace):

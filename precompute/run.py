@@ -439,13 +439,7 @@ def run_plan(
         prior = read_prior(out)
         _clean_strays(out, keep={job.file for job in plan})
         results, todo = _reuse_or_rebuild(out, plan, prior.built)
-        # The record holds the plan (so that a resumed run plans the same shards) and what is
-        # reused; each shard built from here on is added as it finishes.
-        atomic_write_text(
-            out / BUILT_FILE,
-            "".join(_plan_line(job) + "\n" for job in plan)
-            + "".join(json.dumps(r.entry.to_dict()) + "\n" for r in results),
-        )
+        _start_record(out, plan, results)
         if todo:
             # From here on the directory changes: no reader may trust the old index.
             (out / INDEX_FILE).unlink(missing_ok=True)
@@ -466,6 +460,20 @@ def run_plan(
         index = _write_failures_and_index(
             out, results, failures, config=config, kind=kind, source=source, class_names=class_names
         )
+    return _summary(results, index, rebuilt=rebuilt, prior=prior, failures=failures, out=out, started=started)
+
+
+def _start_record(out: Path, plan: list[ShardJob], results: list[ShardResult]) -> None:
+    """Write ``BUILT_FILE`` anew: the plan (so that a resumed run plans the same shards) and the
+    shards reused; each shard built from here on is added as it finishes."""
+    atomic_write_text(
+        out / BUILT_FILE,
+        "".join(_plan_line(job) + "\n" for job in plan)
+        + "".join(json.dumps(r.entry.to_dict()) + "\n" for r in results),
+    )
+
+
+def _summary(results, index, *, rebuilt, prior: Prior, failures, out: Path, started: float) -> Summary:
     built = [r for r in results if not r.reused]
     return Summary(
         rebuilt=rebuilt,

@@ -88,23 +88,15 @@ def synthesize(
         An argument is out of range.
     """
     began = time.perf_counter()
-    _check_int("seed", seed, minimum=0)
-    _check_int("recordings", recordings, minimum=1)
-    _check_int("test_recordings", test_recordings, minimum=0)
-    _check_int("sample_rate", sample_rate, minimum=32000, maximum=192000)
-    _check_int("jobs", jobs, minimum=-1)
-    if jobs == 0:
-        raise ConfigError("jobs 0: use a positive number of workers, or -1 for all cores")
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise ConfigError(f"seconds {seconds!r} is not a number")
-    if not 5.0 <= seconds <= 600.0:
-        raise ConfigError(f"seconds {seconds} is outside 5..600")
-    if abs(seconds * sample_rate - round(seconds * sample_rate)) > 1e-6:
-        raise ConfigError(f"seconds {seconds} times sample_rate {sample_rate} is not a whole count")
-    if isinstance(label_fraction, bool) or not isinstance(label_fraction, (int, float)):
-        raise ConfigError(f"label_fraction {label_fraction!r} is not a number")
-    if not 0.0 < label_fraction <= 1.0:
-        raise ConfigError(f"label_fraction {label_fraction} is outside (0, 1]")
+    _check_arguments(
+        seed=seed,
+        recordings=recordings,
+        test_recordings=test_recordings,
+        sample_rate=sample_rate,
+        seconds=seconds,
+        label_fraction=label_fraction,
+        jobs=jobs,
+    )
 
     out = Path(out)
     ids = _recording_ids(seed=seed, count=recordings + test_recordings)
@@ -179,6 +171,29 @@ def synthesize(
     summary["bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     summary["elapsed_s"] = time.perf_counter() - began
     return summary
+
+
+def _check_arguments(
+    *, seed, recordings, test_recordings, sample_rate, seconds, label_fraction, jobs
+) -> None:
+    """``synthesize``'s arguments, each checked; ConfigError names the first bad one."""
+    _check_int("seed", seed, minimum=0)
+    _check_int("recordings", recordings, minimum=1)
+    _check_int("test_recordings", test_recordings, minimum=0)
+    _check_int("sample_rate", sample_rate, minimum=32000, maximum=192000)
+    _check_int("jobs", jobs, minimum=-1)
+    if jobs == 0:
+        raise ConfigError("jobs 0: use a positive number of workers, or -1 for all cores")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ConfigError(f"seconds {seconds!r} is not a number")
+    if not 5.0 <= seconds <= 600.0:
+        raise ConfigError(f"seconds {seconds} is outside 5..600")
+    if abs(seconds * sample_rate - round(seconds * sample_rate)) > 1e-6:
+        raise ConfigError(f"seconds {seconds} times sample_rate {sample_rate} is not a whole count")
+    if isinstance(label_fraction, bool) or not isinstance(label_fraction, (int, float)):
+        raise ConfigError(f"label_fraction {label_fraction!r} is not a number")
+    if not 0.0 < label_fraction <= 1.0:
+        raise ConfigError(f"label_fraction {label_fraction} is outside (0, 1]")
 
 
 def sparse_labels(rows: list[tuple], *, fraction: float, seed: int) -> list[tuple]:
