@@ -439,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MelShardsError as err:
         return report_error(PROG, err)
     print((out / TABLE_MD).read_text(), end="")
-    print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr if args.quiet else sys.stdout)
+    log.info(f"wrote {', '.join(str(p) for p in written)}")
     return EXIT_OK
 
 
