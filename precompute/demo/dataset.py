@@ -102,48 +102,13 @@ def synthesize(
     ids = _recording_ids(seed=seed, count=recordings + test_recordings)
     split_ids = {"train": ids[:recordings], "test": ids[recordings:]}
     _refuse_foreign_recordings(out, split_ids)
-    tasks = []
-    for split, names in split_ids.items():
-        (out / split).mkdir(parents=True, exist_ok=True)
-        plans = plan_split(seed=seed, split=split, count=len(names)) if names else []
-        for index, (recording_id, plan) in enumerate(zip(names, plans, strict=True)):
-            tasks.append(
-                _Task(
-                    split=split,
-                    index=index,
-                    recording_id=recording_id,
-                    plan=plan,
-                    seed=seed,
-                    sample_rate=sample_rate,
-                    seconds=float(seconds),
-                    path=str(out / split / f"{recording_id}.flac"),
-                )
-            )
-
+    tasks = _tasks(out, split_ids, seed=seed, sample_rate=sample_rate, seconds=float(seconds))
     calls: dict[tuple[str, int], tuple[str, list[Call]]] = {}
     for task, made in _run(tasks, jobs=jobs, progress=progress):
         calls[(task.split, task.index)] = (task.recording_id, made)
 
-    def rows(split: str, kind: str) -> list[tuple]:
-        found = []
-        for (where, _), (recording_id, made) in calls.items():
-            if where == split:
-                found += [(recording_id, c) for c in made if c.kind == kind]
-        found.sort(key=lambda item: (item[0], item[1].start, item[1].species_id))
-        return [
-            (
-                rid,
-                c.species_id,
-                c.songtype,
-                f"{c.start / TICKS:.4f}",
-                f"{c.f_min:.2f}",
-                f"{c.stop / TICKS:.4f}",
-                f"{c.f_max:.2f}",
-            )
-            for rid, c in found
-        ]
-
-    calls_tp, fp, events = rows("train", "tp"), rows("train", "fp"), rows("test", "tp")
+    calls_tp, fp = _call_rows(calls, "train", "tp"), _call_rows(calls, "train", "fp")
+    events = _call_rows(calls, "test", "tp")
     tp = sparse_labels(calls_tp, fraction=label_fraction, seed=seed)
     _write_csv(out / "train_tp.csv", COLUMNS, tp)
     _write_csv(out / "train_events.csv", COLUMNS, calls_tp)
@@ -171,6 +136,42 @@ def synthesize(
     summary["bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     summary["elapsed_s"] = time.perf_counter() - began
     return summary
+
+
+def _tasks(
+    out: Path, split_ids: dict[str, list[str]], *, seed: int, sample_rate: int, seconds: float
+) -> list[_Task]:
+    """One task per recording of each split, its folder made."""
+    tasks = []
+    for split, names in split_ids.items():
+        (out / split).mkdir(parents=True, exist_ok=True)
+        plans = plan_split(seed=seed, split=split, count=len(names)) if names else []
+        for index, (recording_id, plan) in enumerate(zip(names, plans, strict=True)):
+            path = str(out / split / f"{recording_id}.flac")
+            tasks.append(_Task(split, index, recording_id, plan, seed, sample_rate, seconds, path))
+    return tasks
+
+
+def _call_rows(calls: dict[tuple[str, int], tuple[str, list[Call]]], split: str, kind: str) -> list[tuple]:
+    """Manifest rows (``COLUMNS``) of the ``kind`` calls of ``split``'s recordings, sorted by
+    recording, start and species."""
+    found = []
+    for (where, _), (recording_id, made) in calls.items():
+        if where == split:
+            found += [(recording_id, c) for c in made if c.kind == kind]
+    found.sort(key=lambda item: (item[0], item[1].start, item[1].species_id))
+    return [
+        (
+            rid,
+            c.species_id,
+            c.songtype,
+            f"{c.start / TICKS:.4f}",
+            f"{c.f_min:.2f}",
+            f"{c.stop / TICKS:.4f}",
+            f"{c.f_max:.2f}",
+        )
+        for rid, c in found
+    ]
 
 
 def _check_arguments(
