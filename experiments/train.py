@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import platform
@@ -255,6 +256,10 @@ def _window_sequence(windows, labels, train_seq, augmentation, common: dict) -> 
         recordings=set(np.unique(train_seq.recording_id).tolist()),
         **common,
     )
+
+
+# train()'s options that make_sequences takes, as checked by _checked_arguments.
+SEQUENCE_OPTIONS = tuple(name for name in inspect.signature(make_sequences).parameters if name != "features")
 
 
 def compile_model(
@@ -578,30 +583,17 @@ def train(
         quiet=quiet,
     )
     # The checked values replace the parameters as given.
-    epochs, fold, n_folds, seed, workers = (
-        arguments[k] for k in ("epochs", "fold", "n_folds", "seed", "workers")
-    )
+    epochs, fold, n_folds, seed = (arguments[k] for k in ("epochs", "fold", "n_folds", "seed"))
     lr, warmup_epochs, weight_decay = arguments["lr"], arguments["warmup_epochs"], arguments["weight_decay"]
-    mixup, unknown_weight = arguments["mixup"], arguments["unknown_weight"]
-    patience, verbose = arguments["patience"], arguments["verbose"]
+    unknown_weight, patience, verbose = (
+        arguments["unknown_weight"],
+        arguments["patience"],
+        arguments["verbose"],
+    )
 
     started = time.perf_counter()
     keras.utils.set_random_seed(seed)
-    train_seq, val_seq = make_sequences(
-        features,
-        fold=fold,
-        n_folds=n_folds,
-        batch_size=batch_size,
-        seed=seed,
-        workers=workers,
-        augment=augment,
-        mixup=mixup,
-        in_memory=in_memory,
-        crop_seconds=arguments["crop_seconds"],
-        soft_labels=arguments["soft_labels"],
-        windows=arguments["windows"],
-        window_labels=arguments["window_labels"],
-    )
+    train_seq, val_seq = make_sequences(features, **{k: arguments[k] for k in SEQUENCE_OPTIONS})
     config = train_seq.config
     input_shape = (config.n_mels, train_seq.crop_frames, 1)
     net = build_model(model, input_shape=input_shape, n_classes=len(train_seq.classes))
@@ -631,11 +623,7 @@ def train(
         net, train_seq, val_seq, out=out, epochs=epochs, patience=patience, verbose=verbose
     )
 
-    # Score the saved file, not the in-memory model: metrics.json describes model.keras.
-    best = keras.saving.load_model(out / MODEL_FILE, compile=False)
-    truth, scores = score_sequence(best, val_seq)
-    val_history = history.history.get("val_lwlrap", [])
-    best_epoch = int(np.argmax(val_history)) + 1 if val_history else 0
+    truth, scores, best_epoch = _score_best(out, history, val_seq)
     plot_curves(
         read_history(out / HISTORY_FILE),
         out / CURVES_FILE,
@@ -658,6 +646,15 @@ def train(
     )
     atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=1) + "\n")
     return metrics
+
+
+def _score_best(out: Path, history, val_seq) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validation truth and scores of the saved model (not the in-memory one: metrics.json
+    describes model.keras), and its epoch (1-based; 0 without validation history)."""
+    best = keras.saving.load_model(out / MODEL_FILE, compile=False)
+    truth, scores = score_sequence(best, val_seq)
+    val_history = history.history.get("val_lwlrap", [])
+    return truth, scores, int(np.argmax(val_history)) + 1 if val_history else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
