@@ -44,10 +44,10 @@ import numpy as np
 
 from experiments.metrics import lwlrap, top1
 from loader import ShardSequence
+from loader.reader import FeatureSet
 from melshards.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
 from melshards.errors import ConfigError, ExperimentError, MelShardsError
 from melshards.files import atomic_write_text
-from melshards.index import read_index
 from melshards.names import SET_LABELLED
 
 # Feature parameters that change the arrays a model sees; a model trained on one value
@@ -109,11 +109,12 @@ def window_sequence(features: Any, model: Any, *, batch_size: int = 64) -> Any:
     A model trained on shorter crops (``train(crop_seconds=...)``) sees the centre of each
     window; one wider than the stored windows is refused by ``check_fit``.
     """
+    feature_set = features if isinstance(features, FeatureSet) else FeatureSet(features)
     frames = model.input_shape[2]
-    stored = read_index(features).config.n_frames
+    stored = feature_set.config.n_frames
     crop = {"crop_frames": int(frames)} if isinstance(frames, int) and frames <= stored else {}
     return ShardSequence(
-        features, split="all", shuffle=False, augment=False, batch_size=batch_size, dtype="float16", **crop
+        feature_set, split="all", shuffle=False, augment=False, batch_size=batch_size, dtype="float16", **crop
     )
 
 

@@ -46,8 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from melshards.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
-from melshards.errors import ConfigError, ExperimentError, MelShardsError
+from melshards.errors import ConfigError, ExperimentError, FormatError, MelShardsError
 from melshards.files import atomic_write_text
+from melshards.index import read_index
 
 # ``experiments.train.train`` keyword arguments a grid may set (a test keeps this list equal to
 # the signature); ``features``, ``out`` and ``seed`` are the sweep's own.
@@ -219,9 +220,10 @@ def read_grid(path: str | os.PathLike) -> Grid:
 
 
 def _index_fingerprint(features: str) -> str | None:
+    """The feature set's fingerprint, or None where it has no valid index."""
     try:
-        return json.loads((Path(features) / "index.json").read_text())["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_index(features).fingerprint
+    except FormatError:
         return None
 
 
