@@ -43,6 +43,9 @@ WINDOW_FILE = "window_labels.npy"
 # What a round trains on besides the labelled examples' annotations: soft labels for the
 # windows (as extra examples), for the labelled examples' unknown labels, or both.
 TRAIN_ON = ("windows", "examples", "both")
+# Whose scores a round learns from: the same seed's model of the round before, or the mean of
+# every seed's model of the round before.
+TEACHERS = ("own", "ensemble")
 SOFT_INFO = "soft_labels.json"
 MIN_COVER = 0.5
 DEFAULT_ROUNDS = 2
@@ -91,27 +94,38 @@ def soft_labels(
     return out
 
 
-def score_window_set(model_path: Path, windows: str | os.PathLike, *, batch_size: int = 64):
+def score_window_set(model_paths: Sequence[Path], windows: str | os.PathLike, *, batch_size: int = 64):
     """``(example_ids, recording_id, start, scores, config)`` of every window of a windows
-    feature set, in storage order (``example_ids`` index its examples)."""
+    feature set, in storage order (``example_ids`` index its examples); ``scores`` is the mean
+    of the models' scores (one model: its own)."""
     from experiments.predict import load_model, score_windows, window_sequence
 
-    model = load_model(model_path)
-    seq = window_sequence(windows, model, batch_size=batch_size)
+    if not model_paths:
+        raise ExperimentError("no model to score the windows with")
+    total = None
+    for path in model_paths:
+        model = load_model(path)
+        seq = window_sequence(windows, model, batch_size=batch_size)
+        scores = score_windows(model, seq)
+        if total is not None and scores.shape != total.shape:
+            raise ExperimentError(f"{path} scores {scores.shape}, {model_paths[0]} {total.shape}")
+        total = scores.astype(np.float64) if total is None else total + scores
     ids = seq.example_ids
-    return ids, seq.features.recording_id[ids], seq.features.start[ids], score_windows(model, seq), seq.config
+    mean = (total / len(model_paths)).astype(np.float32)
+    return ids, seq.features.recording_id[ids], seq.features.start[ids], mean, seq.config
 
 
-def write_soft_labels(run_dir: Path, *, features: str, windows: str, model_path: Path) -> tuple[Path, Path]:
-    """Score ``windows`` with ``model_path``; write into ``run_dir`` the soft labels of the
-    windows themselves (``WINDOW_FILE``) and of the examples of ``features`` (``SOFT_FILE``)."""
+def write_soft_labels(run_dir: Path, *, features: str, windows: str, scored) -> tuple[Path, Path]:
+    """Write into ``run_dir`` the soft labels of the windows themselves (``WINDOW_FILE``) and
+    of the examples of ``features`` (``SOFT_FILE``) from ``scored``, what ``score_window_set``
+    returned for ``windows``."""
     from loader.reader import open_feature_set
 
     feature_set = open_feature_set(features)
-    order, ids, starts, scores, window_config = score_window_set(model_path, windows)
+    order, ids, starts, scores, window_config = scored
     if scores.shape[1] != feature_set.config.n_classes:
         raise ExperimentError(
-            f"{model_path} predicts {scores.shape[1]} classes, {features} has {feature_set.config.n_classes}"
+            f"the teacher predicts {scores.shape[1]} classes, {features} has {feature_set.config.n_classes}"
         )
     soft = soft_labels(
         feature_set.config,
@@ -125,9 +139,16 @@ def write_soft_labels(run_dir: Path, *, features: str, windows: str, model_path:
     np.save(run_dir / SOFT_FILE, soft)
     np.save(run_dir / WINDOW_FILE, own)
     covered = int(np.isfinite(soft[:, 0]).sum()) if soft.size else 0
-    info = {"model": str(model_path), "windows": str(windows), "examples": len(soft), "covered": covered}
+    info = {"windows": str(windows), "examples": len(soft), "covered": covered}
     atomic_write_text(run_dir / SOFT_INFO, json.dumps(info, indent=1) + "\n")
     return run_dir / SOFT_FILE, run_dir / WINDOW_FILE
+
+
+def teachers(out: Path, r: int, seed: int, seeds: Sequence[int], teacher: str) -> tuple[Path, ...]:
+    """The models whose scores round ``r`` of ``seed`` learns from: the same seed's model of
+    the round before (``teacher = "own"``), or every seed's, averaged (``"ensemble"``)."""
+    chosen = [seed] if teacher == "own" else list(seeds)
+    return tuple(out / f"round-{r - 1}" / f"seed-{s}" / "model.keras" for s in chosen)
 
 
 def run_rounds(
@@ -140,15 +161,17 @@ def run_rounds(
     options: Mapping[str, Any],
     test: Mapping[str, str] | None = None,
     train_on: str = "windows",
+    teacher: str = "own",
     verbose: int = 0,
 ) -> dict[str, list[dict]]:
     """Train rounds 0..``rounds`` for every seed; returns each round's metrics (all seeds).
 
     ``train_on`` (``TRAIN_ON``): where a round puts the previous model's scores: on the windows
     of the training fold's recordings, trained on as extra examples; on the unknown labels of
-    the labelled examples; or both.
+    the labelled examples; or both. ``teacher`` (``TEACHERS``): whose scores, see ``teachers``.
     """
     results: dict[str, list[dict]] = {}
+    scored: dict[tuple[Path, ...], tuple] = {}
     for r in range(rounds + 1):
         name = f"round {r}"
         results[name] = []
@@ -159,9 +182,11 @@ def run_rounds(
             if metrics is None:
                 extra: dict[str, str] = {}
                 if r > 0:
-                    previous = out / f"round-{r - 1}" / f"seed-{seed}" / "model.keras"
+                    models = teachers(out, r, seed, seeds, teacher)
+                    if models not in scored:
+                        scored[models] = score_window_set(models, windows)
                     soft, own = write_soft_labels(
-                        run_dir, features=features, windows=windows, model_path=previous
+                        run_dir, features=features, windows=windows, scored=scored[models]
                     )
                     if train_on in ("examples", "both"):
                         extra["soft_labels"] = str(soft)
@@ -209,33 +234,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def read_recipe(path: Path | None) -> tuple[dict[str, Any], int, str]:
-    """A recipe's train() options (``[train]``), its rounds and where they put soft labels
-    (``[pseudo] rounds``, default 2, and ``train_on``, default "windows")."""
+def read_recipe(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A recipe's train() options (``[train]``) and its rounds' settings (``[pseudo]``:
+    ``rounds``, default 2; ``train_on``, default "windows"; ``teacher``, default "own")."""
+    settings: dict[str, Any] = {"rounds": DEFAULT_ROUNDS, "train_on": "windows", "teacher": "own"}
     if path is None:
-        return {}, DEFAULT_ROUNDS, "windows"
+        return {}, settings
     data = sweep.read_toml(path, what="recipe")
     options = dict(data.get("train", {}))
     sweep.check_options(options, f"{path} [train]")
     pseudo = dict(data.get("pseudo", {}))
-    unknown = sorted(set(pseudo) - {"rounds", "train_on"})
+    unknown = sorted(set(pseudo) - set(settings))
     if unknown:
-        raise ConfigError(f"{path} [pseudo]: unknown key(s) {', '.join(unknown)}; known: rounds, train_on")
-    rounds = pseudo.get("rounds", DEFAULT_ROUNDS)
+        raise ConfigError(
+            f"{path} [pseudo]: unknown key(s) {', '.join(unknown)}; known: {', '.join(settings)}"
+        )
+    settings |= pseudo
+    rounds = settings["rounds"]
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 0:
         raise ConfigError(f"{path} [pseudo]: rounds must be an integer >= 0, got {rounds!r}")
-    train_on = pseudo.get("train_on", "windows")
-    if train_on not in TRAIN_ON:
-        raise ConfigError(f"{path} [pseudo]: train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}")
-    return options, rounds, train_on
+    for key, allowed in (("train_on", TRAIN_ON), ("teacher", TEACHERS)):
+        if settings[key] not in allowed:
+            raise ConfigError(
+                f"{path} [pseudo]: {key} must be one of {', '.join(allowed)}, got {settings[key]!r}"
+            )
+    return options, settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(quiet=args.quiet)
     try:
-        options, rounds, train_on = read_recipe(args.recipe)
-        rounds = rounds if args.rounds is None else args.rounds
+        options, settings = read_recipe(args.recipe)
+        rounds = settings["rounds"] if args.rounds is None else args.rounds
         if rounds > 0 and options.get("unknown") == "ignore":
             raise ConfigError(
                 "soft labels fill unknown labels, which unknown = 'ignore' leaves out of the loss: "
@@ -250,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             out=args.out,
             options=options,
             test=test,
-            train_on=train_on,
+            train_on=settings["train_on"],
+            teacher=settings["teacher"],
             verbose=args.verbose,
         )
         metric = "test_lwlrap" if test and test.get("truth") else "val_lwlrap"

@@ -175,7 +175,7 @@ def test_rounds_train_from_soft_labels_of_the_previous_model(tmp_path, train_on)
     # round 0's model scoring the windows: their own labels, and per labelled example the
     # highest score of the windows covering its crop
     order, ids, starts, scores, wconfig = pseudo.score_window_set(
-        run_dir.parent.parent / "round-0" / "seed-0" / "model.keras", windows
+        (run_dir.parent.parent / "round-0" / "seed-0" / "model.keras",), windows
     )
     np.testing.assert_allclose(np.load(run_dir / pseudo.WINDOW_FILE)[order], scores, rtol=1e-5)
     feats = open_feature_set(labelled)
@@ -192,6 +192,28 @@ def test_rounds_train_from_soft_labels_of_the_previous_model(tmp_path, train_on)
     before = (run_dir / pseudo.WINDOW_FILE).stat().st_mtime_ns
     assert pseudo.main([*argv, "--quiet"]) == 0
     assert (run_dir / pseudo.WINDOW_FILE).stat().st_mtime_ns == before
+
+
+def test_an_ensemble_teacher_averages_every_seeds_scores(tmp_path):
+    from synthetic_features import make_feature_set
+
+    labelled = make_feature_set(tmp_path / "l", n_recordings=8, per_recording=3, n_classes=3, seed=4)
+    windows = make_feature_set(tmp_path / "w", n_recordings=8, per_recording=6, n_classes=3, kind="windows")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        '[train]\nmodel = "tiny"\nepochs = 1\nbatch_size = 8\n[pseudo]\nrounds = 1\nteacher = "ensemble"\n'
+    )
+    out = tmp_path / "runs"
+    argv = ["--features", str(labelled), "--windows", str(windows), "--out", str(out), "--recipe", str(recipe)]
+    assert pseudo.main([*argv, "--seeds", "0", "1", "--quiet"]) == 0
+    models = [out / "round-0" / f"seed-{s}" / "model.keras" for s in (0, 1)]
+    order, _, _, first, _ = pseudo.score_window_set(models[:1], windows)
+    second = pseudo.score_window_set(models[1:], windows)[3]
+    assert np.abs(first - second).max() > 1e-3  # two different teachers
+    for seed in (0, 1):
+        labels = np.load(out / "round-1" / f"seed-{seed}" / pseudo.WINDOW_FILE)[order]
+        np.testing.assert_allclose(labels, (first + second) / 2, rtol=1e-5, atol=1e-6)
+    assert pseudo.teachers(out, 1, 1, (0, 1), "own") == (models[1],)
 
 
 def test_paired_batches_take_only_the_training_folds_windows(tmp_path):
@@ -234,4 +256,10 @@ def test_recipe_with_an_unknown_option_is_refused(tmp_path):
         pseudo.read_recipe(recipe)
     recipe.write_text("[train]\nlr = 0.1\n[pseudo]\nrounds = -1\n")
     with pytest.raises(ConfigError, match=r"\[pseudo\]: rounds must be an integer >= 0, got -1"):
+        pseudo.read_recipe(recipe)
+    recipe.write_text('[pseudo]\nteacher = "mean"\n')
+    with pytest.raises(ConfigError, match=r"\[pseudo\]: teacher must be one of own, ensemble, got 'mean'"):
+        pseudo.read_recipe(recipe)
+    recipe.write_text("[pseudo]\nteachers = 2\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) teachers; known: rounds, train_on, teacher"):
         pseudo.read_recipe(recipe)
