@@ -194,7 +194,9 @@ def _specshow(ax, mel: np.ndarray, config: FeatureConfig, *, vmin: float, vmax: 
     return img
 
 
-def preview_figure(root: str | Path, *, per_class: int = 3, classes: str | tuple[int, ...] | None = None):
+def preview_figure(
+    root: str | Path | FeatureSet, *, per_class: int = 3, classes: str | tuple[int, ...] | None = None
+):
     """Example spectrograms per class, one row per class, as a matplotlib Figure.
 
     Each panel is one stored window (``duration`` plus ``context`` on each side) on true axes:
@@ -210,7 +212,7 @@ def preview_figure(root: str | Path, *, per_class: int = 3, classes: str | tuple
     if per_class < 1:
         raise ConfigError(f"--per-class must be >= 1, got {per_class}")
     plt = _pyplot()
-    features = FeatureSet(root)
+    features = root if isinstance(root, FeatureSet) else FeatureSet(root)
     cfg = features.config
     if features.kind == SET_LABELLED:
         wanted = (
@@ -290,7 +292,7 @@ def _shade_padding(ax, valid: np.ndarray, config: FeatureConfig) -> None:
             ax.axvspan(lo * spf, hi * spf, facecolor="0.5", alpha=0.55, hatch="///", edgecolor="0.85", lw=0)
 
 
-def augment_figure(root: str | Path, *, examples: int = 4, seed: int = 0, augment=None):
+def augment_figure(root: str | Path | FeatureSet, *, examples: int = 4, seed: int = 0, augment=None):
     """The same examples before and after the loader's augmentation, as a matplotlib Figure.
 
     Left column: the centred crop (what validation sees). Right column: the crop after
@@ -299,7 +301,7 @@ def augment_figure(root: str | Path, *, examples: int = 4, seed: int = 0, augmen
     mean), drawn with one generator seeded by ``seed``, as ``ShardSequence`` applies them.
     """
     plt = _pyplot()
-    features = FeatureSet(root)
+    features = root if isinstance(root, FeatureSet) else FeatureSet(root)
     cfg = features.config
     augment = Augment() if augment is None else augment
     if features.kind == SET_LABELLED:
@@ -418,9 +420,12 @@ def preview(
     augment_out: str | Path | None = None,
     seed: int = 0,
     dpi: int = 100,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write the examples picture to ``out`` and, unless ``augment_out`` is False, the
-    augmentation picture (default ``augment_path(out)``). Returns what was written."""
+    augmentation picture (default ``augment_path(out)``). Returns what was written.
+    ``root`` may be a URL (its shards are cached in ``cache_dir``)."""
+    root = FeatureSet(root, cache_dir=cache_dir)
     fig = preview_figure(root, per_class=per_class, classes=classes)
     panels = sum(1 for ax in fig.axes if ax.get_title())
     rows = len({ax.get_subplotspec().rowspan.start for ax in fig.axes if ax.get_title()})

@@ -33,13 +33,20 @@ import h5py
 import numpy as np
 
 from loader import kernels
-from melshards import codec
+from melshards import codec, remote
 from melshards.config import FeatureConfig, crop_span
 from melshards.errors import FormatError, IntegrityError
 from melshards.index import Index, ShardEntry, read_index
 from melshards.labels import overlap_mask
 from melshards.names import EVENT_EXAMPLE, EVENT_FP, EVENT_TP, MEL
-from melshards.shard import check_shard, mel_chunks, open_shard, read_metadata, regular_file_problem
+from melshards.shard import (
+    check_shard,
+    mel_chunks,
+    open_listed,
+    open_shard,
+    read_metadata,
+    regular_file_problem,
+)
 
 # Each memory map keeps a file descriptor; beyond this many, the oldest map is dropped (its
 # memory stays valid for whoever still holds an array into it).
@@ -75,7 +82,9 @@ class ShardLayout:
     byte_offsets: np.ndarray | None
     chunk_sizes: np.ndarray | None = None
     compressed: bool = False
-    identity: tuple[int, int, int] = (0, 0, 0)  # (st_dev, st_ino, st_size) of the checked file
+    # (st_dev, st_ino, st_size) of the checked file; None for a shard of a set at a URL, whose
+    # cached copy is checked against the index's sha256 whenever it is fetched
+    identity: tuple[int, int, int] | None = (0, 0, 0)
 
 
 class FeatureSet:
@@ -92,8 +101,20 @@ class FeatureSet:
     ``event_species``, ``event_kind``, ``event_t_min``, ``event_t_max``.
     """
 
-    def __init__(self, root: str | os.PathLike) -> None:
-        self.index: Index = read_index(root)
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        cache_dir: str | os.PathLike | None = None,
+        cache_limit: int | str | None = None,
+    ) -> None:
+        # A set at a URL: its shards are read from verified local copies (``ShardCache``),
+        # fetched whole on first use; its metadata is read before that, with range requests.
+        self.url = str(root).rstrip("/") if remote.is_url(root) else None
+        self.cache = None if self.url is None else remote.ShardCache.at(cache_dir, limit=cache_limit)
+        self.index: Index = read_index(
+            root, cache_root=None if self.cache is None else self.cache.set_dir(self.url)
+        )
         self.root = self.index.root
         config = self.config
         recording_ids, starts, labels, layouts, quant_offsets, quant_scales = [], [], [], [], [], []
@@ -102,11 +123,11 @@ class FeatureSet:
         first = 0
         for entry in self.index.shards:
             path = self.index.shard_path(entry)
-            with open_shard(path) as h5:
-                check_shard(h5, entry, config, path=path)
+            with open_listed(self.index, entry, url=self.url, cache=self.cache) as h5:
+                check_shard(h5, entry, config, path=path, size=self.url is None)
                 meta = read_metadata(h5, entry, config, path=path)
                 chunks = mel_chunks(h5[MEL], config, file_size=entry.bytes)
-                identity = _identity(os.stat(path))
+                identity = _identity(os.stat(path)) if self.url is None else None
             recording_ids.append(meta.recording_id)
             if meta.mel_offset is not None:
                 quant_offsets.append(meta.mel_offset)
@@ -159,6 +180,31 @@ class FeatureSet:
             else np.zeros(config.n_mels, dtype=np.float32)
         )
 
+    def local_shard(self, s: int) -> Path:
+        """The local file of shard ``s``: for a set at a URL, its verified cached copy (fetched
+        now when it is not in the cache)."""
+        layout = self.shards[s]
+        if self.url is None:
+            return layout.path
+        entry = layout.entry
+        return self.cache.fetch(self.url, entry.file, entry.sha256, entry.bytes)
+
+    def prefetch(self, example_ids: np.ndarray | None = None, *, threads: int = 4) -> list[Path]:
+        """Fetch into the cache every shard holding one of ``example_ids`` (default: all);
+        their local paths. Nothing to do for a local set."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        shards = range(len(self.shards)) if example_ids is None else np.unique(self.shard_of[example_ids])
+        if self.url is None:
+            return [self.shards[int(s)].path for s in shards]
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            return list(pool.map(self.local_shard, (int(s) for s in shards)))
+
+    @property
+    def location(self) -> str:
+        """Where the set lives: its URL (credentials hidden), or its directory."""
+        return remote.redact(self.url) if self.url is not None else str(self.root)
+
     @property
     def config(self) -> FeatureConfig:
         return self.index.config
@@ -181,7 +227,7 @@ class FeatureSet:
 
     def __repr__(self) -> str:
         return (
-            f"FeatureSet({str(self.root)!r}, kind={self.kind!r}, n_examples={self.n_examples}, "
+            f"FeatureSet({self.location!r}, kind={self.kind!r}, n_examples={self.n_examples}, "
             f"shards={len(self.shards)}, fingerprint={self.fingerprint!r})"
         )
 
@@ -227,9 +273,10 @@ class FeatureSet:
         return y, known
 
 
-def open_feature_set(root: str | os.PathLike) -> FeatureSet:
-    """Read a feature set's index and metadata (validating every shard against the index)."""
-    return FeatureSet(root)
+def open_feature_set(root: str | os.PathLike, **cache) -> FeatureSet:
+    """Read a feature set's index and metadata (validating every shard against the index);
+    ``cache``: ``cache_dir`` and ``cache_limit`` for a set at a URL."""
+    return FeatureSet(root, **cache)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int]:
@@ -324,7 +371,7 @@ class MelReader:
                 layout = self.features.shards[s]
                 # Held across reads: opened so that a user's plain h5py.File on the same
                 # shard, before or after, is not refused (``open_shard``).
-                h5 = open_shard(layout.path, held=True)
+                h5 = open_shard(self.features.local_shard(s), held=True)
                 try:
                     check_shard(h5, layout.entry, self.features.config, path=layout.path)
                 except BaseException:
@@ -342,13 +389,14 @@ class MelReader:
             if mapped is not None:
                 return mapped
             layout = self.features.shards[s]
-            problem = regular_file_problem(layout.path)
+            path = self.features.local_shard(s)
+            problem = regular_file_problem(path)
             if problem:
-                raise FormatError(f"{layout.path}: {problem}")
-            with open(layout.path, "rb") as fh:
+                raise FormatError(f"{path}: {problem}")
+            with open(path, "rb") as fh:
                 # The file checked when the feature set was opened, not one put in its place
                 # since (checking it again would cost milliseconds per shard).
-                if _identity(os.fstat(fh.fileno())) != layout.identity:
+                if layout.identity is not None and _identity(os.fstat(fh.fileno())) != layout.identity:
                     raise FormatError(
                         f"{layout.path}: shard was replaced since the feature set was opened; open it again"
                     )

@@ -85,6 +85,11 @@ class ShardBatches:
         weighs a soft label as it weighs an unknown one. The features are not copied.
     recordings : keep only the split's examples of these recordings (for instance the windows
         of a training fold's recordings, ``experiments.pseudo``)
+    cache_dir, cache_limit : for a feature set at a URL (``s3://``, ``gs://``, ``https://``):
+        where its verified shards are cached (default ``MELSHARDS_CACHE`` or
+        ``~/.cache/melshards``) and the most bytes the cache may hold (``"20G"``; default none),
+        least recently used shards evicted first (``melshards.remote.ShardCache``)
+    prefetch : fetch the shards of this rank's examples into the cache now, not at first read
 
     ``x`` is (B, n_mels, crop_frames, 1); ``y`` is (B, n_classes) float32, 1 where a TP event
     counts in the crop. Windows feature sets (inference) have no labels: y and known are 0.
@@ -114,6 +119,9 @@ class ShardBatches:
         use_multiprocessing: bool = False,
         soft_labels: np.ndarray | str | os.PathLike | None = None,
         recordings: Collection[str] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        cache_limit: int | str | None = None,
+        prefetch: bool = False,
     ) -> None:
         workers = _check_int("workers", workers, low=1)
         use_multiprocessing = bool(use_multiprocessing)
@@ -127,7 +135,11 @@ class ShardBatches:
             raise ConfigError(f"rank must be in [0, {self.world_size}), got {rank!r}")
         if dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-        self.features = path if isinstance(path, FeatureSet) else FeatureSet(path)
+        self.features = (
+            path
+            if isinstance(path, FeatureSet)
+            else FeatureSet(path, cache_dir=cache_dir, cache_limit=cache_limit)
+        )
         config = self.features.config
         self.crop_frames = (
             config.crop_frames if crop_frames is None else _check_int("crop_frames", crop_frames, low=1)
@@ -155,6 +167,8 @@ class ShardBatches:
         self.soft_labels = None if soft_labels is None else self._check_soft_labels(soft_labels)
 
         self._choose_examples()
+        if prefetch:
+            self.features.prefetch(self.rank_ids)
         self.reader = MelReader(self.features, cache_ids=self.rank_ids if self.in_memory else None)
         self.clip = (0.0, 1.0) if config.normalize == "minmax" else None
         self.fill = (

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from melshards import remote
 from melshards.config import FeatureConfig
 from melshards.errors import ConfigError, FormatError
 from melshards.files import atomic_write_text, fingerprint_of
@@ -312,13 +313,16 @@ def _classes(data: Mapping[str, Any], n_classes: int, source: str) -> tuple[list
     return classes, class_names
 
 
-def read_index(root: str | os.PathLike) -> Index:
-    """Read and validate ``root/index.json``.
+def read_index(root: str | os.PathLike, *, cache_root: Path | None = None) -> Index:
+    """Read and validate ``root/index.json``; ``root`` may be a URL (``melshards.remote``),
+    whose shards are then read from their local copies in ``cache_root``.
 
     Raises FormatError when the index is missing, unparsable, of another format or version,
     malformed, or names a file outside the feature directory.
     """
-    root = Path(root)
+    if remote.is_url(root):
+        return _read_remote_index(str(root), cache_root=cache_root)
+    root = remote.local_path(root)
     path = root / INDEX_FILE
     if not path.is_file():
         hint = " (is a precompute run still going, or did it fail?)" if root.is_dir() else ""
@@ -328,6 +332,19 @@ def read_index(root: str | os.PathLike) -> Index:
     except (OSError, ValueError) as err:
         raise FormatError(f"{path}: unreadable index: {err}") from err
     return Index.from_dict(data, source=str(path), root=root)
+
+
+def _read_remote_index(url: str, *, cache_root: Path | None) -> Index:
+    where = remote.join(url, INDEX_FILE)
+    shown = remote.redact(where)
+    if not remote.exists(where):
+        raise FormatError(f"{shown}: no index; not a finished feature set (is a precompute run still going?)")
+    try:
+        data = json.loads(remote.read_bytes(where))
+    except ValueError as err:
+        raise FormatError(f"{shown}: unreadable index: {err}") from err
+    root = cache_root if cache_root is not None else remote.ShardCache.at().set_dir(url)
+    return Index.from_dict(data, source=shown, root=root)
 
 
 def write_index(root: str | os.PathLike, index: Index) -> None:

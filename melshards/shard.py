@@ -9,12 +9,13 @@ stray temp file, which the next run removes. Every dataset and attribute name co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import stat
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from melshards import codec
+from melshards import codec, remote
 from melshards.config import FeatureConfig
 from melshards.errors import FormatError, IntegrityError
 from melshards.files import write_file_atomic
-from melshards.index import BinStats, ShardEntry
+from melshards.index import BinStats, Index, ShardEntry
 from melshards.names import (
     ANCHOR,
     ANCHOR_FIELDS,
@@ -295,6 +296,28 @@ def open_shard(path: Path, *, held: bool = False) -> h5py.File:
         return open_readonly(path, held=held)
     except OSError as err:
         raise FormatError(f"{path}: cannot open shard: {err}") from err
+
+
+@contextlib.contextmanager
+def open_listed(
+    index: Index, entry: ShardEntry, *, url: str | None = None, cache: remote.ShardCache | None = None
+) -> Iterator[h5py.File]:
+    """A shard of ``index`` open read-only, to read its metadata: the local file, or for a set
+    at ``url`` its verified copy in ``cache`` when there is one, else the object itself through
+    range requests (nothing is written to the cache)."""
+    if url is not None and (
+        cache is None or cache.cached(url, entry.file, entry.sha256, entry.bytes) is None
+    ):
+        where = remote.join(url, entry.file)
+        with (
+            remote.storage_errors(where, "read shard metadata"),
+            remote.open_remote(where) as fh,
+            h5py.File(fh, "r") as h5,
+        ):
+            yield h5
+        return
+    with open_shard(index.shard_path(entry)) as h5:
+        yield h5
 
 
 def open_readonly(path: Path, *, held: bool = False) -> h5py.File:

@@ -7,7 +7,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from melshards.errors import FormatError, IntegrityError
+from melshards import remote
+from melshards.errors import FormatError, IntegrityError, StorageError
 from melshards.files import sha256_file
 from melshards.index import Index, ShardEntry, read_index
 from melshards.names import (
@@ -30,30 +31,45 @@ from melshards.shard import (
 )
 
 
-def verify(root: str | Path, *, progress: bool = False) -> list[str]:
+def verify(root: str | Path, *, progress: bool = False, cache_dir: str | Path | None = None) -> list[str]:
     """Re-check every shard against the index; one line per problem (empty: all good).
 
     Checks the sha256 of each file, its schema and fingerprint against the index, reads every
     ``mel`` chunk through HDF5's fletcher32 filter, and checks the label values and the valid
-    frames (``0 <= first < stop <= n_frames``).
+    frames (``0 <= first < stop <= n_frames``). For a set at a URL, every shard is downloaded
+    again (into the cache at ``cache_dir``, replacing its copy there) and checked the same way.
     """
     from tqdm.auto import tqdm
 
-    root = Path(root)
+    url = str(root).rstrip("/") if remote.is_url(root) else None
+    cache = remote.ShardCache.at(cache_dir) if url is not None else None
     try:
-        index = read_index(root)
+        index = read_index(root, cache_root=None if cache is None else cache.set_dir(url))
     except FormatError as err:
         return [str(err)]
     problems = []
     listed = {entry.file for entry in index.shards}
     total = sum(entry.n for entry in index.shards)
-    with tqdm(total=total, unit="example", desc=f"verify {root.name}", disable=not progress) as bar:
+    name = remote.redact(root).rstrip("/").rsplit("/", 1)[-1]
+    with tqdm(total=total, unit="example", desc=f"verify {name}", disable=not progress) as bar:
         for entry in index.shards:
-            problems += _verify_shard(index, entry)
+            try:
+                if cache is not None:
+                    cache.fetch(url, entry.file, entry.sha256, entry.bytes, refresh=True)
+                problems += _verify_shard(index, entry)
+            except (IntegrityError, StorageError) as err:
+                problems.append(str(err))
             bar.update(entry.n)
-    for path in sorted(root.glob(f"{SHARD_PREFIX}*{SHARD_SUFFIX}")):
-        if path.name not in listed:
-            problems.append(f"{path}: not listed in the index (ignored by readers)")
+    if url is None:
+        present = [p.name for p in sorted(Path(root).glob(f"{SHARD_PREFIX}*{SHARD_SUFFIX}"))]
+    else:
+        present = [
+            n for n in remote.list_names(url) if n.startswith(SHARD_PREFIX) and n.endswith(SHARD_SUFFIX)
+        ]
+    for file in present:
+        if file not in listed:
+            where = remote.redact(remote.join(url, file)) if url else Path(root) / file
+            problems.append(f"{where}: not listed in the index (ignored by readers)")
     return problems
 
 

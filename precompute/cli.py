@@ -193,12 +193,19 @@ def _add_input_commands(sub, quiet: argparse.ArgumentParser) -> None:
 def _add_reading_commands(sub, quiet: argparse.ArgumentParser) -> None:
     """``inspect``, ``preview``, ``verify`` and ``config``: the commands that read a feature set
     or a config."""
-    p = sub.add_parser("inspect", parents=[quiet], help="summary of a feature set (fits 100 columns)")
-    p.add_argument("features", type=Path)
+    cache = argparse.ArgumentParser(add_help=False)
+    cache.add_argument(
+        "--cache-dir",
+        help="for a feature set at a URL: where its shards are cached (default $MELSHARDS_CACHE "
+        "or ~/.cache/melshards)",
+    )
+    where = "feature set directory or URL (s3://, gs://, https://)"
+    p = sub.add_parser("inspect", parents=[quiet, cache], help="summary of a feature set (fits 100 columns)")
+    p.add_argument("features", help=where)
 
     p = sub.add_parser(
         "preview",
-        parents=[quiet],
+        parents=[quiet, cache],
         help="pictures: example spectrograms per class, and what augmentation does",
         description="Write two PNG pictures of a feature set: OUT, a grid of example spectrograms "
         "(one row per class, --per-class examples each, on true axes: seconds and Hz; dashed lines "
@@ -206,7 +213,7 @@ def _add_reading_commands(sub, quiet: argparse.ArgumentParser) -> None:
         "--augment-out), the same few examples before and after the loader's default augmentation "
         "(loader.Augment(): time shift, gain, SpecAugment masks).",
     )
-    p.add_argument("features", type=Path)
+    p.add_argument("features", help=where)
     p.add_argument("--out", type=Path, required=True, help="PNG file to write, e.g. preview.png")
     p.add_argument("--per-class", type=int, default=3, help="examples per class (default 3)")
     p.add_argument("--classes", help="classes to show, e.g. 0-5,9 (default: all)")
@@ -219,8 +226,12 @@ def _add_reading_commands(sub, quiet: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the augmentation draws (default 0)")
     p.add_argument("--dpi", type=int, default=100, help="pixels per inch (default 100)")
 
-    p = sub.add_parser("verify", parents=[quiet], help="re-check every shard against the index")
-    p.add_argument("features", type=Path)
+    p = sub.add_parser(
+        "verify",
+        parents=[quiet, cache],
+        help="re-check every shard against the index (a set at a URL: downloading each shard again)",
+    )
+    p.add_argument("features", help=where)
 
     p = sub.add_parser(
         "config",
@@ -384,7 +395,7 @@ def windows_command(args: argparse.Namespace) -> int:
 def inspect_command(args: argparse.Namespace) -> int:
     from precompute.inspection import inspect_lines
 
-    print("\n".join(inspect_lines(args.features)))
+    print("\n".join(inspect_lines(args.features, cache_dir=args.cache_dir)))
     return EXIT_OK
 
 
@@ -407,6 +418,7 @@ def preview_command(args: argparse.Namespace) -> int:
         augment_out=False if args.no_augment else args.augment_out,
         seed=args.seed,
         dpi=args.dpi,
+        cache_dir=args.cache_dir,
     )
     width, height = written["size"]
     line = (
@@ -425,7 +437,7 @@ def verify_command(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     read_index(args.features)  # a missing or unreadable index is one error line
-    problems = verify(args.features, progress=not args.quiet)
+    problems = verify(args.features, progress=not args.quiet, cache_dir=args.cache_dir)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from melshards import codec
+from melshards import codec, remote
 from melshards.config import PARAMETERS, FeatureConfig
 from melshards.index import BinStats, Index, read_index
 from melshards.names import (
@@ -21,7 +21,7 @@ from melshards.names import (
     RECORDING_ID,
     SET_LABELLED,
 )
-from melshards.shard import open_shard, read_checked
+from melshards.shard import open_listed, read_checked
 
 WIDTH = 100  # columns: inspect's lines fit a terminal this wide
 
@@ -34,10 +34,11 @@ def clip_line(text: str, width: int = WIDTH) -> str:
     return text[: keep - keep // 3] + "..." + text[len(text) - keep // 3 :]
 
 
-def _labels_and_recordings(index: Index) -> tuple[np.ndarray, list[str]]:
+def _labels_and_recordings(index: Index, **where) -> tuple[np.ndarray, list[str]]:
+    """Every example's stored labels and recording; ``where``: ``open_listed``'s url and cache."""
     labels, recordings = [], []
     for entry in index.shards:
-        with open_shard(index.shard_path(entry)) as h5:
+        with open_listed(index, entry, **where) as h5:
             labels.append(read_checked(h5, LABELS))
             recordings += list(read_checked(h5, RECORDING_ID))
     n_classes = index.config.n_classes
@@ -79,17 +80,27 @@ def _value_summary(stats: BinStats, config: FeatureConfig) -> str:
     return f"{what}; mean {overall:.3f}, std {pooled:.3f}"
 
 
-def inspect_lines(root: str | Path) -> list[str]:
-    """The summary a user wants before training, as lines of at most ``WIDTH`` columns."""
-    root = Path(root)
-    index = read_index(root)
+def inspect_lines(root: str | Path, *, cache_dir: str | Path | None = None) -> list[str]:
+    """The summary a user wants before training, as lines of at most ``WIDTH`` columns.
+
+    ``root`` may be a URL: the metadata is read from cached shards, or with range requests.
+    """
+    url = str(root).rstrip("/") if remote.is_url(root) else None
+    cache = remote.ShardCache.at(cache_dir) if url is not None else None
+    index = read_index(root, cache_root=None if cache is None else cache.set_dir(url))
     cfg = index.config
-    labels, recordings = _labels_and_recordings(index)
-    disk = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
+    labels, recordings = _labels_and_recordings(index, url=url, cache=cache)
+    if url is None:
+        root = Path(root)
+        disk = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
+        failures_file, shown = root / FAILURES_FILE, str(root)
+    else:
+        disk = sum(entry.bytes for entry in index.shards)
+        failures_file, shown = remote.redact(remote.join(url, FAILURES_FILE)), remote.redact(url)
     raw = index.n_examples * cfg.n_mels * cfg.n_frames * np.dtype(cfg.dtype).itemsize
-    failures = f"{index.failures}" + (f" (see {root / FAILURES_FILE})" if index.failures else "")
+    failures = f"{index.failures}" + (f" (see {failures_file})" if index.failures else "")
     lines = [
-        f"feature set  {root}",
+        f"feature set  {shown}",
         f"kind         {index.kind}, format v{FORMAT_VERSION}, fingerprint {index.fingerprint}",
         f"examples     {index.n_examples} from {len(set(recordings))} recordings in {len(index.shards)} shards",
         f"disk         {disk / 1e6:.1f} MB ({raw / 1e6:.1f} MB of mel arrays)",

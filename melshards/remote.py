@@ -1,0 +1,359 @@
+"""Feature sets at a URL: addresses, object storage through fsspec, and the local shard cache.
+
+A feature set may live in object storage (``s3://bucket/prefix``, ``gs://``, ``http(s)://``,
+anything fsspec knows) as well as in a local directory (a path or ``file://``). Readers never
+read shard bytes from the network on the hot path: ``ShardCache`` fetches whole shards into a
+local directory, checks each against the sha256 of the index, and the loader then reads the
+local file through its usual fast path.
+
+Cache layout (``MELSHARDS_CACHE``, default ``~/.cache/melshards``)::
+
+    <cache>/<set name>-<hash of its URL>/shard-00000.h5        a verified copy
+                                         .shard-00000.h5.sha256  written after it: what it holds
+                                         .shard-00000.h5.lock    held while one process fetches
+
+A shard counts as cached only when its marker names the sha256 the index expects and its size
+is the index's: a download is written under a temporary name, hashed as it streams, renamed
+into place only when it matches, and the marker is written last, so a partial download or a
+kill at any moment never becomes a cached shard. Several processes may share one cache: the
+lock makes one of them fetch while the others wait and then use its copy. With a size limit,
+the least recently used shards (by the time they were last fetched or opened) are evicted.
+
+Credentials come from each backend's usual environment variables and configuration files
+(``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ``~/.aws``, ``GOOGLE_APPLICATION_CREDENTIALS``,
+fsspec's config); URLs in messages are shown without user, password or query string.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from melshards.errors import ConfigError, IntegrityError, MelShardsError, StorageError
+from melshards.files import atomic_write_text, fsync_dir
+
+CACHE_ENV = "MELSHARDS_CACHE"
+CACHE_LIMIT_ENV = "MELSHARDS_CACHE_LIMIT"
+LOCAL_SCHEMES = ("", "file")
+READ_ONLY_SCHEMES = ("http", "https")
+BLOCK = 8 << 20  # bytes per read while streaming a shard into the cache
+PART_SUFFIX = ".part"
+SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+# -- addresses ---------------------------------------------------------------------------------
+
+
+def scheme(location: str | os.PathLike) -> str:
+    """The URL scheme of ``location`` in lower case; "" for a plain path."""
+    text = os.fspath(location)
+    found = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", text)
+    return found.group(1).lower() if found else ""
+
+
+def is_url(location: str | os.PathLike) -> bool:
+    """True when ``location`` is remote (a URL other than ``file://``)."""
+    return scheme(location) not in LOCAL_SCHEMES
+
+
+def local_path(location: str | os.PathLike) -> Path:
+    """``location`` as a local path (``file:///data/x`` -> ``/data/x``); ConfigError for a URL."""
+    if is_url(location):
+        raise ConfigError(f"{redact(location)}: not a local path")
+    text = os.fspath(location)
+    return Path(urlsplit(text).path) if scheme(text) == "file" else Path(text)
+
+
+def redact(url: str | os.PathLike) -> str:
+    """``url`` without user, password, query or fragment: what messages may show."""
+    text = os.fspath(url)
+    if not is_url(text):
+        return text
+    parts = urlsplit(text)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def join(url: str, name: str) -> str:
+    """``url/name`` (one slash between them)."""
+    return url.rstrip("/") + "/" + name
+
+
+def set_name(url: str) -> str:
+    """A directory name for the cache of the feature set at ``url``: its last path component
+    and a hash of the whole (redacted) URL, so two sets never share one."""
+    clean = redact(url).rstrip("/")
+    tail = re.sub(r"[^A-Za-z0-9._-]", "_", clean.rsplit("/", 1)[-1]) or "set"
+    return f"{tail[:40]}-{hashlib.sha256(clean.encode()).hexdigest()[:12]}"
+
+
+# -- object storage ------------------------------------------------------------------------------
+
+
+def filesystem(url: str):
+    """``(fs, path)`` for ``url`` through fsspec; StorageError when no backend serves it."""
+    try:
+        import fsspec
+    except ImportError:
+        raise StorageError(
+            f"{redact(url)}: feature sets at a URL need fsspec (pip install 'melshards[remote]')"
+        ) from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as err:
+        raise StorageError(f"{redact(url)}: no storage backend for this URL: {_reason(err)}") from None
+
+
+@contextlib.contextmanager
+def storage_errors(url: str, doing: str) -> Iterator[None]:
+    """Turn what a storage backend raises into one line naming the URL (credentials hidden)."""
+    try:
+        yield
+    except (MelShardsError, KeyboardInterrupt):
+        raise
+    except FileNotFoundError:
+        raise StorageError(f"{redact(url)}: cannot {doing}: no such bucket or object") from None
+    except PermissionError:
+        raise StorageError(f"{redact(url)}: cannot {doing}: access denied (check the credentials)") from None
+    except Exception as err:  # network, server and client errors of any backend
+        raise StorageError(f"{redact(url)}: cannot {doing}: {_reason(err)}") from None
+
+
+def _reason(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    # Never repeat a secret a backend may have put in its message.
+    text = re.sub(r"(?i)(signature|credential|token|secret|key)=[^&\s]+", r"\1=...", text)
+    return text[:200]
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    with storage_errors(url, "read"):
+        return fs.cat_file(path)
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    with storage_errors(url, "look up"):
+        return bool(fs.exists(path))
+
+
+def size_of(url: str) -> int | None:
+    """The size of the object at ``url``, or None when there is none."""
+    fs, path = filesystem(url)
+    with storage_errors(url, "look up"):
+        try:
+            return int(fs.info(path)["size"])
+        except FileNotFoundError:
+            return None
+
+
+def check_writable(url: str) -> None:
+    if scheme(url) in READ_ONLY_SCHEMES:
+        raise ConfigError(f"{redact(url)}: HTTP URLs are read-only; write to s3://, gs:// or a path")
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Store ``data`` at ``url`` in one request (an object appears whole or not at all)."""
+    check_writable(url)
+    fs, path = filesystem(url)
+    with storage_errors(url, "write"):
+        fs.pipe_file(path, data)
+
+
+def upload(local: Path, url: str) -> None:
+    """Store the file ``local`` at ``url``; object stores publish an object only once complete."""
+    check_writable(url)
+    fs, path = filesystem(url)
+    with storage_errors(url, "upload"):
+        fs.put_file(os.fspath(local), path)
+
+
+def remove(url: str) -> None:
+    """Delete the object at ``url``; nothing when there is none."""
+    fs, path = filesystem(url)
+    with storage_errors(url, "delete"), contextlib.suppress(FileNotFoundError):
+        fs.rm_file(path)
+
+
+def list_names(url: str) -> list[str]:
+    """The names of the objects directly under ``url`` ([] when there is nothing)."""
+    fs, path = filesystem(url)
+    with storage_errors(url, "list"):
+        try:
+            found = fs.ls(path, detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+    return sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in found)
+
+
+def open_remote(url: str, *, block_size: int = 1 << 20):
+    """A read-only file object on ``url`` with a block cache, for small reads (h5py metadata)."""
+    fs, path = filesystem(url)
+    with storage_errors(url, "open"):
+        return fs.open(path, "rb", block_size=block_size, cache_type="blockcache")
+
+
+# -- the local cache -----------------------------------------------------------------------------
+
+
+def parse_size(value: int | str | None) -> int | None:
+    """Bytes from an int or a text such as ``"20G"``, ``"500MB"``; None stays None (no limit)."""
+    if value is None or isinstance(value, int) and not isinstance(value, bool):
+        if value is not None and value <= 0:
+            raise ConfigError(f"cache size limit must be > 0, got {value}")
+        return value
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", str(value), flags=re.IGNORECASE)
+    if not found or float(found.group(1)) <= 0:
+        raise ConfigError(f"cache size limit {value!r}: give bytes or a size such as 20G or 500MB")
+    return int(float(found.group(1)) * SIZE_UNITS[found.group(2).upper()])
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "melshards")
+
+
+@dataclass(frozen=True)
+class ShardCache:
+    """Verified local copies of the shards of feature sets at URLs (see the module docstring).
+
+    root : the cache directory (shared by any number of processes and feature sets)
+    max_bytes : evict least recently used shards beyond this many bytes; None keeps everything
+    """
+
+    root: Path
+    max_bytes: int | None = None
+
+    @classmethod
+    def at(cls, root: str | os.PathLike | None = None, *, limit: int | str | None = None) -> ShardCache:
+        """The cache at ``root`` (default ``MELSHARDS_CACHE`` or ``~/.cache/melshards``), with a
+        size ``limit`` (default ``MELSHARDS_CACHE_LIMIT``, else none)."""
+        root = default_cache_dir() if root is None else Path(root)
+        return cls(
+            root.expanduser(), parse_size(limit if limit is not None else os.environ.get(CACHE_LIMIT_ENV))
+        )
+
+    def set_dir(self, url: str) -> Path:
+        return self.root / set_name(url)
+
+    def cached(self, url: str, file: str, sha256: str, size: int) -> Path | None:
+        """The verified copy of ``url``'s shard ``file``, or None when it is not in the cache."""
+        path = self.set_dir(url) / file
+        try:
+            marker = _marker(path).read_text(encoding="ascii").strip()
+            if marker == sha256 and path.stat().st_size == size:
+                return path
+        except (OSError, UnicodeDecodeError):
+            pass
+        return None
+
+    def fetch(self, url: str, file: str, sha256: str, size: int, *, refresh: bool = False) -> Path:
+        """The local copy of ``url/file``, downloaded and checked against ``sha256`` and
+        ``size`` first when it is not in the cache (or always, with ``refresh``).
+        IntegrityError when the bytes disagree, StorageError when they cannot be read."""
+        path = None if refresh else self.cached(url, file, sha256, size)
+        if path is None:
+            directory = self.set_dir(url)
+            directory.mkdir(parents=True, exist_ok=True)
+            with _locked(directory / f".{file}.lock"):
+                path = None if refresh else self.cached(url, file, sha256, size)
+                if path is None:
+                    path = _download(join(url, file), directory / file, sha256=sha256, size=size)
+            self.evict(keep=path)
+        touch(path)
+        return path
+
+    def entries(self) -> list[tuple[float, int, Path]]:
+        """(last use, bytes, path) of every verified shard in the cache, oldest first."""
+        found = []
+        for marker in self.root.glob("*/.*.sha256"):
+            path = marker.with_name(marker.name[1 : -len(".sha256")])
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                found.append((st.st_mtime, st.st_size, path))
+        return sorted(found)
+
+    def evict(self, *, keep: Path | None = None) -> list[Path]:
+        """Remove least recently used shards until the cache holds at most ``max_bytes``.
+
+        A process that has a shard open keeps reading it (the file lives until closed); one
+        that opens it next fetches it again.
+        """
+        if self.max_bytes is None:
+            return []
+        entries = self.entries()
+        total = sum(size for _, size, _ in entries)
+        removed = []
+        for _, size, path in entries:
+            if total <= self.max_bytes:
+                break
+            if path == keep:
+                continue
+            _marker(path).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            removed.append(path)
+            total -= size
+        return removed
+
+
+def touch(path: Path) -> None:
+    """Mark ``path`` as just used (its modification time orders the evictions)."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(f".{path.name}.sha256")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _download(url: str, path: Path, *, sha256: str, size: int) -> Path:
+    """Stream ``url`` into ``path`` through a temporary file, hashing as it goes; rename it into
+    place and write its marker only when size and sha256 are those expected."""
+    part = path.with_name(f".{path.name}.{os.getpid()}{PART_SUFFIX}")
+    _marker(path).unlink(missing_ok=True)
+    fs, remote = filesystem(url)
+    digest, written = hashlib.sha256(), 0
+    try:
+        with (
+            storage_errors(url, "download"),
+            fs.open(remote, "rb", block_size=BLOCK) as src,
+            open(part, "wb") as dst,
+        ):
+            while block := src.read(BLOCK):
+                digest.update(block)
+                dst.write(block)
+                written += len(block)
+            dst.flush()
+            os.fsync(dst.fileno())
+        if written != size or digest.hexdigest() != sha256:
+            raise IntegrityError(
+                f"{redact(url)}: downloaded {written} bytes with sha256 {digest.hexdigest()[:12]}..., "
+                f"the index says {size} bytes, {sha256[:12]}...; the object changed since its index "
+                "was written, or is damaged"
+            )
+        os.replace(part, path)
+        fsync_dir(path.parent)
+        atomic_write_text(_marker(path), sha256 + "\n")
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return path
