@@ -20,7 +20,7 @@ from melshards.config import FeatureConfig, center_offset
 from melshards.console import log
 from melshards.errors import ConfigError
 from melshards.names import EVENT_TP, LABEL_POSITIVE, SET_LABELLED
-from melshards.shard import open_shard, read_anchors
+from melshards.shard import open_listed, read_anchors
 
 CMAP = "magma"
 
@@ -41,7 +41,7 @@ def _anchors(features) -> dict[str, np.ndarray]:
     names = ("species_id", "kind", "t_min", "t_max", "f_min", "f_max")
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for layout in features.shards:
-        with open_shard(layout.path) as h5:
+        with open_listed(features.index, layout.entry, url=features.url, cache=features.cache) as h5:
             for name, values in read_anchors(h5, names).items():
                 parts[name].append(values)
     return {name: np.concatenate(parts[name]) if parts[name] else np.zeros(0) for name in names}

@@ -55,6 +55,7 @@ from melshards.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setu
 from melshards.errors import ConfigError, MelShardsError
 from melshards.files import atomic_write_text
 from melshards.index import read_index
+from melshards.remote import is_url
 
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
@@ -439,7 +440,9 @@ def _run_metrics(
         "config": {
             "train": {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in arguments.items()},
             "features": config.to_dict(),
-            "features_path": str(Path(features).resolve()),
+            "features_path": train_seq.features.location
+            if is_url(features)
+            else str(Path(features).resolve()),
             "input_shape": list(input_shape),
             "classes": list(train_seq.classes),
             "class_names": list(names),

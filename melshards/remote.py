@@ -144,6 +144,7 @@ def read_bytes(url: str) -> bytes:
 def exists(url: str) -> bool:
     fs, path = filesystem(url)
     with storage_errors(url, "look up"):
+        fs.invalidate_cache(path)  # another process may have written it since
         return bool(fs.exists(path))
 
 
@@ -151,6 +152,7 @@ def size_of(url: str) -> int | None:
     """The size of the object at ``url``, or None when there is none."""
     fs, path = filesystem(url)
     with storage_errors(url, "look up"):
+        fs.invalidate_cache(path)
         try:
             return int(fs.info(path)["size"])
         except FileNotFoundError:
@@ -267,7 +269,13 @@ class ShardCache:
             with _locked(directory / f".{file}.lock"):
                 path = None if refresh else self.cached(url, file, sha256, size)
                 if path is None:
-                    path = _download(join(url, file), directory / file, sha256=sha256, size=size)
+                    # What a killed download left; only the lock holder writes here.
+                    for stale in directory.glob(f".{file}.*{PART_SUFFIX}"):
+                        stale.unlink(missing_ok=True)
+                    path = directory / file
+                    _marker(path).unlink(missing_ok=True)
+                    download(join(url, file), path, sha256=sha256, size=size)
+                    atomic_write_text(_marker(path), sha256 + "\n")
             self.evict(keep=path)
         touch(path)
         return path
@@ -325,11 +333,11 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _download(url: str, path: Path, *, sha256: str, size: int) -> Path:
-    """Stream ``url`` into ``path`` through a temporary file, hashing as it goes; rename it into
-    place and write its marker only when size and sha256 are those expected."""
+def download(url: str, path: Path, *, sha256: str, size: int) -> Path:
+    """Stream ``url`` into ``path`` through a temporary file, hashing as it goes, and rename it
+    into place only when size and sha256 are those expected (else IntegrityError, and ``path``
+    is left as it was)."""
     part = path.with_name(f".{path.name}.{os.getpid()}{PART_SUFFIX}")
-    _marker(path).unlink(missing_ok=True)
     fs, remote = filesystem(url)
     digest, written = hashlib.sha256(), 0
     try:
@@ -352,7 +360,6 @@ def _download(url: str, path: Path, *, sha256: str, size: int) -> Path:
             )
         os.replace(part, path)
         fsync_dir(path.parent)
-        atomic_write_text(_marker(path), sha256 + "\n")
     except BaseException:
         part.unlink(missing_ok=True)
         raise

@@ -87,6 +87,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace a feature set of the other kind (labelled or windows) in --out",
     )
+    p.add_argument(
+        "--stage",
+        type=Path,
+        help="with --out URL: the local directory the shards are built in before they are "
+        "uploaded (default $MELSHARDS_CACHE/out/NAME)",
+    )
 
 
 def _add_annotation_options(p: argparse.ArgumentParser) -> None:
@@ -162,7 +168,9 @@ def _add_input_commands(sub, quiet: argparse.ArgumentParser) -> None:
         "--clips, --class-folders; they may be combined.",
     )
     p.add_argument("--audio-dir", type=Path, required=True, help="folder of <recording_id>.flac/.wav/...")
-    p.add_argument("--out", type=Path, required=True, help="feature set directory")
+    p.add_argument(
+        "--out", required=True, help="feature set directory, or a URL (s3://bucket/prefix, gs://...)"
+    )
     _add_annotation_options(p)
     _add_config_options(p)
     _add_run_options(p)
@@ -177,7 +185,9 @@ def _add_input_commands(sub, quiet: argparse.ArgumentParser) -> None:
         help="folder of recordings, sub-folders included; a recording's id is its path in it "
         "without the extension (site2/rec7)",
     )
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--out", required=True, help="feature set directory, or a URL (s3://bucket/prefix, gs://...)"
+    )
     p.add_argument("--step", type=float, default=5.0, help="seconds between window starts (default 5)")
     p.add_argument(
         "--files",
@@ -259,6 +269,7 @@ def _run_options(args: argparse.Namespace) -> dict:
         "on_error": args.on_error,
         "progress": not args.quiet,
         "overwrite": args.overwrite,
+        "stage": args.stage,
     }
 
 

@@ -66,16 +66,27 @@ def failure_record(
     return record
 
 
-def build_shard(job: ShardJob, *, out: str, config: FeatureConfig, on_error: str) -> ShardResult:
-    """Compute and write the shard of ``job`` into directory ``out``. Runs in a worker process.
+def build_shard(
+    job: ShardJob, *, out: str, config: FeatureConfig, on_error: str, upload: str | None = None
+) -> ShardResult:
+    """Compute and write the shard of ``job`` into directory ``out``, then upload it to the
+    feature set at the URL ``upload`` when given. Runs in a worker process.
 
     Numeric libraries run single-threaded here: parallelism is across shards (``--jobs``), and
     a BLAS pool per worker would oversubscribe the cores.
     """
     from threadpoolctl import threadpool_limits
 
+    if upload is not None:
+        # A worker on another machine writes into a stage of its own at the same path.
+        Path(out).mkdir(parents=True, exist_ok=True)
     with threadpool_limits(limits=1):
-        return _build_shard(job, out=out, config=config, on_error=on_error)
+        result = _build_shard(job, out=out, config=config, on_error=on_error)
+    if upload is not None:
+        from precompute.publish import upload_shard
+
+        upload_shard(out, job.file, upload)
+    return result
 
 
 def _build_shard(job: ShardJob, *, out: str, config: FeatureConfig, on_error: str) -> ShardResult:

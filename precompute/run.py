@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from melshards import codec
+from melshards import codec, remote
 from melshards.config import FeatureConfig
 from melshards.console import log
 from melshards.errors import ConfigError, FormatError, LockedError, ManifestError
@@ -48,6 +48,7 @@ from precompute.classes import ClassSpec
 from precompute.job import ON_ERROR, ShardResult, build_shard
 from precompute.manifest import NoValidRows
 from precompute.plan import ShardJob, library_versions, plan_annotations, plan_windows, setup_key
+from precompute.publish import RemoteOutput
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class Summary:
     slices_built: int = 0
     rebuilt: list[Rebuilt] = field(default_factory=list)
     explained: bool = False
+    shown: str | None = None  # where the set was written, when not ``out`` (a URL)
 
     @property
     def rate(self) -> float:
@@ -114,14 +116,15 @@ class Summary:
             else "0 failures"
         )
         what = f"{self.examples} examples in {self.shards} shards ({self.bytes / 1e6:.1f} MB"
+        where = self.shown or self.out
         if not self.shards_built:
-            return f"{self.out} is up to date: {what}, {self.shards_reused} reused); {failures}"
+            return f"{where} is up to date: {what}, {self.shards_reused} reused); {failures}"
         built = f"{self.shards_built} built"
         reused = f", {self.shards_reused} reused" if self.shards_reused else ""
         if self.explained and self.rebuilt:
             built += f": {self.reasons()}"
             reused = f"; {self.shards_reused} reused" if self.shards_reused else ""
-        return f"wrote {what}; {built}{reused}) to {self.out} in {self.seconds:.1f} s{rate}; {failures}"
+        return f"wrote {what}; {built}{reused}) to {where} in {self.seconds:.1f} s{rate}; {failures}"
 
 
 @contextlib.contextmanager
@@ -406,6 +409,7 @@ def run_plan(
     source: dict | None = None,
     overwrite: bool = False,
     class_names: Sequence[str] | None = None,
+    remote_out: RemoteOutput | None = None,
 ) -> Summary:
     """Build every shard of ``plan`` that is missing or stale, then write the index.
 
@@ -424,6 +428,8 @@ def run_plan(
     source : where the inputs came from, recorded in the index
     overwrite : replace a feature set of another kind in ``out`` (refused otherwise)
     class_names : the name of each class, recorded in the index (default ``s0``, ``s1``, ...)
+    remote_out : the URL ``out`` mirrors (``precompute.publish``): each shard is uploaded as it
+        is finished, the index last
 
     Every backend runs the same ``build_shard`` per job and writes the same bytes; the driver
     only receives each shard's ``ShardResult`` (entry, statistics, failures).
@@ -443,6 +449,11 @@ def run_plan(
         if todo:
             # From here on the directory changes: no reader may trust the old index.
             (out / INDEX_FILE).unlink(missing_ok=True)
+            if remote_out is not None:
+                remote_out.unpublish()
+        if remote_out is not None:
+            remote_out.upload_missing([r.entry.file for r in results], [r.entry.bytes for r in results])
+            remote_out.record()
         _log_plan(plan, reused=len(results), todo=todo, jobs=jobs, backend=backend, scheduler=scheduler)
         rebuilt = _reasons(todo, prior)
         results += _build_shards(
@@ -454,13 +465,20 @@ def run_plan(
             backend=backend,
             scheduler=scheduler,
             progress=progress,
+            remote_out=remote_out,
         )
         results.sort(key=lambda r: r.entry.file)
         failures = list(prior_failures or []) + [f for r in results for f in r.failures]
         index = _write_failures_and_index(
             out, results, failures, config=config, kind=kind, source=source, class_names=class_names
         )
-    return _summary(results, index, rebuilt=rebuilt, prior=prior, failures=failures, out=out, started=started)
+        if remote_out is not None:
+            remote_out.publish({r.entry.file for r in results})
+    summary = _summary(
+        results, index, rebuilt=rebuilt, prior=prior, failures=failures, out=out, started=started
+    )
+    summary.shown = None if remote_out is None else remote_out.shown
+    return summary
 
 
 def _start_record(out: Path, plan: list[ShardJob], results: list[ShardResult]) -> None:
@@ -577,8 +595,10 @@ def _build_shards(
     backend: str,
     scheduler: str | None,
     progress: bool,
+    remote_out: RemoteOutput | None = None,
 ) -> list[ShardResult]:
-    """Run the jobs ``todo`` on ``backend``, one tqdm bar counting slices; results as they finish."""
+    """Run the jobs ``todo`` on ``backend``, one tqdm bar counting slices; results as they finish
+    (each shard uploaded by its worker, and recorded at ``remote_out``, when given)."""
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
@@ -597,11 +617,15 @@ def _build_shards(
             # Workers may run elsewhere, with another working directory.
             where = os.path.abspath(out)
             ids = {job.file: job.recording_ids for job in todo}
+            upload = None if remote_out is None else remote_out.url
             for result in parallel(
-                delayed(build_shard)(job, out=where, config=config, on_error=on_error) for job in todo
+                delayed(build_shard)(job, out=where, config=config, on_error=on_error, upload=upload)
+                for job in todo
             ):
                 result.entry = dataclasses.replace(result.entry, recordings=ids[result.entry.file])
                 append_line(out / BUILT_FILE, json.dumps(result.entry.to_dict()))
+                if remote_out is not None:
+                    remote_out.record()
                 results.append(result)
                 bar.update(result.entry.n + sum(f.get("slices", 1) for f in result.failures))
     return results
@@ -617,6 +641,7 @@ def run_features(
     annotations: Sequence[Annotations] = (),
     classes: ClassSpec | None = None,
     on_error: str = "skip",
+    stage: Path | None = None,
     **options,
 ) -> Summary:
     """Labelled slices (one window per annotated event) -> a feature set in ``out``.
@@ -627,6 +652,8 @@ def run_features(
     annotations : more inputs, of any format (``precompute.annotations.Annotations``)
     classes : where the class list comes from; None keeps ``config.n_classes`` numeric ids
         (``ClassSpec(count=config.n_classes)``), ``ClassSpec()`` takes the classes from the data
+    out : a directory, or a URL (``s3://``, ``gs://``; built in ``stage``, see
+        ``precompute.publish``)
     options : ``run_plan``'s: ``jobs``, ``backend``, ``scheduler``, ``progress``, ``overwrite``
 
     When every row is rejected, ``failures.jsonl`` in ``out`` lists why, and ManifestError
@@ -634,7 +661,7 @@ def run_features(
     """
     check_backend(options.get("backend", "loky"), scheduler=options.get("scheduler"))
     # Absolute, because the workers may run on other machines (with the same mounts).
-    audio_dir, out = Path(os.path.abspath(audio_dir)), Path(out)
+    audio_dir = Path(os.path.abspath(audio_dir))
     if not audio_dir.is_dir():
         raise ConfigError(f"{audio_dir}: audio directory not found")
     inputs = [Annotations("rfcx", tp)] if tp is not None else []
@@ -642,6 +669,7 @@ def run_features(
     inputs += list(annotations)
     if not inputs:
         raise ConfigError("no annotations to precompute: give --tp, --raven, --clips or --class-folders")
+    out, options["remote_out"] = _output(out, stage)
     classes = ClassSpec(count=config.n_classes) if classes is None else classes
     try:
         planned = plan_annotations(
@@ -728,21 +756,41 @@ def _log_annotations(planned, inputs: Sequence[Annotations], classes: ClassSpec)
 
 
 def run_windows(
-    *, audio_dir: Path, out: Path, config: FeatureConfig, step: float, files: Path | None = None, **options
+    *,
+    audio_dir: Path,
+    out: Path | str,
+    config: FeatureConfig,
+    step: float,
+    files: Path | None = None,
+    stage: Path | None = None,
+    **options,
 ) -> Summary:
     """Sliding windows every ``step`` seconds over unlabelled recordings -> a feature set.
 
     ``files`` lists the files to read (``precompute.plan.read_file_list``); None reads every
-    audio file under ``audio_dir``, sub-folders included.
+    audio file under ``audio_dir``, sub-folders included. ``out`` may be a URL (``run_features``).
     """
     check_backend(options.get("backend", "loky"), scheduler=options.get("scheduler"))
-    audio_dir, out = Path(os.path.abspath(audio_dir)), Path(out)
+    audio_dir = Path(os.path.abspath(audio_dir))
+    out, options["remote_out"] = _output(out, stage)
     previous = _previous(out, config=config, kind=SET_WINDOWS, step=step)
     plan = plan_windows(audio_dir, config=config, step=step, files=files, previous=previous)
     source = {"audio_dir": str(audio_dir), "step": step}
     if files is not None:
         source["files"] = str(files)
     return run_plan(plan, out=out, config=config, kind=SET_WINDOWS, source=source, **options)
+
+
+def _output(out: Path | str, stage: Path | None) -> tuple[Path, RemoteOutput | None]:
+    """The local directory a run writes, and the URL it mirrors (after taking from it what
+    earlier runs left there), when ``out`` is a URL."""
+    target = RemoteOutput.of(out, stage=stage)
+    if target is None:
+        return remote.local_path(out), None
+    target.stage.mkdir(parents=True, exist_ok=True)
+    with output_lock(target.stage):
+        target.pull()
+    return target.stage, target
 
 
 def _previous(out: Path, *, config: FeatureConfig, kind: str, step: float | None) -> dict[str, int] | None:

@@ -1,0 +1,120 @@
+"""Writing a feature set to a URL (``precompute features --out s3://bucket/prefix``).
+
+A run builds its shards in a local stage directory exactly as it builds a local set (the same
+lock, plan, resume and checks), and the URL mirrors that directory:
+
+1. ``pull``: before planning, the stage takes what the URL already holds of earlier runs (the
+   index, ``.built.jsonl``, and every finished shard the stage lacks, each checked against the
+   sha256 recorded when it was built), so a run resumed on another machine reuses what is
+   there and checks out;
+2. ``unpublish``: before the first shard changes, the URL's index is deleted, so no reader
+   trusts the URL in the middle of a run;
+3. each shard is uploaded by the worker that built it (a Dask or Ray worker on another
+   machine included), then recorded in ``.built.jsonl``, which is uploaded after each shard;
+4. ``publish``: at the end, shards no longer in the plan are deleted, then ``failures.jsonl``
+   and, last, ``index.json`` are uploaded.
+
+Object stores make an object visible only when its upload completes, so a kill at any moment
+leaves the URL without an index (readers refuse it) or with the previous complete one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from melshards import remote
+from melshards.console import log
+from melshards.errors import IntegrityError
+from melshards.files import write_file_atomic
+from melshards.names import BUILT_FILE, FAILURES_FILE, INDEX_FILE, SHARD_PREFIX, SHARD_SUFFIX
+
+STAGE_FOLDER = "out"  # under the cache directory: the default stage of each URL written to
+
+
+@dataclass(frozen=True)
+class RemoteOutput:
+    """A feature set written to ``url`` through the local directory ``stage``."""
+
+    url: str
+    stage: Path
+
+    @classmethod
+    def of(cls, out: str | os.PathLike, *, stage: str | os.PathLike | None = None) -> RemoteOutput | None:
+        """The remote output for ``out`` when it is a URL, else None (a local directory).
+
+        ``stage`` defaults to ``<cache>/out/<set name>`` (``melshards.remote``)."""
+        if not remote.is_url(out):
+            return None
+        url = str(out).rstrip("/")
+        remote.check_writable(url)
+        remote.filesystem(url)  # a missing backend package is one line now, not after planning
+        if stage is None:
+            stage = remote.default_cache_dir() / STAGE_FOLDER / remote.set_name(url)
+        return cls(url, Path(stage))
+
+    @property
+    def shown(self) -> str:
+        return remote.redact(self.url)
+
+    def at(self, name: str) -> str:
+        return remote.join(self.url, name)
+
+    def pull(self) -> int:
+        """Bring into the stage what the URL holds of earlier runs; the number of shards
+        downloaded. A shard whose bytes disagree with its record is left out (rebuilt)."""
+        from precompute.run import read_prior
+
+        self.stage.mkdir(parents=True, exist_ok=True)
+        names = set(remote.list_names(self.url))
+        for name in (INDEX_FILE, BUILT_FILE):
+            if name in names:
+                write_file_atomic(self.stage / name, remote.read_bytes(self.at(name)))
+        fetched = 0
+        for file, entry in sorted(read_prior(self.stage).built.items()):
+            local = self.stage / file
+            if file not in names or (local.is_file() and local.stat().st_size == entry.bytes):
+                continue
+            try:
+                remote.download(self.at(file), local, sha256=entry.sha256, size=entry.bytes)
+                fetched += 1
+            except IntegrityError as err:
+                log.warning(f"{err}; building it again")
+        if fetched:
+            log.info(f"took {fetched} finished shard(s) from {self.shown}")
+        return fetched
+
+    def unpublish(self) -> None:
+        """Delete the URL's index: from here on its shards change."""
+        remote.remove(self.at(INDEX_FILE))
+
+    def upload_missing(self, files: list[str], sizes: list[int]) -> None:
+        """Upload the stage's shards ``files`` that the URL lacks or holds with another size."""
+        for file, size in zip(files, sizes, strict=True):
+            if remote.size_of(self.at(file)) != size:
+                remote.upload(self.stage / file, self.at(file))
+
+    def record(self) -> None:
+        """Upload ``.built.jsonl``: what a run resumed elsewhere may reuse."""
+        remote.upload(self.stage / BUILT_FILE, self.at(BUILT_FILE))
+
+    def publish(self, keep: set[str]) -> None:
+        """Delete the URL's shards not in ``keep`` (its index first), upload the failures, then
+        the index, last."""
+        names = remote.list_names(self.url)
+        stale = [
+            n for n in names if n.startswith(SHARD_PREFIX) and n.endswith(SHARD_SUFFIX) and n not in keep
+        ]
+        if stale:
+            self.unpublish()
+        for name in stale:
+            remote.remove(self.at(name))
+        self.record()
+        remote.upload(self.stage / FAILURES_FILE, self.at(FAILURES_FILE))
+        remote.upload(self.stage / INDEX_FILE, self.at(INDEX_FILE))
+
+
+def upload_shard(stage: str, file: str, url: str) -> None:
+    """Upload a shard a worker just wrote (``precompute.job.build_shard``)."""
+    remote.upload(Path(stage) / file, remote.join(url, file))
