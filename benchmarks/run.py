@@ -45,6 +45,7 @@ TARGETS = [
     ("precompute", "jobs_1_speedup", 2.0),
     ("precompute", "ratio_to_ideal", 0.8),
     ("precompute", "scaling_efficiency", 0.85),
+    ("remote", "warm_vs_local", 0.95),
 ]
 # (section, figure, maximum)
 CEILINGS = [
@@ -144,6 +145,10 @@ def table(results: dict) -> list[str]:
         lines += ["", *storage_bench.table(results["storage"])]
     pre = results.get("precompute")
     lines += precompute_lines(pre) if pre else []
+    if "remote" in results:
+        from benchmarks import remote_bench
+
+        lines += ["", *remote_bench.table(results["remote"])]
     if "plan" in results:
         plan = results["plan"]
         lines += [
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit-rounds", type=int, default=5, help="rounds of the model.fit comparison")
     args = parser.parse_args(argv)
 
-    from benchmarks import loader_bench, plan_bench, precompute_bench, storage_bench
+    from benchmarks import loader_bench, plan_bench, precompute_bench, remote_bench, storage_bench
 
     started = time.perf_counter()
     ensure_demo(args.demo, args.features)
@@ -216,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_before": os.getloadavg()[0],
         },
     }
-    sections = ["plan", "storage", "loader", "fit", "fit_jax", "torch"]
+    sections = ["plan", "storage", "loader", "remote", "fit", "fit_jax", "torch"]
     if not args.skip_precompute:
         sections.insert(0, "precompute")
     with tqdm(sections, desc="make bench", unit="section", file=sys.stderr) as bar:
@@ -235,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                 ]["first_batch_ms"]
             elif section == "loader":
                 results["loader"] = loader_bench.run(args.features, args.demo)
+            elif section == "remote":  # the same set from a local S3 server
+                results["remote"] = remote_bench.run(args.features, rounds=7)
             elif section == "fit":
                 results["fit"] = fit_figures(args.features, args.demo, rounds=args.fit_rounds)
             elif section == "fit_jax":  # Keras on JAX, no TensorFlow in the process

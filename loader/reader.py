@@ -42,6 +42,7 @@ from melshards.names import EVENT_EXAMPLE, EVENT_FP, EVENT_TP, MEL
 from melshards.shard import (
     check_shard,
     mel_chunks,
+    metadata_parts,
     open_listed,
     open_shard,
     read_metadata,
@@ -121,9 +122,11 @@ class FeatureSet:
         valid = []
         ev_example, ev_species, ev_kind, ev_t_min, ev_t_max = [], [], [], [], []
         first = 0
+        parts = metadata_parts(self.index.shards, url=self.url, cache=self.cache)
         for entry in self.index.shards:
             path = self.index.shard_path(entry)
-            with open_listed(self.index, entry, url=self.url, cache=self.cache) as h5:
+            where = {"url": self.url, "cache": self.cache, "parts": parts.pop(entry.file, None)}
+            with open_listed(self.index, entry, **where) as h5:
                 check_shard(h5, entry, config, path=path, size=self.url is None)
                 meta = read_metadata(h5, entry, config, path=path)
                 chunks = mel_chunks(h5[MEL], config, file_size=entry.bytes)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import os
 import re
 from collections.abc import Iterator
@@ -205,6 +206,76 @@ def open_remote(url: str, *, block_size: int = 1 << 20):
         return fs.open(path, "rb", block_size=block_size, cache_type="blockcache")
 
 
+HEAD_BYTES = 64 << 10  # HDF5 keeps its superblock and root group at the start of a file ...
+TAIL_BYTES = 1 << 20  # ... and the shard writer puts the small datasets after the mel chunks
+
+
+def head_and_tail(urls: list[str], sizes: list[int]) -> list[dict[int, bytes]]:
+    """The first ``HEAD_BYTES`` and last ``TAIL_BYTES`` of each object, fetched concurrently
+    (one request each, all in flight together on s3/gcs/http), as ``{offset: bytes}``: where a
+    shard's metadata lies, so ``RangeFile`` rarely asks the server for more."""
+    if not urls:
+        return []
+    fs, _ = filesystem(urls[0])
+    paths, starts, ends, owners = [], [], [], []
+    for k, (url, size) in enumerate(zip(urls, sizes, strict=True)):
+        spans = (
+            [(0, size)] if size <= HEAD_BYTES + TAIL_BYTES else [(0, HEAD_BYTES), (size - TAIL_BYTES, size)]
+        )
+        for start, end in spans:
+            paths.append(filesystem(url)[1])
+            starts.append(start)
+            ends.append(end)
+            owners.append(k)
+    with storage_errors(urls[0].rsplit("/", 1)[0], "read shard metadata"):
+        blocks = fs.cat_ranges(paths, starts, ends)
+    parts: list[dict[int, bytes]] = [{} for _ in urls]
+    for k, start, block in zip(owners, starts, blocks, strict=True):
+        if isinstance(block, BaseException):
+            raise StorageError(f"{redact(urls[k])}: cannot read shard metadata: {_reason(block)}")
+        parts[k][start] = block
+    return parts
+
+
+class RangeFile(io.RawIOBase):
+    """A read-only file over the object at ``url`` for h5py: reads inside the ``parts`` known
+    in advance (``head_and_tail``) cost nothing, any other read is one range request."""
+
+    def __init__(self, url: str, size: int, parts: dict[int, bytes] | None = None) -> None:
+        super().__init__()
+        self.url, self.size, self.pos = url, size, 0
+        self.parts = dict(parts or {})
+        self.fs, self.path = filesystem(url)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = base + offset
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), self.size - self.pos))
+        start, end = self.pos, self.pos + n
+        for first, block in self.parts.items():
+            if first <= start and end <= first + len(block):
+                view[:n] = block[start - first : end - first]
+                break
+        else:
+            with storage_errors(self.url, "read"):
+                view[:n] = self.fs.cat_file(self.path, start=start, end=end)
+        self.pos = end
+        return n
+
+
 # -- the local cache -----------------------------------------------------------------------------
 
 
@@ -334,19 +405,18 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def download(url: str, path: Path, *, sha256: str, size: int) -> Path:
-    """Stream ``url`` into ``path`` through a temporary file, hashing as it goes, and rename it
-    into place only when size and sha256 are those expected (else IntegrityError, and ``path``
-    is left as it was)."""
+    """Stream the ``size`` bytes of ``url`` into ``path`` through a temporary file, hashing as
+    it goes, and rename it into place only when they hash to ``sha256`` (else IntegrityError,
+    and ``path`` is left as it was). One range request per ``BLOCK`` bytes."""
     part = path.with_name(f".{path.name}.{os.getpid()}{PART_SUFFIX}")
     fs, remote = filesystem(url)
     digest, written = hashlib.sha256(), 0
     try:
-        with (
-            storage_errors(url, "download"),
-            fs.open(remote, "rb", block_size=BLOCK) as src,
-            open(part, "wb") as dst,
-        ):
-            while block := src.read(BLOCK):
+        with storage_errors(url, "download"), open(part, "wb") as dst:
+            while written < size:
+                block = fs.cat_file(remote, start=written, end=min(written + BLOCK, size))
+                if not block:
+                    break
                 digest.update(block)
                 dst.write(block)
                 written += len(block)

@@ -300,24 +300,43 @@ def open_shard(path: Path, *, held: bool = False) -> h5py.File:
 
 @contextlib.contextmanager
 def open_listed(
-    index: Index, entry: ShardEntry, *, url: str | None = None, cache: remote.ShardCache | None = None
+    index: Index,
+    entry: ShardEntry,
+    *,
+    url: str | None = None,
+    cache: remote.ShardCache | None = None,
+    parts: dict[int, bytes] | None = None,
 ) -> Iterator[h5py.File]:
     """A shard of ``index`` open read-only, to read its metadata: the local file, or for a set
     at ``url`` its verified copy in ``cache`` when there is one, else the object itself through
-    range requests (nothing is written to the cache)."""
-    if url is not None and (
-        cache is None or cache.cached(url, entry.file, entry.sha256, entry.bytes) is None
-    ):
+    range requests (``parts``: bytes of it known already, ``remote.head_and_tail``)."""
+    if url is not None and not is_cached(entry, url=url, cache=cache):
         where = remote.join(url, entry.file)
         with (
             remote.storage_errors(where, "read shard metadata"),
-            remote.open_remote(where) as fh,
+            remote.RangeFile(where, entry.bytes, parts) as fh,
             h5py.File(fh, "r") as h5,
         ):
             yield h5
         return
     with open_shard(index.shard_path(entry)) as h5:
         yield h5
+
+
+def is_cached(entry: ShardEntry, *, url: str, cache: remote.ShardCache | None) -> bool:
+    return cache is not None and cache.cached(url, entry.file, entry.sha256, entry.bytes) is not None
+
+
+def metadata_parts(
+    entries: Sequence[ShardEntry], *, url: str | None, cache: remote.ShardCache | None
+) -> dict[str, dict[int, bytes]]:
+    """For a set at ``url``: the bytes holding the metadata of each shard not in ``cache``,
+    fetched concurrently (``remote.head_and_tail``), by file name; {} for a local set."""
+    if url is None:
+        return {}
+    missing = [e for e in entries if not is_cached(e, url=url, cache=cache)]
+    found = remote.head_and_tail([remote.join(url, e.file) for e in missing], [e.bytes for e in missing])
+    return {e.file: parts for e, parts in zip(missing, found, strict=True)}
 
 
 def open_readonly(path: Path, *, held: bool = False) -> h5py.File:

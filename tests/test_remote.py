@@ -234,14 +234,11 @@ def test_a_download_cut_off_midway_is_one_line_naming_the_url(tiny_run, tmp_path
         url = f"{server}/{tiny_run.out.name}"
         entry = read_index(url).shards[0]
         fs, _ = remote.filesystem(url)
-        opened = fs.open
 
-        def cut_off(path, *args, **kwargs):
-            fh = opened(path, *args, **kwargs)
-            fh.read = lambda *a: (_ for _ in ()).throw(ConnectionResetError("connection reset by peer"))
-            return fh
+        def cut_off(*args, **kwargs):
+            raise ConnectionResetError("connection reset by peer")
 
-        monkeypatch.setattr(fs, "open", cut_off)
+        monkeypatch.setattr(fs, "cat_file", cut_off)
         with pytest.raises(StorageError) as err:
             cache.fetch(url, entry.file, entry.sha256, entry.bytes)
     assert str(err.value) == f"{url}/{entry.file}: cannot download: connection reset by peer"
