@@ -22,15 +22,24 @@ directory ``--out`` (``out=`` from Python):
   ``fingerprint``, the full ``config`` (these arguments, the feature config, the class names
   in output order and the class scheme, which ``experiments.predict`` reads), timings and
   versions;
-- ``curves.png``: loss and LWLRAP per epoch.
+- ``curves.png``: loss and LWLRAP per epoch;
+- ``run.json``: these options, written when the run starts;
+- while it runs, ``checkpoint.loader.json`` and the ``checkpoint-*.keras`` it names: the model
+  with its optimizer and the loader's position, every ``--checkpoint-every`` batches and at
+  the end of every epoch (``loader.sequence.LoaderCheckpoint``), removed once the run is done;
+- with ``--batch-log``: ``batches.log``, the sha256 of every trained batch (epoch, index, digest).
 
-``metrics.json`` is written last: its presence marks a finished run.
+``metrics.json`` is written last: its presence marks a finished run. A run that did not finish
+goes on from its last checkpoint with ``--resume RUN`` (``resume_run``): the remaining
+batches of the saved epoch, then the following epochs, with the bookkeeping of the epochs
+already run (history, best epoch, early stopping), and ends with the same outputs.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import inspect
 import json
 import os
@@ -49,10 +58,11 @@ from experiments.metrics import Lwlrap, Top1, class_lwlrap, lwlrap, top1
 from experiments.models import available_models, build_model
 from experiments.plots import plot_curves, read_history
 from loader import Augment, ShardSequence
-from loader.sequence import PairedSequence
+from loader.sequence import CHECKPOINT_PREFIX, CHECKPOINT_STATE, LoaderCheckpoint, PairedSequence
+from loader.state import read_state
 from melshards.config import frames_for
 from melshards.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
-from melshards.errors import ConfigError, MelShardsError
+from melshards.errors import ConfigError, ExperimentError, MelShardsError
 from melshards.files import atomic_write_text
 from melshards.index import read_index
 from melshards.remote import is_url
@@ -61,6 +71,11 @@ MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
+RUN_FILE = "run.json"
+BATCH_LOG_FILE = "batches.log"
+MONITOR = "val_lwlrap"
+# Options a resumed run may change: they do not change what is trained.
+FREE_ON_RESUME = ("out", "workers", "checkpoint_every", "batch_log", "verbose", "quiet", "resume")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -68,12 +83,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m experiments.train",
         description="Train a model on a precomputed feature set (shards only, no audio).",
     )
-    p.add_argument("--features", required=True, help="feature set directory (with index.json)")
+    p.add_argument("--features", help="feature set directory (with index.json); required unless --resume RUN")
     p.add_argument("--model", default="baseline", help=f"model name: {', '.join(available_models())}")
     p.add_argument("--epochs", type=int, default=40, help="maximum number of epochs")
     p.add_argument("--fold", type=int, default=0, help="validation fold (recordings grouped)")
     p.add_argument("--n-folds", type=int, default=5)
-    p.add_argument("--out", required=True, help="run directory, e.g. runs/baseline")
+    p.add_argument("--out", help="run directory, e.g. runs/baseline; required unless --resume RUN")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--lr", type=float, default=5e-3, help="peak learning rate (AdamW, warm-up then cosine decay)"
@@ -120,6 +135,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--windows", help="windows feature set of the same recordings to train on too")
     p.add_argument("--window-labels", help=".npy of soft labels for --windows (experiments.pseudo)")
     p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=100,
+        help="also checkpoint every N batches of an epoch, besides every epoch end (0: epoch ends only)",
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="RUN",
+        help="go on with the unfinished run RUN from its last checkpoint, with the options in RUN/run.json "
+        "(only --verbose/--quiet may be given too); without RUN: the run --out with these options",
+    )
+    p.add_argument(
+        "--batch-log", action="store_true", help="write batches.log: the sha256 of every trained batch"
+    )
+    p.add_argument(
         "--verbose",
         type=int,
         default=2,
@@ -138,6 +171,21 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """What argparse cannot check itself; ``p.error`` on the first bad option."""
     if args.quiet:
         args.verbose = 0
+    if isinstance(args.resume, str):
+        given = [
+            name
+            for name, value in vars(args).items()
+            if name not in ("resume", "verbose", "quiet") and value != p.get_default(name)
+        ]
+        if given:
+            p.error(
+                f"--resume RUN takes the options from RUN/{RUN_FILE}; drop --{given[0].replace('_', '-')}"
+            )
+        return
+    if args.features is None or args.out is None:
+        p.error("--features and --out are required (or --resume RUN)")
+    if args.checkpoint_every < 0:
+        p.error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     for name in ("epochs", "batch_size", "workers", "n_folds", "patience"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -152,11 +200,15 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 
 class TrainTimer(keras.callbacks.Callback):
-    """Seconds spent in the training part of each epoch (validation excluded)."""
+    """Seconds spent in the training part of each epoch (validation excluded).
+
+    ``carry``: seconds an earlier process spent on the first epoch timed here (a resumed run).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.seconds: list[float] = []
+        self.carry = 0.0
         self._start = 0.0
         self._open = False
 
@@ -164,9 +216,14 @@ class TrainTimer(keras.callbacks.Callback):
         self._start = time.perf_counter()
         self._open = True
 
+    def running(self) -> float:
+        """Seconds of the epoch in progress so far (0 between epochs)."""
+        return self.carry + time.perf_counter() - self._start if self._open else 0.0
+
     def _stop(self) -> None:
         if self._open:
-            self.seconds.append(time.perf_counter() - self._start)
+            self.seconds.append(self.running())
+            self.carry = 0.0
             self._open = False
 
     def on_test_begin(self, logs: Any = None) -> None:
@@ -174,6 +231,137 @@ class TrainTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         self._stop()
+
+
+class FitLedger(keras.callbacks.Callback):
+    """What a run knows of its epochs, kept across ``fit`` calls and processes.
+
+    ``history`` holds the logs of every finished epoch (as ``keras.callbacks.History`` does);
+    ``state()`` is written into each checkpoint and ``fit_state`` (a checkpoint's) starts a
+    resumed run from it. At the start of every ``fit`` call the best ``val_lwlrap`` so far goes
+    back into ``best_model`` (ModelCheckpoint) and ``early`` (EarlyStopping: best, best epoch,
+    epochs waited), which a call resets.
+    """
+
+    def __init__(
+        self, *, best_model, early, timer: TrainTimer, started: float, fit_state: dict | None
+    ) -> None:
+        super().__init__()
+        state = fit_state or {}
+        self.best_model, self.early, self.timer = best_model, early, timer
+        self.history: dict[str, list[float]] = {k: list(v) for k, v in state.get("history", {}).items()}
+        self.stopped = bool(state.get("stopped", False))
+        timer.seconds = list(state.get("train_seconds", []))
+        timer.carry = float(state.get("partial_train_seconds", 0.0))
+        # perf_counter readings that the run's wall and fit seconds count from, earlier processes included
+        self.started = started - float(state.get("seconds", 0.0))
+        self._fit_before = float(state.get("fit_seconds", 0.0))
+        self.fit_started: float | None = None  # when this process's fit calls began
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history.get("loss", []))
+
+    def fit_seconds(self) -> float:
+        return self._fit_before + (
+            0.0 if self.fit_started is None else time.perf_counter() - self.fit_started
+        )
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        scores = self.history.get(MONITOR, [])
+        if scores:  # the first best, as the callbacks' strict "greater than" keeps it
+            best = int(np.argmax(scores))
+            self.best_model.best = self.early.best = scores[best]
+            self.early.best_epoch, self.early.wait = best, len(scores) - 1 - best
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        self.stopped = bool(self.model.stop_training)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "history": self.history,
+            "stopped": self.stopped,
+            "train_seconds": list(self.timer.seconds),
+            "partial_train_seconds": self.timer.running(),
+            "seconds": time.perf_counter() - self.started,
+            "fit_seconds": self.fit_seconds(),
+        }
+
+
+def batch_digest(batch: tuple[np.ndarray, ...]) -> str:
+    """sha256 of a batch's arrays, in order."""
+    digest = hashlib.sha256()
+    for array in batch:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+class BatchLog(keras.callbacks.Callback):
+    """``batches.log``: one line ``epoch index sha256`` per trained batch (``--batch-log``).
+
+    ``sequence`` is what ``fit`` gets: the training sequence, noting the digest of every batch
+    it hands out; a line is written once the batch is trained.
+    """
+
+    def __init__(self, seq: Any, path: Path) -> None:
+        super().__init__()
+        self.path, self.digests = path, {}
+        self.sequence = _DigestedSequence(seq, self.digests)
+        self._epoch, self._first = 0, 0
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        seq = self.sequence.seq
+        self._epoch, self._first = seq.epoch, seq.start_batch
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        index = self._first + batch
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(f"{self._epoch} {index} {self.digests.pop((self._epoch, index))}\n")
+
+
+class _DigestedSequence(keras.utils.PyDataset):
+    """``seq`` for ``fit``, keeping the digest of each batch by (epoch, index in the epoch)."""
+
+    def __init__(self, seq: Any, digests: dict) -> None:
+        super().__init__()
+        self.seq, self.digests = seq, digests
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    @property
+    def num_batches(self) -> int:
+        return self.seq.num_batches
+
+    def __getitem__(self, index: int) -> tuple:
+        batch = self.seq[index]
+        self.digests[(self.seq.epoch, self.seq.start_batch + index)] = batch_digest(batch)
+        return batch
+
+    def on_epoch_begin(self) -> None:
+        self.seq.on_epoch_begin()
+
+    def on_epoch_end(self) -> None:
+        self.seq.on_epoch_end()
+
+
+def truncate_run_logs(out: Path, *, epochs_done: int, epoch: int, batch: int) -> None:
+    """Drop what a killed run logged after its last checkpoint: ``history.csv`` rows beyond the
+    first ``epochs_done`` epochs, ``batches.log`` lines at or after (``epoch``, ``batch``)."""
+    history = out / HISTORY_FILE
+    if history.exists():
+        lines = history.read_text(encoding="utf-8").splitlines(keepends=True)
+        atomic_write_text(history, "".join(lines[: 1 + epochs_done]) if epochs_done else "")
+    log_file = out / BATCH_LOG_FILE
+    if log_file.exists():
+        kept = [
+            line
+            for line in log_file.read_text(encoding="utf-8").splitlines(keepends=True)
+            if tuple(int(v) for v in line.split()[:2]) < (epoch, batch)
+        ]
+        atomic_write_text(log_file, "".join(kept))
 
 
 def score_sequence(model: keras.Model, seq: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -300,34 +488,54 @@ def fit_run(
     epochs: int,
     patience: int,
     verbose: int,
-) -> tuple[keras.callbacks.History, TrainTimer, float]:
-    """``net.fit`` with the run's callbacks: best-epoch checkpoint and early stopping on
-    ``val_lwlrap``, the history CSV and the training timer. Returns the history, the timer and
-    the seconds ``fit`` took."""
+    checkpoint: LoaderCheckpoint,
+    started: float,
+    fit_state: dict | None = None,
+    batch_log: bool = False,
+) -> tuple[FitLedger, TrainTimer]:
+    """``net.fit`` with the run's callbacks: best-epoch model and early stopping on
+    ``val_lwlrap``, the history CSV, the training timer, the ledger of the epochs and the
+    checkpoints (``checkpoint``). ``fit_state``: a restored checkpoint's ledger, to go on from.
+
+    A sequence loaded in the middle of an epoch gets two ``fit`` calls, that epoch's remaining
+    batches then the epochs after it (``loader.sequence``). Returns the ledger (``.history``:
+    every epoch's logs, earlier processes' included) and the timer.
+    """
     timer = TrainTimer()
-    callbacks = [
-        timer,
-        keras.callbacks.ModelCheckpoint(
-            out / MODEL_FILE, monitor="val_lwlrap", mode="max", save_best_only=True
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor="val_lwlrap", mode="max", patience=patience, restore_best_weights=True
-        ),
-        keras.callbacks.CSVLogger(out / HISTORY_FILE),
-    ]
-    fit_start = time.perf_counter()
-    # Keras writes its progress to stdout; stdout is for the result line only.
-    with contextlib.redirect_stdout(sys.stderr):
-        history = net.fit(
-            train_seq,
-            validation_data=val_seq,
-            epochs=epochs,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,  # the sequence shuffles examples; in-order batches keep its look-ahead useful
-        )
-    fit_seconds = time.perf_counter() - fit_start
-    return history, timer, fit_seconds
+    best_model = keras.callbacks.ModelCheckpoint(
+        out / MODEL_FILE, monitor=MONITOR, mode="max", save_best_only=True
+    )
+    # The run's model is model.keras (the best epoch's), never the one in memory: no weights to restore.
+    early = keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=patience)
+    ledger = FitLedger(best_model=best_model, early=early, timer=timer, started=started, fit_state=fit_state)
+    checkpoint.extra = ledger.state
+    # In this order: the ledger restores the callbacks before it, and has the epoch's logs
+    # before the checkpoint that records them.
+    callbacks = [timer, best_model, early, keras.callbacks.CSVLogger(out / HISTORY_FILE, append=True), ledger]
+    fed = train_seq
+    if batch_log:
+        logger = BatchLog(train_seq, out / BATCH_LOG_FILE)
+        fed = logger.sequence
+        callbacks.append(logger)
+    callbacks.append(checkpoint)
+    ledger.fit_started = time.perf_counter()
+    first = ledger.epochs_done
+    calls = [(first, first + 1), (first + 1, epochs)] if train_seq.start_batch else [(first, epochs)]
+    for initial_epoch, last in calls:
+        if initial_epoch >= last or ledger.stopped:
+            break
+        # Keras writes its progress to stdout; stdout is for the result line only.
+        with contextlib.redirect_stdout(sys.stderr):
+            net.fit(
+                fed,
+                validation_data=val_seq,
+                initial_epoch=initial_epoch,
+                epochs=last,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,  # the sequence shuffles examples; in-order batches keep its look-ahead useful
+            )
+    return ledger, timer
 
 
 def _check_int(name: str, value: Any, *, low: int) -> int:
@@ -382,6 +590,8 @@ def _checked_arguments(**arguments: Any) -> dict[str, Any]:
         crop_seconds=None
         if arguments["crop_seconds"] is None
         else _check_float("crop_seconds", arguments["crop_seconds"]),
+        checkpoint_every=_check_int("checkpoint_every", arguments["checkpoint_every"], low=0),
+        batch_log=bool(arguments["batch_log"]),
         verbose=0 if arguments["quiet"] else verbose,
     )
     return checked
@@ -438,7 +648,7 @@ def _run_metrics(
         "train_seconds": round(train_seconds, 2),
         "samples_per_second": round(seen / train_seconds, 1) if train_seconds > 0 else None,
         "config": {
-            "train": {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in arguments.items()},
+            "train": _plain(arguments),
             "features": config.to_dict(),
             "features_path": train_seq.features.location
             if is_url(features)
@@ -482,6 +692,9 @@ def train(
     soft_labels: str | os.PathLike | None = None,
     windows: str | os.PathLike | None = None,
     window_labels: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    resume: bool = False,
+    batch_log: bool = False,
     verbose: int = 2,
     quiet: bool = False,
 ) -> dict[str, Any]:
@@ -539,6 +752,15 @@ def train(
         A windows feature set over the same recordings and a ``.npy`` of soft labels for its
         windows: each training batch is followed by a batch of the training fold's windows
         (``loader.sequence.PairedSequence``), weighted as unknown labels.
+    checkpoint_every : int >= 0
+        Checkpoint (model, optimizer, loader position) every that many batches of an epoch,
+        besides the end of every epoch; 0: epoch ends only.
+    resume : bool
+        Go on with the unfinished run in ``out`` from its last checkpoint. The options must be
+        those in ``out/run.json`` (``workers``, ``checkpoint_every``, ``batch_log``, ``verbose``
+        and ``quiet`` may change); ``resume_run(out)`` reads them for you.
+    batch_log : bool
+        Write ``batches.log``: epoch, index and sha256 of every trained batch.
     verbose : {0, 1, 2}
         Keras ``fit`` output on stderr: 0 none, 1 progress bar, 2 one line per epoch.
     quiet : bool
@@ -554,9 +776,12 @@ def train(
     Raises
     ------
     ConfigError
-        A parameter out of range, or an unknown model name.
+        A parameter out of range, or an unknown model name; with ``resume``, an option other
+        than ``out/run.json``'s.
     FormatError
         ``features`` is not a finished feature set.
+    ExperimentError
+        With ``resume``: ``out`` holds no unfinished run with a checkpoint.
     """
     # What config["train"] records: every parameter, checked, in the command line's order.
     arguments = _checked_arguments(
@@ -582,9 +807,13 @@ def train(
         soft_labels=None if soft_labels is None else os.fspath(soft_labels),
         windows=None if windows is None else os.fspath(windows),
         window_labels=None if window_labels is None else os.fspath(window_labels),
+        checkpoint_every=checkpoint_every,
+        batch_log=batch_log,
         verbose=verbose,
         quiet=quiet,
     )
+    if resume:
+        _check_resumable(Path(out), arguments)
     # The checked values replace the parameters as given.
     epochs, fold, n_folds, seed = (arguments[k] for k in ("epochs", "fold", "n_folds", "seed"))
     lr, warmup_epochs, weight_decay = arguments["lr"], arguments["warmup_epochs"], arguments["weight_decay"]
@@ -618,13 +847,22 @@ def train(
         )
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # A stale metrics.json would mark this run finished before it is.
-    (out / METRICS_FILE).unlink(missing_ok=True)
-
-    history, timer, fit_seconds = fit_run(
-        net, train_seq, val_seq, out=out, epochs=epochs, patience=patience, verbose=verbose
+    checkpoint = LoaderCheckpoint(train_seq, out, every=arguments["checkpoint_every"])
+    fit_state = _restore(out, checkpoint, net) if resume else _start_run(out, arguments)
+    history, timer = fit_run(
+        net,
+        train_seq,
+        val_seq,
+        out=out,
+        epochs=epochs,
+        patience=patience,
+        verbose=verbose,
+        checkpoint=checkpoint,
+        started=started,
+        fit_state=fit_state,
+        batch_log=arguments["batch_log"],
     )
+    fit_seconds = history.fit_seconds()
 
     truth, scores, best_epoch = _score_best(out, history, val_seq)
     plot_curves(
@@ -644,11 +882,96 @@ def train(
         arguments=arguments,
         input_shape=input_shape,
         best_epoch=best_epoch,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - history.started,
         fit_seconds=fit_seconds,
     )
     atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=1) + "\n")
+    remove_checkpoints(out)
     return metrics
+
+
+def _plain(arguments: dict[str, Any]) -> dict[str, Any]:
+    """``arguments`` with paths as strings, for JSON."""
+    return {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in arguments.items()}
+
+
+def _start_run(out: Path, arguments: dict[str, Any]) -> None:
+    """Make the run directory, clear what an earlier run left there, record the options."""
+    out.mkdir(parents=True, exist_ok=True)
+    # A stale metrics.json would mark this run finished before it is; the logs are appended to.
+    for name in (METRICS_FILE, HISTORY_FILE, BATCH_LOG_FILE):
+        (out / name).unlink(missing_ok=True)
+    remove_checkpoints(out)
+    atomic_write_text(out / RUN_FILE, json.dumps({"train": _plain(arguments)}, indent=1) + "\n")
+
+
+def remove_checkpoints(out: Path) -> None:
+    """Remove a run's checkpoint: the loader state, its model files, partial ones."""
+    (out / CHECKPOINT_STATE).unlink(missing_ok=True)
+    for path in out.glob(f"{CHECKPOINT_PREFIX}*.keras"):
+        path.unlink(missing_ok=True)
+    LoaderCheckpoint.clean(out)
+
+
+def read_run_options(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``train()`` options a run recorded in ``run.json`` when it started."""
+    path = Path(run_dir) / RUN_FILE
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExperimentError(f"{run_dir}: no {RUN_FILE}, so no run to resume there") from None
+    except (OSError, ValueError) as err:
+        raise ExperimentError(f"{path}: cannot read the run's options: {err}") from None
+    options = document.get("train") if isinstance(document, dict) else None
+    known = set(inspect.signature(train).parameters)
+    if not isinstance(options, dict) or "features" not in options or not set(options) <= known:
+        raise ExperimentError(f"{path}: not the options of a run of this version of experiments.train")
+    return options
+
+
+def _check_resumable(out: Path, arguments: dict[str, Any]) -> None:
+    """Refuse to resume a finished run, or with options other than those the run started with."""
+    recorded = read_run_options(out)
+    if (out / METRICS_FILE).exists():
+        raise ExperimentError(f"{out}: the run is finished ({METRICS_FILE} is there), nothing to resume")
+    if not (out / CHECKPOINT_STATE).exists():
+        raise ExperimentError(f"{out}: no checkpoint to resume from (no {CHECKPOINT_STATE}); start the run again")
+    for name, value in _plain(arguments).items():
+        # The feature set may be spelt another way: the checkpoint's fingerprint checks it.
+        if name not in FREE_ON_RESUME and name != "features" and recorded.get(name) != value:
+            raise ConfigError(
+                f"{out / RUN_FILE}: the run started with {name} {recorded.get(name)!r}, not {value!r}"
+            )
+
+
+def _restore(out: Path, checkpoint: LoaderCheckpoint, net: keras.Model) -> dict[str, Any]:
+    """Load the run's last checkpoint into ``net`` and the training sequence; its ledger state.
+
+    What the killed process logged after the checkpoint is dropped: it is trained again.
+    """
+    fit_state = checkpoint.restore(net)
+    if fit_state is None:
+        raise ExperimentError(
+            f"{out}: no checkpoint to resume from (no {CHECKPOINT_STATE}); start the run again"
+        )
+    state = read_state(out / CHECKPOINT_STATE)[0].normalized()
+    epochs_done = len(fit_state.get("history", {}).get("loss", []))
+    truncate_run_logs(out, epochs_done=epochs_done, epoch=state.epoch, batch=state.batch)
+    return fit_state
+
+
+def resume_run(
+    run_dir: str | os.PathLike, *, verbose: int | None = None, quiet: bool | None = None
+) -> dict[str, Any]:
+    """Go on with the unfinished run in ``run_dir`` (``train(..., resume=True)`` with the options
+    of its ``run.json``); ``verbose`` and ``quiet`` replace the recorded ones when given."""
+    options = read_run_options(run_dir)
+    if verbose is not None:
+        options["verbose"] = verbose
+    if quiet is not None:
+        options["quiet"] = quiet
+    options.update(out=os.fspath(run_dir), resume=True)
+    return train(options.pop("features"), **options)
 
 
 def _score_best(out: Path, history, val_seq) -> tuple[np.ndarray, np.ndarray, int]:
@@ -663,43 +986,23 @@ def _score_best(out: Path, history, val_seq) -> tuple[np.ndarray, np.ndarray, in
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(quiet=args.quiet)
+    run = args.resume if isinstance(args.resume, str) else args.out
     try:
-        metrics = train(
-            args.features,
-            out=args.out,
-            model=args.model,
-            epochs=args.epochs,
-            fold=args.fold,
-            n_folds=args.n_folds,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            warmup_epochs=args.warmup_epochs,
-            weight_decay=args.weight_decay,
-            seed=args.seed,
-            workers=args.workers,
-            augment=args.augment,
-            mixup=args.mixup,
-            unknown=args.unknown,
-            unknown_weight=args.unknown_weight,
-            patience=args.patience,
-            in_memory=args.in_memory,
-            crop_seconds=args.crop_seconds,
-            soft_labels=args.soft_labels,
-            windows=args.windows,
-            window_labels=args.window_labels,
-            verbose=args.verbose,
-            quiet=args.quiet,
-        )
+        if isinstance(args.resume, str):
+            metrics = resume_run(args.resume, verbose=args.verbose, quiet=args.quiet)
+        else:
+            options = vars(args)  # the parser's options are train()'s parameters, name for name
+            metrics = train(options.pop("features"), **options)
     except (MelShardsError, OSError) as err:
         return report_error("experiments.train", err)
     except KeyboardInterrupt:
         print("experiments.train: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    log.info(f"wrote {MODEL_FILE}, {HISTORY_FILE}, {METRICS_FILE} and {CURVES_FILE} to {args.out}")
+    log.info(f"wrote {MODEL_FILE}, {HISTORY_FILE}, {METRICS_FILE} and {CURVES_FILE} to {run}")
     print(
-        f"{args.model}: val_lwlrap {metrics['val_lwlrap']:.4f}, val_top1 {metrics['val_top1']:.4f} "
+        f"{metrics['model']}: val_lwlrap {metrics['val_lwlrap']:.4f}, val_top1 {metrics['val_top1']:.4f} "
         f"(best epoch {metrics['best_epoch']} of {metrics['epochs_run']}), "
-        f"{metrics['seconds']:.0f} s, {metrics['samples_per_second']} samples/s -> {args.out}"
+        f"{metrics['seconds']:.0f} s, {metrics['samples_per_second']} samples/s -> {run}"
     )
     return EXIT_OK
 

@@ -11,6 +11,11 @@ same array.
 
 Epochs: ``on_epoch_end()`` advances ``epoch`` by one; ``set_epoch(e)`` sets it.
 
+Resuming: ``state_dict(next_batch=b)`` is the position as a ``loader.state.LoaderState`` dict;
+``load_state_dict(state)`` goes back to it: the next pass over the current epoch
+(``iter_numpy()``, the PyTorch sampler, the Keras sequence) starts at the saved batch, the
+passes after it are whole epochs, as in an uninterrupted run.
+
 Building: each batch is built with the calling thread, ``workers`` threads or ``workers``
 shared-memory processes (``use_multiprocessing``; ``loader.batches``). ``get(i)`` (and
 ``seq[i]``) also builds batch ``i + 1`` in a look-ahead thread while the caller trains on batch
@@ -37,6 +42,7 @@ from loader import sampler
 from loader.augment import Augment, AugmentParams
 from loader.batches import InProcessRows, Lookahead, ProcessRows, ThreadRows
 from loader.reader import FeatureSet, MelReader
+from loader.state import LoaderState
 from melshards.config import FeatureConfig, center_offset
 from melshards.errors import ConfigError
 from melshards.names import SET_WINDOWS
@@ -281,9 +287,47 @@ class ShardBatches:
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
+        self.start_batch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = _check_int("epoch", epoch, low=0)
+        epoch = _check_int("epoch", epoch, low=0)
+        if epoch != self.epoch:  # a loaded position holds for its own epoch only
+            self.start_batch = 0
+        self.epoch = epoch
+
+    # -- position (mid-epoch resume, loader.state) -------------------------------------------
+
+    # First batch of the next pass over ``epoch``: 0, or where a loaded state left off.
+    start_batch = 0
+
+    def loader_state(self, *, next_batch: int | None = None) -> LoaderState:
+        """This loader's position: ``epoch`` and ``next_batch``, the first batch of the epoch not
+        yet trained on (default ``start_batch``; only the consumer knows how far it got, the
+        batches it asked for may have been prefetched)."""
+        batch = self.start_batch if next_batch is None else _check_int("next_batch", next_batch, low=0)
+        return LoaderState(
+            seed=self.seed,
+            epoch=self.epoch,
+            batch=batch,
+            rank=self.rank,
+            world_size=self.world_size,
+            fingerprint=self.fingerprint,
+            batch_size=self.batch_size,
+            batches=len(self),
+        )
+
+    def state_dict(self, *, next_batch: int | None = None) -> dict:
+        """``loader_state(next_batch=...)`` as a plain dict (``LoaderState.to_dict``)."""
+        return self.loader_state(next_batch=next_batch).to_dict()
+
+    def load_state_dict(self, state: LoaderState | dict) -> None:
+        """Go to a saved position: ``epoch`` becomes the state's, and the next pass over it starts
+        at the state's batch. A state saved with another feature set, seed, rank, world size,
+        batch size or number of batches per epoch is refused (ConfigError naming the field)."""
+        loaded = LoaderState.coerce(state)
+        loaded.check_fits(self.loader_state(next_batch=0))
+        loaded = loaded.normalized()
+        self.epoch, self.start_batch = loaded.epoch, loaded.batch
 
     def _positions(self, epoch: int) -> np.ndarray:
         """Positions into ``rank_ids`` that this rank visits in ``epoch``, in order."""
@@ -405,9 +449,11 @@ class ShardBatches:
         return self.batch(index, epoch=epoch)
 
     def iter_numpy(self, *, epoch: int | None = None) -> Iterator[tuple[np.ndarray, ...]]:
-        """Every batch of one epoch (default: the current one), as numpy arrays."""
-        epoch = self.epoch if epoch is None else epoch
-        for index in range(len(self)):
+        """Every batch of one epoch (default: the current one, from ``start_batch``), as numpy arrays."""
+        first = 0
+        if epoch is None:
+            epoch, first, self.start_batch = self.epoch, self.start_batch, 0
+        for index in range(first, len(self)):
             yield self.batch(index, epoch=epoch)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:

@@ -16,6 +16,19 @@ build the batches of the epoch the main process is in::
         for x, y, known in batches:  # return_mask=True is the default here
             ...
 
+Resuming: ``data.state_dict()`` is the position of what the loader has handed out (the epoch,
+and the batches of it yielded so far, counted in the main process whatever ``num_workers``
+prefetched); save it with the model after a step. ``data.load_state_dict(state)`` in a new
+process makes the next pass yield the rest of that epoch, then ``set_epoch`` goes on as
+before::
+
+    data.load_state_dict(saved)
+    for epoch in range(data.epoch, 10):
+        data.set_epoch(epoch)           # keeps the loaded batch for the loaded epoch
+        for x, y, known in batches:     # the remaining batches first, then whole epochs
+            ...
+            torch.save({"model": ..., "loader": data.state_dict()}, path)
+
 Every batch is a pure function of ``(seed, epoch, index, rank)``, so the batches are the same
 whatever ``num_workers``. Each worker opens its own handles and maps (nothing with a handle is
 pickled). Ranks come from ``torch.distributed`` when it is initialised, unless given.
@@ -31,6 +44,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from loader.source import ShardBatches
+from loader.state import LoaderState
 from melshards.errors import ConfigError
 
 
@@ -73,14 +87,30 @@ class ShardDataset(Dataset):
             path, rank=rank, world_size=world_size, return_mask=return_mask, lookahead=lookahead, **options
         )
         self._sampler: EpochSampler | None = None
+        self.next_batch = 0  # of the current epoch: the first one the loader has not handed out
 
     @property
     def epoch(self) -> int:
         return self.batches.epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch whose batches the next pass yields (as ``DistributedSampler.set_epoch``)."""
+        """The epoch whose batches the next pass yields (as ``DistributedSampler.set_epoch``);
+        the loaded epoch keeps its loaded batch."""
+        if epoch != self.batches.epoch:
+            self.next_batch = 0
         self.batches.set_epoch(epoch)
+        if self._sampler is not None:
+            self._sampler.epoch = self.batches.epoch
+
+    def state_dict(self) -> dict:
+        """The position of what the loader has handed out, as a ``loader.state.LoaderState`` dict."""
+        return self.batches.state_dict(next_batch=self.next_batch)
+
+    def load_state_dict(self, state: LoaderState | dict) -> None:
+        """Go to a saved position: the next pass yields the rest of its epoch (ConfigError for a
+        state of another feature set, seed, rank, world size, batch size or epoch length)."""
+        self.batches.load_state_dict(state)
+        self.next_batch = self.batches.start_batch
         if self._sampler is not None:
             self._sampler.epoch = self.batches.epoch
 
@@ -112,15 +142,26 @@ class ShardDataset(Dataset):
                     f"ShardDataset.loader: {fixed} is set by the dataset (items are whole batches, "
                     "shuffled by the dataset's seed); pass it to ShardDataset instead"
                 )
-        return DataLoader(self, batch_size=None, sampler=self.sampler(), **kwargs)
+        return ShardLoader(self, batch_size=None, sampler=self.sampler(), **kwargs)
 
     def close(self) -> None:
         """Stop the look-ahead thread and any worker threads or processes of the batch builder."""
         self.batches.close()
 
 
+class ShardLoader(DataLoader):
+    """A ``DataLoader`` that counts, in the main process, the batches it hands out of the
+    dataset's epoch (``ShardDataset.next_batch``, what ``state_dict`` saves)."""
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in super().__iter__():
+            self.dataset.next_batch += 1
+            yield batch
+
+
 class EpochSampler(Sampler):
-    """Yields ``(epoch, i)`` for every batch ``i`` of the dataset's current epoch, in order."""
+    """Yields ``(epoch, i)`` for every batch ``i`` of the dataset's current epoch, in order;
+    after ``load_state_dict``, the first pass over the loaded epoch starts at its batch."""
 
     def __init__(self, dataset: ShardDataset) -> None:
         self.dataset = dataset
@@ -129,9 +170,15 @@ class EpochSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
 
+    def _first(self) -> int:
+        batches = self.dataset.batches
+        return batches.start_batch if self.epoch == batches.epoch else 0
+
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.dataset) - self._first()
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        return ((epoch, i) for i in range(len(self.dataset)))
+        epoch, first = self.epoch, self._first()
+        self.dataset.batches.start_batch = 0  # the passes after this one are whole
+        self.dataset.next_batch = first
+        return ((epoch, i) for i in range(first, len(self.dataset)))
