@@ -934,14 +934,20 @@ def _check_resumable(out: Path, arguments: dict[str, Any]) -> None:
     recorded = read_run_options(out)
     if (out / METRICS_FILE).exists():
         raise ExperimentError(f"{out}: the run is finished ({METRICS_FILE} is there), nothing to resume")
-    if not (out / CHECKPOINT_STATE).exists():
-        raise ExperimentError(f"{out}: no checkpoint to resume from (no {CHECKPOINT_STATE}); start the run again")
     for name, value in _plain(arguments).items():
         # The feature set may be spelt another way: the checkpoint's fingerprint checks it.
         if name not in FREE_ON_RESUME and name != "features" and recorded.get(name) != value:
             raise ConfigError(
                 f"{out / RUN_FILE}: the run started with {name} {recorded.get(name)!r}, not {value!r}"
             )
+    if not (out / CHECKPOINT_STATE).exists():
+        raise _no_checkpoint(out)
+
+
+def _no_checkpoint(out: Path) -> ExperimentError:
+    return ExperimentError(
+        f"{out}: no checkpoint to resume from (no {CHECKPOINT_STATE}); start the run again"
+    )
 
 
 def _restore(out: Path, checkpoint: LoaderCheckpoint, net: keras.Model) -> dict[str, Any]:
@@ -951,9 +957,7 @@ def _restore(out: Path, checkpoint: LoaderCheckpoint, net: keras.Model) -> dict[
     """
     fit_state = checkpoint.restore(net)
     if fit_state is None:
-        raise ExperimentError(
-            f"{out}: no checkpoint to resume from (no {CHECKPOINT_STATE}); start the run again"
-        )
+        raise _no_checkpoint(out)
     state = read_state(out / CHECKPOINT_STATE)[0].normalized()
     epochs_done = len(fit_state.get("history", {}).get("loss", []))
     truncate_run_logs(out, epochs_done=epochs_done, epoch=state.epoch, batch=state.batch)
@@ -989,7 +993,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = args.resume if isinstance(args.resume, str) else args.out
     try:
         if isinstance(args.resume, str):
-            metrics = resume_run(args.resume, verbose=args.verbose, quiet=args.quiet)
+            # The recorded verbosity unless one is given (the parser's defaults are train()'s).
+            default = inspect.signature(train).parameters["verbose"].default
+            verbose = None if args.verbose == default and not args.quiet else args.verbose
+            metrics = resume_run(args.resume, verbose=verbose, quiet=args.quiet or None)
         else:
             options = vars(args)  # the parser's options are train()'s parameters, name for name
             metrics = train(options.pop("features"), **options)

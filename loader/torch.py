@@ -178,7 +178,10 @@ class EpochSampler(Sampler):
         return len(self.dataset) - self._first()
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        # A generator: DataLoader makes (and drops) one iterator more than it uses with workers,
+        # and only the one it draws from may consume a loaded position.
         epoch, first = self.epoch, self._first()
         self.dataset.batches.start_batch = 0  # the passes after this one are whole
         self.dataset.next_batch = first
-        return ((epoch, i) for i in range(first, len(self.dataset)))
+        for i in range(first, len(self.dataset)):
+            yield epoch, i
