@@ -108,9 +108,11 @@ class FeatureSet:
         *,
         cache_dir: str | os.PathLike | None = None,
         cache_limit: int | str | None = None,
+        prefetch: bool = False,
     ) -> None:
         # A set at a URL: its shards are read from verified local copies (``ShardCache``),
-        # fetched whole on first use; its metadata is read before that, with range requests.
+        # fetched whole on first use; its metadata is read before that, with range requests,
+        # unless ``prefetch`` fetches every shard first (then it is read from the copies).
         self.url = str(root).rstrip("/") if remote.is_url(root) else None
         self.cache = None if self.url is None else remote.ShardCache.at(cache_dir, limit=cache_limit)
         self.index: Index = read_index(
@@ -122,6 +124,8 @@ class FeatureSet:
         valid = []
         ev_example, ev_species, ev_kind, ev_t_min, ev_t_max = [], [], [], [], []
         first = 0
+        if prefetch and self.url is not None:
+            self._fetch([(e.file, e.sha256, e.bytes) for e in self.index.shards])
         parts = metadata_parts(self.index.shards, url=self.url, cache=self.cache)
         for entry in self.index.shards:
             path = self.index.shard_path(entry)
@@ -195,13 +199,17 @@ class FeatureSet:
     def prefetch(self, example_ids: np.ndarray | None = None, *, threads: int = 4) -> list[Path]:
         """Fetch into the cache every shard holding one of ``example_ids`` (default: all);
         their local paths. Nothing to do for a local set."""
-        from concurrent.futures import ThreadPoolExecutor
-
         shards = range(len(self.shards)) if example_ids is None else np.unique(self.shard_of[example_ids])
         if self.url is None:
             return [self.shards[int(s)].path for s in shards]
+        entries = [self.shards[int(s)].entry for s in shards]
+        return self._fetch([(e.file, e.sha256, e.bytes) for e in entries], threads=threads)
+
+    def _fetch(self, wanted: list[tuple[str, str, int]], *, threads: int = 4) -> list[Path]:
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            return list(pool.map(self.local_shard, (int(s) for s in shards)))
+            return list(pool.map(lambda w: self.cache.fetch(self.url, *w), wanted))
 
     @property
     def location(self) -> str:

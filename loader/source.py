@@ -144,7 +144,14 @@ class ShardBatches:
         self.features = (
             path
             if isinstance(path, FeatureSet)
-            else FeatureSet(path, cache_dir=cache_dir, cache_limit=cache_limit)
+            else FeatureSet(
+                path,
+                cache_dir=cache_dir,
+                cache_limit=cache_limit,
+                # one worker reads the whole split, which may lie in any shard: fetch them all
+                # now, and read the metadata from the copies
+                prefetch=prefetch and world_size == 1,
+            )
         )
         config = self.features.config
         self.crop_frames = (
