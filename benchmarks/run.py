@@ -167,6 +167,10 @@ def table(results: dict) -> list[str]:
         from benchmarks import torch_bench
 
         lines += ["", *torch_bench.table(results["torch"])]
+    if "resume" in results:
+        from benchmarks import resume_bench
+
+        lines += ["", *resume_bench.table(results["resume"])]
     lines += ["", f"{'target':<40}{'measured':>10}{'needed':>10}  "]
     for section, figure, minimum in TARGETS:
         if section not in results:
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_before": os.getloadavg()[0],
         },
     }
-    sections = ["plan", "storage", "loader", "remote", "fit", "fit_jax", "torch"]
+    sections = ["plan", "storage", "loader", "remote", "fit", "fit_jax", "torch", "resume"]
     if not args.skip_precompute:
         sections.insert(0, "precompute")
     with tqdm(sections, desc="make bench", unit="section", file=sys.stderr) as bar:
@@ -249,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
                 results["fit_jax"] = fit_figures(
                     args.features, args.demo, rounds=3, backend="jax", extra=extra
                 )
+            elif section == "resume":  # experiments.train processes, killed and resumed
+                from benchmarks import resume_bench
+
+                results["resume"] = resume_bench.run(args.features)
             else:
                 results["torch"] = torch_figures(args.features, args.demo)
     results["seconds"] = time.perf_counter() - started
