@@ -134,6 +134,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--soft-labels", help=".npy of soft labels for the unknown labels (experiments.pseudo)")
     p.add_argument("--windows", help="windows feature set of the same recordings to train on too")
     p.add_argument("--window-labels", help=".npy of soft labels for --windows (experiments.pseudo)")
+    _add_keeping_options(p)
+    p.add_argument(
+        "--verbose",
+        type=int,
+        default=2,
+        choices=(0, 1, 2),
+        help="Keras fit output on stderr: 0 none, 1 progress bar, 2 one line per epoch (default)",
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no log lines or Keras output (same as --verbose 0)"
+    )
+    args = p.parse_args(argv)
+    _check_args(p, args)
+    return args
+
+
+def _add_keeping_options(p: argparse.ArgumentParser) -> None:
+    """Checkpoints, resuming and the batch log: how a run is kept, not what it trains."""
     p.add_argument(
         "--checkpoint-every",
         type=int,
@@ -152,19 +170,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--batch-log", action="store_true", help="write batches.log: the sha256 of every trained batch"
     )
-    p.add_argument(
-        "--verbose",
-        type=int,
-        default=2,
-        choices=(0, 1, 2),
-        help="Keras fit output on stderr: 0 none, 1 progress bar, 2 one line per epoch (default)",
-    )
-    p.add_argument(
-        "-q", "--quiet", action="store_true", help="no log lines or Keras output (same as --verbose 0)"
-    )
-    args = p.parse_args(argv)
-    _check_args(p, args)
-    return args
 
 
 def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -862,15 +867,24 @@ def train(
         fit_state=fit_state,
         batch_log=arguments["batch_log"],
     )
-    fit_seconds = history.fit_seconds()
+    return _finish_run(
+        out, history=history, timer=timer, train_seq=train_seq, val_seq=val_seq, net=net, arguments=arguments
+    )
 
+
+def _finish_run(
+    out: Path, *, history: FitLedger, timer: TrainTimer, train_seq, val_seq, net, arguments
+) -> dict:
+    """Score the best epoch's model, draw the curves, write ``metrics.json`` (last: the run is
+    finished), then remove the checkpoint; returns the metrics."""
+    fit_seconds = history.fit_seconds()
     truth, scores, best_epoch = _score_best(out, history, val_seq)
     plot_curves(
         read_history(out / HISTORY_FILE),
         out / CURVES_FILE,
-        title=f"run {out.name}: model {model} on {Path(features).name}, fold {fold}",
+        title=f"run {out.name}: model {arguments['model']} on {Path(arguments['features']).name}, "
+        f"fold {arguments['fold']}",
     )
-
     metrics = _run_metrics(
         truth,
         scores,
@@ -880,7 +894,7 @@ def train(
         val_seq=val_seq,
         net=net,
         arguments=arguments,
-        input_shape=input_shape,
+        input_shape=(train_seq.config.n_mels, train_seq.crop_frames, 1),
         best_epoch=best_epoch,
         seconds=time.perf_counter() - history.started,
         fit_seconds=fit_seconds,

@@ -14,6 +14,7 @@ from synthetic_features import make_feature_set
 
 def test_train_options_are_the_train_signature():
     own = {"features", "out", "seed", "verbose", "quiet"}
+    own |= {"checkpoint_every", "resume", "batch_log"}  # how a run is kept, not what it trains
     assert set(sweep.TRAIN_OPTIONS) == set(inspect.signature(train).parameters) - own
 
 
