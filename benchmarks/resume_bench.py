@@ -6,10 +6,11 @@ checkpoint every 2 batches), times it to its first trained batch (the first line
 ``batches.log``), lets it reach a checkpoint in the middle of its first epoch, SIGKILLs it,
 then times ``--resume`` to the first batch it trains (the line of the checkpoint's position)
 and kills that too, then times a second fresh start (in another run directory) in the same
-conditions as the resume: the figures compare the resume with this one. All figures include the process start (importing TensorFlow), building
-the sequences and the model, and tracing the training step; the resume adds reading the
-checkpoint (weights, optimizer, seed and metric state) and the loader state. Every run is a
-separate process: TensorFlow never enters the benchmark's own process.
+conditions as the resume: the figures compare the resume with this one. All figures include
+the process start (importing TensorFlow), building the sequences and the model, and tracing
+the training step; the resume adds reading the checkpoint (weights, optimizer, seed and metric
+state) and the loader state. Every run is a separate process: TensorFlow never enters the
+benchmark's own process.
 
 Measured here, the resume reaches its first batch sooner than a fresh start: restoring builds
 the optimizer's variables (and the metrics') before ``fit``, so Keras traces the training step

@@ -20,12 +20,13 @@ starts (``num_batches``: here the batches left, ``seq[i]`` being batch ``start_b
     model.fit(seq, initial_epoch=k, epochs=k + 1)        # batches b.. of that epoch
     model.fit(seq, initial_epoch=k + 1, epochs=n)        # whole epochs, as if never stopped
 
-A single call would run every epoch that short; the sequence refuses the second epoch of such
-a call (ConfigError). Ending the short epoch by running out of data instead is no way out on
-TensorFlow: the step that finds no data still applies AdamW's weight decay and advances the
-optimizer's step count and the dropout seeds (measured), so the weights drift from the
-uninterrupted run. ``LoaderCheckpoint`` saves the model, its optimizer and the loader's
-position together while ``fit`` runs, and restores them.
+A single call would run every epoch that short (and the sequence cannot tell: Keras also
+begins epochs it only peeks at, to build the model). Ending the short epoch by running out of
+data instead is no way out on TensorFlow: the step that finds no data still applies AdamW's
+weight decay and advances the optimizer's step count and the dropout seeds (measured), so the
+weights drift from the uninterrupted run. The same two calls resume on JAX (checked).
+``LoaderCheckpoint`` saves the model, its optimizer and the loader's position together while
+``fit`` runs, and restores them.
 
 Workers: ``workers``/``use_multiprocessing`` are not handed to Keras (its worker processes
 send every batch through a pipe, its threads through a queue); the sequence builds each batch
@@ -79,13 +80,6 @@ class ShardSequence(ShardBatches, keras.utils.PyDataset):
         """Go to a saved position, for ``model.fit`` (see the module docstring)."""
         ShardBatches.load_state_dict(self, state)
         self._resume_pending = True
-
-    def on_epoch_begin(self) -> None:
-        if self._resume_pending:
-            raise ConfigError(
-                "ShardSequence: a fit call that starts in the middle of an epoch must end with it: "
-                "fit(seq, initial_epoch=k, epochs=k + 1), then fit(seq, initial_epoch=k + 1, epochs=n)"
-            )
 
     def on_epoch_end(self) -> None:
         if self._resume_pending:  # Keras' call before fit's first epoch: stay where loaded
@@ -156,9 +150,6 @@ class PairedSequence(keras.utils.PyDataset):
         self.first.on_epoch_end()
         if not pending:
             self.second.on_epoch_end()
-
-    def on_epoch_begin(self) -> None:
-        self.first.on_epoch_begin()
 
     @property
     def epoch(self) -> int:

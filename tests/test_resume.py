@@ -158,16 +158,6 @@ def test_shard_sequence_resumes_in_two_fit_calls(features):
     assert first_call + second_call == reference[8 + 3 :]
 
 
-def test_shard_sequence_refuses_a_second_epoch_in_the_short_fit_call(features):
-    seq = ShardSequence(features, **OPTIONS)
-    seq.load_state_dict(seq.state_dict(next_batch=3))
-    seq.on_epoch_end()
-    seq.on_epoch_begin()
-    seq.on_epoch_end()
-    with pytest.raises(ConfigError, match="must end with it: fit\\(seq, initial_epoch=k, epochs=k \\+ 1\\)"):
-        seq.on_epoch_begin()
-
-
 def test_paired_sequence_resumes_with_its_first_sequence(features):
     def paired():
         return PairedSequence(
