@@ -128,13 +128,7 @@ class FeatureSet:
             self._fetch([(e.file, e.sha256, e.bytes) for e in self.index.shards])
         parts = metadata_parts(self.index.shards, url=self.url, cache=self.cache)
         for entry in self.index.shards:
-            path = self.index.shard_path(entry)
-            where = {"url": self.url, "cache": self.cache, "parts": parts.pop(entry.file, None)}
-            with open_listed(self.index, entry, **where) as h5:
-                check_shard(h5, entry, config, path=path, size=self.url is None)
-                meta = read_metadata(h5, entry, config, path=path)
-                chunks = mel_chunks(h5[MEL], config, file_size=entry.bytes)
-                identity = _identity(os.stat(path)) if self.url is None else None
+            meta, layout = self._read_shard(entry, first=first, parts=parts.pop(entry.file, None))
             recording_ids.append(meta.recording_id)
             if meta.mel_offset is not None:
                 quant_offsets.append(meta.mel_offset)
@@ -147,18 +141,7 @@ class FeatureSet:
             ev_kind.append(meta.events["kind"])
             ev_t_min.append(meta.events["t_min"])
             ev_t_max.append(meta.events["t_max"])
-            layouts.append(
-                ShardLayout(
-                    entry=entry,
-                    path=path,
-                    n=entry.n,
-                    first=first,
-                    byte_offsets=None if chunks is None else chunks.offsets,
-                    chunk_sizes=None if chunks is None else chunks.sizes,
-                    compressed=chunks is not None and chunks.compressed,
-                    identity=identity,
-                )
-            )
+            layouts.append(layout)
             first += entry.n
         n = first
         self.shards: tuple[ShardLayout, ...] = tuple(layouts)
@@ -186,6 +169,26 @@ class FeatureSet:
             if len(mean) == config.n_mels
             else np.zeros(config.n_mels, dtype=np.float32)
         )
+
+    def _read_shard(self, entry: ShardEntry, *, first: int, parts: dict[int, bytes] | None):
+        """(metadata, layout) of one shard, checked against its index entry."""
+        path, config = self.index.shard_path(entry), self.config
+        with open_listed(self.index, entry, url=self.url, cache=self.cache, parts=parts) as h5:
+            check_shard(h5, entry, config, path=path, size=self.url is None)
+            meta = read_metadata(h5, entry, config, path=path)
+            chunks = mel_chunks(h5[MEL], config, file_size=entry.bytes)
+            identity = _identity(os.stat(path)) if self.url is None else None
+        layout = ShardLayout(
+            entry=entry,
+            path=path,
+            n=entry.n,
+            first=first,
+            byte_offsets=None if chunks is None else chunks.offsets,
+            chunk_sizes=None if chunks is None else chunks.sizes,
+            compressed=chunks is not None and chunks.compressed,
+            identity=identity,
+        )
+        return meta, layout
 
     def local_shard(self, s: int) -> Path:
         """The local file of shard ``s``: for a set at a URL, its verified cached copy (fetched

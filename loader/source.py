@@ -141,18 +141,10 @@ class ShardBatches:
             raise ConfigError(f"rank must be in [0, {self.world_size}), got {rank!r}")
         if dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-        self.features = (
-            path
-            if isinstance(path, FeatureSet)
-            else FeatureSet(
-                path,
-                cache_dir=cache_dir,
-                cache_limit=cache_limit,
-                # one worker reads the whole split, which may lie in any shard: fetch them all
-                # now, and read the metadata from the copies
-                prefetch=prefetch and world_size == 1,
-            )
-        )
+        # One worker reads the whole split, which may lie in any shard: a prefetch fetches them
+        # all first, and the metadata is read from the copies.
+        cache = {"cache_dir": cache_dir, "cache_limit": cache_limit, "prefetch": prefetch and world_size == 1}
+        self.features = path if isinstance(path, FeatureSet) else FeatureSet(path, **cache)
         config = self.features.config
         self.crop_frames = (
             config.crop_frames if crop_frames is None else _check_int("crop_frames", crop_frames, low=1)

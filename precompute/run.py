@@ -445,15 +445,7 @@ def run_plan(
         prior = read_prior(out)
         _clean_strays(out, keep={job.file for job in plan})
         results, todo = _reuse_or_rebuild(out, plan, prior.built)
-        _start_record(out, plan, results)
-        if todo:
-            # From here on the directory changes: no reader may trust the old index.
-            (out / INDEX_FILE).unlink(missing_ok=True)
-            if remote_out is not None:
-                remote_out.unpublish()
-        if remote_out is not None:
-            remote_out.upload_missing([r.entry.file for r in results], [r.entry.bytes for r in results])
-            remote_out.record()
+        _start_record(out, plan, results, changing=bool(todo), remote_out=remote_out)
         _log_plan(plan, reused=len(results), todo=todo, jobs=jobs, backend=backend, scheduler=scheduler)
         rebuilt = _reasons(todo, prior)
         results += _build_shards(
@@ -481,14 +473,29 @@ def run_plan(
     return summary
 
 
-def _start_record(out: Path, plan: list[ShardJob], results: list[ShardResult]) -> None:
+def _start_record(
+    out: Path,
+    plan: list[ShardJob],
+    results: list[ShardResult],
+    *,
+    changing: bool,
+    remote_out: RemoteOutput | None,
+) -> None:
     """Write ``BUILT_FILE`` anew: the plan (so that a resumed run plans the same shards) and the
-    shards reused; each shard built from here on is added as it finishes."""
+    shards reused; each shard built from here on is added as it finishes. When shards are
+    about to change, the index goes first: no reader may trust the directory (or URL) meanwhile."""
     atomic_write_text(
         out / BUILT_FILE,
         "".join(_plan_line(job) + "\n" for job in plan)
         + "".join(json.dumps(r.entry.to_dict()) + "\n" for r in results),
     )
+    if changing:
+        (out / INDEX_FILE).unlink(missing_ok=True)
+    if remote_out is not None:
+        if changing:
+            remote_out.unpublish()
+        remote_out.upload_missing([r.entry.file for r in results], [r.entry.bytes for r in results])
+        remote_out.record()
 
 
 def _summary(results, index, *, rebuilt, prior: Prior, failures, out: Path, started: float) -> Summary:
