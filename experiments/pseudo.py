@@ -22,10 +22,12 @@ over seeds of every metric, per round) is written as in ``experiments.sweep``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -151,47 +153,64 @@ def teachers(out: Path, r: int, seed: int, seeds: Sequence[int], teacher: str) -
     return tuple(out / f"round-{r - 1}" / f"seed-{s}" / "model.keras" for s in chosen)
 
 
+@dataclass(frozen=True)
+class Rounds:
+    """How the rounds after round 0 learn (a recipe's ``[pseudo]`` table).
+
+    rounds : pseudo-label rounds after round 0
+    train_on : where a round puts the teacher's scores (``TRAIN_ON``): on the windows of the
+        training fold's recordings, trained on as extra examples; on the unknown labels of the
+        labelled examples; or both
+    teacher : whose scores (``TEACHERS``, see ``teachers``)
+    warm_start : start each round from its seed's model of the round before (fine-tuning)
+        instead of fresh weights
+    train : train() options of the rounds after round 0, over the recipe's ``[train]`` (for a
+        fine-tuning round: fewer epochs, a lower ``lr``)
+    """
+
+    rounds: int = DEFAULT_ROUNDS
+    train_on: str = "windows"
+    teacher: str = "own"
+    warm_start: bool = False
+    train: Mapping[str, Any] = field(default_factory=dict)
+
+
 def run_rounds(
     *,
     features: str,
     windows: str,
-    rounds: int,
     seeds: Sequence[int],
     out: Path,
     options: Mapping[str, Any],
+    plan: Rounds = Rounds(),
     test: Mapping[str, str] | None = None,
-    train_on: str = "windows",
-    teacher: str = "own",
     verbose: int = 0,
 ) -> dict[str, list[dict]]:
-    """Train rounds 0..``rounds`` for every seed; returns each round's metrics (all seeds).
-
-    ``train_on`` (``TRAIN_ON``): where a round puts the previous model's scores: on the windows
-    of the training fold's recordings, trained on as extra examples; on the unknown labels of
-    the labelled examples; or both. ``teacher`` (``TEACHERS``): whose scores, see ``teachers``.
-    """
+    """Train rounds 0..``plan.rounds`` for every seed; returns each round's metrics (all seeds)."""
     results: dict[str, list[dict]] = {}
     scored: dict[tuple[Path, ...], tuple] = {}
-    for r in range(rounds + 1):
+    for r in range(plan.rounds + 1):
         name = f"round {r}"
         results[name] = []
-        config = sweep.Configuration(name, features, dict(options))
+        config = sweep.Configuration(name, features, dict(options) | (dict(plan.train) if r else {}))
         for seed in seeds:
             run_dir = out / f"round-{r}" / f"seed-{seed}"
             metrics = sweep.finished(run_dir, config, seed)
             if metrics is None:
                 extra: dict[str, str] = {}
                 if r > 0:
-                    models = teachers(out, r, seed, seeds, teacher)
+                    models = teachers(out, r, seed, seeds, plan.teacher)
                     if models not in scored:
                         scored[models] = score_window_set(models, windows)
                     soft, own = write_soft_labels(
                         run_dir, features=features, windows=windows, scored=scored[models]
                     )
-                    if train_on in ("examples", "both"):
+                    if plan.train_on in ("examples", "both"):
                         extra["soft_labels"] = str(soft)
-                    if train_on in ("windows", "both"):
+                    if plan.train_on in ("windows", "both"):
                         extra.update(windows=str(windows), window_labels=str(own))
+                    if plan.warm_start:
+                        extra["init_from"] = str(teachers(out, r, seed, seeds, "own")[0])
                 metrics = _train(config, seed, run_dir, extra=extra, test=test, verbose=verbose)
                 log.info(f"{name} seed {seed}: " + _summary(metrics))
             results[name].append(metrics)
@@ -234,39 +253,43 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def read_recipe(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A recipe's train() options (``[train]``) and its rounds' settings (``[pseudo]``:
-    ``rounds``, default 2; ``train_on``, default "windows"; ``teacher``, default "own")."""
-    settings: dict[str, Any] = {"rounds": DEFAULT_ROUNDS, "train_on": "windows", "teacher": "own"}
+def read_recipe(path: Path | None) -> tuple[dict[str, Any], Rounds]:
+    """A recipe's train() options (``[train]``) and how its rounds learn (``[pseudo]``: the
+    fields of ``Rounds``, with ``[pseudo.train]`` as ``train``)."""
     if path is None:
-        return {}, settings
+        return {}, Rounds()
     data = sweep.read_toml(path, what="recipe")
     options = dict(data.get("train", {}))
     sweep.check_options(options, f"{path} [train]")
     pseudo = dict(data.get("pseudo", {}))
-    unknown = sorted(set(pseudo) - set(settings))
+    known = [f.name for f in fields(Rounds)]
+    unknown = sorted(set(pseudo) - set(known))
     if unknown:
-        raise ConfigError(
-            f"{path} [pseudo]: unknown key(s) {', '.join(unknown)}; known: {', '.join(settings)}"
-        )
-    settings |= pseudo
-    rounds = settings["rounds"]
-    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 0:
-        raise ConfigError(f"{path} [pseudo]: rounds must be an integer >= 0, got {rounds!r}")
+        raise ConfigError(f"{path} [pseudo]: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    plan = Rounds(**pseudo)
+    if not isinstance(plan.rounds, int) or isinstance(plan.rounds, bool) or plan.rounds < 0:
+        raise ConfigError(f"{path} [pseudo]: rounds must be an integer >= 0, got {plan.rounds!r}")
     for key, allowed in (("train_on", TRAIN_ON), ("teacher", TEACHERS)):
-        if settings[key] not in allowed:
+        if getattr(plan, key) not in allowed:
             raise ConfigError(
-                f"{path} [pseudo]: {key} must be one of {', '.join(allowed)}, got {settings[key]!r}"
+                f"{path} [pseudo]: {key} must be one of {', '.join(allowed)}, got {getattr(plan, key)!r}"
             )
-    return options, settings
+    if not isinstance(plan.warm_start, bool):
+        raise ConfigError(f"{path} [pseudo]: warm_start must be true or false, got {plan.warm_start!r}")
+    if not isinstance(plan.train, dict):
+        raise ConfigError(f"{path} [pseudo]: train must be a table of train() options")
+    sweep.check_options(plan.train, f"{path} [pseudo.train]")
+    return options, plan
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(quiet=args.quiet)
     try:
-        options, settings = read_recipe(args.recipe)
-        rounds = settings["rounds"] if args.rounds is None else args.rounds
+        options, plan = read_recipe(args.recipe)
+        if args.rounds is not None:
+            plan = dataclasses.replace(plan, rounds=args.rounds)
+        rounds = plan.rounds
         if rounds > 0 and options.get("unknown") == "ignore":
             raise ConfigError(
                 "soft labels fill unknown labels, which unknown = 'ignore' leaves out of the loss: "
@@ -276,13 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_rounds(
             features=args.features,
             windows=args.windows,
-            rounds=rounds,
             seeds=args.seeds,
             out=args.out,
             options=options,
             test=test,
-            train_on=settings["train_on"],
-            teacher=settings["teacher"],
+            plan=plan,
             verbose=args.verbose,
         )
         metric = "test_lwlrap" if test and test.get("truth") else "val_lwlrap"

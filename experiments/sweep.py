@@ -72,6 +72,7 @@ TRAIN_OPTIONS = (
     "soft_labels",
     "windows",
     "window_labels",
+    "init_from",
 )
 GRID_KEYS = ("name", "features", "seeds", "metric", "base", "grid", "configs", "test")
 # Compared for every configuration (those a run lacks are left out); "lower" ranks ascending.

@@ -134,6 +134,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--soft-labels", help=".npy of soft labels for the unknown labels (experiments.pseudo)")
     p.add_argument("--windows", help="windows feature set of the same recordings to train on too")
     p.add_argument("--window-labels", help=".npy of soft labels for --windows (experiments.pseudo)")
+    p.add_argument("--init-from", help="model.keras to start from instead of fresh weights (fine-tuning)")
     _add_keeping_options(p)
     p.add_argument(
         "--verbose",
@@ -673,6 +674,20 @@ def _run_metrics(
     return metrics
 
 
+def _start_from(net: keras.Model, path: Path) -> None:
+    """Give ``net`` the weights of the model saved at ``path``; ExperimentError when they do not fit."""
+    if not path.is_file():
+        raise ExperimentError(f"{path}: init_from: no such model file")
+    saved = keras.saving.load_model(path, compile=False)
+    ours, theirs = [w.shape for w in net.weights], [w.shape for w in saved.weights]
+    if ours != theirs:
+        raise ExperimentError(
+            f"{path}: init_from: its {len(theirs)} weight arrays do not fit this model's {len(ours)} "
+            f"(another model, input shape or class count)"
+        )
+    net.set_weights(saved.get_weights())
+
+
 def train(
     features: str | os.PathLike,
     *,
@@ -697,6 +712,7 @@ def train(
     soft_labels: str | os.PathLike | None = None,
     windows: str | os.PathLike | None = None,
     window_labels: str | os.PathLike | None = None,
+    init_from: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
     resume: bool = False,
     batch_log: bool = False,
@@ -757,6 +773,10 @@ def train(
         A windows feature set over the same recordings and a ``.npy`` of soft labels for its
         windows: each training batch is followed by a batch of the training fold's windows
         (``loader.sequence.PairedSequence``), weighted as unknown labels.
+    init_from : path or None
+        A saved model (``model.keras``) of the same architecture and input whose weights the
+        run starts from instead of fresh ones: fine-tuning (``experiments.pseudo``'s
+        ``warm_start``).
     checkpoint_every : int >= 0
         Checkpoint (model, optimizer, loader position) every that many batches of an epoch,
         besides the end of every epoch; 0: epoch ends only.
@@ -812,6 +832,7 @@ def train(
         soft_labels=None if soft_labels is None else os.fspath(soft_labels),
         windows=None if windows is None else os.fspath(windows),
         window_labels=None if window_labels is None else os.fspath(window_labels),
+        init_from=None if init_from is None else os.fspath(init_from),
         checkpoint_every=checkpoint_every,
         batch_log=batch_log,
         verbose=verbose,
@@ -834,6 +855,8 @@ def train(
     config = train_seq.config
     input_shape = (config.n_mels, train_seq.crop_frames, 1)
     net = build_model(model, input_shape=input_shape, n_classes=len(train_seq.classes))
+    if arguments["init_from"] is not None:
+        _start_from(net, Path(arguments["init_from"]))
     compile_model(
         net,
         steps_per_epoch=len(train_seq),

@@ -204,7 +204,16 @@ def test_an_ensemble_teacher_averages_every_seeds_scores(tmp_path):
         '[train]\nmodel = "tiny"\nepochs = 1\nbatch_size = 8\n[pseudo]\nrounds = 1\nteacher = "ensemble"\n'
     )
     out = tmp_path / "runs"
-    argv = ["--features", str(labelled), "--windows", str(windows), "--out", str(out), "--recipe", str(recipe)]
+    argv = [
+        "--features",
+        str(labelled),
+        "--windows",
+        str(windows),
+        "--out",
+        str(out),
+        "--recipe",
+        str(recipe),
+    ]
     assert pseudo.main([*argv, "--seeds", "0", "1", "--quiet"]) == 0
     models = [out / "round-0" / f"seed-{s}" / "model.keras" for s in (0, 1)]
     order, _, _, first, _ = pseudo.score_window_set(models[:1], windows)
@@ -214,6 +223,66 @@ def test_an_ensemble_teacher_averages_every_seeds_scores(tmp_path):
         labels = np.load(out / "round-1" / f"seed-{seed}" / pseudo.WINDOW_FILE)[order]
         np.testing.assert_allclose(labels, (first + second) / 2, rtol=1e-5, atol=1e-6)
     assert pseudo.teachers(out, 1, 1, (0, 1), "own") == (models[1],)
+
+
+def test_a_warm_started_round_fine_tunes_its_seeds_previous_model(tmp_path):
+    import keras
+
+    from synthetic_features import make_feature_set
+
+    labelled = make_feature_set(tmp_path / "l", n_recordings=8, per_recording=3, n_classes=3, seed=4)
+    windows = make_feature_set(tmp_path / "w", n_recordings=8, per_recording=6, n_classes=3, kind="windows")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        '[train]\nmodel = "tiny"\nepochs = 2\nbatch_size = 8\n'
+        "[pseudo]\nrounds = 1\nwarm_start = true\n[pseudo.train]\nepochs = 1\nlr = 1e-9\n"
+    )
+    out = tmp_path / "runs"
+    argv = [
+        "--features",
+        str(labelled),
+        "--windows",
+        str(windows),
+        "--out",
+        str(out),
+        "--recipe",
+        str(recipe),
+    ]
+    assert pseudo.main([*argv, "--quiet"]) == 0
+    teacher = out / "round-0" / "seed-0" / "model.keras"
+    second = json.loads((out / "round-1" / "seed-0" / "metrics.json").read_text())
+    assert second["config"]["train"]["init_from"] == str(teacher)
+    assert (second["config"]["train"]["epochs"], second["config"]["train"]["lr"]) == (1, 1e-9)
+    # a learning rate of 1e-9 leaves the teacher's trainable weights as they were
+    before = keras.saving.load_model(teacher, compile=False).trainable_weights
+    after = keras.saving.load_model(
+        out / "round-1" / "seed-0" / "model.keras", compile=False
+    ).trainable_weights
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    first = json.loads((out / "round-0" / "seed-0" / "metrics.json").read_text())
+    assert first["config"]["train"]["init_from"] is None and first["config"]["train"]["epochs"] == 2
+
+
+def test_init_from_a_model_that_does_not_fit_is_one_line(tmp_path):
+    from experiments.train import train
+    from melshards.errors import ExperimentError
+    from synthetic_features import make_feature_set
+
+    feats = make_feature_set(tmp_path / "l", n_recordings=8, per_recording=3, n_classes=3, seed=4)
+    train(feats, out=tmp_path / "a", model="tiny", epochs=1, batch_size=8, quiet=True)
+    with pytest.raises(ExperimentError, match=r"a/model.keras: init_from: its \d+ weight arrays do not fit"):
+        train(feats, out=tmp_path / "b", model="baseline", epochs=1, batch_size=8, quiet=True,
+              init_from=tmp_path / "a" / "model.keras")  # fmt: skip
+    with pytest.raises(ExperimentError, match=r"nothing.keras: init_from: no such model file"):
+        train(
+            feats,
+            out=tmp_path / "c",
+            model="tiny",
+            epochs=1,
+            quiet=True,
+            init_from=tmp_path / "nothing.keras",
+        )
 
 
 def test_paired_batches_take_only_the_training_folds_windows(tmp_path):
@@ -261,5 +330,10 @@ def test_recipe_with_an_unknown_option_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"\[pseudo\]: teacher must be one of own, ensemble, got 'mean'"):
         pseudo.read_recipe(recipe)
     recipe.write_text("[pseudo]\nteachers = 2\n")
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) teachers; known: rounds, train_on, teacher"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key\(s\) teachers; known: rounds, train_on, teacher, warm_start, train$"
+    ):
+        pseudo.read_recipe(recipe)
+    recipe.write_text("[pseudo.train]\nlearning_rate = 0.1\n")
+    with pytest.raises(ConfigError, match=r"\[pseudo.train\]: unknown training option\(s\) learning_rate"):
         pseudo.read_recipe(recipe)
