@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -337,3 +338,12 @@ def test_recipe_with_an_unknown_option_is_refused(tmp_path):
     recipe.write_text("[pseudo.train]\nlearning_rate = 0.1\n")
     with pytest.raises(ConfigError, match=r"\[pseudo.train\]: unknown training option\(s\) learning_rate"):
         pseudo.read_recipe(recipe)
+
+
+def test_the_shipped_recipe_reads_as_documented():
+    options, plan = pseudo.read_recipe(
+        Path(__file__).resolve().parent.parent / "experiments/recipes/rfcx-2nd.toml"
+    )
+    assert options["crop_seconds"] == 8.0 and options["unknown"] == "negative" and options["mixup"] == 0.5
+    assert (plan.rounds, plan.train_on, plan.teacher, plan.warm_start) == (3, "windows", "own", True)
+    assert dict(plan.train) == {"epochs": 10, "lr": 1e-3, "warmup_epochs": 0.0, "patience": 10}
