@@ -140,29 +140,36 @@ def test_bad_soft_labels_are_refused(small_set, make, message):
         ShardSequence(small_set, split="all", soft_labels=make(n, 4))
 
 
+def recipe_run(tmp_path: Path, recipe: str, *, windows_per_recording: int = 6) -> tuple[list[str], dict]:
+    """A labelled set (8 recordings x 3 examples, 3 classes), a windows set over the same
+    recordings and ``recipe`` written out: the ``experiments.pseudo`` arguments for them, and
+    their paths (``labelled``, ``windows``, ``out``)."""
+    from synthetic_features import make_feature_set
+
+    paths = {
+        "labelled": make_feature_set(tmp_path / "l", n_recordings=8, per_recording=3, n_classes=3, seed=4),
+        "windows": make_feature_set(
+            tmp_path / "w", n_recordings=8, per_recording=windows_per_recording, n_classes=3, kind="windows"
+        ),
+        "out": tmp_path / "runs",
+    }
+    (tmp_path / "recipe.toml").write_text(recipe)
+    argv = ["--features", str(paths["labelled"]), "--windows", str(paths["windows"])]
+    argv += ["--out", str(paths["out"]), "--recipe", str(tmp_path / "recipe.toml")]
+    return argv, paths
+
+
 @pytest.mark.parametrize("train_on", ["windows", "both"])
 def test_rounds_train_from_soft_labels_of_the_previous_model(tmp_path, train_on):
     from loader.reader import open_feature_set
-    from synthetic_features import make_feature_set
 
-    labelled = make_feature_set(tmp_path / "l", n_recordings=8, per_recording=3, n_classes=3, seed=4)
-    windows = make_feature_set(tmp_path / "w", n_recordings=8, per_recording=10, n_classes=3, kind="windows")
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(
+    argv, paths = recipe_run(
+        tmp_path,
         '[train]\nmodel = "tiny"\nepochs = 1\nbatch_size = 8\nunknown_weight = 0.3\n'
-        f'[pseudo]\nrounds = 1\ntrain_on = "{train_on}"\n'
+        f'[pseudo]\nrounds = 1\ntrain_on = "{train_on}"\n',
+        windows_per_recording=10,
     )
-    out = tmp_path / "runs"
-    argv = [
-        "--features",
-        str(labelled),
-        "--windows",
-        str(windows),
-        "--out",
-        str(out),
-        "--recipe",
-        str(recipe),
-    ]
+    labelled, windows, out = paths["labelled"], paths["windows"], paths["out"]
     assert pseudo.main([*argv, "--quiet"]) == 0
 
     first, second = (json.loads((out / f"round-{r}" / "seed-0" / "metrics.json").read_text()) for r in (0, 1))
@@ -196,25 +203,12 @@ def test_rounds_train_from_soft_labels_of_the_previous_model(tmp_path, train_on)
 
 
 def test_an_ensemble_teacher_averages_every_seeds_scores(tmp_path):
-    from synthetic_features import make_feature_set
 
-    labelled = make_feature_set(tmp_path / "l", n_recordings=8, per_recording=3, n_classes=3, seed=4)
-    windows = make_feature_set(tmp_path / "w", n_recordings=8, per_recording=6, n_classes=3, kind="windows")
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(
-        '[train]\nmodel = "tiny"\nepochs = 1\nbatch_size = 8\n[pseudo]\nrounds = 1\nteacher = "ensemble"\n'
+    argv, paths = recipe_run(
+        tmp_path,
+        '[train]\nmodel = "tiny"\nepochs = 1\nbatch_size = 8\n[pseudo]\nrounds = 1\nteacher = "ensemble"\n',
     )
-    out = tmp_path / "runs"
-    argv = [
-        "--features",
-        str(labelled),
-        "--windows",
-        str(windows),
-        "--out",
-        str(out),
-        "--recipe",
-        str(recipe),
-    ]
+    windows, out = paths["windows"], paths["out"]
     assert pseudo.main([*argv, "--seeds", "0", "1", "--quiet"]) == 0
     models = [out / "round-0" / f"seed-{s}" / "model.keras" for s in (0, 1)]
     order, _, _, first, _ = pseudo.score_window_set(models[:1], windows)
@@ -229,26 +223,12 @@ def test_an_ensemble_teacher_averages_every_seeds_scores(tmp_path):
 def test_a_warm_started_round_fine_tunes_its_seeds_previous_model(tmp_path):
     import keras
 
-    from synthetic_features import make_feature_set
-
-    labelled = make_feature_set(tmp_path / "l", n_recordings=8, per_recording=3, n_classes=3, seed=4)
-    windows = make_feature_set(tmp_path / "w", n_recordings=8, per_recording=6, n_classes=3, kind="windows")
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(
+    argv, paths = recipe_run(
+        tmp_path,
         '[train]\nmodel = "tiny"\nepochs = 2\nbatch_size = 8\n'
-        "[pseudo]\nrounds = 1\nwarm_start = true\n[pseudo.train]\nepochs = 1\nlr = 1e-9\n"
+        "[pseudo]\nrounds = 1\nwarm_start = true\n[pseudo.train]\nepochs = 1\nlr = 1e-9\n",
     )
-    out = tmp_path / "runs"
-    argv = [
-        "--features",
-        str(labelled),
-        "--windows",
-        str(windows),
-        "--out",
-        str(out),
-        "--recipe",
-        str(recipe),
-    ]
+    out = paths["out"]
     assert pseudo.main([*argv, "--quiet"]) == 0
     teacher = out / "round-0" / "seed-0" / "model.keras"
     second = json.loads((out / "round-1" / "seed-0" / "metrics.json").read_text())
