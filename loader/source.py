@@ -146,18 +146,7 @@ class ShardBatches:
         cache = {"cache_dir": cache_dir, "cache_limit": cache_limit, "prefetch": prefetch and world_size == 1}
         self.features = path if isinstance(path, FeatureSet) else FeatureSet(path, **cache)
         config = self.features.config
-        self.crop_frames = (
-            config.crop_frames if crop_frames is None else _check_int("crop_frames", crop_frames, low=1)
-        )
-        if self.crop_frames > config.n_frames:
-            raise ConfigError(
-                f"crop_frames {self.crop_frames} is longer than the {config.n_frames} frames stored "
-                f"per example in {self.features.root}"
-            )
-        if self.features.kind == SET_WINDOWS and split != "all":
-            raise ConfigError(
-                f"{self.features.root} is a windows feature set (no labels): use split='all', not {split!r}"
-            )
+        self.crop_frames = self._check_crop(crop_frames, split)
         self.split, self.fold, self.n_folds = split, fold, n_folds
         self.shuffle = (split == "train") if shuffle is None else bool(shuffle)
         self.augment = Augment.coerce(split == "train" if augment is None else augment)
@@ -185,6 +174,22 @@ class ShardBatches:
         self._center_labels: tuple[np.ndarray, np.ndarray] | None = None
         self._center = center_offset(config, self.crop_frames)
         self._rows = self._row_builder(workers, use_multiprocessing)
+
+    def _check_crop(self, crop_frames: int | None, split: str) -> int:
+        """The frames the model sees (default: the config's); ConfigError for a crop longer
+        than the stored examples, or a split other than "all" of a windows set."""
+        config = self.features.config
+        crop = config.crop_frames if crop_frames is None else _check_int("crop_frames", crop_frames, low=1)
+        if crop > config.n_frames:
+            raise ConfigError(
+                f"crop_frames {crop} is longer than the {config.n_frames} frames stored "
+                f"per example in {self.features.root}"
+            )
+        if self.features.kind == SET_WINDOWS and split != "all":
+            raise ConfigError(
+                f"{self.features.root} is a windows feature set (no labels): use split='all', not {split!r}"
+            )
+        return crop
 
     def _choose_examples(self) -> None:
         """``folds``, this split's ``example_ids`` and this rank's ``rank_ids``."""
