@@ -43,8 +43,9 @@ PROG = "python -m experiments.pseudo"
 SOFT_FILE = "soft_labels.npy"
 WINDOW_FILE = "window_labels.npy"
 # What a round trains on besides the labelled examples' annotations: soft labels for the
-# windows (as extra examples), for the labelled examples' unknown labels, or both.
-TRAIN_ON = ("windows", "examples", "both")
+# windows (as extra examples), for the labelled examples' unknown labels, both, or none (the
+# control: with warm_start, the same extra training without soft labels).
+TRAIN_ON = ("windows", "examples", "both", "none")
 # Whose scores a round learns from: the same seed's model of the round before, or the mean of
 # every seed's model of the round before.
 TEACHERS = ("own", "ensemble")
@@ -160,7 +161,8 @@ class Rounds:
     rounds : pseudo-label rounds after round 0
     train_on : where a round puts the teacher's scores (``TRAIN_ON``): on the windows of the
         training fold's recordings, trained on as extra examples; on the unknown labels of the
-        labelled examples; or both
+        labelled examples; both; or nowhere ("none": with ``warm_start``, a control that trains
+        as much without soft labels)
     teacher : whose scores (``TEACHERS``, see ``teachers``)
     warm_start : start each round from its seed's model of the round before (fine-tuning)
         instead of fresh weights
@@ -198,7 +200,7 @@ def run_rounds(
             metrics = sweep.finished(run_dir, config, seed)
             if metrics is None:
                 extra: dict[str, str] = {}
-                if r > 0:
+                if r > 0 and plan.train_on != "none":
                     models = teachers(out, r, seed, seeds, plan.teacher)
                     if models not in scored:
                         scored[models] = score_window_set(models, windows)
@@ -209,8 +211,8 @@ def run_rounds(
                         extra["soft_labels"] = str(soft)
                     if plan.train_on in ("windows", "both"):
                         extra.update(windows=str(windows), window_labels=str(own))
-                    if plan.warm_start:
-                        extra["init_from"] = str(teachers(out, r, seed, seeds, "own")[0])
+                if r > 0 and plan.warm_start:
+                    extra["init_from"] = str(teachers(out, r, seed, seeds, "own")[0])
                 metrics = _train(config, seed, run_dir, extra=extra, test=test, verbose=verbose)
                 log.info(f"{name} seed {seed}: " + _summary(metrics))
             results[name].append(metrics)

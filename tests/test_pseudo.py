@@ -245,6 +245,20 @@ def test_a_warm_started_round_fine_tunes_its_seeds_previous_model(tmp_path):
     assert first["config"]["train"]["init_from"] is None and first["config"]["train"]["epochs"] == 2
 
 
+def test_a_control_round_fine_tunes_without_soft_labels(tmp_path):
+    argv, paths = recipe_run(
+        tmp_path,
+        '[train]\nmodel = "tiny"\nepochs = 1\nbatch_size = 8\n'
+        '[pseudo]\nrounds = 1\ntrain_on = "none"\nwarm_start = true\n',
+    )
+    assert pseudo.main([*argv, "--quiet"]) == 0
+    run_dir = paths["out"] / "round-1" / "seed-0"
+    second = json.loads((run_dir / "metrics.json").read_text())["config"]["train"]
+    assert second["init_from"] == str(paths["out"] / "round-0" / "seed-0" / "model.keras")
+    assert second["windows"] is None and second["soft_labels"] is None and second["window_labels"] is None
+    assert not (run_dir / pseudo.WINDOW_FILE).exists()  # nothing was scored
+
+
 def test_init_from_a_model_that_does_not_fit_is_one_line(tmp_path):
     from experiments.train import train
     from melshards.errors import ExperimentError
