@@ -125,7 +125,7 @@ class FeatureSet:
         ev_example, ev_species, ev_kind, ev_t_min, ev_t_max = [], [], [], [], []
         first = 0
         if prefetch and self.url is not None:
-            self._fetch([(e.file, e.sha256, e.bytes) for e in self.index.shards])
+            self._fetch(self.index.shards)
         parts = metadata_parts(self.index.shards, url=self.url, cache=self.cache)
         for entry in self.index.shards:
             meta, layout = self._read_shard(entry, first=first, parts=parts.pop(entry.file, None))
@@ -194,10 +194,7 @@ class FeatureSet:
         """The local file of shard ``s``: for a set at a URL, its verified cached copy (fetched
         now when it is not in the cache)."""
         layout = self.shards[s]
-        if self.url is None:
-            return layout.path
-        entry = layout.entry
-        return self.cache.fetch(self.url, entry.file, entry.sha256, entry.bytes)
+        return layout.path if self.url is None else self._fetch_entry(layout.entry)
 
     def prefetch(self, example_ids: np.ndarray | None = None, *, threads: int = 4) -> list[Path]:
         """Fetch into the cache every shard holding one of ``example_ids`` (default: all);
@@ -205,14 +202,17 @@ class FeatureSet:
         shards = range(len(self.shards)) if example_ids is None else np.unique(self.shard_of[example_ids])
         if self.url is None:
             return [self.shards[int(s)].path for s in shards]
-        entries = [self.shards[int(s)].entry for s in shards]
-        return self._fetch([(e.file, e.sha256, e.bytes) for e in entries], threads=threads)
+        return self._fetch([self.shards[int(s)].entry for s in shards], threads=threads)
 
-    def _fetch(self, wanted: list[tuple[str, str, int]], *, threads: int = 4) -> list[Path]:
+    def _fetch(self, entries, *, threads: int = 4) -> list[Path]:
+        """The verified copies of the shards ``entries``, ``threads`` fetched at a time."""
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            return list(pool.map(lambda w: self.cache.fetch(self.url, *w), wanted))
+            return list(pool.map(self._fetch_entry, entries))
+
+    def _fetch_entry(self, entry: ShardEntry) -> Path:
+        return self.cache.fetch(self.url, entry.file, entry.sha256, entry.bytes)
 
     @property
     def location(self) -> str:

@@ -142,8 +142,9 @@ class ShardBatches:
         if dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         # One worker reads the whole split, which may lie in any shard: a prefetch fetches them
-        # all first, and the metadata is read from the copies.
-        cache = {"cache_dir": cache_dir, "cache_limit": cache_limit, "prefetch": prefetch and world_size == 1}
+        # all first, and the metadata is read from the copies; a rank fetches its own below.
+        fetch_all = prefetch and world_size == 1 and not isinstance(path, FeatureSet)
+        cache = {"cache_dir": cache_dir, "cache_limit": cache_limit, "prefetch": fetch_all}
         self.features = path if isinstance(path, FeatureSet) else FeatureSet(path, **cache)
         config = self.features.config
         self.crop_frames = self._check_crop(crop_frames, split)
@@ -161,7 +162,7 @@ class ShardBatches:
         self.soft_labels = None if soft_labels is None else self._check_soft_labels(soft_labels)
 
         self._choose_examples()
-        if prefetch:
+        if prefetch and not fetch_all:
             self.features.prefetch(self.rank_ids)
         self.reader = MelReader(self.features, cache_ids=self.rank_ids if self.in_memory else None)
         self.clip = (0.0, 1.0) if config.normalize == "minmax" else None

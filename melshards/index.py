@@ -337,10 +337,11 @@ def read_index(root: str | os.PathLike, *, cache_root: Path | None = None) -> In
 def _read_remote_index(url: str, *, cache_root: Path | None) -> Index:
     where = remote.join(url, INDEX_FILE)
     shown = remote.redact(where)
-    if not remote.exists(where):
+    text = remote.read_bytes_if_present(where)
+    if text is None:
         raise FormatError(f"{shown}: no index; not a finished feature set (is a precompute run still going?)")
     try:
-        data = json.loads(remote.read_bytes(where))
+        data = json.loads(text)
     except ValueError as err:
         raise FormatError(f"{shown}: unreadable index: {err}") from err
     root = cache_root if cache_root is not None else remote.ShardCache.at().set_dir(url)

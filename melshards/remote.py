@@ -142,11 +142,14 @@ def read_bytes(url: str) -> bytes:
         return fs.cat_file(path)
 
 
-def exists(url: str) -> bool:
+def read_bytes_if_present(url: str) -> bytes | None:
+    """The object at ``url``, or None when there is none (one request either way)."""
     fs, path = filesystem(url)
-    with storage_errors(url, "look up"):
-        fs.invalidate_cache(path)  # another process may have written it since
-        return bool(fs.exists(path))
+    with storage_errors(url, "read"):
+        try:
+            return fs.cat_file(path)
+        except FileNotFoundError:
+            return None
 
 
 def size_of(url: str) -> int | None:
