@@ -292,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.rounds is not None:
             plan = dataclasses.replace(plan, rounds=args.rounds)
         rounds = plan.rounds
-        if rounds > 0 and options.get("unknown") == "ignore":
+        if rounds > 0 and plan.train_on != "none" and options.get("unknown") == "ignore":
             raise ConfigError(
                 "soft labels fill unknown labels, which unknown = 'ignore' leaves out of the loss: "
                 "use unknown = 'negative' with an unknown_weight (e.g. 0.3)"

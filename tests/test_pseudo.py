@@ -311,6 +311,12 @@ def test_rounds_refuse_a_loss_that_ignores_soft_labels(tmp_path, capsys):
     argv = ["--features", "f", "--windows", "w", "--out", str(tmp_path / "o"), "--recipe", str(recipe)]
     assert pseudo.main(argv) == 2
     assert "unknown = 'ignore' leaves out of the loss" in capsys.readouterr().err
+    # a control round puts no soft label anywhere: the loss is the recipe's to choose (here the
+    # run goes on, and stops at the missing feature set instead)
+    recipe.write_text('[train]\nunknown = "ignore"\n[pseudo]\ntrain_on = "none"\nwarm_start = true\n')
+    assert pseudo.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "leaves out of the loss" not in err and "f/index.json: no index" in err
 
 
 def test_recipe_with_an_unknown_option_is_refused(tmp_path):
