@@ -59,7 +59,7 @@ def _child(root: Path, *, traced: bool) -> dict:
     """Plan ``root``'s manifest in this (fresh) process and measure it."""
     import tracemalloc
 
-    from precompute.config import preset
+    from precompute.config_files import preset
     from precompute.plan import plan_manifests
 
     config = preset("default")

@@ -37,7 +37,7 @@ import psutil
 import soundfile as sf
 
 from melshards.index import read_index
-from precompute.config import preset
+from precompute.config_files import preset
 from precompute.mel import log_mel
 from precompute.windows import place_window
 

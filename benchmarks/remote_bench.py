@@ -54,7 +54,7 @@ def _epoch(seq, epoch: int) -> float:
 def run(features: Path, *, rounds: int = 3, batch_size: int = 32) -> dict:
     import fsspec
 
-    from loader.source import ShardBatches
+    from loader.batches import ShardBatches
     from melshards.index import read_index
 
     index = read_index(features)

@@ -231,14 +231,14 @@ _FIRST_BATCH = """
 import json, sys, time
 t0 = time.perf_counter()
 import keras
-from loader import ShardSequence, kernels
+from loader import ShardSequence, read_kernels
 from experiments.models import build_model
 imported = time.perf_counter()
 if sys.argv[2] == "after-model":
     model = build_model("baseline", input_shape=(128, 938, 1), n_classes=24)
     model.compile(optimizer="adam", loss="binary_crossentropy")
 made = time.perf_counter()
-warming = kernels._warming is not None and kernels._warming.is_alive()
+warming = read_kernels._warming is not None and read_kernels._warming.is_alive()
 seq = ShardSequence(sys.argv[1], split="all", batch_size=32, shuffle=True, seed=0)
 built = time.perf_counter()
 seq[0]

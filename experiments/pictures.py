@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from commandline.console import log
 from loader.augment import Augment
 from loader.reader import FeatureSet, MelReader
 from melshards.config import FeatureConfig, center_offset
-from melshards.console import log
 from melshards.errors import ConfigError
 from melshards.names import EVENT_TP, LABEL_POSITIVE, SET_LABELLED
 from melshards.shard import open_listed, read_anchors

@@ -42,11 +42,12 @@ from typing import Any
 import keras
 import numpy as np
 
+from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
+from experiments.errors import ExperimentError
 from experiments.metrics import lwlrap, top1
 from loader import ShardSequence
 from loader.reader import FeatureSet
-from melshards.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
-from melshards.errors import ConfigError, ExperimentError, MelShardsError
+from melshards.errors import ConfigError, MelShardsError
 from melshards.files import atomic_write_text
 from melshards.names import SET_LABELLED
 

@@ -33,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
 from experiments import sweep
+from experiments.errors import ExperimentError
 from melshards.config import FeatureConfig, center_offset, crop_span
-from melshards.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
-from melshards.errors import ConfigError, ExperimentError, MelShardsError
+from melshards.errors import ConfigError, MelShardsError
 from melshards.files import atomic_write_text
 
 PROG = "python -m experiments.pseudo"

@@ -45,8 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from melshards.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
-from melshards.errors import ConfigError, ExperimentError, FormatError, MelShardsError
+from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
+from experiments.errors import ExperimentError
+from melshards.errors import ConfigError, FormatError, MelShardsError
 from melshards.files import atomic_write_text
 from melshards.index import read_index
 

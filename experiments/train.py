@@ -26,7 +26,7 @@ directory ``--out`` (``out=`` from Python):
 - ``run.json``: these options, written when the run starts;
 - while it runs, ``checkpoint.loader.json`` and the ``checkpoint-*.keras`` it names: the model
   with its optimizer and the loader's position, every ``--checkpoint-every`` batches and at
-  the end of every epoch (``loader.sequence.LoaderCheckpoint``), removed once the run is done;
+  the end of every epoch (``experiments.checkpoints.LoaderCheckpoint``), removed once the run is done;
 - with ``--batch-log``: ``batches.log``, the sha256 of every trained batch (epoch, index, digest).
 
 ``metrics.json`` is written last: its presence marks a finished run. A run that did not finish
@@ -53,16 +53,18 @@ from typing import Any
 import keras
 import numpy as np
 
+from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
+from experiments.checkpoints import CHECKPOINT_PREFIX, CHECKPOINT_STATE, LoaderCheckpoint
+from experiments.errors import ExperimentError
 from experiments.losses import UNKNOWN_MODES, MaskedBinaryCrossentropy
 from experiments.metrics import Lwlrap, Top1, class_lwlrap, lwlrap, top1
 from experiments.models import available_models, build_model
 from experiments.plots import plot_curves, read_history
 from loader import Augment, ShardSequence
-from loader.sequence import CHECKPOINT_PREFIX, CHECKPOINT_STATE, LoaderCheckpoint, PairedSequence
+from loader.sequence import PairedSequence
 from loader.state import read_state
 from melshards.config import frames_for
-from melshards.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
-from melshards.errors import ConfigError, ExperimentError, MelShardsError
+from melshards.errors import ConfigError, MelShardsError
 from melshards.files import atomic_write_text
 from melshards.index import read_index
 from melshards.remote import is_url

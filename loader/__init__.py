@@ -8,15 +8,15 @@ wrap ``ShardBatches`` (numpy only). ``open_feature_set``, ``FeatureSet``, ``MelR
 is imported by the precompute side, and nothing here imports a training framework until asked.
 """
 
-from loader import kernels
+from loader import read_kernels
 
 # First: numba's start-up (~0.4 s per process) runs in a thread alongside the imports that
 # follow, Keras' above all, instead of in the first batch.
-kernels.start_warming()
+read_kernels.start_warming()
 
 from loader.augment import Augment, AugmentParams  # noqa: E402
+from loader.batches import ShardBatches  # noqa: E402
 from loader.reader import FeatureSet, MelReader, open_feature_set  # noqa: E402
-from loader.source import ShardBatches  # noqa: E402
 from melshards.errors import ConfigError, FormatError, IntegrityError, MelShardsError  # noqa: E402
 
 # name -> module that defines it, imported on first use (they import Keras or TensorFlow)

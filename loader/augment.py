@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from loader import kernels
+from loader import read_kernels
 from melshards.errors import ConfigError
 
 MASK_VALUES = ("mean", "zero")
@@ -314,7 +314,7 @@ class Augment:
             raise ValueError("apply_masks: x must be C-contiguous")
         bits = np.dtype(f"u{x.dtype.itemsize}")
         cells = x.reshape(x.shape[:3]).view(bits)
-        kernels.mask_bands(cells, params.freq, params.time, values.view(bits))
+        read_kernels.mask_bands(cells, params.freq, params.time, values.view(bits))
 
     def mix_labels(
         self, y: np.ndarray, known: np.ndarray, params: AugmentParams

@@ -1,398 +1,483 @@
-"""Building a batch's rows: in the calling thread, with threads, or with worker processes.
+"""``ShardBatches``: the batches of a feature set, with no training framework attached.
 
-``ShardSequence`` decides which examples and which augmentation draws make a batch; the code
-here only fills the rows of an output array. A batch is split into contiguous row ranges, one
-per worker; each range is gathered, cropped, cast and scaled (``MelReader.read``) and, unless
-the batch uses mixup, masked (``Augment.apply_masks``). Mixup needs rows from other ranges, so
-when a batch mixes, the caller applies mixup and then the masks over the whole batch, which
-keeps the order the ``loader.augment`` docstring states. Every row is computed by the same
-code from the same inputs in every mode, so the modes give bit-identical batches.
+``loader.sequence.ShardSequence`` (Keras) and ``loader.torch.ShardDataset`` (PyTorch) wrap this
+one class, so every framework gets the same arrays from the same code.
 
-- ``InProcessRows``: the calling thread builds every row.
-- ``ThreadRows``: ``workers`` threads. The compiled kernels release the GIL, so the threads
-  run in parallel; batches are never copied.
-- ``ProcessRows``: ``workers`` processes (forked; spawned where fork is unavailable) write
-  their rows straight into batch arrays in shared memory (``multiprocessing.RawArray``: a file
-  unlinked as soon as it is made and inherited by the workers, so no name is ever left on disk
-  or in ``/dev/shm``). Only row ranges and small draws travel through pipes, never batches.
-  Workers exit when told, when their parent exits or dies, or when the pool is collected.
+Batch ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)`` (and the split, rank and
+settings): the epoch order is a permutation seeded by ``(seed, e)``, every augmentation draw
+comes from a generator seeded by ``(seed, e, rank, i)``. No global random state is read, so
+a batch computed in a worker process (fork or spawn), a thread, or the main process is the
+same array.
 
-``Lookahead`` sits in front of any of them: while the model trains on batch ``i`` it builds
-batch ``i + 1`` in a background thread.
+Epochs: ``on_epoch_end()`` advances ``epoch`` by one; ``set_epoch(e)`` sets it.
 
-Fork: locks, threads, worker processes, shared arrays and the batch being built ahead belong to
-the process that made them. A child forked at any moment (even while the look-ahead thread
-holds a lock halfway through a batch) drops what it inherited and starts from the state a
-spawned child unpickles (``_fresh_state``): it builds the batch its parent was building ahead
-itself, and makes its own threads or workers when it next needs them.
+Resuming: ``state_dict(next_batch=b)`` is the position as a ``loader.state.LoaderState`` dict;
+``load_state_dict(state)`` goes back to it: the next pass over the current epoch
+(``iter_numpy()``, the PyTorch sampler, the Keras sequence) starts at the saved batch, the
+passes after it are whole epochs, as in an uninterrupted run.
+
+Building: each batch is built with the calling thread, ``workers`` threads or ``workers``
+shared-memory processes (``use_multiprocessing``; ``loader.rows``). ``get(i)`` (and
+``seq[i]``) also builds batch ``i + 1`` in a look-ahead thread while the caller trains on batch
+``i``. Batch arrays come from a pool and are reused once nothing refers to them
+(``loader.buffers``).
+
+Ranks: for multi-worker training (``rank``, ``world_size``) each rank holds a fixed contiguous
+block of the split in storage order (``sampler.rank_members``): disjoint, together the whole
+split, sizes differing by at most one, the same whatever the seed and epoch. Each epoch a rank
+shuffles its own block and visits ``n // world_size`` of it, so every rank has the same
+``len()`` (``sampler.rank_epoch_size``). Augmentation draws also depend on the rank.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
-import multiprocessing
-import multiprocessing.connection
+import math
+import operator
 import os
-import threading
-import weakref
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Iterator
 
 import numpy as np
 
-from loader.buffers import ALIGNMENT, BufferPool
-from melshards.errors import MelShardsError
+from loader import sampler
+from loader.augment import Augment, AugmentParams
+from loader.reader import FeatureSet, MelReader
+from loader.rows import InProcessRows, Lookahead, ProcessRows, ThreadRows
+from loader.state import LoaderState
+from melshards.config import FeatureConfig, center_offset
+from melshards.errors import ConfigError
+from melshards.names import SET_WINDOWS
 
-if TYPE_CHECKING:
-    from loader.augment import Augment, AugmentParams
-    from loader.reader import MelReader
-
-# Forked workers start at once and inherit the reader and the shared arrays, like the worker
-# processes Keras itself forks for ``use_multiprocessing=True``; where fork is unavailable,
-# spawned workers need the usual ``if __name__ == "__main__":`` guard in the user's script.
-START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-
-# Every live object with per-process state, renewed in a forked child.
-_per_process: weakref.WeakSet = weakref.WeakSet()
+DTYPES = ("float32", "float16")
 
 
-def _renew_per_process_state() -> None:
-    # A lock held by another thread at fork time would stay held forever in the child, and the
-    # threads and workers it would wait for do not exist there (or are the parent's).
-    for owner in list(_per_process):
-        owner._after_fork_in_child()
+def _check_int(name: str, value, *, low: int) -> int:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
 
 
-os.register_at_fork(after_in_child=_renew_per_process_state)
+class ShardBatches:
+    """Batches ``(x, y)`` or ``(x, y, known)`` of a feature set, as numpy arrays.
 
+    Parameters
+    ----------
+    path : feature set directory (or an open ``FeatureSet``)
+    split : ``"train"`` (every fold but ``fold``), ``"val"`` (``fold``) or ``"all"``
+    fold, n_folds, split_seed : which fold is held out; folds group examples by recording and
+        are stratified by species (``sampler.assign_folds``). ``split_seed`` is separate from
+        ``seed`` so train and val sequences agree on the folds whatever their shuffle seeds.
+    batch_size : examples per batch
+    shuffle : visit examples in a new order each epoch (default: True for train only)
+    seed : seed of the epoch orders and of every augmentation draw
+    augment : True (``Augment()``), False (``Augment.off()``), an ``Augment`` or a mapping;
+        default True for train only
+    dtype : ``"float32"`` or ``"float16"`` for x (float16 lets the model cast on the accelerator)
+    return_mask : also yield ``known`` (B, n_classes) float32: 1 where the label is known
+        (a TP or an FP counts in the crop), 0 where unknown
+    in_memory : hold this rank's stored examples in RAM (loaded once per process)
+    crop_frames : frames the model sees (default: the config's ``crop_frames``)
+    drop_remainder : drop the last incomplete batch
+    lookahead : build batch ``i + 1`` in a background thread while the model trains on batch
+        ``i`` (``loader.rows.Lookahead``); pass ``shuffle=False`` to ``fit`` to keep it
+        useful, the sequence shuffles examples itself
+    rank, world_size : this worker's block of the split for multi-worker training (see
+        ``sampler.rank_members``); every rank gets the same number of batches per epoch
+    workers, use_multiprocessing : build each batch with ``workers`` threads, or processes
+        writing into shared memory (``loader.rows``)
+    soft_labels : np.ndarray [shape=(n_examples, n_classes)] or the path of one (``.npy``),
+        values in [0, 1] or NaN, rows in the feature set's example order: where a crop's label
+        is unknown and the value is not NaN, ``y`` takes it (pseudo labels,
+        ``experiments.pseudo``); known labels stay, and ``known`` is unchanged, so the loss
+        weighs a soft label as it weighs an unknown one. The features are not copied.
+    recordings : keep only the split's examples of these recordings (for instance the windows
+        of a training fold's recordings, ``experiments.pseudo``)
+    cache_dir, cache_limit : for a feature set at a URL (``s3://``, ``gs://``, ``https://``):
+        where its verified shards are cached (default ``MELSHARDS_CACHE`` or
+        ``~/.cache/melshards``) and the most bytes the cache may hold (``"20G"``; default none),
+        least recently used shards evicted first (``melshards.remote.ShardCache``)
+    prefetch : fetch the shards of this rank's examples into the cache now, not at first read
 
-def fill_rows(
-    reader: MelReader,
-    augment: Augment,
-    x: np.ndarray,
-    ids: np.ndarray,
-    params: AugmentParams,
-    *,
-    fill: np.ndarray,
-    clip: tuple[float, float] | None,
-    masks: bool,
-) -> None:
-    """Gather, crop, cast and scale examples ``ids`` into ``x``; then mask them when ``masks``.
-
-    x : np.ndarray [shape=(b, n_mels, crop, 1)] -- rows to fill, C-contiguous
-    ids : np.ndarray [shape=(b,)], int64 -- global example ids
-    params : the draws of exactly these rows (``AugmentParams.rows``)
-    """
-    reader.read(ids, params.crop_start, x, gain=params.gain, clip=clip)
-    if masks:
-        augment.apply_masks(x, params, fill=fill)
-
-
-def row_ranges(n: int, parts: int) -> list[tuple[int, int]]:
-    """``parts`` contiguous, near-equal ``(lo, hi)`` ranges covering ``range(n)``; empty ones dropped."""
-    edges = np.linspace(0, n, min(parts, n) + 1).round().astype(int)
-    return [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo]
-
-
-class InProcessRows:
-    """Every row built by the calling thread."""
-
-    mode = "in-process"
-    workers = 1
-
-    def __init__(self, reader: MelReader, augment: Augment, *, fill: np.ndarray, clip, shape, dtype) -> None:
-        self.reader, self.augment, self.fill, self.clip = reader, augment, fill, clip
-        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
-        self.buffers = BufferPool(self.shape, self.dtype)
-        _per_process.add(self)
-
-    def take(self, n: int) -> np.ndarray:
-        return self.buffers.take(n)
-
-    def build(self, x: np.ndarray, ids: np.ndarray, params: AugmentParams, *, masks: bool) -> None:
-        fill_rows(self.reader, self.augment, x, ids, params, fill=self.fill, clip=self.clip, masks=masks)
-
-    def close(self) -> None:
-        pass
-
-    def _fresh_state(self) -> dict:
-        """Per-process state: dropped when pickling, made anew when unpickled or forked."""
-        return {"buffers": BufferPool(self.shape, self.dtype)}
-
-    def _after_fork_in_child(self) -> None:
-        self.__dict__.update(self._fresh_state())
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        for name in self._fresh_state():
-            del state[name]
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.__dict__.update(self._fresh_state())
-        _per_process.add(self)
-
-
-class ThreadRows(InProcessRows):
-    """Rows split across ``workers`` threads of one process."""
-
-    mode = "threads"
-
-    def __init__(self, reader, augment, *, fill, clip, shape, dtype, workers: int) -> None:
-        super().__init__(reader, augment, fill=fill, clip=clip, shape=shape, dtype=dtype)
-        self.workers = workers
-        self.__dict__.update(self._fresh_state())
-
-    def build(self, x: np.ndarray, ids: np.ndarray, params: AugmentParams, *, masks: bool) -> None:
-        with self._lock:
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    self.workers, thread_name_prefix="shard-rows"
-                )
-            executor = self._executor
-        futures = [
-            executor.submit(
-                fill_rows,
-                self.reader,
-                self.augment,
-                x[lo:hi],
-                ids[lo:hi],
-                params.rows(lo, hi),
-                fill=self.fill,
-                clip=self.clip,
-                masks=masks,
-            )
-            for lo, hi in row_ranges(ids.shape[0], self.workers)
-        ]
-        for future in futures:
-            future.result()
-
-    def _fresh_state(self) -> dict:
-        return {**super()._fresh_state(), "_executor": None, "_lock": threading.Lock()}
-
-    def close(self) -> None:
-        with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True)
-
-
-def _worker_main(reader, augment, fill, clip, shared, slot_bytes, shape, dtype, conn) -> None:
-    """Loop of one worker process: fill the rows it is sent, answer ``None`` or the error."""
-    count = int(np.prod(shape))
-    parent = multiprocessing.parent_process()
-    watched = [conn] if parent is None else [conn, parent.sentinel]
-    while True:
-        if conn not in multiprocessing.connection.wait(watched):
-            return  # the parent is gone
-        try:
-            task = conn.recv()
-        except EOFError:
-            return
-        if task is None:
-            return
-        slot, lo, hi, ids, params, masks = task
-        x = np.frombuffer(shared, dtype, count=count, offset=slot * slot_bytes).reshape(shape)
-        try:
-            fill_rows(reader, augment, x[lo:hi], ids, params, fill=fill, clip=clip, masks=masks)
-        except Exception as error:  # noqa: BLE001 -- sent back and raised in the parent
-            conn.send(error)
-        else:
-            conn.send(None)
-
-
-def _stop(processes: list, conns: list) -> None:
-    for conn in conns:
-        with contextlib.suppress(OSError, ValueError):  # the worker is already gone
-            conn.send(None)
-    for process in processes:
-        process.join(timeout=5)
-        if process.is_alive():
-            process.terminate()
-            process.join()
-    for conn in conns:
-        conn.close()
-
-
-class ProcessRows(InProcessRows):
-    """Rows split across ``workers`` processes that write into shared batch arrays.
-
-    ``slots`` shared arrays are made when the workers start; a batch whose array is not one of
-    them (all held elsewhere) is built in the calling thread instead.
+    ``x`` is (B, n_mels, crop_frames, 1); ``y`` is (B, n_classes) float32, 1 where a TP event
+    counts in the crop. Windows feature sets (inference) have no labels: y and known are 0.
     """
 
-    mode = "processes"
+    def __init__(
+        self,
+        path: str | os.PathLike | FeatureSet,
+        *,
+        split: str = "train",
+        fold: int = 0,
+        n_folds: int = 5,
+        batch_size: int = 32,
+        shuffle: bool | None = None,
+        seed: int = 0,
+        augment: Augment | bool | dict | None = None,
+        dtype: str = "float32",
+        return_mask: bool = False,
+        in_memory: bool = False,
+        crop_frames: int | None = None,
+        drop_remainder: bool = False,
+        lookahead: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        split_seed: int = 0,
+        workers: int = 1,
+        use_multiprocessing: bool = False,
+        soft_labels: np.ndarray | str | os.PathLike | None = None,
+        recordings: Collection[str] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        cache_limit: int | str | None = None,
+        prefetch: bool = False,
+    ) -> None:
+        workers = _check_int("workers", workers, low=1)
+        use_multiprocessing = bool(use_multiprocessing)
+        sampler.check_split(split, fold=fold, n_folds=n_folds)
+        self.batch_size = _check_int("batch_size", batch_size, low=1)
+        self.seed = _check_int("seed", seed, low=0)
+        self.split_seed = _check_int("split_seed", split_seed, low=0)
+        self.world_size = _check_int("world_size", world_size, low=1)
+        self.rank = _check_int("rank", rank, low=0)
+        if self.rank >= self.world_size:
+            raise ConfigError(f"rank must be in [0, {self.world_size}), got {rank!r}")
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        # One worker reads the whole split, which may lie in any shard: a prefetch fetches them
+        # all first, and the metadata is read from the copies; a rank fetches its own below.
+        fetch_all = prefetch and world_size == 1 and not isinstance(path, FeatureSet)
+        cache = {"cache_dir": cache_dir, "cache_limit": cache_limit, "prefetch": fetch_all}
+        self.features = path if isinstance(path, FeatureSet) else FeatureSet(path, **cache)
+        config = self.features.config
+        self.crop_frames = self._check_crop(crop_frames, split)
+        self.split, self.fold, self.n_folds = split, fold, n_folds
+        self.shuffle = (split == "train") if shuffle is None else bool(shuffle)
+        self.augment = Augment.coerce(split == "train" if augment is None else augment)
+        self.dtype = np.dtype(dtype)
+        self.return_mask = bool(return_mask)
+        self.in_memory = bool(in_memory)
+        self.drop_remainder = bool(drop_remainder)
+        self.lookahead = bool(lookahead)
+        self._lookahead = Lookahead(self._build)
+        self.epoch = 0
+        self.recordings = None if recordings is None else frozenset(str(r) for r in recordings)
+        self.soft_labels = None if soft_labels is None else self._check_soft_labels(soft_labels)
 
-    def __init__(self, reader, augment, *, fill, clip, shape, dtype, workers: int, slots: int = 4) -> None:
-        super().__init__(reader, augment, fill=fill, clip=clip, shape=shape, dtype=dtype)
-        self.workers, self.slots = workers, slots
-        self.__dict__.update(self._fresh_state())
-
-    def _start(self) -> None:
-        context = multiprocessing.get_context(START_METHOD)
-        n_bytes = self.buffers.n_bytes
-        slot_bytes = -(-n_bytes // ALIGNMENT) * ALIGNMENT  # every slot starts aligned
-        shared = context.RawArray("b", self.slots * slot_bytes)  # page-aligned
-        processes, conns = [], []
-        for k in range(self.workers):
-            mine, theirs = context.Pipe()
-            process = context.Process(
-                target=_worker_main,
-                args=(
-                    self.reader,
-                    self.augment,
-                    self.fill,
-                    self.clip,
-                    shared,
-                    slot_bytes,
-                    self.shape,
-                    self.dtype,
-                    theirs,
-                ),
-                name=f"shard-rows-{k}",
-                daemon=True,
-            )
-            process.start()
-            theirs.close()
-            processes.append(process)
-            conns.append(mine)
-        self._conns, self._processes = conns, processes
-        self._finalizer = weakref.finalize(self, _stop, processes, conns)
-        self.buffers = BufferPool(self.shape, self.dtype, capacity=self.slots)
-        self.buffers.adopt(
-            [
-                np.frombuffer(shared, np.uint8, count=slot_bytes, offset=k * slot_bytes)
-                for k in range(self.slots)
-            ]
+        self._choose_examples()
+        if prefetch and not fetch_all:
+            self.features.prefetch(self.rank_ids)
+        self.reader = MelReader(self.features, cache_ids=self.rank_ids if self.in_memory else None)
+        self.clip = (0.0, 1.0) if config.normalize == "minmax" else None
+        self.fill = (
+            self.features.bin_mean
+            if self.augment.mask_value == "mean"
+            else np.zeros(config.n_mels, np.float32)
         )
+        self._order: tuple[int, np.ndarray] | None = None
+        self._center_labels: tuple[np.ndarray, np.ndarray] | None = None
+        self._center = center_offset(config, self.crop_frames)
+        self._rows = self._row_builder(workers, use_multiprocessing)
+
+    def _check_crop(self, crop_frames: int | None, split: str) -> int:
+        """The frames the model sees (default: the config's); ConfigError for a crop longer
+        than the stored examples, or a split other than "all" of a windows set."""
+        config = self.features.config
+        crop = config.crop_frames if crop_frames is None else _check_int("crop_frames", crop_frames, low=1)
+        if crop > config.n_frames:
+            raise ConfigError(
+                f"crop_frames {crop} is longer than the {config.n_frames} frames stored "
+                f"per example in {self.features.root}"
+            )
+        if self.features.kind == SET_WINDOWS and split != "all":
+            raise ConfigError(
+                f"{self.features.root} is a windows feature set (no labels): use split='all', not {split!r}"
+            )
+        return crop
+
+    def _choose_examples(self) -> None:
+        """``folds``, this split's ``example_ids`` and this rank's ``rank_ids``."""
+        split, fold, n_folds = self.split, self.fold, self.n_folds
+        self.folds = sampler.assign_folds(
+            self.features.recording_id, self.features.labels == 1, n_folds=n_folds, seed=self.split_seed
+        )
+        self.example_ids = sampler.split_members(self.folds, split, fold=fold)
+        if self.recordings is not None:
+            chosen = np.isin(self.features.recording_id[self.example_ids].astype(str), list(self.recordings))
+            self.example_ids = self.example_ids[chosen]
+        if self.example_ids.size == 0:
+            raise ConfigError(
+                f"split {split!r} (fold {fold} of {n_folds}) of {self.features.root} is empty: "
+                f"{np.unique(self.features.recording_id).size} recording(s) for {n_folds} folds"
+            )
+        # The split stays in example_ids; this rank reads only rank_ids.
+        self.rank_ids = sampler.rank_members(self.example_ids, rank=self.rank, world_size=self.world_size)
+
+    def _row_builder(self, workers: int, use_multiprocessing: bool) -> InProcessRows:
+        """What fills a batch's rows: this thread, ``workers`` threads or processes."""
+        shape = (self.batch_size, self.config.n_mels, self.crop_frames, 1)
+        rows_args = (self.reader, self.augment)
+        rows_kwargs = {"fill": self.fill, "clip": self.clip, "shape": shape, "dtype": self.dtype}
+        if workers > 1 or use_multiprocessing:
+            kind = ProcessRows if use_multiprocessing else ThreadRows
+            return kind(*rows_args, **rows_kwargs, workers=workers)
+        return InProcessRows(*rows_args, **rows_kwargs)
+
+    # -- description -------------------------------------------------------------------------
 
     @property
-    def pids(self) -> list[int]:
-        """Process ids of the running workers (none before the first batch or after ``close``)."""
-        running = self._finalizer is not None and self._finalizer.alive
-        return [p.pid for p in self._processes] if running else []
+    def worker_mode(self) -> str:
+        """How batches are built: ``"in-process"``, ``"threads"`` or ``"processes"``."""
+        return self._rows.mode
 
-    def take(self, n: int) -> np.ndarray:
-        with self._lock:
-            if self._finalizer is None or not self._finalizer.alive:
-                self._start()
-        return self.buffers.take(n)
+    @property
+    def n_workers(self) -> int:
+        """Threads or processes that build the rows of each batch (1 in process)."""
+        return self._rows.workers
 
-    def build(self, x: np.ndarray, ids: np.ndarray, params: AugmentParams, *, masks: bool) -> None:
-        slot = self.buffers.block_of(x)
-        if slot is None:  # every shared block is held by someone: build here
-            super().build(x, ids, params, masks=masks)
-            return
-        errors = []
-        with self._lock:
+    def close(self) -> None:
+        """Stop this sequence's look-ahead thread and workers (they restart on the next batch)."""
+        self._lookahead.close()
+        self._rows.close()
+
+    def __enter__(self) -> ShardBatches:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def config(self) -> FeatureConfig:
+        return self.features.config
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        return self.features.classes
+
+    @property
+    def fingerprint(self) -> str:
+        return self.features.fingerprint
+
+    @property
+    def n_examples(self) -> int:
+        """Examples in this split (all ranks together)."""
+        return int(self.example_ids.shape[0])
+
+    @property
+    def recording_id(self) -> np.ndarray:
+        """Recording of each example of the split, in ``example_ids`` order."""
+        return self.features.recording_id[self.example_ids]
+
+    @property
+    def start(self) -> np.ndarray:
+        """Stored window start (seconds, context included) of each example, ``example_ids`` order."""
+        return self.features.start[self.example_ids]
+
+    @property
+    def valid(self) -> np.ndarray:
+        """``[first, stop)`` stored frames holding audio of each example (the others are padding
+        beyond its recording), (n, 2) int64, ``example_ids`` order."""
+        return self.features.valid[self.example_ids]
+
+    @property
+    def center_offset(self) -> int:
+        """First stored frame of the centred crop (the crop without time shift)."""
+        return self._center
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.features.root)!r}, split={self.split!r}, fold={self.fold}, "
+            f"n_examples={self.n_examples}, batch_size={self.batch_size}, batches={len(self)}, "
+            f"epoch={self.epoch})"
+        )
+
+    # -- epochs ------------------------------------------------------------------------------
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        epoch = _check_int("epoch", epoch, low=0)
+        if epoch != self.epoch:  # a loaded position holds for its own epoch only
+            self.start_batch = 0
+        self.epoch = epoch
+
+    # -- position (mid-epoch resume, loader.state) -------------------------------------------
+
+    # First batch of the next pass over ``epoch``: 0, or where a loaded state left off.
+    start_batch = 0
+
+    def loader_state(self, *, next_batch: int | None = None) -> LoaderState:
+        """This loader's position: ``epoch`` and ``next_batch``, the first batch of the epoch not
+        yet trained on (default ``start_batch``; only the consumer knows how far it got, the
+        batches it asked for may have been prefetched)."""
+        batch = self.start_batch if next_batch is None else _check_int("next_batch", next_batch, low=0)
+        return LoaderState(
+            seed=self.seed,
+            epoch=self.epoch,
+            batch=batch,
+            rank=self.rank,
+            world_size=self.world_size,
+            fingerprint=self.fingerprint,
+            batch_size=self.batch_size,
+            batches=len(self),
+        )
+
+    def state_dict(self, *, next_batch: int | None = None) -> dict:
+        """``loader_state(next_batch=...)`` as a plain dict (``LoaderState.to_dict``)."""
+        return self.loader_state(next_batch=next_batch).to_dict()
+
+    def load_state_dict(self, state: LoaderState | dict) -> None:
+        """Go to a saved position: ``epoch`` becomes the state's, and the next pass over it starts
+        at the state's batch. A state saved with another feature set, seed, rank, world size,
+        batch size or number of batches per epoch is refused (ConfigError naming the field)."""
+        loaded = LoaderState.coerce(state)
+        loaded.check_fits(self.loader_state(next_batch=0))
+        loaded = loaded.normalized()
+        self.epoch, self.start_batch = loaded.epoch, loaded.batch
+
+    def _positions(self, epoch: int) -> np.ndarray:
+        """Positions into ``rank_ids`` that this rank visits in ``epoch``, in order."""
+        cached = self._order
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        order = sampler.epoch_order(self.rank_ids.shape[0], seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        positions = order[: self._rank_size()]
+        self._order = (epoch, positions)
+        return positions
+
+    def _rank_size(self) -> int:
+        return sampler.rank_epoch_size(self.n_examples, world_size=self.world_size)
+
+    def __len__(self) -> int:
+        n = self._rank_size()
+        return n // self.batch_size if self.drop_remainder else math.ceil(n / self.batch_size)
+
+    def _batch_position(self, index: int) -> int:
+        """``index`` in ``range(len(self))``; a negative one counts from the end, as in a list."""
+        index = operator.index(index)
+        n_batches = len(self)
+        position = index + n_batches if index < 0 else index
+        if not 0 <= position < n_batches:
+            raise IndexError(f"batch {index} out of range for {n_batches} batches")
+        return position
+
+    def batch_example_ids(self, index: int, *, epoch: int | None = None) -> np.ndarray:
+        """Global example ids of batch ``index`` in ``epoch`` (default: the current one), in order."""
+        epoch = self.epoch if epoch is None else _check_int("epoch", epoch, low=0)
+        index = self._batch_position(index)
+        positions = self._positions(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
+        return self.rank_ids[positions]
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def batch(self, index: int, *, epoch: int | None = None) -> tuple[np.ndarray, ...]:
+        """Batch ``index`` of ``epoch`` (default: the current epoch)."""
+        epoch = self.epoch if epoch is None else _check_int("epoch", epoch, low=0)
+        index = self._batch_position(index)
+        ids = self.batch_example_ids(index, epoch=epoch)
+        params = self.batch_params(index, ids.shape[0], epoch=epoch)
+        x = self._rows.take(ids.shape[0])
+        mixes = self.augment.mixes(params)
+        self._rows.build(x, ids, params, masks=not mixes)
+        if mixes:  # mixup reads rows built by other workers, then the masks (the gain is applied)
+            self.augment.apply(x, params, fill=self.fill, gain=False)
+        y, known = self._labels(ids, params.crop_start)
+        if self.soft_labels is not None:
+            y, known = fill_unknown(y, known, self.soft_labels[ids])
+        y, known = self.augment.mix_labels(y, known, params)
+        return (x, y, known) if self.return_mask else (x, y)
+
+    def _check_soft_labels(self, soft: np.ndarray | str | os.PathLike) -> np.ndarray:
+        """``soft_labels`` as a float32 array of this feature set's shape, or ConfigError naming it."""
+        where = "soft_labels"
+        if not isinstance(soft, np.ndarray):
+            where = os.fspath(soft)
             try:
-                ranges = row_ranges(ids.shape[0], self.workers)
-                for conn, (lo, hi) in zip(self._conns, ranges, strict=False):
-                    conn.send((slot, lo, hi, ids[lo:hi], params.rows(lo, hi), masks))
-                for conn in self._conns[: len(ranges)]:
-                    answer = conn.recv()
-                    if answer is not None:
-                        errors.append(answer)
-            except (EOFError, OSError):
-                self._finalizer()
-                raise MelShardsError(
-                    "a ShardSequence worker process exited while building a batch (killed? out of memory?)"
-                ) from None
-            except BaseException:
-                # Interrupted with answers outstanding: stop the workers so the next batch
-                # starts from fresh ones, never reading a stale answer.
-                self._finalizer()
-                raise
-        if errors:
-            raise errors[0]
+                soft = np.load(where, allow_pickle=False)
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"{where}: cannot read soft labels: {err}") from None
+        expected = (self.features.n_examples, self.features.config.n_classes)
+        if soft.shape != expected or soft.dtype.kind != "f":
+            raise ConfigError(
+                f"{where}: soft labels must be floats of shape {expected} (examples, classes) for "
+                f"{self.features.root}, got {soft.dtype} {soft.shape}"
+            )
+        soft = soft.astype(np.float32, copy=False)
+        outside = np.flatnonzero(((soft < 0) | (soft > 1)).any(axis=1))
+        if outside.size:
+            raise ConfigError(f"{where}: example {outside[0]} has a soft label outside [0, 1]")
+        return soft
 
-    def _fresh_state(self) -> dict:
-        return {
-            **super()._fresh_state(),
-            "_conns": [],
-            "_processes": [],
-            "_finalizer": None,
-            "_lock": threading.Lock(),
-        }
+    def _labels(self, ids: np.ndarray, crop_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(y, known) of the crops; centred crops come from a table made once per process."""
+        center = self._center
+        if not (crop_start == center).all():
+            return self.features.crop_labels(ids, crop_start, self.crop_frames)
+        table = self._center_labels
+        if table is None:
+            every = np.arange(self.features.n_examples)
+            y, known = self.features.crop_labels(every, np.full(every.shape[0], center), self.crop_frames)
+            table = self._center_labels = (y.astype(np.int8), known.astype(np.int8))
+        return table[0][ids].astype(np.float32), table[1][ids].astype(np.float32)
 
-    def _after_fork_in_child(self) -> None:
-        # The workers are the parent's to stop: an exiting child must not send them ``None``.
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        super()._after_fork_in_child()
+    def batch_params(self, index: int, size: int, *, epoch: int) -> AugmentParams:
+        """The augmentation draws of batch ``index`` of ``epoch`` (``size`` examples).
 
-    def close(self) -> None:
-        with self._lock:
-            if self._finalizer is not None:
-                self._finalizer()
-            self._conns, self._processes, self._finalizer = [], [], None
-            self.buffers = BufferPool(self.shape, self.dtype)
+        Time shifts keep each crop on its example's valid frames (``FeatureSet.valid``); a
+        ``size`` other than the batch's draws as if every frame held audio.
+        """
+        index = self._batch_position(index)
+        rng = None
+        if self.augment.enabled:
+            rng = sampler.batch_rng(seed=self.seed, epoch=epoch, rank=self.rank, index=index)
+        ids = self.batch_example_ids(index, epoch=epoch)
+        return self.augment.sample_params(
+            rng,
+            size,
+            n_mels=self.config.n_mels,
+            n_frames=self.config.n_frames,
+            crop_frames=self.crop_frames,
+            valid=self.features.valid[ids] if ids.shape[0] == size else None,
+        )
 
+    def get(self, index: int, *, epoch: int | None = None) -> tuple[np.ndarray, ...]:
+        """``batch(index, epoch=epoch)``, and, with ``lookahead``, start building ``index + 1``."""
+        epoch = self.epoch if epoch is None else _check_int("epoch", epoch, low=0)
+        index = self._batch_position(index)
+        if not self.lookahead:
+            return self.batch(index, epoch=epoch)
+        return self._lookahead.get(index, epoch, len(self))
 
-class Lookahead:
-    """Builds the next batch in a background thread while the caller trains on this one.
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+        return self.get(index)
 
-    ``get(index, epoch)`` returns ``build(index, epoch)``; meanwhile a thread builds batch
-    ``index + 1`` of the same epoch, the batch an in-order consumer asks for next. Keras asks
-    in order unless ``fit(shuffle=True)`` reorders whole batches; after two wrong guesses in a
-    row the look-ahead stops until the next epoch, so a shuffled order costs at most two
-    wasted batches per epoch. The batch returned is the same array either way: only the
-    thread that builds it differs. The compiled kernels release the GIL, so the thread runs
-    alongside the training step even with an in-process Keras loop (JAX, PyTorch backends).
+    def _build(self, index: int, epoch: int) -> tuple[np.ndarray, ...]:
+        return self.batch(index, epoch=epoch)
 
-    A forked child never waits for its parent's thread: it forgets the batch being built ahead
-    (its thread does not exist in the child, and its future's lock may be held for good), builds
-    the batch it asks for itself, and starts its own thread for the next one.
-    """
+    def iter_numpy(self, *, epoch: int | None = None) -> Iterator[tuple[np.ndarray, ...]]:
+        """Every batch of one epoch (default: the current one, from ``start_batch``), as numpy arrays."""
+        first = 0
+        if epoch is None:
+            epoch, first, self.start_batch = self.epoch, self.start_batch, 0
+        for index in range(first, len(self)):
+            yield self.batch(index, epoch=epoch)
 
-    def __init__(self, build) -> None:
-        self.build = build
-        self.__dict__.update(self._fresh_state())
-        _per_process.add(self)
+    def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
+        return self.iter_numpy()
 
-    @staticmethod
-    def _fresh_state() -> dict:
-        return {"_executor": None, "_pid": None, "_pending": None, "_misses": 0, "_epoch": None}
-
-    def get(self, index: int, epoch: int, n_batches: int) -> tuple[np.ndarray, ...]:
-        if self._epoch != epoch:
-            self._epoch, self._misses = epoch, 0
-        pending, self._pending = self._pending, None
-        if pending is not None and pending[0] == (epoch, index):
-            result = pending[1].result()
-            self._misses = 0
-        else:
-            if pending is not None:
-                pending[1].cancel()
-                self._misses += 1
-            result = self.build(index, epoch)
-        if index + 1 < n_batches and self._misses < 2:
-            self._pending = ((epoch, index + 1), self._pool().submit(self.build, index + 1, epoch))
-        return result
-
-    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._pid != os.getpid():  # a forked child never uses its parent's thread
-            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shard-lookahead")
-            self._pid = os.getpid()
-        return self._executor
-
-    def close(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending[1].cancel()
-        if self._executor is not None and self._pid == os.getpid():
-            self._executor.shutdown(wait=True)
-        self._executor, self._pid = None, None
-
-    def _after_fork_in_child(self) -> None:
-        self.__dict__.update(self._fresh_state())
+    # -- pickling ----------------------------------------------------------------------------
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.update(self._fresh_state())
+        state["_order"] = None
+        state["_center_labels"] = None
         return state
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        _per_process.add(self)
+
+def fill_unknown(y: np.ndarray, known: np.ndarray, soft: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``y`` with every unknown label that has a soft value (not NaN) set to it; ``known`` as given.
+
+    y, known, soft : np.ndarray [shape=(B, n_classes)]; y is changed in place.
+    """
+    fill = (known == 0) & ~np.isnan(soft)
+    y[fill] = soft[fill]
+    return y, known

@@ -7,7 +7,7 @@ It holds only numpy arrays, so it pickles cheaply into worker processes.
 ``MelReader`` fills caller-provided batch buffers. Its fast path memory-maps each shard
 (read-only) and, because every example is one chunk at a known byte offset, skips HDF5's
 filter pipeline: an uncompressed chunk is gathered, cropped and cast (or, for uint8 codes,
-decoded with its example's offset and scale) by one compiled loop (``loader.kernels``); a
+decoded with its example's offset and scale) by one compiled loop (``loader.read_kernels``); a
 chunk compressed by a plugin filter (``zstd``, ``bitshuffle-lz4``) is decompressed into a
 small scratch array of codes and then goes through the same loop, so no float array is made
 on the way. The fast path checks each chunk's Fletcher-32 itself the first time this process
@@ -32,7 +32,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from loader import kernels
+from loader import read_kernels
 from melshards import codec, remote
 from melshards.config import FeatureConfig, crop_span
 from melshards.errors import FormatError, IntegrityError
@@ -521,7 +521,7 @@ class MelReader:
             offset = int(layout.byte_offsets[row])
             raw = mapped.raw[offset : offset + int(layout.chunk_sizes[row])]
             if not mapped.verified[row]:
-                if not kernels.chunk_ok(raw):
+                if not read_kernels.chunk_ok(raw):
                     raise self._integrity_error(s, row)
                 mapped.verified[row] = True
             values = _stored_view(self._decode(raw[:-4], f"{layout.path}: example {row}"), self._dtype)
@@ -537,7 +537,7 @@ class MelReader:
         layout = self.features.shards[s]
         n_bytes = int(layout.chunk_sizes[0]) - 4
         if n_bytes % 2 == 0 and not (layout.byte_offsets[todo] % 2).any():
-            bad = kernels.first_bad_chunk(
+            bad = read_kernels.first_bad_chunk(
                 mapped.raw[: mapped.raw.shape[0] // 2 * 2].view(np.uint16),
                 layout.byte_offsets[todo] // 2,
                 n_bytes // 2,
@@ -547,7 +547,7 @@ class MelReader:
                 (
                     j
                     for j, row in enumerate(todo.tolist())
-                    if not kernels.chunk_ok(
+                    if not read_kernels.chunk_ok(
                         mapped.raw[layout.byte_offsets[row] : layout.byte_offsets[row] + n_bytes + 4]
                     )
                 ),
@@ -641,7 +641,7 @@ class _Target:
             raise ValueError(f"read: gain {self.gain.shape} does not match {b} examples")
         lo, hi = (-np.inf, np.inf) if clip is None else clip
         self.lo, self.hi = np.float32(lo), np.float32(hi)
-        self.native = kernels.half_conversion_ok()
+        self.native = read_kernels.half_conversion_ok()
 
     def fill(
         self,
@@ -658,7 +658,7 @@ class _Target:
         """
         if self.native:
             if quant is None:
-                kernels.gather_crop(
+                read_kernels.gather_crop(
                     values,
                     offsets,
                     starts,
@@ -671,7 +671,7 @@ class _Target:
                     self.scale,
                 )
             else:
-                kernels.gather_codes(
+                read_kernels.gather_codes(
                     values,
                     offsets,
                     starts,
@@ -690,7 +690,9 @@ class _Target:
         # stored values with the compiled loop, cast and scale with numpy.
         b, n_mels, crop = self.view.shape
         raw = np.empty((out_pos.shape[0], n_mels, crop), dtype=values.dtype)
-        kernels.copy_crop(values, offsets, starts, n_frames, raw, np.arange(out_pos.shape[0], dtype=np.int64))
+        read_kernels.copy_crop(
+            values, offsets, starts, n_frames, raw, np.arange(out_pos.shape[0], dtype=np.int64)
+        )
         stored = raw.view(np.float16) if values.dtype == np.uint16 else raw
         block = stored.astype(np.float32) if quant is None else codec.dequantize(stored, *quant)
         if self.scale:
@@ -706,4 +708,4 @@ class _CopyTarget:
         self.view = _stored_view(out, out.dtype)
 
     def fill(self, values, offsets, starts, out_pos, n_frames, quant=None) -> None:
-        kernels.copy_crop(values, offsets, starts, n_frames, self.view, out_pos)
+        read_kernels.copy_crop(values, offsets, starts, n_frames, self.view, out_pos)

@@ -1,6 +1,6 @@
 """``ShardSequence``: ``ShardBatches`` as a ``keras.utils.PyDataset``, for ``model.fit``.
 
-Every batch comes from ``loader.source.ShardBatches`` (see there: a pure function of
+Every batch comes from ``loader.batches.ShardBatches`` (see there: a pure function of
 ``(seed, epoch, index, rank)``); this class only adds what Keras needs, on every backend
 (TensorFlow, JAX, PyTorch).
 
@@ -25,8 +25,8 @@ begins epochs it only peeks at, to build the model). Ending the short epoch by r
 data instead is no way out on TensorFlow: the step that finds no data still applies AdamW's
 weight decay and advances the optimizer's step count and the dropout seeds (measured), so the
 weights drift from the uninterrupted run. The same two calls resume on JAX (checked).
-``LoaderCheckpoint`` saves the model, its optimizer and the loader's position together while
-``fit`` runs, and restores them.
+``experiments.checkpoints.LoaderCheckpoint`` saves the model, its optimizer and the loader's
+position together while ``fit`` runs, and restores them.
 
 Workers: ``workers``/``use_multiprocessing`` are not handed to Keras (its worker processes
 send every batch through a pipe, its threads through a queue); the sequence builds each batch
@@ -38,16 +38,14 @@ from __future__ import annotations
 import inspect
 import operator
 import os
-from dataclasses import replace
-from pathlib import Path
 
 import keras
 import numpy as np
 
+from loader.batches import ShardBatches
 from loader.reader import FeatureSet
-from loader.source import ShardBatches
-from loader.state import LoaderState, read_state, write_state
-from melshards.errors import ConfigError, ExperimentError
+from loader.state import LoaderState
+from melshards.errors import ConfigError
 
 # What Keras' PyDataset itself takes; workers and use_multiprocessing go to ShardBatches.
 PYDATASET_ARGS = ("max_queue_size",)
@@ -57,7 +55,7 @@ BATCH_OPTIONS = frozenset(inspect.signature(ShardBatches.__init__).parameters) -
 class ShardSequence(ShardBatches, keras.utils.PyDataset):
     """Batches ``(x, y)`` or ``(x, y, known)`` from a feature set for ``model.fit``.
 
-    Takes every ``loader.source.ShardBatches`` option (``split``, ``fold``, ``batch_size``,
+    Takes every ``loader.batches.ShardBatches`` option (``split``, ``fold``, ``batch_size``,
     ``shuffle``, ``seed``, ``augment``, ``dtype``, ``return_mask``, ``in_memory``,
     ``crop_frames``, ``drop_remainder``, ``lookahead``, ``rank``/``world_size``, ``workers``,
     ``use_multiprocessing``) and Keras' ``max_queue_size``.
@@ -68,7 +66,7 @@ class ShardSequence(ShardBatches, keras.utils.PyDataset):
         if unknown:
             raise ConfigError(f"ShardSequence got unknown argument(s) {', '.join(unknown)}")
         # Keras is told nothing about workers: the sequence splits each batch across its own
-        # workers instead (``loader.batches``) and Keras builds batches in its in-process path.
+        # workers instead (``loader.rows``) and Keras builds batches in its in-process path.
         keras.utils.PyDataset.__init__(self, **{k: options.pop(k) for k in PYDATASET_ARGS if k in options})
         ShardBatches.__init__(self, path, **options)
 
@@ -199,133 +197,3 @@ class PairedSequence(keras.utils.PyDataset):
         """Examples fed per epoch: all of ``first``, and ``second``'s batches that go with them."""
         second = sum(len(self.second.batch_example_ids(i % len(self.second))) for i in range(len(self)))
         return self.first.n_examples + second
-
-
-CHECKPOINT_STATE = "checkpoint.loader.json"
-CHECKPOINT_PREFIX = "checkpoint-"
-
-
-class LoaderCheckpoint(keras.callbacks.Callback):
-    """Save the model, its optimizer and the loader's position together while ``fit`` runs.
-
-    Every ``every`` batches of an epoch (0: never mid-epoch) and at the end of every epoch,
-    writes into ``directory``:
-
-    - ``checkpoint-e<epoch>-b<batch>.keras``: the model with its optimizer state (``model.save``,
-      to a temp name then renamed into place);
-    - ``checkpoint.loader.json`` (``loader.state.write_state``, atomically, after the model): the
-      sequence's position, the name of the model file it goes with, what ``.keras`` does not
-      hold (the dropout seed generators, the running metrics of the epoch) and ``extra()``;
-    - then removes the older model files.
-
-    A kill at any moment leaves the last ``checkpoint.loader.json`` naming a complete model file.
-    ``restore(model)`` loads them back into a freshly built, compiled model and the sequence.
-
-    seq : the training ``ShardSequence`` or ``PairedSequence`` passed to ``fit``
-    extra : called at each save; a JSON-able dict written under ``"fit"`` (the run's bookkeeping)
-    """
-
-    def __init__(self, seq, directory: str | os.PathLike, *, every: int = 0, extra=None) -> None:
-        super().__init__()
-        if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-            raise ConfigError(f"checkpoint every must be an integer >= 0 (batches), got {every!r}")
-        self.seq, self.directory, self.every, self.extra = seq, Path(directory), every, extra
-        self._epoch, self._first = 0, 0
-        self._metrics: list | None = None  # running metrics to put back at the loaded epoch's start
-
-    def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        # Keras has moved the sequence to this epoch already (on_epoch_end before fit's first).
-        self._epoch, self._first = self.seq.epoch, self.seq.start_batch
-        if self._metrics is not None:  # fit reset the metrics just before this call
-            _assign(self.model.metrics_variables, self._metrics)
-            self._metrics = None
-
-    def on_train_batch_end(self, batch: int, logs=None) -> None:
-        done = self._first + batch + 1
-        if self.every and done % self.every == 0 and done < len(self.seq):
-            self.save(done)
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        self.save(len(self.seq))
-
-    def save(self, next_batch: int) -> None:
-        """Checkpoint with the sequence at batch ``next_batch`` of the current epoch."""
-        state = replace(self.seq.loader_state(next_batch=0), epoch=self._epoch, batch=next_batch).normalized()
-        name = f"{CHECKPOINT_PREFIX}e{state.epoch:05d}-b{state.batch:06d}.keras"
-        partial = self.directory / f".partial-{os.getpid()}-{name}"  # Keras wants the .keras suffix
-        self.model.save(partial)
-        _fsync(partial)
-        os.replace(partial, self.directory / name)
-        variables = {
-            "seed_generators": _values(_seed_variables(self.model)),
-            "metrics": _values(self.model.metrics_variables),
-        }
-        extra = {} if self.extra is None else {"fit": self.extra()}
-        write_state(self.directory / CHECKPOINT_STATE, state, model=name, variables=variables, **extra)
-        for old in self.directory.glob(f"{CHECKPOINT_PREFIX}*.keras"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
-
-    def restore(self, model: keras.Model) -> dict | None:
-        """Load the checkpoint of ``directory`` into ``model`` (built and compiled as for the
-        saved run) and the sequence; returns its ``"fit"`` entry ({} without one), or None when
-        ``directory`` holds no checkpoint. ConfigError when the loader state does not fit."""
-        path = self.directory / CHECKPOINT_STATE
-        if not path.exists():
-            return None
-        state, extra = read_state(path)
-        try:
-            self.seq.load_state_dict(state)
-        except ConfigError as err:
-            raise ConfigError(f"{path}: {err}") from None
-        try:
-            model.optimizer.build(model.trainable_variables)
-            model.load_weights(self.directory / extra["model"])
-            variables = extra["variables"]
-            _assign(_seed_variables(model), variables["seed_generators"])
-        except (KeyError, TypeError, ValueError, OSError) as err:
-            raise ExperimentError(f"{path}: cannot restore the checkpoint: {err}") from None
-        self._metrics = variables["metrics"]
-        if len(model.metrics_variables) < len(self._metrics):
-            _build_metrics(model, self.seq[0])
-        self.clean(self.directory)
-        return extra.get("fit", {})
-
-    @staticmethod
-    def clean(directory: Path) -> None:
-        """Remove the partial files a save killed half-way left in ``directory``."""
-        for pattern in (f".partial-*-{CHECKPOINT_PREFIX}*.keras", f".{CHECKPOINT_STATE}.*.tmp"):
-            for partial in Path(directory).glob(pattern):
-                partial.unlink(missing_ok=True)
-
-
-def _seed_variables(model: keras.Model) -> list:
-    """The model's variables that ``model.save`` does not keep: its seed generators' states."""
-    weights = {id(w) for w in model.weights}
-    return [v for v in model.variables if id(v) not in weights]
-
-
-def _build_metrics(model: keras.Model, batch: tuple) -> None:
-    """Create the compiled metrics' variables (``fit`` makes them in its first step), so that
-    a restored epoch's running values can go into them before that step."""
-    x, y, *weight = batch
-    model.compute_metrics(x, y, model(x, training=False), sample_weight=weight[0] if weight else None)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _values(variables) -> list:
-    return [keras.ops.convert_to_numpy(v).tolist() for v in variables]
-
-
-def _assign(variables, values) -> None:
-    if len(variables) != len(values):
-        raise ValueError(f"{len(values)} saved values for {len(variables)} variables")
-    for variable, value in zip(variables, values, strict=True):
-        variable.assign(np.asarray(value, dtype=variable.dtype))

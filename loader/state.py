@@ -1,6 +1,6 @@
 """Where a loader is: the small state saved beside a checkpoint to resume training mid-epoch.
 
-Every batch is a pure function of ``(seed, epoch, index, rank)`` (``loader.source``), so a
+Every batch is a pure function of ``(seed, epoch, index, rank)`` (``loader.batches``), so a
 loader's position is the whole of its state: ``LoaderState`` holds it (seed, epoch, next batch,
 rank, world size) with what must not change between saving and loading it (the feature set's
 fingerprint, the batch size, the batches per epoch)::

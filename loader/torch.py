@@ -2,7 +2,7 @@
 
 ``ShardDataset`` is a map-style dataset whose items are whole batches: item ``(epoch, i)``
 is batch ``i`` of ``epoch``, the same arrays ``ShardSequence`` gives for the same settings
-(``loader.source.ShardBatches`` builds both), as tensors ``(x, y)`` or ``(x, y, known)``.
+(``loader.batches.ShardBatches`` builds both), as tensors ``(x, y)`` or ``(x, y, known)``.
 Its ``loader()`` makes the ``DataLoader``: ``batch_size=None`` (items are batches already) and
 an ``EpochSampler`` that yields ``(epoch, i)`` pairs, so worker processes, persistent or not,
 build the batches of the epoch the main process is in::
@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from loader.source import ShardBatches
+from loader.batches import ShardBatches
 from loader.state import LoaderState
 from melshards.errors import ConfigError
 

@@ -1,7 +1,10 @@
-"""Exceptions shared by the precompute and loader packages.
+"""The format's exceptions, and the root that every error of the project derives from.
 
 Every message names the offending value and where it came from (file, line, shard), so a
-user can fix the input without reading a traceback.
+user can fix the input without reading a traceback. The errors of reading annotations and
+audio live in ``precompute.errors``, those of runs and models in ``experiments.errors``; all
+derive from ``MelShardsError``, which the command lines (``commandline.console``) report as
+one line.
 """
 
 
@@ -11,14 +14,6 @@ class MelShardsError(Exception):
 
 class ConfigError(MelShardsError, ValueError):
     """A feature, split or augmentation parameter is out of range or inconsistent."""
-
-
-class ManifestError(MelShardsError, ValueError):
-    """A manifest row (or the manifest file itself) is invalid."""
-
-
-class AudioError(MelShardsError):
-    """A recording cannot be decoded or does not fit the feature config."""
 
 
 class FormatError(MelShardsError):
@@ -31,11 +26,3 @@ class IntegrityError(FormatError):
 
 class StorageError(MelShardsError):
     """The output cannot be written: disk full, quota, or a file too large for the file system."""
-
-
-class LockedError(MelShardsError):
-    """Another precompute run holds the output directory."""
-
-
-class ExperimentError(MelShardsError):
-    """A model file, run directory or prediction input is missing or does not fit."""

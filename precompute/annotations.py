@@ -42,10 +42,11 @@ from typing import Any
 import soundfile as sf
 
 from melshards.config import FeatureConfig
-from melshards.errors import AudioError, ConfigError, ManifestError
+from melshards.errors import ConfigError
 from melshards.names import EVENT_FP, EVENT_TP
 from precompute.audio import AUDIO_EXTENSIONS, find_audio
 from precompute.classes import ClassCoder, ClassSpec, parse_class_option
+from precompute.errors import AudioError, ManifestError
 from precompute.manifest import FIELDS, RFCX, Layout, Row, RowFailure, iter_manifest, parse_row
 
 FORMATS = ("rfcx", "events", "raven", "clips", "class_folders")

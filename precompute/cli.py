@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from melshards.console import (
+from commandline.console import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
@@ -40,7 +40,7 @@ def _quiet_option() -> argparse.ArgumentParser:
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
-    from precompute.config import preset_names
+    from precompute.config_files import preset_names
 
     g = p.add_argument_group("feature config (preset < --config file < --set)")
     g.add_argument(
@@ -255,7 +255,7 @@ def _add_reading_commands(sub, quiet: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from precompute.config import load_config, parse_set
+    from precompute.config_files import load_config, parse_set
 
     overrides = parse_set(args.overrides)
     return load_config(args.config, preset=args.preset, shard_size=args.shard_size, overrides=overrides)
@@ -375,7 +375,7 @@ def _classes(args: argparse.Namespace, options: dict, *, config):
     """The class list's source: --classes (or the config's [annotations] classes), and n_classes
     when the config file, --set or the preset gives it; else the data."""
     from precompute.classes import ClassSpec, parse_class_option
-    from precompute.config import parse_set, preset_values, read_toml
+    from precompute.config_files import parse_set, preset_values, read_toml
 
     spec = parse_class_option(args.classes) if args.classes else options.get("classes", ClassSpec())
     given = "n_classes" in parse_set(args.overrides) or "n_classes" in preset_values(config.preset)
@@ -463,7 +463,7 @@ def verify_command(args: argparse.Namespace) -> int:
 
 
 def config_command(args: argparse.Namespace) -> int:
-    from precompute.config import config_toml, preset_names, preset_values
+    from precompute.config_files import config_toml, preset_names, preset_values
 
     if args.list:
         for name in preset_names():

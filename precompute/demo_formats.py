@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from melshards.console import EXIT_OK, report_error, setup_logging
+from commandline.console import EXIT_OK, report_error, setup_logging
 from melshards.errors import ConfigError, MelShardsError
 
 # A name per demo species id; names with spaces, as field guides write them.

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from melshards.config import FeatureConfig
-from melshards.errors import AudioError
 from melshards.index import ShardEntry
 from melshards.names import EVENT_NONE, LABEL_UNKNOWN, QUANTIZED_DTYPE, SET_WINDOWS
 from melshards.shard import ShardExample, ShardStats, write_shard
 from precompute.audio import decode, probe, read_span
+from precompute.errors import AudioError
 from precompute.mel import log_mel, log_mel_of_power, mel_power_frames
 from precompute.plan import RecordingTask, ShardJob
 from precompute.windows import (

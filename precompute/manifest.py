@@ -38,9 +38,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from melshards.errors import ManifestError
 from melshards.names import EVENT_FP, EVENT_TP
 from precompute.classes import ClassCoder, ClassSpec
+from precompute.errors import ManifestError
 
 COLUMNS = ("recording_id", "species_id", "songtype_id", "t_min", "f_min", "t_max", "f_max")
 OPTIONAL_COLUMNS = ("path",)

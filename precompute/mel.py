@@ -4,7 +4,7 @@
 
 - ``"fast"`` (every preset but ``seed``): blocks of frames (``center=True``: zero beyond the
   signal, as librosa) are multiplied by a periodic Hann window and transformed by
-  ``scipy.fft.rfft`` in float32; a compiled loop (``precompute.kernels``) squares only the
+  ``scipy.fft.rfft`` in float32; a compiled loop (``precompute.mel_kernels``) squares only the
   bins each mel band uses and sums them with the band's weights (each bin feeds at most two
   bands). The filter bank is librosa's, built here without importing it. dB and min-max follow
   librosa's formulas. It equals librosa's output within one float16 step after min-max; in dB,
@@ -163,7 +163,7 @@ def mel_power_frames(
     """
     from scipy import fft
 
-    from precompute.kernels import project_power, windowed_frames
+    from precompute.mel_kernels import project_power, windowed_frames
 
     y = np.ascontiguousarray(y, dtype=np.float32)
     band_start, band_end, weights = _bands(

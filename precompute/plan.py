@@ -27,12 +27,13 @@ import numpy as np
 import soundfile as sf
 
 from melshards.config import FeatureConfig
-from melshards.errors import AudioError, ConfigError, ManifestError
+from melshards.errors import ConfigError
 from melshards.files import fingerprint_of
 from melshards.names import EVENT_FP, FORMAT_VERSION, SET_LABELLED, SET_WINDOWS, SHARD_PATTERN
 from precompute.annotations import Annotations, iter_annotations
 from precompute.audio import AUDIO_EXTENSIONS, MAX_SECONDS, check_inside, file_identity, find_audio
 from precompute.classes import ClassCoder, ClassSpec
+from precompute.errors import AudioError, ManifestError
 from precompute.manifest import ROW_DTYPE, NoValidRows, Row, RowFailure, RowTable, drop_duplicates
 
 NO_ROWS = RowTable(np.zeros(0, dtype=ROW_DTYPE), (), (), (None,))

@@ -24,8 +24,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from commandline.console import log
 from melshards import remote
-from melshards.console import log
 from melshards.errors import IntegrityError
 from melshards.files import write_file_atomic
 from melshards.names import BUILT_FILE, FAILURES_FILE, INDEX_FILE, SHARD_PREFIX, SHARD_SUFFIX

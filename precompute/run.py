@@ -21,10 +21,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from commandline.console import log
 from melshards import codec, remote
 from melshards.config import FeatureConfig
-from melshards.console import log
-from melshards.errors import ConfigError, FormatError, LockedError, ManifestError
+from melshards.errors import ConfigError, FormatError
 from melshards.files import append_line, atomic_write_text, sha256_file
 from melshards.index import Index, ShardEntry, read_index, write_index
 from melshards.names import (
@@ -45,6 +45,7 @@ from melshards.shard import ShardStats, read_shard_summary, regular_file_problem
 from precompute.annotations import Annotations
 from precompute.backends import LOCAL_BACKENDS, check_backend, joblib_backend
 from precompute.classes import ClassSpec
+from precompute.errors import LockedError, ManifestError
 from precompute.job import ON_ERROR, ShardResult, build_shard
 from precompute.manifest import NoValidRows
 from precompute.plan import ShardJob, library_versions, plan_annotations, plan_windows, setup_key

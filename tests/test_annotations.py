@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from audio_fixtures import HEADER, read_arrays, write_dataset
-from melshards.errors import ConfigError, ManifestError
+from melshards.errors import ConfigError
 from melshards.index import read_index
 from melshards.names import EVENT_FP, EVENT_TP, FAILURES_FILE
 from precompute.annotations import Annotations, parse_columns, raven_recording
 from precompute.classes import ClassCoder, ClassSpec, parse_class_option
 from precompute.cli import main
 from precompute.demo_formats import convert, species_name
+from precompute.errors import ManifestError
 from precompute.inspection import inspect_lines
 from precompute.manifest import Layout, file_reference, iter_manifest
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from melshards.errors import AudioError
 from precompute.audio import decode, find_audio
+from precompute.errors import AudioError
 
 
 def test_stereo_is_averaged_to_mono_and_other_rates_resampled(tmp_path):

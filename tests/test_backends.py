@@ -87,7 +87,7 @@ def test_the_precompute_side_and_the_numpy_reader_import_no_training_framework()
         import json, sys
         import melshards, melshards.verify
         import precompute, precompute.cli, precompute.run, precompute.job
-        import loader, loader.source, loader.reader
+        import loader, loader.batches, loader.reader
         heavy = ["tensorflow", "keras", "torch", "jax", "matplotlib"]
         print(json.dumps(sorted(name for name in heavy if name in sys.modules)))
         """

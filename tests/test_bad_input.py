@@ -10,11 +10,11 @@ import pytest
 import soundfile as sf
 
 from audio_fixtures import HEADER, TINY, tone_recording
-from melshards.errors import AudioError, LockedError, ManifestError
 from melshards.index import read_index
 from melshards.names import FAILURES_FILE
 from melshards.verify import verify
 from precompute.cli import main
+from precompute.errors import AudioError, LockedError, ManifestError
 from precompute.run import output_lock, run_features
 
 SR = 16000

@@ -18,8 +18,8 @@ import pytest
 
 from loader import ShardSequence
 from loader.augment import Augment
-from loader.batches import row_ranges
 from loader.buffers import ALIGNMENT, BufferPool
+from loader.rows import row_ranges
 from melshards.errors import IntegrityError
 from synthetic_features import make_feature_set
 
@@ -257,7 +257,7 @@ def test_killed_training_process_takes_its_workers_along(labelled_set, tmp_path)
 def test_lookahead_builds_the_next_batch_in_its_thread_and_gives_up_on_a_shuffled_order():
     import threading
 
-    from loader.batches import Lookahead
+    from loader.rows import Lookahead
 
     built = []
 

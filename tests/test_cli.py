@@ -7,7 +7,7 @@ import re
 import pytest
 
 from audio_fixtures import TINY
-from melshards.console import report_error, setup_logging, user_error_message
+from commandline.console import report_error, setup_logging, user_error_message
 from melshards.errors import FormatError
 from melshards.index import read_index
 from precompute.cli import main

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from loader import MelReader, ShardSequence, open_feature_set
-from loader import kernels as loader_kernels
+from loader import read_kernels as loader_kernels
 from melshards import codec, names
 from melshards.config import FeatureConfig
 from melshards.errors import ConfigError, IntegrityError

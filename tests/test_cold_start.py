@@ -11,11 +11,11 @@ def test_import_loads_the_readers_kernels_in_a_background_thread():
         """
         import threading
         import loader
-        from loader import kernels
-        assert kernels._warming is not None and kernels._warming.name == "melshards-kernel-warmup"
-        kernels._warming.join()
+        from loader import read_kernels
+        assert read_kernels._warming is not None and read_kernels._warming.name == "melshards-kernel-warmup"
+        read_kernels._warming.join()
         # every kernel a batch needs is loaded, for read-only (memory-mapped) sources
-        loaded = {name: [str(s) for s in getattr(kernels, name).signatures]
+        loaded = {name: [str(s) for s in getattr(read_kernels, name).signatures]
                   for name in ("gather_crop", "gather_codes", "first_bad_chunk", "mask_bands")}
         assert all(loaded.values()), loaded
         assert any("uint8, 1, 'C', True" in s for s in loaded["gather_codes"]), loaded

@@ -10,7 +10,7 @@ import pytest
 from melshards.config import PARAMETERS, FeatureConfig, parameter_names
 from melshards.errors import ConfigError
 from precompute.cli import main
-from precompute.config import (
+from precompute.config_files import (
     config_toml,
     load_config,
     parameter_table,

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from experiments import predict, train
+from experiments.errors import ExperimentError
 from experiments.metrics import lwlrap
 from loader import ShardSequence
-from melshards.errors import ConfigError, ExperimentError
+from melshards.errors import ConfigError
 from melshards.index import read_index
 from synthetic_features import make_feature_set
 

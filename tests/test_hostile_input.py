@@ -14,11 +14,11 @@ import soundfile as sf
 from test_cli import TINY_SET
 
 from audio_fixtures import HEADER, read_arrays, tone_recording
-from melshards.errors import AudioError
 from melshards.index import read_index
 from melshards.names import EVENT_TP, FAILURES_FILE
 from precompute.audio import BLOCK_FRAMES, decode
 from precompute.cli import main
+from precompute.errors import AudioError
 from precompute.manifest import read_manifest
 
 SR = 16000

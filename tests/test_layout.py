@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("melshards", "precompute", "loader", "experiments")
+PACKAGES = ("melshards", "commandline", "precompute", "loader", "experiments")
 
 # Which of the project's packages each package may import.
 ALLOWED = {
     "melshards": set(),
-    "precompute": {"melshards"},
+    "commandline": {"melshards"},
+    "precompute": {"melshards", "commandline"},
     "loader": {"melshards"},
-    "experiments": {"melshards", "loader"},
+    "experiments": {"melshards", "loader", "commandline"},
 }
 # The one import across the arrows: ``precompute preview`` draws what the loader feeds a model,
 # so the command reaches the pictures in experiments (imported inside that command only).
@@ -28,6 +29,7 @@ EXCEPTIONS = {("precompute/cli.py", "experiments.pictures")}
 # Third-party packages a side must not import (its users may not have them installed).
 FORBIDDEN = {
     "melshards": {"keras", "tensorflow", "torch", "matplotlib", "librosa", "joblib", "numba", "soundfile"},
+    "commandline": {"keras", "tensorflow", "torch", "matplotlib", "librosa", "joblib", "numba", "soundfile"},
     "precompute": {"keras", "tensorflow", "torch", "matplotlib"},
     "loader": {"librosa", "joblib", "soundfile", "soxr", "matplotlib"},
 }
@@ -96,7 +98,7 @@ def test_the_precompute_side_loads_no_keras_tensorflow_or_matplotlib():
 
 
 def test_the_format_package_loads_neither_side():
-    loaded = loaded_after("import melshards, melshards.shard, melshards.verify, melshards.console")
+    loaded = loaded_after("import melshards, melshards.shard, melshards.verify, commandline.console")
     assert {"melshards", "h5py", "numpy"} <= loaded
     assert loaded.isdisjoint(
         {"precompute", "loader", "experiments", "librosa", "joblib", "keras", "tensorflow"}

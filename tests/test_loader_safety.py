@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from loader import ShardSequence, batches
+from loader import ShardSequence, rows
 
 MODES = {
     "in-process": {},
@@ -60,7 +60,7 @@ def test_forked_child_builds_the_batches_the_look_ahead_was_building(labelled_se
     gated = seq.batch_example_ids(1)
     context = multiprocessing.get_context("fork")
     reached, opened = context.Event(), context.Event()
-    fill_rows = batches.fill_rows
+    fill_rows = rows.fill_rows
 
     def fill_rows_at_gate(reader, augment, x, ids, params, **kwargs):
         if not opened.is_set() and np.isin(ids, gated).any():
@@ -68,7 +68,7 @@ def test_forked_child_builds_the_batches_the_look_ahead_was_building(labelled_se
             opened.wait(60)
         fill_rows(reader, augment, x, ids, params, **kwargs)
 
-    monkeypatch.setattr(batches, "fill_rows", fill_rows_at_gate)
+    monkeypatch.setattr(rows, "fill_rows", fill_rows_at_gate)
     first = seq[0]  # built here; batch 1 goes to the look-ahead thread and stops at the gate
     assert reached.wait(30), "the look-ahead never started batch 1"
     read_end, write_end = os.pipe()

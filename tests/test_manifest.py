@@ -1,8 +1,8 @@
 import pytest
 
 from audio_fixtures import HEADER
-from melshards.errors import ManifestError
 from melshards.names import EVENT_FP, EVENT_TP
+from precompute.errors import ManifestError
 from precompute.manifest import RowTable, drop_duplicates, read_manifest
 
 

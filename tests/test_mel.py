@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from audio_fixtures import TINY
-from precompute.config import preset
+from precompute.config_files import preset
 from precompute.mel import log_mel, mel_filterbank, minmax
 
 

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from audio_fixtures import TINY, read_arrays, run_tiny, write_dataset
-from melshards.errors import AudioError, ConfigError
+from melshards.errors import ConfigError
 from melshards.index import read_index
 from melshards.names import INDEX_FILE
 from precompute.audio import decode
 from precompute.cli import main
+from precompute.errors import AudioError
 from precompute.mel import log_mel_of_power, mel_power, mel_power_frames
 from precompute.run import run_windows
 from precompute.windows import place_window

@@ -260,8 +260,8 @@ def test_a_control_round_fine_tunes_without_soft_labels(tmp_path):
 
 
 def test_init_from_a_model_that_does_not_fit_is_one_line(tmp_path):
+    from experiments.errors import ExperimentError
     from experiments.train import train
-    from melshards.errors import ExperimentError
     from synthetic_features import make_feature_set
 
     feats = make_feature_set(tmp_path / "l", n_recordings=8, per_recording=3, n_classes=3, seed=4)

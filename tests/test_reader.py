@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from loader import kernels
+from loader import read_kernels
 from loader.reader import FeatureSet, MelReader
 from melshards.config import crop_span
 from melshards.errors import FormatError, IntegrityError
@@ -46,7 +46,7 @@ def test_fletcher32_matches_the_hdf5_algorithm(n_words, pattern):
     }[pattern].astype(np.uint16)
     data = words.astype(">u2").tobytes()  # the bytes as they would sit in the file
     want = hdf5_fletcher32(data)
-    assert kernels.fletcher32(np.frombuffer(data, dtype=np.uint16), 0, n_words) == want
+    assert read_kernels.fletcher32(np.frombuffer(data, dtype=np.uint16), 0, n_words) == want
 
 
 def test_fletcher32_matches_checksums_hdf5_wrote(tmp_path):
@@ -65,13 +65,13 @@ def test_fletcher32_matches_checksums_hdf5_wrote(tmp_path):
         stored = int.from_bytes(
             raw[info.byte_offset + 8 * 37 * 2 : info.byte_offset + info.size].tobytes(), "little"
         )
-        assert kernels.fletcher32(words, info.byte_offset // 2, 8 * 37) == stored
+        assert read_kernels.fletcher32(words, info.byte_offset // 2, 8 * 37) == stored
     offsets = np.array([i.byte_offset // 2 for i in infos], dtype=np.int64)
-    assert kernels.first_bad_chunk(words, offsets, 8 * 37) == -1
+    assert read_kernels.first_bad_chunk(words, offsets, 8 * 37) == -1
 
 
 def test_half_conversion_agrees_with_numpy():
-    assert kernels.half_conversion_ok()
+    assert read_kernels.half_conversion_ok()
 
 
 # -- metadata --------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_portable_path_equals_compiled_casts(labelled_features, monkeypatch):
     gain = np.linspace(0.8, 1.2, ids.size, dtype=np.float32)
     results = {}
     for native in (True, False):
-        monkeypatch.setattr(kernels, "_HALF_OK", native)
+        monkeypatch.setattr(read_kernels, "_HALF_OK", native)
         for dtype in (np.float32, np.float16):
             out = np.empty((ids.size, 16, 101, 1), dtype)
             MelReader(labelled_features).read(ids, starts, out, gain=gain, clip=(0.0, 1.0))

@@ -19,8 +19,8 @@ import pytest
 from object_stores import S3_ENV, http_server, s3_server
 
 from audio_fixtures import TINY, run_tiny
+from loader.batches import ShardBatches
 from loader.reader import FeatureSet
-from loader.source import ShardBatches
 from melshards import remote
 from melshards.errors import ConfigError, FormatError, IntegrityError, StorageError
 from melshards.index import read_index
@@ -248,7 +248,7 @@ def test_a_download_cut_off_midway_is_one_line_naming_the_url(tiny_run, tmp_path
 
 SHARED_READER = """
     import hashlib
-    from loader.source import ShardBatches
+    from loader.batches import ShardBatches
     seq = ShardBatches(URL, cache_dir=CACHE, split="all", batch_size=3, seed=1, augment=True, prefetch=True)
     digest = hashlib.sha256()
     for i in range(len(seq)):

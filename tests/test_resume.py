@@ -19,10 +19,12 @@ import numpy as np
 import pytest
 
 from experiments import train
+from experiments.checkpoints import CHECKPOINT_STATE, LoaderCheckpoint
+from experiments.errors import ExperimentError
 from loader import ShardBatches, ShardSequence
-from loader.sequence import CHECKPOINT_STATE, LoaderCheckpoint, PairedSequence
+from loader.sequence import PairedSequence
 from loader.state import LoaderState, read_state, write_state
-from melshards.errors import ConfigError, ExperimentError, FormatError
+from melshards.errors import ConfigError, FormatError
 from synthetic_features import make_feature_set
 
 ROOT = Path(__file__).resolve().parent.parent

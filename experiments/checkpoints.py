@@ -1,0 +1,148 @@
+"""Checkpoints of a training run: the model, its optimizer and the loader's position, together.
+
+``LoaderCheckpoint`` is a Keras callback; ``experiments.train`` uses it for ``--checkpoint-every``
+and ``--resume``, and any ``model.fit`` over a ``loader.ShardSequence`` (or ``PairedSequence``)
+can use it alike. The loader's side of a position is ``loader.state.LoaderState``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from experiments.errors import ExperimentError
+from loader.state import read_state, write_state
+from melshards.errors import ConfigError
+
+CHECKPOINT_STATE = "checkpoint.loader.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+class LoaderCheckpoint(keras.callbacks.Callback):
+    """Save the model, its optimizer and the loader's position together while ``fit`` runs.
+
+    Every ``every`` batches of an epoch (0: never mid-epoch) and at the end of every epoch,
+    writes into ``directory``:
+
+    - ``checkpoint-e<epoch>-b<batch>.keras``: the model with its optimizer state (``model.save``,
+      to a temp name then renamed into place);
+    - ``checkpoint.loader.json`` (``loader.state.write_state``, atomically, after the model): the
+      sequence's position, the name of the model file it goes with, what ``.keras`` does not
+      hold (the dropout seed generators, the running metrics of the epoch) and ``extra()``;
+    - then removes the older model files.
+
+    A kill at any moment leaves the last ``checkpoint.loader.json`` naming a complete model file.
+    ``restore(model)`` loads them back into a freshly built, compiled model and the sequence.
+
+    seq : the training ``ShardSequence`` or ``PairedSequence`` passed to ``fit``
+    extra : called at each save; a JSON-able dict written under ``"fit"`` (the run's bookkeeping)
+    """
+
+    def __init__(self, seq, directory: str | os.PathLike, *, every: int = 0, extra=None) -> None:
+        super().__init__()
+        if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+            raise ConfigError(f"checkpoint every must be an integer >= 0 (batches), got {every!r}")
+        self.seq, self.directory, self.every, self.extra = seq, Path(directory), every, extra
+        self._epoch, self._first = 0, 0
+        self._metrics: list | None = None  # running metrics to put back at the loaded epoch's start
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        # Keras has moved the sequence to this epoch already (on_epoch_end before fit's first).
+        self._epoch, self._first = self.seq.epoch, self.seq.start_batch
+        if self._metrics is not None:  # fit reset the metrics just before this call
+            _assign(self.model.metrics_variables, self._metrics)
+            self._metrics = None
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        done = self._first + batch + 1
+        if self.every and done % self.every == 0 and done < len(self.seq):
+            self.save(done)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self.save(len(self.seq))
+
+    def save(self, next_batch: int) -> None:
+        """Checkpoint with the sequence at batch ``next_batch`` of the current epoch."""
+        state = replace(self.seq.loader_state(next_batch=0), epoch=self._epoch, batch=next_batch).normalized()
+        name = f"{CHECKPOINT_PREFIX}e{state.epoch:05d}-b{state.batch:06d}.keras"
+        partial = self.directory / f".partial-{os.getpid()}-{name}"  # Keras wants the .keras suffix
+        self.model.save(partial)
+        _fsync(partial)
+        os.replace(partial, self.directory / name)
+        variables = {
+            "seed_generators": _values(_seed_variables(self.model)),
+            "metrics": _values(self.model.metrics_variables),
+        }
+        extra = {} if self.extra is None else {"fit": self.extra()}
+        write_state(self.directory / CHECKPOINT_STATE, state, model=name, variables=variables, **extra)
+        for old in self.directory.glob(f"{CHECKPOINT_PREFIX}*.keras"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def restore(self, model: keras.Model) -> dict | None:
+        """Load the checkpoint of ``directory`` into ``model`` (built and compiled as for the
+        saved run) and the sequence; returns its ``"fit"`` entry ({} without one), or None when
+        ``directory`` holds no checkpoint. ConfigError when the loader state does not fit."""
+        path = self.directory / CHECKPOINT_STATE
+        if not path.exists():
+            return None
+        state, extra = read_state(path)
+        try:
+            self.seq.load_state_dict(state)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+        try:
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(self.directory / extra["model"])
+            variables = extra["variables"]
+            _assign(_seed_variables(model), variables["seed_generators"])
+        except (KeyError, TypeError, ValueError, OSError) as err:
+            raise ExperimentError(f"{path}: cannot restore the checkpoint: {err}") from None
+        self._metrics = variables["metrics"]
+        if len(model.metrics_variables) < len(self._metrics):
+            _build_metrics(model, self.seq[0])
+        self.clean(self.directory)
+        return extra.get("fit", {})
+
+    @staticmethod
+    def clean(directory: Path) -> None:
+        """Remove the partial files a save killed half-way left in ``directory``."""
+        for pattern in (f".partial-*-{CHECKPOINT_PREFIX}*.keras", f".{CHECKPOINT_STATE}.*.tmp"):
+            for partial in Path(directory).glob(pattern):
+                partial.unlink(missing_ok=True)
+
+
+def _seed_variables(model: keras.Model) -> list:
+    """The model's variables that ``model.save`` does not keep: its seed generators' states."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def _build_metrics(model: keras.Model, batch: tuple) -> None:
+    """Create the compiled metrics' variables (``fit`` makes them in its first step), so that
+    a restored epoch's running values can go into them before that step."""
+    x, y, *weight = batch
+    model.compute_metrics(x, y, model(x, training=False), sample_weight=weight[0] if weight else None)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _values(variables) -> list:
+    return [keras.ops.convert_to_numpy(v).tolist() for v in variables]
+
+
+def _assign(variables, values) -> None:
+    if len(variables) != len(values):
+        raise ValueError(f"{len(values)} saved values for {len(variables)} variables")
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(np.asarray(value, dtype=variable.dtype))
