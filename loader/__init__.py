@@ -2,10 +2,13 @@
 
 ``from loader import ShardSequence`` gives the Keras ``PyDataset`` (Keras is imported then, not
 before); ``loader.torch.ShardDataset`` gives the same batches to a PyTorch ``DataLoader``; both
-wrap ``ShardBatches`` (numpy only). ``open_feature_set``, ``FeatureSet``, ``MelReader`` and
-``Augment`` are the pieces they are built from, and ``as_tf_dataset`` wraps a sequence as a
-``tf.data.Dataset``. The on-disk format and the errors come from ``melshards``; nothing here
-is imported by the precompute side, and nothing here imports a training framework until asked.
+wrap ``ShardBatches`` (numpy only). Their options are ``LoaderOptions``, in groups
+(``SplitOptions``, ``BatchOptions``, ``Augment``, ``BuildOptions``, ``CacheOptions``), or the
+same options by name. ``open_feature_set``, ``FeatureSet``, ``MelReader`` and ``Augment`` are
+the pieces they are built from, and ``as_tf_dataset`` wraps a sequence as a
+``tf.data.Dataset`` (TensorFlow is imported when it is called). The on-disk format and the
+errors come from ``melshards``; nothing here is imported by the precompute side, and nothing
+here imports a training framework until asked.
 """
 
 from loader import read_kernels
@@ -16,34 +19,39 @@ read_kernels.start_warming()
 
 from loader.augment import Augment, AugmentParams  # noqa: E402
 from loader.batches import ShardBatches  # noqa: E402
-from loader.reader import FeatureSet, MelReader, open_feature_set  # noqa: E402
+from loader.feature_set import FeatureSet, open_feature_set  # noqa: E402
+from loader.options import BatchOptions, BuildOptions, CacheOptions, LoaderOptions, SplitOptions  # noqa: E402
+from loader.reader import MelReader  # noqa: E402
+from loader.tfdata import as_tf_dataset  # noqa: E402
 from melshards.errors import ConfigError, FormatError, IntegrityError, MelShardsError  # noqa: E402
-
-# name -> module that defines it, imported on first use (they import Keras or TensorFlow)
-_LAZY = {"ShardSequence": "loader.sequence", "as_tf_dataset": "loader.tfdata"}
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    # ShardSequence is imported on first use: its module imports Keras.
+    if name == "ShardSequence":
+        from loader.sequence import ShardSequence
 
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
+        globals()[name] = ShardSequence
+        return ShardSequence
     raise AttributeError(f"module 'loader' has no attribute {name!r}")
 
 
 __all__ = [
     "Augment",
     "AugmentParams",
+    "BatchOptions",
+    "BuildOptions",
+    "CacheOptions",
     "ConfigError",
     "FeatureSet",
     "FormatError",
     "IntegrityError",
+    "LoaderOptions",
     "MelReader",
     "MelShardsError",
     "ShardBatches",
     "ShardSequence",
+    "SplitOptions",
     "as_tf_dataset",
     "open_feature_set",
 ]

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from loader import read_kernels
+from melshards.checks import check_int
 from melshards.errors import ConfigError
 
 MASK_VALUES = ("mean", "zero")
@@ -77,11 +78,6 @@ class AugmentParams:
         )
 
 
-def _check_int(name: str, value: Any, *, low: int = 0) -> None:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"augment {name} must be an integer >= {low}, got {value!r}")
-
-
 @dataclasses.dataclass(frozen=True)
 class Augment:
     """Augmentation settings; ``Augment()`` is the default for training, ``Augment.off()`` none."""
@@ -102,9 +98,9 @@ class Augment:
         if not isinstance(self.shift, bool | np.bool_):
             raise ConfigError(f"augment shift must be true or false, got {self.shift!r}")
         if self.max_shift_frames is not None:
-            _check_int("max_shift_frames", self.max_shift_frames)
+            check_int("max_shift_frames", self.max_shift_frames, low=0, where="augment ")
         for name in ("freq_masks", "freq_mask_max", "time_masks", "time_mask_max"):
-            _check_int(name, getattr(self, name))
+            check_int(name, getattr(self, name), low=0, where="augment ")
         if self.mask_value not in MASK_VALUES:
             raise ConfigError(f"augment mask_value must be one of {MASK_VALUES}, got {self.mask_value!r}")
         try:

@@ -34,135 +34,70 @@ from __future__ import annotations
 import math
 import operator
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from loader import sampler
-from loader.augment import Augment, AugmentParams
-from loader.reader import FeatureSet, MelReader
+from loader.augment import AugmentParams
+from loader.feature_set import FeatureSet
+from loader.labels import CropLabels, check_soft_labels, fill_unknown
+from loader.options import BuildOptions, LoaderOptions
+from loader.reader import MelReader
 from loader.rows import InProcessRows, Lookahead, ProcessRows, ThreadRows
 from loader.state import LoaderState
+from melshards.checks import check_int
 from melshards.config import FeatureConfig, center_offset
 from melshards.errors import ConfigError
 from melshards.names import SET_WINDOWS
-
-DTYPES = ("float32", "float16")
-
-
-def _check_int(name: str, value, *, low: int) -> int:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 class ShardBatches:
     """Batches ``(x, y)`` or ``(x, y, known)`` of a feature set, as numpy arrays.
 
-    Parameters
-    ----------
-    path : feature set directory (or an open ``FeatureSet``)
-    split : ``"train"`` (every fold but ``fold``), ``"val"`` (``fold``) or ``"all"``
-    fold, n_folds, split_seed : which fold is held out; folds group examples by recording and
-        are stratified by species (``sampler.assign_folds``). ``split_seed`` is separate from
-        ``seed`` so train and val sequences agree on the folds whatever their shuffle seeds.
-    batch_size : examples per batch
-    shuffle : visit examples in a new order each epoch (default: True for train only)
-    seed : seed of the epoch orders and of every augmentation draw
-    augment : True (``Augment()``), False (``Augment.off()``), an ``Augment`` or a mapping;
-        default True for train only
-    dtype : ``"float32"`` or ``"float16"`` for x (float16 lets the model cast on the accelerator)
-    return_mask : also yield ``known`` (B, n_classes) float32: 1 where the label is known
-        (a TP or an FP counts in the crop), 0 where unknown
-    in_memory : hold this rank's stored examples in RAM (loaded once per process)
-    crop_frames : frames the model sees (default: the config's ``crop_frames``)
-    drop_remainder : drop the last incomplete batch
-    lookahead : build batch ``i + 1`` in a background thread while the model trains on batch
-        ``i`` (``loader.rows.Lookahead``); pass ``shuffle=False`` to ``fit`` to keep it
-        useful, the sequence shuffles examples itself
-    rank, world_size : this worker's block of the split for multi-worker training (see
-        ``sampler.rank_members``); every rank gets the same number of batches per epoch
-    workers, use_multiprocessing : build each batch with ``workers`` threads, or processes
-        writing into shared memory (``loader.rows``)
-    soft_labels : np.ndarray [shape=(n_examples, n_classes)] or the path of one (``.npy``),
-        values in [0, 1] or NaN, rows in the feature set's example order: where a crop's label
-        is unknown and the value is not NaN, ``y`` takes it (pseudo labels,
-        ``experiments.pseudo``); known labels stay, and ``known`` is unchanged, so the loss
-        weighs a soft label as it weighs an unknown one. The features are not copied.
-    recordings : keep only the split's examples of these recordings (for instance the windows
-        of a training fold's recordings, ``experiments.pseudo``)
-    cache_dir, cache_limit : for a feature set at a URL (``s3://``, ``gs://``, ``https://``):
-        where its verified shards are cached (default ``MELSHARDS_CACHE`` or
-        ``~/.cache/melshards``) and the most bytes the cache may hold (``"20G"``; default none),
-        least recently used shards evicted first (``melshards.remote.ShardCache``)
-    prefetch : fetch the shards of this rank's examples into the cache now, not at first read
+    path : feature set directory or URL (or an open ``FeatureSet``)
+    options : a ``LoaderOptions`` (default: every default); see ``loader.options`` for each
+        option, in its group: what to read (``split``, ``fold``, ``n_folds``, ``split_seed``,
+        ``rank``, ``world_size``, ``recordings``), how to batch (``batch_size``, ``shuffle``,
+        ``seed``, ``dtype``, ``return_mask``, ``crop_frames``, ``drop_remainder``,
+        ``soft_labels``), ``augment``, how to build (``workers``, ``use_multiprocessing``,
+        ``lookahead``, ``in_memory``) and a set at a URL (``cache_dir``, ``cache_limit``,
+        ``prefetch``)
+    **kwargs : any of those options by name, over ``options``:
+        ``ShardBatches(path, split="val", batch_size=64)``; ConfigError for a name that is none
+
+    The resolved settings are attributes too (``batch_size``, ``split``, ``shuffle``,
+    ``augment``: an ``Augment``, ``dtype``: an ``np.dtype``, ``crop_frames``: the frames the
+    model sees, ...); ``options`` holds them as given.
 
     ``x`` is (B, n_mels, crop_frames, 1); ``y`` is (B, n_classes) float32, 1 where a TP event
     counts in the crop. Windows feature sets (inference) have no labels: y and known are 0.
     """
 
     def __init__(
-        self,
-        path: str | os.PathLike | FeatureSet,
-        *,
-        split: str = "train",
-        fold: int = 0,
-        n_folds: int = 5,
-        batch_size: int = 32,
-        shuffle: bool | None = None,
-        seed: int = 0,
-        augment: Augment | bool | dict | None = None,
-        dtype: str = "float32",
-        return_mask: bool = False,
-        in_memory: bool = False,
-        crop_frames: int | None = None,
-        drop_remainder: bool = False,
-        lookahead: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
-        split_seed: int = 0,
-        workers: int = 1,
-        use_multiprocessing: bool = False,
-        soft_labels: np.ndarray | str | os.PathLike | None = None,
-        recordings: Collection[str] | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        cache_limit: int | str | None = None,
-        prefetch: bool = False,
+        self, path: str | os.PathLike | FeatureSet, options: LoaderOptions | None = None, **kwargs: Any
     ) -> None:
-        workers = _check_int("workers", workers, low=1)
-        use_multiprocessing = bool(use_multiprocessing)
-        sampler.check_split(split, fold=fold, n_folds=n_folds)
-        self.batch_size = _check_int("batch_size", batch_size, low=1)
-        self.seed = _check_int("seed", seed, low=0)
-        self.split_seed = _check_int("split_seed", split_seed, low=0)
-        self.world_size = _check_int("world_size", world_size, low=1)
-        self.rank = _check_int("rank", rank, low=0)
-        if self.rank >= self.world_size:
-            raise ConfigError(f"rank must be in [0, {self.world_size}), got {rank!r}")
-        if dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        self.options = options = LoaderOptions.from_kwargs(options, who=type(self).__name__, **kwargs)
+        self._take_settings(options)
+        cache = options.cache
         # One worker reads the whole split, which may lie in any shard: a prefetch fetches them
         # all first, and the metadata is read from the copies; a rank fetches its own below.
-        fetch_all = prefetch and world_size == 1 and not isinstance(path, FeatureSet)
-        cache = {"cache_dir": cache_dir, "cache_limit": cache_limit, "prefetch": fetch_all}
-        self.features = path if isinstance(path, FeatureSet) else FeatureSet(path, **cache)
+        fetch_all = cache.prefetch and self.world_size == 1 and not isinstance(path, FeatureSet)
+        if isinstance(path, FeatureSet):
+            self.features = path
+        else:
+            self.features = FeatureSet(
+                path, cache_dir=cache.cache_dir, cache_limit=cache.cache_limit, prefetch=fetch_all
+            )
         config = self.features.config
-        self.crop_frames = self._check_crop(crop_frames, split)
-        self.split, self.fold, self.n_folds = split, fold, n_folds
-        self.shuffle = (split == "train") if shuffle is None else bool(shuffle)
-        self.augment = Augment.coerce(split == "train" if augment is None else augment)
-        self.dtype = np.dtype(dtype)
-        self.return_mask = bool(return_mask)
-        self.in_memory = bool(in_memory)
-        self.drop_remainder = bool(drop_remainder)
-        self.lookahead = bool(lookahead)
-        self._lookahead = Lookahead(self._build)
+        self.crop_frames = self._check_crop(options.batch.crop_frames)
         self.epoch = 0
-        self.recordings = None if recordings is None else frozenset(str(r) for r in recordings)
-        self.soft_labels = None if soft_labels is None else self._check_soft_labels(soft_labels)
+        soft = options.batch.soft_labels
+        self.soft_labels = None if soft is None else check_soft_labels(soft, self.features)
 
         self._choose_examples()
-        if prefetch and not fetch_all:
+        if cache.prefetch and not fetch_all:
             self.features.prefetch(self.rank_ids)
         self.reader = MelReader(self.features, cache_ids=self.rank_ids if self.in_memory else None)
         self.clip = (0.0, 1.0) if config.normalize == "minmax" else None
@@ -172,23 +107,36 @@ class ShardBatches:
             else np.zeros(config.n_mels, np.float32)
         )
         self._order: tuple[int, np.ndarray] | None = None
-        self._center_labels: tuple[np.ndarray, np.ndarray] | None = None
         self._center = center_offset(config, self.crop_frames)
-        self._rows = self._row_builder(workers, use_multiprocessing)
+        self._labels = CropLabels(self.features, self.crop_frames, self._center)
+        self._lookahead = Lookahead(self._build)
+        self._rows = self._row_builder(options.build)
 
-    def _check_crop(self, crop_frames: int | None, split: str) -> int:
+    def _take_settings(self, options: LoaderOptions) -> None:
+        """The options as the attributes the rest of the class (and its users) read."""
+        split, batch, build = options.split, options.batch, options.build
+        self.split, self.fold, self.n_folds = split.split, split.fold, split.n_folds
+        self.split_seed, self.recordings = split.split_seed, split.recordings
+        self.rank, self.world_size = split.rank, split.world_size
+        self.batch_size, self.seed = batch.batch_size, batch.seed
+        self.shuffle, self.augment = options.shuffle, options.augmentation
+        self.dtype = np.dtype(batch.dtype)
+        self.return_mask, self.drop_remainder = batch.return_mask, batch.drop_remainder
+        self.in_memory, self.lookahead = build.in_memory, build.lookahead
+
+    def _check_crop(self, crop_frames: int | None) -> int:
         """The frames the model sees (default: the config's); ConfigError for a crop longer
         than the stored examples, or a split other than "all" of a windows set."""
         config = self.features.config
-        crop = config.crop_frames if crop_frames is None else _check_int("crop_frames", crop_frames, low=1)
+        crop = config.crop_frames if crop_frames is None else crop_frames
         if crop > config.n_frames:
             raise ConfigError(
                 f"crop_frames {crop} is longer than the {config.n_frames} frames stored "
                 f"per example in {self.features.root}"
             )
-        if self.features.kind == SET_WINDOWS and split != "all":
+        if self.features.kind == SET_WINDOWS and self.split != "all":
             raise ConfigError(
-                f"{self.features.root} is a windows feature set (no labels): use split='all', not {split!r}"
+                f"{self.features.root} is a windows feature set (no labels): use split='all', not {self.split!r}"
             )
         return crop
 
@@ -210,14 +158,14 @@ class ShardBatches:
         # The split stays in example_ids; this rank reads only rank_ids.
         self.rank_ids = sampler.rank_members(self.example_ids, rank=self.rank, world_size=self.world_size)
 
-    def _row_builder(self, workers: int, use_multiprocessing: bool) -> InProcessRows:
+    def _row_builder(self, build: BuildOptions) -> InProcessRows:
         """What fills a batch's rows: this thread, ``workers`` threads or processes."""
         shape = (self.batch_size, self.config.n_mels, self.crop_frames, 1)
         rows_args = (self.reader, self.augment)
         rows_kwargs = {"fill": self.fill, "clip": self.clip, "shape": shape, "dtype": self.dtype}
-        if workers > 1 or use_multiprocessing:
-            kind = ProcessRows if use_multiprocessing else ThreadRows
-            return kind(*rows_args, **rows_kwargs, workers=workers)
+        if build.workers > 1 or build.use_multiprocessing:
+            kind = ProcessRows if build.use_multiprocessing else ThreadRows
+            return kind(*rows_args, **rows_kwargs, workers=build.workers)
         return InProcessRows(*rows_args, **rows_kwargs)
 
     # -- description -------------------------------------------------------------------------
@@ -295,7 +243,7 @@ class ShardBatches:
         self.start_batch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        epoch = _check_int("epoch", epoch, low=0)
+        epoch = check_int("epoch", epoch, low=0)
         if epoch != self.epoch:  # a loaded position holds for its own epoch only
             self.start_batch = 0
         self.epoch = epoch
@@ -309,7 +257,7 @@ class ShardBatches:
         """This loader's position: ``epoch`` and ``next_batch``, the first batch of the epoch not
         yet trained on (default ``start_batch``; only the consumer knows how far it got, the
         batches it asked for may have been prefetched)."""
-        batch = self.start_batch if next_batch is None else _check_int("next_batch", next_batch, low=0)
+        batch = self.start_batch if next_batch is None else check_int("next_batch", next_batch, low=0)
         return LoaderState(
             seed=self.seed,
             epoch=self.epoch,
@@ -362,7 +310,7 @@ class ShardBatches:
 
     def batch_example_ids(self, index: int, *, epoch: int | None = None) -> np.ndarray:
         """Global example ids of batch ``index`` in ``epoch`` (default: the current one), in order."""
-        epoch = self.epoch if epoch is None else _check_int("epoch", epoch, low=0)
+        epoch = self.epoch if epoch is None else check_int("epoch", epoch, low=0)
         index = self._batch_position(index)
         positions = self._positions(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         return self.rank_ids[positions]
@@ -371,7 +319,7 @@ class ShardBatches:
 
     def batch(self, index: int, *, epoch: int | None = None) -> tuple[np.ndarray, ...]:
         """Batch ``index`` of ``epoch`` (default: the current epoch)."""
-        epoch = self.epoch if epoch is None else _check_int("epoch", epoch, low=0)
+        epoch = self.epoch if epoch is None else check_int("epoch", epoch, low=0)
         index = self._batch_position(index)
         ids = self.batch_example_ids(index, epoch=epoch)
         params = self.batch_params(index, ids.shape[0], epoch=epoch)
@@ -385,39 +333,6 @@ class ShardBatches:
             y, known = fill_unknown(y, known, self.soft_labels[ids])
         y, known = self.augment.mix_labels(y, known, params)
         return (x, y, known) if self.return_mask else (x, y)
-
-    def _check_soft_labels(self, soft: np.ndarray | str | os.PathLike) -> np.ndarray:
-        """``soft_labels`` as a float32 array of this feature set's shape, or ConfigError naming it."""
-        where = "soft_labels"
-        if not isinstance(soft, np.ndarray):
-            where = os.fspath(soft)
-            try:
-                soft = np.load(where, allow_pickle=False)
-            except (OSError, ValueError) as err:
-                raise ConfigError(f"{where}: cannot read soft labels: {err}") from None
-        expected = (self.features.n_examples, self.features.config.n_classes)
-        if soft.shape != expected or soft.dtype.kind != "f":
-            raise ConfigError(
-                f"{where}: soft labels must be floats of shape {expected} (examples, classes) for "
-                f"{self.features.root}, got {soft.dtype} {soft.shape}"
-            )
-        soft = soft.astype(np.float32, copy=False)
-        outside = np.flatnonzero(((soft < 0) | (soft > 1)).any(axis=1))
-        if outside.size:
-            raise ConfigError(f"{where}: example {outside[0]} has a soft label outside [0, 1]")
-        return soft
-
-    def _labels(self, ids: np.ndarray, crop_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(y, known) of the crops; centred crops come from a table made once per process."""
-        center = self._center
-        if not (crop_start == center).all():
-            return self.features.crop_labels(ids, crop_start, self.crop_frames)
-        table = self._center_labels
-        if table is None:
-            every = np.arange(self.features.n_examples)
-            y, known = self.features.crop_labels(every, np.full(every.shape[0], center), self.crop_frames)
-            table = self._center_labels = (y.astype(np.int8), known.astype(np.int8))
-        return table[0][ids].astype(np.float32), table[1][ids].astype(np.float32)
 
     def batch_params(self, index: int, size: int, *, epoch: int) -> AugmentParams:
         """The augmentation draws of batch ``index`` of ``epoch`` (``size`` examples).
@@ -441,7 +356,7 @@ class ShardBatches:
 
     def get(self, index: int, *, epoch: int | None = None) -> tuple[np.ndarray, ...]:
         """``batch(index, epoch=epoch)``, and, with ``lookahead``, start building ``index + 1``."""
-        epoch = self.epoch if epoch is None else _check_int("epoch", epoch, low=0)
+        epoch = self.epoch if epoch is None else check_int("epoch", epoch, low=0)
         index = self._batch_position(index)
         if not self.lookahead:
             return self.batch(index, epoch=epoch)
@@ -469,15 +384,4 @@ class ShardBatches:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_order"] = None
-        state["_center_labels"] = None
         return state
-
-
-def fill_unknown(y: np.ndarray, known: np.ndarray, soft: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``y`` with every unknown label that has a soft value (not NaN) set to it; ``known`` as given.
-
-    y, known, soft : np.ndarray [shape=(B, n_classes)]; y is changed in place.
-    """
-    fill = (known == 0) & ~np.isnan(soft)
-    y[fill] = soft[fill]
-    return y, known

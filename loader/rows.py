@@ -1,6 +1,6 @@
 """Building a batch's rows: in the calling thread, with threads, or with worker processes.
 
-``ShardSequence`` decides which examples and which augmentation draws make a batch; the code
+``ShardBatches`` decides which examples and which augmentation draws make a batch; the code
 here only fills the rows of an output array. A batch is split into contiguous row ranges, one
 per worker; each range is gathered, cropped, cast and scaled (``MelReader.read``) and, unless
 the batch uses mixup, masked (``Augment.apply_masks``). Mixup needs rows from other ranges, so

@@ -35,40 +35,43 @@ with its own threads or shared-memory processes, and Keras iterates it in proces
 
 from __future__ import annotations
 
-import inspect
 import operator
 import os
+from typing import Any
 
 import keras
 import numpy as np
 
 from loader.batches import ShardBatches
-from loader.reader import FeatureSet
+from loader.feature_set import FeatureSet
+from loader.options import LoaderOptions
 from loader.state import LoaderState
+from loader.tfdata import as_tf_dataset
 from melshards.errors import ConfigError
-
-# What Keras' PyDataset itself takes; workers and use_multiprocessing go to ShardBatches.
-PYDATASET_ARGS = ("max_queue_size",)
-BATCH_OPTIONS = frozenset(inspect.signature(ShardBatches.__init__).parameters) - {"self", "path"}
 
 
 class ShardSequence(ShardBatches, keras.utils.PyDataset):
     """Batches ``(x, y)`` or ``(x, y, known)`` from a feature set for ``model.fit``.
 
-    Takes every ``loader.batches.ShardBatches`` option (``split``, ``fold``, ``batch_size``,
-    ``shuffle``, ``seed``, ``augment``, ``dtype``, ``return_mask``, ``in_memory``,
-    ``crop_frames``, ``drop_remainder``, ``lookahead``, ``rank``/``world_size``, ``workers``,
-    ``use_multiprocessing``) and Keras' ``max_queue_size``.
+    Takes what ``loader.batches.ShardBatches`` takes (``options``, a ``LoaderOptions``, and any
+    option by name: ``split``, ``fold``, ``batch_size``, ``shuffle``, ``seed``, ``augment``,
+    ``dtype``, ``return_mask``, ``in_memory``, ``crop_frames``, ``drop_remainder``,
+    ``lookahead``, ``rank``/``world_size``, ``workers``, ``use_multiprocessing``, ...) and
+    Keras' ``max_queue_size``.
     """
 
-    def __init__(self, path: str | os.PathLike | FeatureSet, **options) -> None:
-        unknown = sorted(set(options) - BATCH_OPTIONS - set(PYDATASET_ARGS))
-        if unknown:
-            raise ConfigError(f"ShardSequence got unknown argument(s) {', '.join(unknown)}")
+    def __init__(
+        self,
+        path: str | os.PathLike | FeatureSet,
+        options: LoaderOptions | None = None,
+        *,
+        max_queue_size: int = 10,
+        **kwargs: Any,
+    ) -> None:
         # Keras is told nothing about workers: the sequence splits each batch across its own
         # workers instead (``loader.rows``) and Keras builds batches in its in-process path.
-        keras.utils.PyDataset.__init__(self, **{k: options.pop(k) for k in PYDATASET_ARGS if k in options})
-        ShardBatches.__init__(self, path, **options)
+        keras.utils.PyDataset.__init__(self, max_queue_size=max_queue_size)
+        ShardBatches.__init__(self, path, options, **kwargs)
 
     # True from load_state_dict (or the end of a loaded short epoch) to the on_epoch_end Keras
     # calls before the first epoch of the next fit call.
@@ -100,8 +103,6 @@ class ShardSequence(ShardBatches, keras.utils.PyDataset):
 
     def as_tf_dataset(self, *, prefetch: int | None = -1):
         """A ``tf.data.Dataset`` of the same batches (see ``loader.tfdata.as_tf_dataset``)."""
-        from loader.tfdata import as_tf_dataset
-
         return as_tf_dataset(self, prefetch=prefetch)
 
 

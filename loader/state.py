@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from melshards.checks import check_int
 from melshards.errors import ConfigError, FormatError
 from melshards.files import atomic_write_text
 
@@ -57,10 +58,10 @@ class LoaderState:
     batches: int
 
     def __post_init__(self) -> None:
-        for name, low in (("seed", 0), ("epoch", 0), ("batch", 0), ("rank", 0), ("world_size", 1)):
-            _check_int(name, getattr(self, name), low=low)
-        _check_int("batch_size", self.batch_size, low=1)
-        _check_int("batches", self.batches, low=0)
+        lows = {"seed": 0, "epoch": 0, "batch": 0, "rank": 0, "world_size": 1, "batch_size": 1, "batches": 0}
+        for name, low in lows.items():
+            value = check_int(name, getattr(self, name), low=low, where="loader state: ")
+            object.__setattr__(self, name, value)  # a plain int, as JSON wants it
         if self.rank >= self.world_size:
             raise ConfigError(f"loader state: rank must be in [0, {self.world_size}), got {self.rank}")
         if self.batch > self.batches:
@@ -114,12 +115,6 @@ class LoaderState:
         if self.batch < self.batches or self.batches == 0:
             return self
         return replace(self, epoch=self.epoch + 1, batch=0)
-
-
-def _check_int(name: str, value: Any, *, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"loader state: {name} must be an integer >= {low}, got {value!r}")
-    return value
 
 
 def write_state(path: str | os.PathLike, state: LoaderState, **extra: Any) -> None:

@@ -1,4 +1,8 @@
-"""``tf.data`` view of a ``ShardSequence``; TensorFlow is imported here only, when called."""
+"""``tf.data`` view of a loader's batches; TensorFlow is imported here only, when called.
+
+``as_tf_dataset`` takes any ``loader.batches.ShardBatches`` (``ShardSequence.as_tf_dataset``
+calls it with itself), so this module imports no other loader module at run time.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ import itertools
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from loader.sequence import ShardSequence
+    from loader.batches import ShardBatches
 
 
-def as_tf_dataset(seq: ShardSequence, *, prefetch: int | None = -1, first_epoch: int | None = None):
+def as_tf_dataset(seq: ShardBatches, *, prefetch: int | None = -1, first_epoch: int | None = None):
     """A ``tf.data.Dataset`` yielding exactly ``seq[i]`` for each batch of an epoch.
 
     Built with ``from_generator`` and an explicit ``output_signature``: ``x`` (None, n_mels,

@@ -44,48 +44,52 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from loader.batches import ShardBatches
+from loader.feature_set import FeatureSet
+from loader.options import LoaderOptions
 from loader.state import LoaderState
 from melshards.errors import ConfigError
 
 
-def _distributed_rank() -> tuple[int, int]:
-    """(rank, world_size) of an initialised ``torch.distributed`` group, else (0, 1)."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+def _distributed() -> bool:
+    """Whether a ``torch.distributed`` process group is initialised (its rank and size hold)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 class ShardDataset(Dataset):
     """Batches of a feature set as tensors, for a ``DataLoader`` (see the module docstring).
 
-    path : feature set directory (or an open ``loader.FeatureSet``)
+    path : feature set directory or URL (or an open ``loader.FeatureSet``)
+    options : a ``LoaderOptions`` (default: every default, but ``return_mask=True``)
     rank, world_size : this process's block of the split; default: from ``torch.distributed``
-        when it is initialised, else the whole split
-    return_mask : also yield ``known`` (default True: the masked loss wants it)
-    lookahead : in the main process (``num_workers=0``), build batch ``i + 1`` in a background
-        thread while the training step runs on batch ``i``
-    **options : every other ``ShardSequence`` option (``split``, ``fold``, ``batch_size``,
-        ``seed``, ``augment``, ``dtype``, ``in_memory``, ``crop_frames``, ...)
+        when it is initialised, else the options' (the whole split unless set there)
+    return_mask : also yield ``known`` (default True, or the options' when given: the masked
+        loss wants it)
+    **kwargs : every other ``ShardSequence`` option by name, over ``options`` (``split``,
+        ``fold``, ``batch_size``, ``seed``, ``augment``, ``dtype``, ``in_memory``,
+        ``crop_frames``, ``lookahead``: in the main process (``num_workers=0``), build batch
+        ``i + 1`` in a background thread while the training step runs on batch ``i``, ...)
     """
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | FeatureSet,
+        options: LoaderOptions | None = None,
         *,
         rank: int | None = None,
         world_size: int | None = None,
-        return_mask: bool = True,
-        lookahead: bool = True,
-        **options: Any,
+        return_mask: bool | None = None,
+        **kwargs: Any,
     ) -> None:
         if (rank is None) != (world_size is None):
             raise ConfigError("ShardDataset: give both rank and world_size, or neither")
-        if rank is None:
-            rank, world_size = _distributed_rank()
-        self.batches = ShardBatches(
-            path, rank=rank, world_size=world_size, return_mask=return_mask, lookahead=lookahead, **options
-        )
+        if rank is None and _distributed():
+            rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        if rank is not None:
+            kwargs |= {"rank": rank, "world_size": world_size}
+        if return_mask is not None or options is None:
+            kwargs["return_mask"] = True if return_mask is None else return_mask
+        options = LoaderOptions.from_kwargs(options, who=type(self).__name__, **kwargs)
+        self.batches = ShardBatches(path, options)
         self._sampler: EpochSampler | None = None
         self.next_batch = 0  # of the current epoch: the first one the loader has not handed out
 

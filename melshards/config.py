@@ -10,12 +10,12 @@ describes itself.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from melshards.checks import check_int, check_number
 from melshards.errors import ConfigError
 from melshards.files import fingerprint_of
 from melshards.names import COMPRESSIONS, MEL_DTYPES, QUANTIZED_DTYPE
@@ -50,21 +50,6 @@ OPTIONAL = ("db_ref", "top_db")
 
 # One example's values (n_mels x n_frames): 2**26 is 128 MB of float16, far beyond any use.
 MAX_EXAMPLE_VALUES = 1 << 26
-
-
-def _check_number(name: str, value: Any, *, kind: type, low: float | None, high: float | None) -> None:
-    """ConfigError unless ``value`` is a finite ``kind`` in ``[low, high]`` (None passes where allowed)."""
-    if value is None and name in OPTIONAL:
-        return
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not is_number or (kind is int and not isinstance(value, int)):
-        what = "an integer" if kind is int else "a number"
-        raise ConfigError(f"config {name} must be {what}, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"config {name} must be finite, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
-        raise ConfigError(f"config {name} must be {bounds}, got {value!r}")
 
 
 def _param(default: Any, unit: str, meaning: str) -> Any:
@@ -115,8 +100,7 @@ class FeatureConfig:
     shard_size: int = _param(32, "examples", "examples per shard file (one parallel job each)")
 
     def __post_init__(self) -> None:
-        for name, (kind, low, high) in LIMITS.items():
-            _check_number(name, getattr(self, name), kind=kind, low=low, high=high)
+        self._check_numbers()
         if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
             raise ConfigError(
                 f"config needs 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin} "
@@ -150,6 +134,21 @@ class FeatureConfig:
                 f"config gives examples of {self.n_mels} x {self.n_frames} values, more than "
                 f"{MAX_EXAMPLE_VALUES}; shorten duration/context or raise hop_length"
             )
+
+    def _check_numbers(self) -> None:
+        """ConfigError unless each ``LIMITS`` parameter is a finite number of its kind in its range
+        (None passes where ``OPTIONAL`` allows it)."""
+        for name, (kind, low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL:
+                continue
+            if kind is int:
+                check_int(name, value, where="config ")
+            check_number(name, value, low=low, high=high, where="config ")
+            if isinstance(value, np.generic):
+                # numpy scalars pass the checks; keep Python numbers, which JSON and the
+                # fingerprint take as they are
+                object.__setattr__(self, name, value.item())
 
     # Geometry derived from the parameters; the loader relies on these, never recomputes.
     @property

@@ -1,24 +1,37 @@
 """``index.json``: the one file a reader trusts, as a typed, validated ``Index``.
 
 The index is written last and atomically (``write_index``); a directory without one is not a
-finished feature set. ``Index.from_dict`` checks every field, so a reader refuses a missing,
-foreign, newer or inconsistent index with one ``FormatError`` naming the file and the field.
+finished feature set. ``Index.from_dict`` checks every field (``melshards.index_fields``), so a
+reader refuses a missing, foreign, newer or inconsistent index with one ``FormatError`` naming
+the file and the field. ``read_index`` reads it from a directory or a URL (``melshards.remote``;
+the shards of a set at a URL are then read from ``melshards.shard_cache``). The rules for class
+names live here too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from melshards import remote
+from melshards import remote, shard_cache
 from melshards.config import FeatureConfig
 from melshards.errors import ConfigError, FormatError
 from melshards.files import atomic_write_text, fingerprint_of
+from melshards.index_fields import (
+    as_count,
+    as_floats,
+    as_hex,
+    as_mapping,
+    as_text,
+    as_texts,
+    check_keys,
+    is_int,
+    short,
+)
 from melshards.names import FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, SET_KINDS, SHARD_SUFFIX
 
 
@@ -49,17 +62,17 @@ class ShardEntry:
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str) -> ShardEntry:
-        data = _mapping(data, source)
+        data = as_mapping(data, source)
         names = {f.name for f in dataclasses.fields(cls)}
-        _keys(data, names if "recordings" in data else names - {"recordings"}, source)
+        check_keys(data, names if "recordings" in data else names - {"recordings"}, source)
         recordings = data.get("recordings")
         entry = cls(
-            file=_text(data["file"], f"{source} file"),
-            n=_count(data["n"], f"{source} n"),
-            sha256=_hex(data["sha256"], f"{source} sha256", digits=64),
-            fingerprint=_text(data["fingerprint"], f"{source} fingerprint"),
-            bytes=_count(data["bytes"], f"{source} bytes"),
-            recordings=None if recordings is None else _texts(recordings, f"{source} recordings"),
+            file=as_text(data["file"], f"{source} file"),
+            n=as_count(data["n"], f"{source} n"),
+            sha256=as_hex(data["sha256"], f"{source} sha256", digits=64),
+            fingerprint=as_text(data["fingerprint"], f"{source} fingerprint"),
+            bytes=as_count(data["bytes"], f"{source} bytes"),
+            recordings=None if recordings is None else as_texts(recordings, f"{source} recordings"),
         )
         name = entry.file
         if Path(name).name != name or name.startswith(".") or not name.endswith(SHARD_SUFFIX):
@@ -80,13 +93,13 @@ class BinStats:
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str) -> BinStats:
-        data = _mapping(data, source)
-        _keys(data, {"mean", "std", "frames"}, source)
-        mean = _floats(data["mean"], f"{source} mean")
-        std = _floats(data["std"], f"{source} std")
+        data = as_mapping(data, source)
+        check_keys(data, {"mean", "std", "frames"}, source)
+        mean = as_floats(data["mean"], f"{source} mean")
+        std = as_floats(data["std"], f"{source} std")
         if len(mean) != len(std):
             raise FormatError(f"{source}: mean has {len(mean)} bins, std {len(std)}")
-        return cls(mean=mean, std=std, frames=_count(data["frames"], f"{source} frames"))
+        return cls(mean=mean, std=std, frames=as_count(data["frames"], f"{source} frames"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,80 +197,106 @@ class Index:
     @classmethod
     def from_dict(cls, data: Any, *, source: str = INDEX_FILE, root: Path | None = None) -> Index:
         """Validate every field of a parsed ``index.json``; FormatError names the first bad one."""
-        fmt = data.get("format") if isinstance(data, dict) else None
-        if not isinstance(fmt, dict) or fmt.get("name") != FORMAT_NAME:
-            raise FormatError(f"{source}: not a {FORMAT_NAME} index (format={fmt!r})")
-        version = fmt.get("version")
-        if version != FORMAT_VERSION:
-            older = _is_int(version) and 0 < version < FORMAT_VERSION
-            hint = "; run the same precompute command again to rebuild it" if older else ""
-            raise FormatError(
-                f"{source}: format version {version!r} is unknown; this reader knows "
-                f"version {FORMAT_VERSION}{hint}"
-            )
-        required = {
-            "format",
-            "fingerprint",
-            "kind",
-            "config",
-            "classes",
-            "class_names",
-            "n_examples",
-            "shards",
-            "stats",
-            "failures",
-        }
-        missing = sorted(required - set(data))
-        if missing:
-            raise FormatError(f"{source}: malformed index: missing {', '.join(missing)}")
-        config_data = _mapping(data["config"], f"{source} config")
-        try:
-            config = FeatureConfig.from_dict(config_data, source=source)
-        except (ConfigError, TypeError, ValueError, OverflowError) as err:
-            raise FormatError(f"{source}: malformed index config: {err}") from None
+        _check_format(data, source)
+        config = _config(data["config"], source)
         kind = data["kind"]
         if kind not in SET_KINDS:
             raise FormatError(f"{source}: kind {kind!r} is not one of {SET_KINDS}")
-        shards_data = data["shards"]
-        if not isinstance(shards_data, list):
-            raise FormatError(f"{source}: shards must be a list, got {type(shards_data).__name__}")
-        shards = tuple(
-            ShardEntry.from_dict(item, source=f"{source} shards[{i}]") for i, item in enumerate(shards_data)
-        )
-        if len({entry.file for entry in shards}) != len(shards):
-            raise FormatError(f"{source}: a shard file is listed twice")
+        shards = _shards(data["shards"], source)
         classes, class_names = _classes(data, config.n_classes, source)
         stats = BinStats.from_dict(data["stats"], source=f"{source} stats")
-        versions = data.get("versions", {})
-        if not isinstance(versions, dict):
-            raise FormatError(f"{source}: versions must be a mapping")
-        origin = data.get("source")
-        if origin is not None and not isinstance(origin, dict):
-            raise FormatError(f"{source}: source must be a mapping")
+        versions, origin = _provenance(data, source)
         index = cls(
-            fingerprint=_text(data["fingerprint"], f"{source} fingerprint"),
+            fingerprint=as_text(data["fingerprint"], f"{source} fingerprint"),
             kind=kind,
             config=config,
             classes=tuple(int(c) for c in classes),
             shards=shards,
             stats=stats,
-            failures=_count(data["failures"], f"{source} failures"),
+            failures=as_count(data["failures"], f"{source} failures"),
             versions={str(k): str(v) for k, v in versions.items()},
             source=origin,
             root=root,
             class_names=tuple(class_names),
         )
-        n_examples = _count(data["n_examples"], f"{source} n_examples")
-        if index.n_examples != n_examples:
-            raise FormatError(
-                f"{source}: shards hold {index.n_examples} examples but n_examples is {n_examples}"
-            )
-        for name in ("n_frames", "crop_frames"):
-            if name in data and data[name] != getattr(config, name):
-                raise FormatError(
-                    f"{source}: {name} {data[name]!r} disagrees with the config's {getattr(config, name)}"
-                )
+        _check_derived(index, data, source)
         return index
+
+
+# Every field ``Index.from_dict`` needs; ``versions``, ``source``, ``n_frames`` and
+# ``crop_frames`` are optional.
+REQUIRED_FIELDS = (
+    "format",
+    "fingerprint",
+    "kind",
+    "config",
+    "classes",
+    "class_names",
+    "n_examples",
+    "shards",
+    "stats",
+    "failures",
+)
+
+
+def _check_format(data: Any, source: str) -> None:
+    """FormatError unless ``data`` is an index of this format and version with every required field."""
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if not isinstance(fmt, dict) or fmt.get("name") != FORMAT_NAME:
+        raise FormatError(f"{source}: not a {FORMAT_NAME} index (format={fmt!r})")
+    version = fmt.get("version")
+    if version != FORMAT_VERSION:
+        older = is_int(version) and 0 < version < FORMAT_VERSION
+        hint = "; run the same precompute command again to rebuild it" if older else ""
+        raise FormatError(
+            f"{source}: format version {version!r} is unknown; this reader knows "
+            f"version {FORMAT_VERSION}{hint}"
+        )
+    missing = sorted(set(REQUIRED_FIELDS) - set(data))
+    if missing:
+        raise FormatError(f"{source}: malformed index: missing {', '.join(missing)}")
+
+
+def _config(value: Any, source: str) -> FeatureConfig:
+    """An index's ``config``; any problem with it is a FormatError."""
+    config_data = as_mapping(value, f"{source} config")
+    try:
+        return FeatureConfig.from_dict(config_data, source=source)
+    except (ConfigError, TypeError, ValueError, OverflowError) as err:
+        raise FormatError(f"{source}: malformed index config: {err}") from None
+
+
+def _shards(value: Any, source: str) -> tuple[ShardEntry, ...]:
+    """An index's ``shards``: a list of entries, no file listed twice."""
+    if not isinstance(value, list):
+        raise FormatError(f"{source}: shards must be a list, got {type(value).__name__}")
+    shards = tuple(ShardEntry.from_dict(item, source=f"{source} shards[{i}]") for i, item in enumerate(value))
+    if len({entry.file for entry in shards}) != len(shards):
+        raise FormatError(f"{source}: a shard file is listed twice")
+    return shards
+
+
+def _provenance(data: Mapping[str, Any], source: str) -> tuple[dict, dict | None]:
+    """An index's optional ``versions`` (default {}) and ``source`` (default None) mappings."""
+    versions = data.get("versions", {})
+    if not isinstance(versions, dict):
+        raise FormatError(f"{source}: versions must be a mapping")
+    origin = data.get("source")
+    if origin is not None and not isinstance(origin, dict):
+        raise FormatError(f"{source}: source must be a mapping")
+    return versions, origin
+
+
+def _check_derived(index: Index, data: Mapping[str, Any], source: str) -> None:
+    """The derived fields written for readers without this code must agree with the index."""
+    n_examples = as_count(data["n_examples"], f"{source} n_examples")
+    if index.n_examples != n_examples:
+        raise FormatError(f"{source}: shards hold {index.n_examples} examples but n_examples is {n_examples}")
+    for name in ("n_frames", "crop_frames"):
+        if name in data and data[name] != getattr(index.config, name):
+            raise FormatError(
+                f"{source}: {name} {data[name]!r} disagrees with the config's {getattr(index.config, name)}"
+            )
 
 
 # A class name becomes a CSV column (submissions) and a picture title: one printable line,
@@ -273,11 +312,11 @@ def default_class_names(n_classes: int) -> tuple[str, ...]:
 def class_name_problem(name: Any) -> str | None:
     """Why ``name`` cannot name a class, or None."""
     if not isinstance(name, str):
-        return f"class name {_short(name)} is not a string"
+        return f"class name {short(name)} is not a string"
     if not name or name != name.strip():
         return f"class name {name!r} is empty or has spaces at an end"
     if len(name) > MAX_CLASS_NAME:
-        return f"class name {_short(name)} is longer than {MAX_CLASS_NAME} characters"
+        return f"class name {short(name)} is longer than {MAX_CLASS_NAME} characters"
     if not name.isprintable() or any(c in name for c in ',"'):
         return f"class name {name!r} has a comma, a quote or a control character"
     return None
@@ -286,7 +325,7 @@ def class_name_problem(name: Any) -> str | None:
 def class_names_problem(names: Any, n_classes: int) -> str | None:
     """Why ``names`` cannot be the class list of ``n_classes`` classes, or None."""
     if not isinstance(names, list | tuple):
-        return f"expected a list of {n_classes} names, got {_short(names)}"
+        return f"expected a list of {n_classes} names, got {short(names)}"
     if len(names) != n_classes:
         return f"{len(names)} names, but the config has n_classes {n_classes}"
     for name in names:
@@ -302,7 +341,7 @@ def class_names_problem(names: Any, n_classes: int) -> str | None:
 def _classes(data: Mapping[str, Any], n_classes: int, source: str) -> tuple[list[int], list[str]]:
     """An index's ``classes`` (integers) and ``class_names``, checked against ``n_classes``."""
     classes = data["classes"]
-    if not isinstance(classes, list) or not all(_is_int(c) for c in classes):
+    if not isinstance(classes, list) or not all(is_int(c) for c in classes):
         raise FormatError(f"{source}: classes must be a list of integers")
     if len(classes) != n_classes:
         raise FormatError(f"{source}: {len(classes)} classes, but the config has n_classes {n_classes}")
@@ -344,76 +383,10 @@ def _read_remote_index(url: str, *, cache_root: Path | None) -> Index:
         data = json.loads(text)
     except ValueError as err:
         raise FormatError(f"{shown}: unreadable index: {err}") from err
-    root = cache_root if cache_root is not None else remote.ShardCache.at().set_dir(url)
+    root = cache_root if cache_root is not None else shard_cache.ShardCache.at().set_dir(url)
     return Index.from_dict(data, source=shown, root=root)
 
 
 def write_index(root: str | os.PathLike, index: Index) -> None:
     """Write ``root/index.json`` atomically; the last step of every run."""
     atomic_write_text(Path(root) / INDEX_FILE, json.dumps(index.to_dict(), indent=1) + "\n")
-
-
-# -- field checks: each names the field and what it holds ----------------------------------------
-
-
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise FormatError(f"{where}: expected a mapping, got {type(value).__name__}")
-    return value
-
-
-def _keys(data: Mapping[str, Any], names: set[str], where: str) -> None:
-    missing, unknown = sorted(names - set(data)), sorted(set(data) - names)
-    if missing or unknown:
-        what = [f"missing {', '.join(missing)}"] if missing else []
-        what += [f"unknown {', '.join(unknown)}"] if unknown else []
-        raise FormatError(f"{where}: malformed: {'; '.join(what)}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-# Counts in an index (examples, bytes, frames) fit an int64 with room to add them up.
-MAX_COUNT = 1 << 53
-
-
-def _count(value: Any, where: str) -> int:
-    if not _is_int(value) or not 0 <= value <= MAX_COUNT:
-        raise FormatError(f"{where}: expected a count (integer in 0..2**53), got {_short(value)}")
-    return value
-
-
-def _hex(value: Any, where: str, *, digits: int) -> str:
-    if not isinstance(value, str) or len(value) != digits or value.strip("0123456789abcdef"):
-        raise FormatError(f"{where}: expected {digits} lowercase hex digits, got {_short(value)}")
-    return value
-
-
-def _short(value: Any) -> str:
-    """``repr(value)``, cut to a readable length for a one-line message."""
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise FormatError(f"{where}: expected a string, got {_short(value)}")
-    return value
-
-
-def _texts(value: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise FormatError(f"{where}: expected a list of strings, got {_short(value)}")
-    return tuple(value)
-
-
-def _floats(value: Any, where: str) -> tuple[float, ...]:
-    if not isinstance(value, list) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in value
-    ):
-        raise FormatError(f"{where}: expected a list of numbers")
-    bad = [i for i, v in enumerate(value) if not math.isfinite(v)]
-    if bad:
-        raise FormatError(f"{where}: value {bad[0]} is {value[bad[0]]!r}, not a finite number")
-    return tuple(float(v) for v in value)

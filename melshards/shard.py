@@ -1,21 +1,20 @@
-"""A shard: writing one atomically, reading its summary and metadata, checking it.
+"""Writing a shard atomically, and reading back what a finished shard says of itself.
 
 A shard under its final name is always whole: it is built in memory, written in one go as
 ``.shard-NNNNN.h5.<pid>.tmp``, fsynced and only then ``os.replace``d
 (``melshards.files.write_file_atomic``), so a crash, a kill or a full disk leaves at most a
-stray temp file, which the next run removes. Every dataset and attribute name comes from
-``melshards.names``; ``docs/format.md`` describes the layout.
+stray temp file, which the next run removes. Its attributes repeat the config, fingerprint,
+statistics and failures, which ``read_shard_summary`` reads back for a resumed run. Every
+dataset and attribute name comes from ``melshards.names``; ``docs/format.md`` describes the
+layout. Opening a shard for reading is ``melshards.shard_open``, checking it against its
+index entry ``melshards.shard_check``, reading its metadata ``melshards.shard_read``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import stat
-import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from melshards import codec, remote
+from melshards import codec
 from melshards.config import FeatureConfig
-from melshards.errors import FormatError, IntegrityError
 from melshards.files import write_file_atomic
-from melshards.index import BinStats, Index, ShardEntry
+from melshards.index import BinStats, ShardEntry
 from melshards.names import (
     ANCHOR,
     ANCHOR_FIELDS,
@@ -41,7 +39,6 @@ from melshards.names import (
     ATTR_STATS_COUNT,
     ATTR_STATS_SUM,
     ATTR_STATS_SUMSQ,
-    CHECKSUM_BYTES,
     EVENT_EXAMPLE,
     EVENT_FIELDS,
     EVENTS,
@@ -52,14 +49,12 @@ from melshards.names import (
     MEL_OFFSET,
     MEL_SCALE,
     METADATA_CHUNK_ROWS,
-    METADATA_DATASETS,
-    PLUGIN_FILTER_IDS,
-    QUANT_DATASETS,
     RECORDING_ID,
     START,
     VALID,
-    shard_datasets,
 )
+from melshards.shard_check import valid_problem
+from melshards.shard_open import open_readonly
 
 
 @dataclass
@@ -272,348 +267,3 @@ def read_shard_summary(path: Path) -> ShardSummary:
             failures=json.loads(str(h5.attrs.get(ATTR_FAILURES, "[]"))),
             kind=str(h5.attrs.get(ATTR_KIND, "")),
         )
-
-
-def open_shard(path: Path, *, held: bool = False) -> h5py.File:
-    """Open a shard read-only without HDF5 file locking; FormatError if missing or unreadable.
-
-    A shard must be a regular file in its directory: a symbolic link (which could lead anywhere)
-    or a device, FIFO or directory under a shard's name is refused. File locking is off because
-    it fails on NFS and many cluster file systems, and shards are written once and never
-    modified in place.
-
-    HDF5 opens a file only once per process and refuses a second open whose locking flags
-    differ from the first ("file locking flag values don't match"), so a plain
-    ``h5py.File(shard, "r")`` a user holds would block this open, and a handle held here would
-    block the user's. A handle that stays open across calls (``held``, the loader's h5py read
-    path) and an open refused that way go through a Python file object (``_FileObjectShard``):
-    HDF5 sees a file of its own, with no lock to agree on.
-    """
-    problem = regular_file_problem(path)
-    if problem:
-        raise FormatError(f"{path}: {problem}")
-    try:
-        return open_readonly(path, held=held)
-    except OSError as err:
-        raise FormatError(f"{path}: cannot open shard: {err}") from err
-
-
-@contextlib.contextmanager
-def open_listed(
-    index: Index,
-    entry: ShardEntry,
-    *,
-    url: str | None = None,
-    cache: remote.ShardCache | None = None,
-    parts: dict[int, bytes] | None = None,
-) -> Iterator[h5py.File]:
-    """A shard of ``index`` open read-only, to read its metadata: the local file, or for a set
-    at ``url`` its verified copy in ``cache`` when there is one, else the object itself through
-    range requests (``parts``: bytes of it known already, ``remote.head_and_tail``)."""
-    if url is not None and not is_cached(entry, url=url, cache=cache):
-        where = remote.join(url, entry.file)
-        with (
-            remote.storage_errors(where, "read shard metadata"),
-            remote.RangeFile(where, entry.bytes, parts) as fh,
-            h5py.File(fh, "r") as h5,
-        ):
-            yield h5
-        return
-    with open_shard(index.shard_path(entry)) as h5:
-        yield h5
-
-
-def is_cached(entry: ShardEntry, *, url: str, cache: remote.ShardCache | None) -> bool:
-    return cache is not None and cache.cached(url, entry.file, entry.sha256, entry.bytes) is not None
-
-
-def metadata_parts(
-    entries: Sequence[ShardEntry], *, url: str | None, cache: remote.ShardCache | None
-) -> dict[str, dict[int, bytes]]:
-    """For a set at ``url``: the bytes holding the metadata of each shard not in ``cache``,
-    fetched concurrently (``remote.head_and_tail``), by file name; {} for a local set."""
-    if url is None:
-        return {}
-    missing = [e for e in entries if not is_cached(e, url=url, cache=cache)]
-    found = remote.head_and_tail([remote.join(url, e.file) for e in missing], [e.bytes for e in missing])
-    return {e.file: parts for e, parts in zip(missing, found, strict=True)}
-
-
-def open_readonly(path: Path, *, held: bool = False) -> h5py.File:
-    """``h5py.File(path, "r", locking=False)``, or through a file object as ``open_shard`` says.
-
-    Raises OSError when HDF5 cannot open the file.
-    """
-    if held:
-        return _FileObjectShard(path)
-    try:
-        return h5py.File(path, "r", locking=False)
-    except OSError as err:
-        if "file locking" not in str(err) or "match" not in str(err):
-            raise
-    return _FileObjectShard(path)
-
-
-class _FileObjectShard(h5py.File):
-    """A shard opened read-only through a Python file object (h5py's ``fileobj`` driver), which
-    it closes with itself."""
-
-    def __init__(self, path: Path) -> None:
-        self._fh = open(path, "rb")  # noqa: SIM115 -- closed by close()
-        try:
-            super().__init__(self._fh, "r")
-        except BaseException:
-            self._fh.close()
-            raise
-
-    def close(self) -> None:
-        super().close()
-        self._fh.close()
-
-
-def regular_file_problem(path: Path) -> str | None:
-    """Why ``path`` is not a regular file that may be read as a shard, or None."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return "shard listed in the index is missing"
-    except OSError as err:
-        return f"cannot stat shard: {err.strerror}"
-    if stat.S_ISLNK(mode):
-        return "shard is a symbolic link; refusing it (copy the file into the feature directory)"
-    if not stat.S_ISREG(mode):
-        return "shard is not a regular file; refusing it"
-    return None
-
-
-def check_shard(
-    h5: h5py.File, entry: ShardEntry, config: FeatureConfig, *, path: Path, size: bool = True
-) -> None:
-    """Check an open shard against its index entry; FormatError names the first disagreement.
-
-    Refuses anything the index does not describe: another size (unless ``size`` is False, for
-    callers that compare the sha256 themselves), wrong counts or shapes, another fingerprint,
-    and HDF5 indirections (external links, external storage, virtual datasets) that would make
-    the reader open files outside the feature directory.
-    """
-    if size:
-        actual = path.stat().st_size
-        if actual != entry.bytes:
-            raise FormatError(f"{path}: shard is {actual} bytes, the index says {entry.bytes}")
-    n = entry.n
-    if h5.attrs.get(ATTR_FINGERPRINT) != entry.fingerprint:
-        raise FormatError(
-            f"{path}: shard fingerprint {h5.attrs.get(ATTR_FINGERPRINT)!r} disagrees with the index "
-            f"({entry.fingerprint!r})"
-        )
-
-    def indirect(name: str, link: Any) -> str | None:
-        # Returning a value stops the visit; raising inside an h5py callback is not safe.
-        return name if isinstance(link, h5py.ExternalLink | h5py.SoftLink) else None
-
-    codec.register_filters(config)
-    linked = h5.visititems_links(indirect)
-    if linked is not None:
-        raise FormatError(f"{path}: link {linked!r} points outside the shard; refusing it")
-    expected_shapes = {
-        MEL: (n, config.n_mels, config.n_frames),
-        LABELS: (n, config.n_classes),
-        VALID: (n, 2),
-    }
-    for name in shard_datasets(config.dtype):
-        if name not in h5:
-            raise FormatError(f"{path}: dataset {name!r} is missing")
-        ds = h5[name]
-        if ds.is_virtual or ds.external:
-            raise FormatError(f"{path}: dataset {name!r} uses virtual or external storage; refusing it")
-        if not ds.fletcher32:
-            raise FormatError(f"{path}: dataset {name!r} has no checksum; refusing it")
-        shape = expected_shapes.get(name)
-        if shape is None and not name.startswith(f"{EVENTS}/"):
-            shape = (n,)
-        if shape is not None and ds.shape != shape:
-            raise FormatError(f"{path}: dataset {name!r} has shape {ds.shape}, index implies {shape}")
-    if h5[MEL].dtype != np.dtype(config.dtype):
-        raise FormatError(f"{path}: mel is stored as {h5[MEL].dtype}, the config says {config.dtype}")
-    m = h5[f"{EVENTS}/{EVENT_EXAMPLE}"].shape[0]
-    for name in METADATA_DATASETS:
-        if name.startswith(f"{EVENTS}/") and h5[name].shape != (m,):
-            raise FormatError(f"{path}: dataset {name!r} has shape {h5[name].shape}, expected ({m},)")
-
-
-@dataclass(frozen=True)
-class ShardMetadata:
-    """The small per-example arrays of one shard (everything but ``mel``).
-
-    ``events`` maps ``EVENT_FIELDS`` names (and ``EVENT_EXAMPLE``, the row each event belongs
-    to, int64) to flat arrays, one value per stored event.
-    """
-
-    recording_id: np.ndarray  # (n,) object (str)
-    start: np.ndarray  # (n,) float64
-    labels: np.ndarray  # (n, n_classes) int8
-    events: dict[str, np.ndarray]
-    valid: np.ndarray  # (n, 2) int32: [first, stop) frames that hold audio
-    mel_offset: np.ndarray | None = None  # (n,) float32, dtype uint8 only
-    mel_scale: np.ndarray | None = None  # (n,) float32, dtype uint8 only
-
-
-def read_metadata(h5: h5py.File, entry: ShardEntry, config: FeatureConfig, *, path: Path) -> ShardMetadata:
-    """Read a checked shard's metadata, each chunk through its checksum.
-
-    Raises IntegrityError when a chunk fails its checksum, FormatError when events point outside
-    the shard or the config, or ``valid`` outside the stored frames.
-    """
-    example = read_checked(h5, f"{EVENTS}/{EVENT_EXAMPLE}", path=path).astype(np.int64)
-    if example.size and (example.min() < 0 or example.max() >= entry.n):
-        raise FormatError(f"{path}: {EVENTS}/{EVENT_EXAMPLE} points outside the shard's {entry.n} rows")
-    species = read_checked(h5, f"{EVENTS}/species_id", path=path).astype(np.int64)
-    if species.size and (species.min() < 0 or species.max() >= config.n_classes):
-        raise FormatError(f"{path}: {EVENTS}/species_id outside [0, {config.n_classes}) of the config")
-    events = {EVENT_EXAMPLE: example, "species_id": species}
-    for key in EVENT_FIELDS:
-        if key not in events:
-            events[key] = read_checked(h5, f"{EVENTS}/{key}", path=path)
-    quant = {}
-    if codec.is_quantized(config):
-        quant = {name: read_checked(h5, name, path=path).astype(np.float32) for name in QUANT_DATASETS}
-        for name, values in quant.items():
-            problem = quant_problem(name, values)
-            if problem:
-                raise FormatError(f"{path}: {problem}")
-    valid = read_checked(h5, VALID, path=path)
-    problem = valid_problem(valid, config.n_frames)
-    if problem:
-        raise FormatError(f"{path}: {problem}")
-    return ShardMetadata(
-        recording_id=read_checked(h5, RECORDING_ID, path=path),
-        start=read_checked(h5, START, path=path),
-        labels=read_checked(h5, LABELS, path=path),
-        events=events,
-        valid=valid,
-        mel_offset=quant.get(MEL_OFFSET),
-        mel_scale=quant.get(MEL_SCALE),
-    )
-
-
-def valid_problem(values: np.ndarray, n_frames: int) -> str | None:
-    """What is wrong with a shard's ``valid`` rows (``0 <= first < stop <= n_frames``), or None."""
-    if values.ndim != 2 or values.shape[1] != 2:
-        return f"{VALID} has shape {values.shape}, expected (n, 2)"
-    first, stop = values[:, 0], values[:, 1]
-    bad = np.flatnonzero((first < 0) | (first >= stop) | (stop > n_frames))
-    if bad.size:
-        i = int(bad[0])
-        return f"{VALID} of example {i} is [{first[i]}, {stop[i]}), outside 0 <= first < stop <= {n_frames}"
-    return None
-
-
-def quant_problem(name: str, values: np.ndarray) -> str | None:
-    """What is wrong with a uint8 set's ``mel_offset`` or ``mel_scale`` values, or None."""
-    if not np.isfinite(values).all():
-        return f"{name} holds non-finite values"
-    if name == MEL_SCALE and (values < 0).any():
-        return f"{name} holds negative steps"
-    return None
-
-
-def read_checked(h5: h5py.File, name: str, *, path: Path | None = None) -> np.ndarray:
-    """The whole dataset ``name`` (strings as an object array of ``str``), checksums verified.
-
-    HDF5 checks each chunk's fletcher32 as it reads; a mismatch is an IntegrityError naming the
-    shard and the dataset.
-    """
-    ds = h5[name]
-    try:
-        if ds.dtype.kind == "S" or h5py.check_string_dtype(ds.dtype) is not None:
-            return np.asarray(ds.asstr()[()], dtype=object)
-        return ds[()]
-    except OSError as err:
-        where = path if path is not None else h5.filename
-        raise IntegrityError(
-            f"{where}: dataset {name!r} fails its checksum or cannot be read ({err})"
-        ) from None
-
-
-def read_anchors(h5: h5py.File, names: Sequence[str] = tuple(ANCHOR_FIELDS)) -> dict[str, np.ndarray]:
-    """The ``anchor`` fields ``names`` of every example of an open shard, checksums verified."""
-    return {name: read_checked(h5, f"{ANCHOR}/{name}") for name in names}
-
-
-_FLETCHER32 = 3  # H5Z_FILTER_FLETCHER32
-_BITSHUFFLE_LZ4 = 2  # the bitshuffle filter's fifth option: 2 is LZ4, 3 is zstd
-
-
-@dataclass(frozen=True)
-class MelChunks:
-    """Where each example's ``mel`` chunk lies in a shard file, for readers that skip HDF5.
-
-    offsets, sizes : np.ndarray [shape=(n,)], int64 -- byte offset and stored size of each
-        example's chunk; the last ``CHECKSUM_BYTES`` of a chunk are its fletcher32, which such
-        a reader must verify itself
-    compressed : False when a chunk is the example's values as they are (then every size is
-        ``n_mels * n_frames * itemsize + CHECKSUM_BYTES``); True when it is the output of the
-        config's plugin filter (``melshards.codec.chunk_decoder`` decodes it)
-    """
-
-    offsets: np.ndarray
-    sizes: np.ndarray
-    compressed: bool
-
-
-def mel_chunks(ds: h5py.Dataset, config: FeatureConfig, *, file_size: int) -> MelChunks | None:
-    """Where every example's ``mel`` chunk lies, when each can be read straight from the file.
-
-    That holds when every example is one fletcher32-checked chunk of ``n_mels * n_frames``
-    little-endian values, either unfiltered otherwise or compressed by the config's plugin
-    filter (``zstd``, ``bitshuffle-lz4``) and nothing else. Returns None for any other layout
-    (h5py's gzip or lzf, shuffle, other filters), which is read through h5py.
-    """
-    n = ds.shape[0]
-    dtype = np.dtype(config.dtype)
-    if (
-        n == 0
-        or sys.byteorder != "little"
-        or ds.dtype != dtype.newbyteorder("<")
-        or ds.chunks != (1, config.n_mels, config.n_frames)
-    ):
-        return None
-    filters = [ds.id.get_create_plist().get_filter(i) for i in range(ds.id.get_create_plist().get_nfilters())]
-    codes = [f[0] for f in filters]
-    compressed = config.compression in PLUGIN_FILTER_IDS
-    if compressed:
-        wanted = [PLUGIN_FILTER_IDS[config.compression], _FLETCHER32]
-        if codes != wanted or (
-            config.compression == "bitshuffle-lz4" and filters[0][2][4:5] != (_BITSHUFFLE_LZ4,)
-        ):
-            return None
-    elif codes != [_FLETCHER32]:
-        return None
-    plain = config.n_mels * config.n_frames * dtype.itemsize + CHECKSUM_BYTES
-    offsets = np.full(n, -1, dtype=np.int64)
-    sizes = np.zeros(n, dtype=np.int64)
-    ok = True
-
-    def visit(info) -> None:
-        nonlocal ok
-        row = info.chunk_offset[0]
-        if info.byte_offset is None or info.filter_mask != 0 or (not compressed and info.size != plain):
-            ok = False
-        else:
-            offsets[row] = info.byte_offset
-            sizes[row] = info.size
-
-    if hasattr(ds.id, "chunk_iter"):
-        ds.id.chunk_iter(visit)
-    else:
-        for i in range(ds.id.get_num_chunks()):
-            visit(ds.id.get_chunk_info(i))
-    if (
-        not ok
-        or (offsets < 0).any()
-        or (sizes <= CHECKSUM_BYTES).any()
-        or (not compressed and (offsets % dtype.itemsize).any())
-        or (offsets + sizes > file_size).any()
-    ):
-        return None
-    return MelChunks(offsets=offsets, sizes=sizes, compressed=compressed)

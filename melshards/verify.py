@@ -7,7 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from melshards import remote
+from melshards import remote, shard_cache
 from melshards.errors import FormatError, IntegrityError, StorageError
 from melshards.files import sha256_file
 from melshards.index import Index, ShardEntry, read_index
@@ -21,14 +21,9 @@ from melshards.names import (
     VALID,
     shard_datasets,
 )
-from melshards.shard import (
-    check_shard,
-    open_readonly,
-    quant_problem,
-    read_checked,
-    regular_file_problem,
-    valid_problem,
-)
+from melshards.shard_check import check_shard, quant_problem, valid_problem
+from melshards.shard_open import open_readonly, regular_file_problem
+from melshards.shard_read import read_checked
 
 
 def verify(root: str | Path, *, progress: bool = False, cache_dir: str | Path | None = None) -> list[str]:
@@ -42,7 +37,7 @@ def verify(root: str | Path, *, progress: bool = False, cache_dir: str | Path | 
     from tqdm.auto import tqdm
 
     url = str(root).rstrip("/") if remote.is_url(root) else None
-    cache = remote.ShardCache.at(cache_dir) if url is not None else None
+    cache = shard_cache.ShardCache.at(cache_dir) if url is not None else None
     try:
         index = read_index(root, cache_root=None if cache is None else cache.set_dir(url))
     except FormatError as err:

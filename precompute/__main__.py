@@ -1,3 +1,5 @@
+"""``python -m precompute``: the command line (``precompute.cli``)."""
+
 import sys
 
 from precompute.cli import main

@@ -156,7 +156,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
     features = dict(data.get("features", data))
-    features.pop("annotations", None)  # the [annotations] table: precompute.annotations reads it
+    features.pop("annotations", None)  # the [annotations] table: precompute.inputs.annotations reads it
     return features
 
 

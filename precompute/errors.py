@@ -1,4 +1,4 @@
-"""The precompute side's own errors: bad annotation rows, unreadable audio, a held output.
+"""The precompute side's own errors: bad rows (or none left), unreadable audio, a held output.
 
 The format's errors (``ConfigError``, ``FormatError``, ``StorageError``, ...) come from
 ``melshards.errors``; these derive from the same root, so the command line reports them as one
@@ -18,3 +18,12 @@ class AudioError(MelShardsError):
 
 class LockedError(MelShardsError):
     """Another precompute run holds the output directory."""
+
+
+class NoValidRows(ManifestError):
+    """Every row of the annotations was rejected; ``failures`` lists why (``RowFailure``s of
+    ``precompute.inputs.rows``), in reading order."""
+
+    def __init__(self, message: str, failures: list) -> None:
+        super().__init__(message)
+        self.failures = failures

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from melshards import codec, remote
+from melshards import codec, remote, shard_cache
 from melshards.config import PARAMETERS, FeatureConfig
 from melshards.index import BinStats, Index, read_index
 from melshards.names import (
@@ -21,7 +21,8 @@ from melshards.names import (
     RECORDING_ID,
     SET_LABELLED,
 )
-from melshards.shard import open_listed, read_checked
+from melshards.shard_open import open_listed
+from melshards.shard_read import read_checked
 
 WIDTH = 100  # columns: inspect's lines fit a terminal this wide
 
@@ -86,7 +87,7 @@ def inspect_lines(root: str | Path, *, cache_dir: str | Path | None = None) -> l
     ``root`` may be a URL: the metadata is read from cached shards, or with range requests.
     """
     url = str(root).rstrip("/") if remote.is_url(root) else None
-    cache = remote.ShardCache.at(cache_dir) if url is not None else None
+    cache = shard_cache.ShardCache.at(cache_dir) if url is not None else None
     index = read_index(root, cache_root=None if cache is None else cache.set_dir(url))
     cfg = index.config
     labels, recordings = _labels_and_recordings(index, url=url, cache=cache)

@@ -2,7 +2,9 @@
 
 A job gets paths and a config, never open handles, and writes its own shard file, so it runs
 the same in a local process pool or on a cluster worker with the output on shared storage.
-The driver receives only a ``ShardResult`` (index entry, statistics, failures).
+The driver receives only a ``ShardResult`` (index entry, statistics, failures;
+``precompute.shard_result``). Given a URL, the worker uploads the shard it wrote
+(``precompute.publish.upload_shard``).
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from melshards.config import FeatureConfig
-from melshards.index import ShardEntry
 from melshards.names import EVENT_NONE, LABEL_UNKNOWN, QUANTIZED_DTYPE, SET_WINDOWS
-from melshards.shard import ShardExample, ShardStats, write_shard
+from melshards.shard import ShardExample, write_shard
+from precompute import publish
 from precompute.audio import decode, probe, read_span
 from precompute.errors import AudioError
 from precompute.mel import log_mel, log_mel_of_power, mel_power_frames
 from precompute.plan import RecordingTask, ShardJob
+from precompute.shard_result import ShardResult, failure_record
 from precompute.windows import (
     event_arrays,
     event_window_start,
@@ -45,27 +48,6 @@ NO_ANCHOR = {
 }
 
 
-@dataclass
-class ShardResult:
-    """What the driver learns of a finished (or reused) shard."""
-
-    entry: ShardEntry
-    stats: ShardStats
-    failures: list[dict]
-    reused: bool = False
-
-
-def failure_record(
-    recording_id: str, path: str | None, error: Exception | str, *, slices: int, line: int | None = None
-) -> dict:
-    """One line of ``failures.jsonl``: what was skipped, where, and why."""
-    name = type(error).__name__ if isinstance(error, Exception) else "AudioError"
-    record = {"id": recording_id, "path": path, "error": name, "message": str(error), "slices": slices}
-    if line is not None:
-        record["line"] = line
-    return record
-
-
 def build_shard(
     job: ShardJob, *, out: str, config: FeatureConfig, on_error: str, upload: str | None = None
 ) -> ShardResult:
@@ -83,9 +65,7 @@ def build_shard(
     with threadpool_limits(limits=1):
         result = _build_shard(job, out=out, config=config, on_error=on_error)
     if upload is not None:
-        from precompute.publish import upload_shard
-
-        upload_shard(out, job.file, upload)
+        publish.upload_shard(out, job.file, upload)
     return result
 
 

@@ -9,19 +9,17 @@ Planning reads no audio: a recording's identity is its size and mtime (``os.stat
 linear in the manifest apart from sorting, and keeps rows as numpy records (``RowTable``):
 each job holds its own rows, the plan holds nothing per row besides them.
 
-Shards stay put as data grows: given the shard each recording was in (``previous``, read from
-the output directory by the run driver), a recording keeps its shard, and only new recordings
-are packed, into new shards numbered after the highest one; a shard left without recordings
-is dropped. Without ``previous`` recordings are packed in sorted order (``_groups``).
+Shards stay put as data grows: given the shard each recording was in (``previous``), a
+recording keeps its shard and only new recordings are packed into new shards
+(``precompute.packing``). Without ``previous`` recordings are packed in sorted order.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -30,11 +28,20 @@ from melshards.config import FeatureConfig
 from melshards.errors import ConfigError
 from melshards.files import fingerprint_of
 from melshards.names import EVENT_FP, FORMAT_VERSION, SET_LABELLED, SET_WINDOWS, SHARD_PATTERN
-from precompute.annotations import Annotations, iter_annotations
-from precompute.audio import AUDIO_EXTENSIONS, MAX_SECONDS, check_inside, file_identity, find_audio
-from precompute.classes import ClassCoder, ClassSpec
-from precompute.errors import AudioError, ManifestError
-from precompute.manifest import ROW_DTYPE, NoValidRows, Row, RowFailure, RowTable, drop_duplicates
+from precompute.audio import MAX_SECONDS, check_inside, file_identity, find_audio
+from precompute.errors import AudioError, NoValidRows
+from precompute.inputs.annotations import Annotations, iter_annotations
+from precompute.inputs.audio_files import list_audio
+from precompute.inputs.classes import ClassCoder, ClassSpec
+from precompute.inputs.rows import (
+    ROW_DTYPE,
+    Row,
+    RowFailure,
+    RowTable,
+    drop_duplicates,
+    drop_mixed_paths,
+)
+from precompute.packing import assign_shards
 
 NO_ROWS = RowTable(np.zeros(0, dtype=ROW_DTYPE), (), (), (None,))
 
@@ -115,48 +122,6 @@ def _locate(audio_dir: Path, recording_id: str, path: str | None) -> tuple[str |
         return None, str(err)
 
 
-def _groups(sizes: list[int], *, shard_size: int) -> list[range]:
-    """Consecutive tasks per shard: whole recordings until a shard holds ``shard_size`` windows."""
-    groups, first, count = [], 0, 0
-    for k, size in enumerate(sizes):
-        if count >= shard_size and k > first:
-            groups.append(range(first, k))
-            first, count = k, 0
-        count += size
-    if first < len(sizes):
-        groups.append(range(first, len(sizes)))
-    return groups
-
-
-def _assign(
-    ids: Sequence[str], sizes: list[int], *, shard_size: int, previous: Mapping[str, int] | None
-) -> list[tuple[int, Sequence[int]]]:
-    """(shard index, positions of its recordings) for every shard of a plan.
-
-    ids, sizes : the recordings in planning order (sorted) and their windows
-    previous : the shard index each recording was in, or None to pack every recording afresh
-
-    With ``previous``, a recording keeps its shard; the others are packed by ``_groups``, in
-    order, into shards numbered after the highest index of ``previous``. A shard keeps its
-    recordings in planning order, the order they were packed in.
-    """
-    if not previous:
-        return list(enumerate(_groups(sizes, shard_size=shard_size)))
-    kept: dict[int, list[int]] = {}
-    new: list[int] = []
-    for k, recording_id in enumerate(ids):
-        shard = previous.get(recording_id)
-        if shard is None:
-            new.append(k)
-        else:
-            kept.setdefault(shard, []).append(k)
-    first = max(previous.values()) + 1
-    packed = _groups([sizes[k] for k in new], shard_size=shard_size)
-    return [(i, kept[i]) for i in sorted(kept)] + [
-        (first + j, [new[k] for k in group]) for j, group in enumerate(packed)
-    ]
-
-
 def setup_key(*, config: dict, versions: dict, kind: str, step: float | None) -> str:
     """The fingerprint of what all shards of a plan share: when it changes, a run plans afresh."""
     return fingerprint_of(
@@ -234,9 +199,9 @@ def plan_labelled(
 
     (The job makes one example of rows with the same times and kind: ``n_windows`` counts rows.)
 
-    rows : the valid, deduplicated manifest rows (``manifest.drop_duplicates``)
-    previous : the shard index each recording was in before (``_assign``); None packs every
-        recording afresh
+    rows : the valid, deduplicated manifest rows (``precompute.inputs.rows.drop_duplicates``)
+    previous : the shard index each recording was in before
+        (``precompute.packing.assign_shards``); None packs every recording afresh
 
     A recording's rows are ordered by ``(t_min, t_max, TP before FP, species_id)``, then by
     reading order. Raises ConfigError when one recording's rows name different paths.
@@ -249,7 +214,7 @@ def plan_labelled(
     config_dict, versions = config.to_dict(), library_versions()
     setup = setup_key(config=config_dict, versions=versions, kind=SET_LABELLED, step=None)
     jobs = []
-    for index, group in _assign(ids, sizes, shard_size=config.shard_size, previous=previous):
+    for index, group in assign_shards(ids, sizes, shard_size=config.shard_size, previous=previous):
         if isinstance(group, range):  # consecutive recordings: their rows are consecutive too
             positions = order[int(starts[group.start]) : int(stops[group.stop - 1])]
         else:
@@ -275,40 +240,6 @@ def plan_labelled(
             )
         )
     return jobs
-
-
-def drop_mixed_paths(table: RowTable, *, on_error: str = "skip") -> tuple[RowTable, list[RowFailure]]:
-    """Drop every row of each recording whose rows name different files (``path`` column).
-
-    A row without a path names ``<recording_id>.<ext>``, which differs from any explicit path.
-    Returns the kept rows, in their order, and one failure per dropped row, in reading order.
-    """
-    d = table.data
-    recording, path = d["recording"], d["path"].astype(np.int64)
-    lowest = np.full(len(table.recording_ids), np.iinfo(np.int64).max)
-    highest = np.full(len(table.recording_ids), -1)
-    np.minimum.at(lowest, recording, path)
-    np.maximum.at(highest, recording, path)
-    mixed = (highest >= 0) & (lowest != highest)
-    if not mixed.any():
-        return table, []
-    dropped = np.flatnonzero(mixed[recording])
-    messages = {}
-    for k in np.flatnonzero(mixed).tolist():
-        first_use: dict[int, int] = {}
-        for i in dropped[recording[dropped] == k].tolist():
-            first_use.setdefault(int(path[i]), i)
-        named = [f"{table.paths[c] or '(no path)'} ({table[i].where})" for c, i in first_use.items()]
-        listed = ", ".join(named[:-1]) + f" and {named[-1]}"
-        messages[k] = f"recording {table.recording_ids[k]}: rows name different paths {listed}"
-    failures = []
-    for i in dropped.tolist():
-        row = table[i]
-        message = messages[int(recording[i])]
-        if on_error == "fail":
-            raise ManifestError(f"{row.where}: {message}")
-        failures.append(RowFailure(row.source, row.line, row.recording_id, message))
-    return table.take(np.flatnonzero(~mixed[recording])), failures
 
 
 def plan_manifests(
@@ -362,7 +293,7 @@ def plan_annotations(
 ) -> Planned:
     """Read, validate and deduplicate annotations of any format as a stream, then plan the jobs.
 
-    inputs : the annotation inputs (``precompute.annotations``), read in order
+    inputs : the annotation inputs (``precompute.inputs.annotations``), read in order
     classes : where the class list comes from (default: the data); the returned config's
         ``n_classes`` is its length
     previous : ``plan_labelled``'s, or a function of the returned config that gives it
@@ -409,84 +340,6 @@ def plan_annotations(
     return Planned(jobs, failures, names, config, ignored)
 
 
-def list_audio(audio_dir: Path, *, files: Path | None = None) -> list[tuple[str, Path]]:
-    """The audio files under ``audio_dir`` (sub-folders included), or those ``files`` lists.
-
-    Returns ``(recording id, path)`` pairs sorted by the path relative to ``audio_dir``. A
-    recording's id is that relative path without its extension, folders joined by ``/``
-    (``site2/rec7.flac`` is ``site2/rec7``), so files of one name in two folders stay apart.
-    Links to folders are not followed. Raises ConfigError when there are no files, or when
-    two share an id (``a.flac`` and ``a.wav``).
-    """
-    if not audio_dir.is_dir():
-        raise ConfigError(f"{audio_dir}: audio directory not found")
-    found = _walk_audio(audio_dir) if files is None else read_file_list(files, audio_dir=audio_dir)
-    if not found:
-        raise ConfigError(f"{files or audio_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
-    found.sort(key=lambda relative: relative.as_posix())
-    by_id: dict[str, list[PurePosixPath]] = {}
-    for relative in found:
-        by_id.setdefault(relative.with_suffix("").as_posix(), []).append(relative)
-    shared = [(rid, paths) for rid, paths in by_id.items() if len(paths) > 1]
-    if shared:
-        more = f" ({len(shared) - 1} more id(s) have several files)" if len(shared) > 1 else ""
-        rid, paths = shared[0]
-        raise ConfigError(
-            f"{audio_dir}: recordings {' and '.join(p.as_posix() for p in paths)} share the id "
-            f"{rid!r}{more}; rename or remove one"
-        )
-    return [(rid, audio_dir.joinpath(*paths[0].parts)) for rid, paths in by_id.items()]
-
-
-def _walk_audio(audio_dir: Path) -> list[PurePosixPath]:
-    """Every audio file under ``audio_dir``, relative to it."""
-
-    def refuse(err: OSError) -> None:
-        raise ConfigError(f"{err.filename}: cannot list the folder: {err.strerror}")
-
-    found = []
-    for folder, _, names in os.walk(audio_dir, onerror=refuse):
-        for name in names:
-            path = Path(folder, name)
-            # Links that lead nowhere are listed too: the run records them instead of skipping them silently.
-            if path.suffix.lower() in AUDIO_EXTENSIONS and (path.is_file() or path.is_symlink()):
-                found.append(PurePosixPath(*path.relative_to(audio_dir).parts))
-    return found
-
-
-def read_file_list(path: Path, *, audio_dir: Path) -> list[PurePosixPath]:
-    """The files a list names: one path per line, relative to ``audio_dir``.
-
-    Blank lines and lines starting with ``#`` are skipped; spaces around a path are dropped.
-    ConfigError names the list's line of a path that leaves ``audio_dir``, is not an audio
-    file, does not exist, or repeats an earlier line.
-    """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file list not found") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text; a file list holds one path per line") from None
-    listed: dict[PurePosixPath, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        name = line.strip()
-        if not name or name.startswith("#"):
-            continue
-        where = f"{path} line {number}"
-        relative = PurePosixPath(name)
-        if relative.is_absolute() or ".." in relative.parts or "\x00" in name:
-            raise ConfigError(f"{where}: {name!r} leaves the audio directory; list paths relative to it")
-        if relative.suffix.lower() not in AUDIO_EXTENSIONS:
-            raise ConfigError(f"{where}: {name!r} is not an audio file ({', '.join(AUDIO_EXTENSIONS)})")
-        full = audio_dir.joinpath(*relative.parts)
-        if not (full.is_file() or full.is_symlink()):
-            raise ConfigError(f"{where}: {full}: {'not a file' if full.exists() else 'no such file'}")
-        if relative in listed:
-            raise ConfigError(f"{where}: {name} is listed twice (first on line {listed[relative]})")
-        listed[relative] = number
-    return list(listed)
-
-
 def plan_windows(
     audio_dir: Path,
     *,
@@ -495,12 +348,13 @@ def plan_windows(
     files: Path | None = None,
     previous: Mapping[str, int] | None = None,
 ) -> list[ShardJob]:
-    """Shard jobs for sliding windows every ``step`` seconds over recordings (``list_audio``).
+    """Shard jobs for sliding windows every ``step`` seconds over recordings
+    (``precompute.inputs.audio_files.list_audio``).
 
-    files : a list of the files to read (``read_file_list``); None reads every audio file
+    files : a list of the files to read (``read_file_list`` there); None reads every audio file
         under ``audio_dir``
-    previous : the shard index each recording was in before (``_assign``); None packs every
-        recording afresh
+    previous : the shard index each recording was in before
+        (``precompute.packing.assign_shards``); None packs every recording afresh
 
     A file that resolves outside ``audio_dir`` (a link) is not read: its task carries the
     reason, and the worker records it as a failure, as ``features`` does.
@@ -526,7 +380,7 @@ def plan_windows(
             step=step,
             setup=setup,
         )
-        for index, group in _assign(ids, sizes, shard_size=config.shard_size, previous=previous)
+        for index, group in assign_shards(ids, sizes, shard_size=config.shard_size, previous=previous)
     ]
 
 

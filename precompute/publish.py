@@ -1,7 +1,8 @@
 """Writing a feature set to a URL (``precompute features --out s3://bucket/prefix``).
 
 A run builds its shards in a local stage directory exactly as it builds a local set (the same
-lock, plan, resume and checks), and the URL mirrors that directory:
+lock, plan, resume and checks; ``local_output`` gives a run its directory), and the URL
+mirrors that directory:
 
 1. ``pull``: before planning, the stage takes what the URL already holds of earlier runs (the
    index, ``.built.jsonl``, and every finished shard the stage lacks, each checked against the
@@ -25,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from commandline.console import log
-from melshards import remote
+from melshards import remote, shard_cache
 from melshards.errors import IntegrityError
 from melshards.files import write_file_atomic
 from melshards.names import BUILT_FILE, FAILURES_FILE, INDEX_FILE, SHARD_PREFIX, SHARD_SUFFIX
+from precompute.lock import output_lock
+from precompute.resume import read_prior
 
 STAGE_FOLDER = "out"  # under the cache directory: the default stage of each URL written to
 
@@ -44,14 +47,14 @@ class RemoteOutput:
     def of(cls, out: str | os.PathLike, *, stage: str | os.PathLike | None = None) -> RemoteOutput | None:
         """The remote output for ``out`` when it is a URL, else None (a local directory).
 
-        ``stage`` defaults to ``<cache>/out/<set name>`` (``melshards.remote``)."""
+        ``stage`` defaults to ``<cache>/out/<set name>`` (``melshards.shard_cache``)."""
         if not remote.is_url(out):
             return None
         url = str(out).rstrip("/")
         remote.check_writable(url)
         remote.filesystem(url)  # a missing backend package is one line now, not after planning
         if stage is None:
-            stage = remote.default_cache_dir() / STAGE_FOLDER / remote.set_name(url)
+            stage = shard_cache.default_cache_dir() / STAGE_FOLDER / remote.set_name(url)
         return cls(url, Path(stage))
 
     @property
@@ -64,8 +67,6 @@ class RemoteOutput:
     def pull(self) -> int:
         """Bring into the stage what the URL holds of earlier runs; the number of shards
         downloaded. A shard whose bytes disagree with its record is left out (rebuilt)."""
-        from precompute.run import read_prior
-
         self.stage.mkdir(parents=True, exist_ok=True)
         names = set(remote.list_names(self.url))
         for name in (INDEX_FILE, BUILT_FILE):
@@ -77,7 +78,7 @@ class RemoteOutput:
             if file not in names or (local.is_file() and local.stat().st_size == entry.bytes):
                 continue
             try:
-                remote.download(self.at(file), local, sha256=entry.sha256, size=entry.bytes)
+                shard_cache.download(self.at(file), local, sha256=entry.sha256, size=entry.bytes)
                 fetched += 1
             except IntegrityError as err:
                 log.warning(f"{err}; building it again")
@@ -118,3 +119,15 @@ class RemoteOutput:
 def upload_shard(stage: str, file: str, url: str) -> None:
     """Upload a shard a worker just wrote (``precompute.job.build_shard``)."""
     remote.upload(Path(stage) / file, remote.join(url, file))
+
+
+def local_output(out: Path | str, stage: Path | None) -> tuple[Path, RemoteOutput | None]:
+    """The local directory a run writes, and the URL it mirrors when ``out`` is a URL (its
+    stage, after taking from the URL what earlier runs left there, ``RemoteOutput.pull``)."""
+    target = RemoteOutput.of(out, stage=stage)
+    if target is None:
+        return remote.local_path(out), None
+    target.stage.mkdir(parents=True, exist_ok=True)
+    with output_lock(target.stage):
+        target.pull()
+    return target.stage, target

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from audio_fixtures import run_tiny, write_dataset
-from loader.reader import FeatureSet
+from loader.feature_set import FeatureSet
 from melshards.index import read_index
 from synthetic_features import LABELLED_SET, make_feature_set
 

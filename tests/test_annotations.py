@@ -12,13 +12,15 @@ from audio_fixtures import HEADER, read_arrays, write_dataset
 from melshards.errors import ConfigError
 from melshards.index import read_index
 from melshards.names import EVENT_FP, EVENT_TP, FAILURES_FILE
-from precompute.annotations import Annotations, parse_columns, raven_recording
-from precompute.classes import ClassCoder, ClassSpec, parse_class_option
 from precompute.cli import main
 from precompute.demo_formats import convert, species_name
 from precompute.errors import ManifestError
+from precompute.inputs.annotations import Annotations, parse_columns, raven_recording
+from precompute.inputs.classes import ClassCoder, ClassSpec, parse_class_option
+from precompute.inputs.layout import Layout
+from precompute.inputs.manifest import iter_manifest
+from precompute.inputs.references import file_reference
 from precompute.inspection import inspect_lines
-from precompute.manifest import Layout, file_reference, iter_manifest
 
 # The TINY config of the tone dataset (tests/audio_fixtures.py), n_classes left to the data.
 CONFIG = [
@@ -312,7 +314,7 @@ def test_raven_begin_file_and_offset_and_a_missing_label_column(tmp_path):
         ("b", "b.wav", 2.5, 3.0, 0.0, 8000.0)
     ]
     assert ignored == {"list.txt": ["View", "Notes"]} and failures == []
-    from precompute.annotations import raven_layout
+    from precompute.inputs.annotations import raven_layout
 
     with pytest.raises(
         ManifestError, match=r"list.txt line 1: missing column\(s\) species_id \('Annotation'"
@@ -355,7 +357,7 @@ def test_string_classes_through_training_and_prediction(formats, tmp_path):
 
 
 def test_species_songtype_outputs_merge_back_to_species():
-    from experiments.predict import merge_columns, submission_columns
+    from experiments.submission import merge_columns, submission_columns
 
     run = {
         "config": {"class_names": ["s0_t1", "s1_t1", "s1_t4", "s2_t1"], "class_scheme": "species_songtype"}

@@ -15,7 +15,8 @@ from melshards.names import FAILURES_FILE
 from melshards.verify import verify
 from precompute.cli import main
 from precompute.errors import AudioError, LockedError, ManifestError
-from precompute.run import output_lock, run_features
+from precompute.lock import output_lock
+from precompute.run import run_features
 
 SR = 16000
 GOOD = "good,1,1,2.0,450,3.0,550\ngood,2,1,5.0,950,6.0,1050\n"

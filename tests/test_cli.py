@@ -11,7 +11,7 @@ from commandline.console import report_error, setup_logging, user_error_message
 from melshards.errors import FormatError
 from melshards.index import read_index
 from precompute.cli import main
-from precompute.run import output_lock
+from precompute.lock import output_lock
 
 # TINY (tests/audio_fixtures.py) spelled as --set options on top of the default preset.
 TINY_SET = [

@@ -195,13 +195,13 @@ def test_other_seed_gives_other_data(small, tmp_path):
 @pytest.mark.parametrize(
     ("argument", "value", "match"),
     [
-        ("recordings", 0, "recordings 0"),
-        ("recordings", 2.5, "recordings 2.5"),
-        ("test_recordings", -1, "test_recordings -1"),
-        ("seed", -3, "seed -3"),
+        ("recordings", 0, "recordings must be an integer >= 1, got 0"),
+        ("recordings", 2.5, "recordings must be an integer >= 1, got 2.5"),
+        ("test_recordings", -1, "test_recordings must be an integer >= 0, got -1"),
+        ("seed", -3, "seed must be an integer >= 0, got -3"),
         ("seconds", 2.0, "seconds 2.0"),
         ("seconds", 10.00001, "seconds 10.00001"),
-        ("sample_rate", 16000, "sample_rate 16000"),
+        ("sample_rate", 16000, r"sample_rate must be an integer in \[32000, 192000\], got 16000"),
         ("jobs", 0, "jobs 0"),
     ],
 )

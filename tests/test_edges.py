@@ -15,7 +15,8 @@ import soundfile as sf
 from audio_fixtures import HEADER, TINY, tone_recording
 from loader import ShardBatches
 from loader.augment import Augment
-from loader.reader import FeatureSet, MelReader
+from loader.feature_set import FeatureSet
+from loader.reader import MelReader
 from melshards.config import FeatureConfig, center_offset, crop_span
 from melshards.errors import FormatError
 from melshards.index import read_index

@@ -17,7 +17,7 @@ from audio_fixtures import HEADER, TINY, read_arrays, tone_recording
 from melshards.errors import FormatError
 from melshards.index import ShardEntry, read_index
 from melshards.names import BUILT_FILE, INDEX_FILE
-from precompute import run
+from precompute import resume, run
 from precompute.plan import plan_manifests
 
 SR = 16000
@@ -139,7 +139,7 @@ def test_adding_ten_percent_new_recordings_rebuilds_one_shard_of_twelve(growth, 
     assert {name: after[name] for name in before} == before  # every other shard byte for byte
     assert layout(growth["out"])[-1] == ("shard-00012.h5", tuple(NEW_IDS))
     assert (summary.shards_built, summary.shards_reused) == (1, 12)
-    assert summary.rebuilt == [run.Rebuilt("shard-00012.h5", run.NEW, tuple(NEW_IDS))]
+    assert summary.rebuilt == [resume.Rebuilt("shard-00012.h5", resume.NEW, tuple(NEW_IDS))]
     assert "; 1 built: 1 for new recordings (rec04b rec17b rec99); 12 reused) to " in summary.line()
     assert "  shard-00012.h5: new recordings (rec04b rec17b rec99)" in caplog.text
     # The grown set holds exactly the examples a first run over the grown manifest computes.
@@ -162,7 +162,7 @@ def test_removing_a_recording_rebuilds_only_its_shard(growth):
     after = shard_hashes(growth["out"])
     assert sorted(name for name in after if before[name] != after[name]) == [home]
     assert dict(layout(growth["out"]))[home] == tuple(r for r in shards[home] if r != LAST)
-    assert summary.rebuilt == [run.Rebuilt(home, run.REMOVED, (LAST,))]
+    assert summary.rebuilt == [resume.Rebuilt(home, resume.REMOVED, (LAST,))]
     assert f"1 built: 1 for recordings removed ({LAST}); 11 reused" in summary.line()
 
 
@@ -196,7 +196,10 @@ def test_changed_rows_or_audio_rebuild_only_their_shards_and_are_named(growth):
         {home["rec07"], home["rec23"]}
     )
     assert sorted(summary.rebuilt, key=lambda r: r.file) == sorted(
-        [run.Rebuilt(home["rec07"], run.ROWS, ("rec07",)), run.Rebuilt(home["rec23"], run.AUDIO, ("rec23",))],
+        [
+            resume.Rebuilt(home["rec07"], resume.ROWS, ("rec07",)),
+            resume.Rebuilt(home["rec23"], resume.AUDIO, ("rec23",)),
+        ],
         key=lambda r: r.file,
     )
     line = summary.line()
@@ -211,7 +214,7 @@ def test_a_new_config_plans_afresh(growth, tmp_path):
     assert layout(growth["out"]) == layout(tmp_path / "fresh")
     assert shard_hashes(growth["out"]) == shard_hashes(tmp_path / "fresh")
     assert summary.shards_built == fresh.shards_built == summary.shards
-    assert {r.why for r in summary.rebuilt} == {run.SETUP}
+    assert {r.why for r in summary.rebuilt} == {resume.SETUP}
     assert f"{summary.shards} built: {summary.shards} for config/versions changed)" in summary.line()
 
 
@@ -224,7 +227,7 @@ def test_an_index_of_another_format_version_rebuilds_everything_and_says_why(gro
     (growth["out"] / BUILT_FILE).unlink()
     summary = features(growth)
     assert summary.shards_built == summary.shards
-    assert {r.why for r in summary.rebuilt} == {run.SETUP}
+    assert {r.why for r in summary.rebuilt} == {resume.SETUP}
 
 
 def test_the_index_alone_keeps_shards_in_place(growth):
@@ -235,7 +238,7 @@ def test_the_index_alone_keeps_shards_in_place(growth):
     with growth["tp"].open("a") as fh:
         fh.write("".join(rows_of("rec04b")))
     summary = features(growth)
-    assert summary.rebuilt == [run.Rebuilt("shard-00012.h5", run.NEW, ("rec04b",))]
+    assert summary.rebuilt == [resume.Rebuilt("shard-00012.h5", resume.NEW, ("rec04b",))]
     assert {name: h for name, h in shard_hashes(growth["out"]).items() if name in before} == before
 
 
@@ -252,12 +255,12 @@ def test_a_resumed_run_plans_what_the_interrupted_one_planned(growth):
     built = (growth["out"] / BUILT_FILE).read_text().splitlines()
     kept = [line for line in built if json.loads(line).get("file") != "shard-00012.h5"]
     (growth["out"] / BUILT_FILE).write_text("\n".join(kept) + "\n")
-    prior = run.read_prior(growth["out"])
-    assert grown.rebuilt == [run.Rebuilt("shard-00012.h5", run.NEW, tuple(NEW_IDS))]
+    prior = resume.read_prior(growth["out"])
+    assert grown.rebuilt == [resume.Rebuilt("shard-00012.h5", resume.NEW, tuple(NEW_IDS))]
     assert prior.assignment(prior.setup) == {rid: int(name[6:11]) for name, ids in expected for rid in ids}
     resumed = features(growth)
     assert layout(growth["out"]) == expected
-    assert resumed.rebuilt == [run.Rebuilt("shard-00012.h5", run.UNFINISHED)]
+    assert resumed.rebuilt == [resume.Rebuilt("shard-00012.h5", resume.UNFINISHED)]
     assert "1 for left unfinished by an earlier run" in resumed.line()
 
 
@@ -266,7 +269,7 @@ def test_a_damaged_shard_is_named_as_such(growth):
     path = growth["out"] / "shard-00003.h5"
     path.write_bytes(path.read_bytes()[:-10])
     summary = features(growth)
-    assert summary.rebuilt == [run.Rebuilt("shard-00003.h5", run.DAMAGED)]
+    assert summary.rebuilt == [resume.Rebuilt("shard-00003.h5", resume.DAMAGED)]
 
 
 def test_a_recording_whose_audio_failed_is_listed_and_stays_in_its_shard(growth):
@@ -277,7 +280,7 @@ def test_a_recording_whose_audio_failed_is_listed_and_stays_in_its_shard(growth)
     [home] = [name for name, ids in shards.items() if "rec05" in ids]
     write_audio(growth["audio"], "rec05", seed=5)
     summary = features(growth)
-    assert summary.rebuilt == [run.Rebuilt(home, run.AUDIO, ("rec05",))]
+    assert summary.rebuilt == [resume.Rebuilt(home, resume.AUDIO, ("rec05",))]
     assert dict(layout(growth["out"])) == shards and summary.failures == []
 
 

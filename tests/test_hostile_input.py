@@ -19,7 +19,7 @@ from melshards.names import EVENT_TP, FAILURES_FILE
 from precompute.audio import BLOCK_FRAMES, decode
 from precompute.cli import main
 from precompute.errors import AudioError
-from precompute.manifest import read_manifest
+from precompute.inputs.manifest import read_manifest
 
 SR = 16000
 GOOD = "good,1,1,2.0,450,3.0,550\ngood,2,1,5.0,950,6.0,1050\n"

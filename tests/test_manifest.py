@@ -3,7 +3,8 @@ import pytest
 from audio_fixtures import HEADER
 from melshards.names import EVENT_FP, EVENT_TP
 from precompute.errors import ManifestError
-from precompute.manifest import RowTable, drop_duplicates, read_manifest
+from precompute.inputs.manifest import read_manifest
+from precompute.inputs.rows import RowTable, drop_duplicates
 
 
 def write(tmp_path, body, name="train_tp.csv", header=HEADER):

@@ -311,8 +311,9 @@ def test_scheduler_and_address_are_one_option_for_cluster_backends_only(tone_dat
     from precompute.cli import build_parser
 
     args = ["features", "--audio-dir", "a", "--tp", "t.csv", "--out", "o", "--backend", "dask"]
-    assert build_parser().parse_args([*args, "--address", "tcp://h:8786"]).scheduler == "tcp://h:8786"
-    assert build_parser().parse_args([*args, "--scheduler", "tcp://h:8786"]).scheduler == "tcp://h:8786"
+    for flag in ("--address", "--scheduler"):
+        parsed = build_parser().parse_args([*args, flag, "tcp://h:8786"])
+        assert getattr(parsed, "run.scheduler") == "tcp://h:8786"
     with pytest.raises(
         ConfigError, match=r"--scheduler/--address 'tcp://h:8786' needs --backend dask or ray"
     ):

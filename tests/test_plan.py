@@ -13,7 +13,8 @@ from audio_fixtures import HEADER, TINY
 from melshards.errors import ConfigError
 from melshards.names import EVENT_FP, EVENT_TP
 from precompute.errors import ManifestError
-from precompute.manifest import ROW_DTYPE, Row, RowTable, drop_duplicates, read_manifest
+from precompute.inputs.manifest import read_manifest
+from precompute.inputs.rows import ROW_DTYPE, Row, RowTable, drop_duplicates
 from precompute.plan import plan_labelled, plan_manifests
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from loader import read_kernels
-from loader.reader import FeatureSet, MelReader
+from loader.feature_set import FeatureSet
+from loader.reader import MelReader
 from melshards.config import crop_span
 from melshards.errors import FormatError, IntegrityError
 from melshards.labels import label_rows, overlap_mask

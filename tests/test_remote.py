@@ -20,8 +20,8 @@ from object_stores import S3_ENV, http_server, s3_server
 
 from audio_fixtures import TINY, run_tiny
 from loader.batches import ShardBatches
-from loader.reader import FeatureSet
-from melshards import remote
+from loader.feature_set import FeatureSet
+from melshards import remote, shard_cache
 from melshards.errors import ConfigError, FormatError, IntegrityError, StorageError
 from melshards.index import read_index
 from melshards.names import INDEX_FILE
@@ -49,7 +49,7 @@ def s3(s3_endpoint, monkeypatch, tmp_path, request):
 
     for key, value in {**S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint}.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "default-cache"))
+    monkeypatch.setenv(shard_cache.CACHE_ENV, str(tmp_path / "default-cache"))
     bucket = "b" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
     fsspec.filesystem("s3").mkdir(bucket)
     return f"s3://{bucket}"
@@ -103,7 +103,8 @@ def test_precompute_to_s3_then_read_the_same_batches_as_the_local_set(tiny_run, 
 
 
 def test_training_reads_a_set_at_a_url_as_it_reads_the_local_copy(s3, tmp_path):
-    from experiments.train import make_sequences, train
+    from experiments.sequences import make_sequences
+    from experiments.train import train
     from synthetic_features import make_feature_set
 
     local = make_feature_set(tmp_path / "set", n_recordings=10, per_recording=3, n_classes=3, seed=2)
@@ -195,7 +196,7 @@ def test_a_killed_upload_leaves_no_index_naming_a_missing_shard(tiny_run, s3, tm
 
 KILLED_DOWNLOAD = """
     from melshards.index import read_index
-    from melshards.remote import ShardCache
+    from melshards.shard_cache import ShardCache
     entry = read_index(URL).shards[0]
     ShardCache.at(CACHE).fetch(URL, entry.file, entry.sha256, entry.bytes)
     print("finished")
@@ -203,7 +204,7 @@ KILLED_DOWNLOAD = """
 
 
 def test_a_killed_download_never_becomes_a_cached_shard(tiny_run, tmp_path):
-    cache = remote.ShardCache.at(tmp_path / "cache")
+    cache = shard_cache.ShardCache.at(tmp_path / "cache")
     with http_server(tiny_run.out.parent, delay=0.05, block=2048) as server:
         url = f"{server}/{tiny_run.out.name}"
         entry = read_index(url).shards[0]
@@ -229,7 +230,7 @@ def test_a_killed_download_never_becomes_a_cached_shard(tiny_run, tmp_path):
 
 
 def test_a_download_cut_off_midway_is_one_line_naming_the_url(tiny_run, tmp_path, monkeypatch):
-    cache = remote.ShardCache.at(tmp_path / "cache")
+    cache = shard_cache.ShardCache.at(tmp_path / "cache")
     with http_server(tiny_run.out.parent) as server:
         url = f"{server}/{tiny_run.out.name}"
         entry = read_index(url).shards[0]
@@ -276,7 +277,7 @@ def test_two_processes_share_one_cache_directory(tiny_run, s3, tmp_path):
             for a in seq.batch(i, epoch=0):
                 expected.update(a.tobytes())
     assert digests == [expected.hexdigest()] * 2
-    entries = remote.ShardCache.at(cache).entries()
+    entries = shard_cache.ShardCache.at(cache).entries()
     assert sorted(p.name for _, _, p in entries) == ["shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
     assert not list(cache.rglob("*.part"))
 
@@ -287,7 +288,7 @@ def test_a_size_limit_evicts_the_least_recently_used_shards(tiny_run, tmp_path):
     limit = sizes[0] + sizes[1] + sizes[2] - 1  # room for two of the three, never all
     with http_server(tiny_run.out.parent) as server:
         url = f"{server}/{tiny_run.out.name}"
-        cache = remote.ShardCache.at(tmp_path / "cache", limit=limit)
+        cache = shard_cache.ShardCache.at(tmp_path / "cache", limit=limit)
         for entry in index.shards:  # 0, 1, 2: the oldest, 0, goes
             cache.fetch(url, entry.file, entry.sha256, entry.bytes)
             time.sleep(0.02)
@@ -298,7 +299,7 @@ def test_a_size_limit_evicts_the_least_recently_used_shards(tiny_run, tmp_path):
         cache.fetch(url, e0.file, e0.sha256, e0.bytes)
         assert [p.name for _, _, p in cache.entries()] == ["shard-00001.h5", "shard-00000.h5"]
         # reading everything through a cache too small for the set: same batches, within the limit
-        tiny = remote.ShardCache.at(tmp_path / "tiny", limit=max(sizes))
+        tiny = shard_cache.ShardCache.at(tmp_path / "tiny", limit=max(sizes))
         assert_same_batches(batches(url, cache_dir=tiny.root, cache_limit=max(sizes)), batches(tiny_run.out))
         assert sum(size for _, size, _ in tiny.entries()) <= max(sizes)
 
@@ -331,7 +332,10 @@ def test_urls_in_messages_hide_credentials():
     assert "secret-pw" not in str(err.value) and str(err.value).startswith(
         "https://127.0.0.1:9/set/index.json"
     )
-    assert remote.parse_size("1.5G") == int(1.5 * (1 << 30)) and remote.parse_size("500MB") == 500 << 20
+    assert (
+        shard_cache.parse_size("1.5G") == int(1.5 * (1 << 30))
+        and shard_cache.parse_size("500MB") == 500 << 20
+    )
     with pytest.raises(ConfigError, match="cache size limit 'lots'"):
-        remote.parse_size("lots")
+        shard_cache.parse_size("lots")
     assert json.loads(json.dumps(remote.set_name("s3://b/p/demo"))).startswith("demo-")

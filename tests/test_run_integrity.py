@@ -18,12 +18,12 @@ from test_cli import TINY_SET, features_argv
 
 from audio_fixtures import read_arrays, run_tiny, tone_recording
 from loader import ShardSequence
-from loader.reader import FeatureSet
+from loader.feature_set import FeatureSet
 from melshards import names
 from melshards.errors import FormatError, IntegrityError
 from melshards.files import atomic_write_text
 from melshards.index import read_index
-from melshards.shard import read_anchors
+from melshards.shard_read import read_anchors
 from melshards.verify import verify
 from precompute.cli import main
 

@@ -15,9 +15,9 @@ from test_cli import TINY_SET
 from audio_fixtures import TINY, read_arrays, tone_recording
 from melshards.errors import ConfigError
 from melshards.index import read_index
-from precompute import run
+from precompute import resume, run
 from precompute.cli import main
-from precompute.plan import list_audio
+from precompute.inputs.audio_files import list_audio
 
 SR = 16000
 # Four recordings: two of one name in different folders, one two folders deep, one a WAV.
@@ -142,12 +142,12 @@ def test_a_new_recording_in_a_sub_folder_adds_a_shard_and_leaves_the_others(tmp_
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("shard-*.h5")}
     assert {name: after[name] for name in before} == before
     assert sorted(after) == ["shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
-    assert summary.rebuilt == [run.Rebuilt("shard-00002.h5", run.NEW, ("site1/aa",))]
+    assert summary.rebuilt == [resume.Rebuilt("shard-00002.h5", resume.NEW, ("site1/aa",))]
     assert read_index(out).shards[2].recordings == ("site1/aa",)
     # A new step is a new setup: every shard is planned and built afresh.
     os.remove(audio / "site1" / "aa.flac")
     again = run.run_windows(audio_dir=audio, out=out, config=TINY, step=0.25, jobs=1, progress=False)
-    assert {r.why for r in again.rebuilt} == {run.SETUP}
+    assert {r.why for r in again.rebuilt} == {resume.SETUP}
     assert [e.recordings for e in read_index(out).shards] == [
         ("a",),
         ("site1/a",),

@@ -14,6 +14,7 @@ import soundfile as sf
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
+from melshards.checks import check_int
 from melshards.errors import ConfigError
 from precompute.demo.render import render_scene
 from precompute.demo.scene import TICKS, Call, sample_scene
@@ -106,7 +107,28 @@ def synthesize(
     calls: dict[tuple[str, int], tuple[str, list[Call]]] = {}
     for task, made in _run(tasks, jobs=jobs, progress=progress):
         calls[(task.split, task.index)] = (task.recording_id, made)
+    summary = {
+        "train_recordings": recordings,
+        "test_recordings": test_recordings,
+        **_write_tables(out, calls, test_ids=split_ids["test"], label_fraction=label_fraction, seed=seed),
+        "seconds": float(seconds),
+    }
+    _write_readme(out / "README.txt", seed=seed, sample_rate=sample_rate, summary=summary)
+    summary["bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    summary["elapsed_s"] = time.perf_counter() - began
+    return summary
 
+
+def _write_tables(
+    out: Path,
+    calls: dict[tuple[str, int], tuple[str, list[Call]]],
+    *,
+    test_ids: list[str],
+    label_fraction: float,
+    seed: int,
+) -> dict:
+    """Write the CSV tables of both splits (``train_tp.csv`` keeping ``label_fraction`` of the
+    calls); returns their counts, for ``synthesize``'s summary."""
     calls_tp, fp = _call_rows(calls, "train", "tp"), _call_rows(calls, "train", "fp")
     events = _call_rows(calls, "test", "tp")
     tp = sparse_labels(calls_tp, fraction=label_fraction, seed=seed)
@@ -114,15 +136,10 @@ def synthesize(
     _write_csv(out / "train_events.csv", COLUMNS, calls_tp)
     _write_csv(out / "train_fp.csv", COLUMNS, fp)
     present = {(row[0], row[1]) for row in events}
-    truth = [
-        (rid, *(int((rid, s) in present) for s in range(N_SPECIES))) for rid in sorted(split_ids["test"])
-    ]
+    truth = [(rid, *(int((rid, s) in present) for s in range(N_SPECIES))) for rid in sorted(test_ids)]
     _write_csv(out / "test_events.csv", COLUMNS, events)
     _write_csv(out / "test_ground_truth.csv", ("recording_id", *(f"s{s}" for s in range(N_SPECIES))), truth)
-
-    summary = {
-        "train_recordings": recordings,
-        "test_recordings": test_recordings,
+    return {
         "tp_rows": len(tp),
         "fp_rows": len(fp),
         "train_calls": len(calls_tp),
@@ -130,12 +147,7 @@ def synthesize(
         "test_events": len(events),
         "tp_per_species": [sum(1 for r in tp if r[1] == s) for s in range(N_SPECIES)],
         "fp_per_species": [sum(1 for r in fp if r[1] == s) for s in range(N_SPECIES)],
-        "seconds": float(seconds),
     }
-    _write_readme(out / "README.txt", seed=seed, sample_rate=sample_rate, summary=summary)
-    summary["bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    summary["elapsed_s"] = time.perf_counter() - began
-    return summary
 
 
 def _tasks(
@@ -178,11 +190,14 @@ def _check_arguments(
     *, seed, recordings, test_recordings, sample_rate, seconds, label_fraction, jobs
 ) -> None:
     """``synthesize``'s arguments, each checked; ConfigError names the first bad one."""
-    _check_int("seed", seed, minimum=0)
-    _check_int("recordings", recordings, minimum=1)
-    _check_int("test_recordings", test_recordings, minimum=0)
-    _check_int("sample_rate", sample_rate, minimum=32000, maximum=192000)
-    _check_int("jobs", jobs, minimum=-1)
+    for name, value, low, high in (
+        ("seed", seed, 0, None),
+        ("recordings", recordings, 1, None),
+        ("test_recordings", test_recordings, 0, None),
+        ("sample_rate", sample_rate, 32000, 192000),
+        ("jobs", jobs, -1, None),
+    ):
+        check_int(name, value, low=low, high=high)
     if jobs == 0:
         raise ConfigError("jobs 0: use a positive number of workers, or -1 for all cores")
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
@@ -215,14 +230,6 @@ def sparse_labels(rows: list[tuple], *, fraction: float, seed: int) -> list[tupl
     taken = set(chosen)
     chosen += [i for i in order.tolist() if i not in taken][: keep_count - len(chosen)]
     return [rows[i] for i in sorted(chosen)]
-
-
-def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{name} {value!r} is not an integer")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
-        raise ConfigError(f"{name} {value} is out of range (expected {bound})")
 
 
 def _refuse_foreign_recordings(out: Path, split_ids: dict[str, list[str]]) -> None:

@@ -90,16 +90,43 @@ def sample_scene(plan: Plan, *, rng: np.random.Generator, sample_rate: int, n_sa
     limit = math.floor(seconds * TICKS + 1e-6)
     level = 10 ** ((BACKGROUND_DBFS + rng.uniform(-3, 3)) / 20)
     slope = float(rng.uniform(0.9, 1.5))
+    background = _Background.of(level, slope=slope, sample_rate=sample_rate)
+    insects = _sample_insects(rng, background=background)
+    rains = _sample_rains(rng, level=level, seconds=seconds, sample_rate=sample_rate)
+    placed = _place_species_calls(plan, rng=rng, limit=limit)
+    confusers = _place_confusers(plan, rng=rng, limit=limit, placed=placed)
+    distractors = _sample_distractors(rng, limit=limit)
+    calls = [
+        replace(c, power=_noise_power(c, background=background, insects=insects) * 10 ** (c.snr_db / 10))
+        for c in placed + confusers + distractors
+    ]
+    return Scene(level, slope, int(rng.integers(2**63)), tuple(insects), tuple(rains), tuple(calls))
 
-    grid = np.arange(2.5, sample_rate / 2, 5.0)
-    cumulative = np.concatenate([[0.0], np.cumsum(coloured_psd(grid, slope=slope))])
-    cumulative /= cumulative[-1]
 
-    def band_power(lo: float, hi: float) -> float:
+@dataclass(frozen=True, eq=False)
+class _Background:
+    """The coloured noise of a scene, for the power it has in a band: its rms ``level`` and the
+    cumulative share of its spectrum on a 5 Hz ``grid``."""
+
+    level: float
+    grid: np.ndarray
+    cumulative: np.ndarray
+
+    @classmethod
+    def of(cls, level: float, *, slope: float, sample_rate: int) -> _Background:
+        grid = np.arange(2.5, sample_rate / 2, 5.0)
+        cumulative = np.concatenate([[0.0], np.cumsum(coloured_psd(grid, slope=slope))])
+        cumulative /= cumulative[-1]
+        return cls(level, grid, cumulative)
+
+    def band_power(self, lo: float, hi: float) -> float:
         """Power of the coloured noise between ``lo`` and ``hi`` Hz."""
-        first, last = np.searchsorted(grid, [lo, hi])
-        return level**2 * float(cumulative[last] - cumulative[first])
+        first, last = np.searchsorted(self.grid, [lo, hi])
+        return self.level**2 * float(self.cumulative[last] - self.cumulative[first])
 
+
+def _sample_insects(rng: np.random.Generator, *, background: _Background) -> list[Insect]:
+    """One to three insect bands, each louder than the coloured noise in its band."""
     insects = []
     for _ in range(int(rng.integers(1, 4))):
         centre = float(rng.uniform(2500, 11000))
@@ -110,7 +137,7 @@ def sample_scene(plan: Plan, *, rng: np.random.Generator, sample_rate: int, n_sa
             Insect(
                 f_min=lo,
                 f_max=hi,
-                level=math.sqrt(band_power(lo, hi) * 10 ** (rng.uniform(*INSECT_SNR_DB) / 10)),
+                level=math.sqrt(background.band_power(lo, hi) * 10 ** (rng.uniform(*INSECT_SNR_DB) / 10)),
                 wobble_hz=float(rng.uniform(0.03, 0.5)),
                 wobble_depth=float(rng.uniform(0.2, 0.8)),
                 pulse_hz=float(rng.uniform(2, 12)) if pulsed else 0.0,
@@ -118,7 +145,11 @@ def sample_scene(plan: Plan, *, rng: np.random.Generator, sample_rate: int, n_sa
                 phase=float(rng.uniform(0, 2 * np.pi)),
             )
         )
+    return insects
 
+
+def _sample_rains(rng: np.random.Generator, *, level: float, seconds: float, sample_rate: int) -> list[Rain]:
+    """Up to two rain bursts of 3 to 15 s, around the background's ``level``."""
     rains = []
     for _ in range(int(rng.choice(3, p=[0.5, 0.3, 0.2]))):
         length = min(rng.uniform(3, 15), seconds)
@@ -132,18 +163,12 @@ def sample_scene(plan: Plan, *, rng: np.random.Generator, sample_rate: int, n_sa
                 seed=int(rng.integers(2**63)),
             )
         )
+    return rains
 
-    def snr_power(call: Call) -> float:
-        """Background power in the call's band, widened to at least SNR_MIN_BAND_HZ."""
-        centre, width = (call.f_min + call.f_max) / 2, max(call.f_max - call.f_min, SNR_MIN_BAND_HZ)
-        lo, hi = max(centre - width / 2, 20.0), centre + width / 2
-        power = band_power(lo, hi)
-        for insect in insects:
-            overlap = min(hi, insect.f_max) - max(lo, insect.f_min)
-            if overlap > 0:
-                power += insect.level**2 * overlap / (insect.f_max - insect.f_min)
-        return power
 
+def _place_species_calls(plan: Plan, *, rng: np.random.Generator, limit: int) -> list[Call]:
+    """The calls of ``plan``'s bouts (TP), each placed where it fits (``_place``); in a share of
+    the recordings with two species or more, two calls of different species overlap."""
     tp = [
         _sample_call(SPECIES[species], rng=rng, kind="tp", species_id=species)
         for species, n_calls in plan.bouts
@@ -153,38 +178,62 @@ def sample_scene(plan: Plan, *, rng: np.random.Generator, sample_rate: int, n_sa
     placed: list[Call] = []
     force_overlap = len(plan.bouts) > 1 and rng.random() < OVERLAP_SHARE / _share_with_two_species()
     if force_overlap:
-        first = tp[0]
-        second = next(c for c in tp if c.species_id != first.species_id)
-        first = replace(first, start=int(rng.integers(0, limit - first.duration + 1)))
-        lo = max(0, first.start - second.duration + 1, first.start - int(0.6 * second.duration))
-        hi = min(limit - second.duration, first.stop - 1, first.stop - int(0.4 * second.duration))
-        if lo <= hi:
-            placed = [first, replace(second, start=int(rng.integers(lo, hi + 1)))]
-            tp = [c for c in tp if c is not second][1:]
-        else:
-            placed = [first]
-            tp = tp[1:]
+        placed, tp = _overlapping_pair(tp, rng=rng, limit=limit)
     for call in tp:
         start = _place(call, rng=rng, limit=limit, calls=placed)
         if start is not None:
             placed.append(replace(call, start=start))
+    return placed
 
-    confusers = []
+
+def _overlapping_pair(
+    tp: list[Call], *, rng: np.random.Generator, limit: int
+) -> tuple[list[Call], list[Call]]:
+    """The first call placed, and a call of another species overlapping it by 40-60 % of its
+    length when that fits; returns the calls placed and those left to place."""
+    first = tp[0]
+    second = next(c for c in tp if c.species_id != first.species_id)
+    first = replace(first, start=int(rng.integers(0, limit - first.duration + 1)))
+    lo = max(0, first.start - second.duration + 1, first.start - int(0.6 * second.duration))
+    hi = min(limit - second.duration, first.stop - 1, first.stop - int(0.4 * second.duration))
+    if lo <= hi:
+        return [first, replace(second, start=int(rng.integers(lo, hi + 1)))], [
+            c for c in tp if c is not second
+        ][1:]
+    return [first], tp[1:]
+
+
+def _place_confusers(plan: Plan, *, rng: np.random.Generator, limit: int, placed: list[Call]) -> list[Call]:
+    """A look-alike call (FP) of each of ``plan``'s confusers, where it fits among the others."""
+    confusers: list[Call] = []
     for species in plan.confusers:
         call = _sample_call(SPECIES[species], rng=rng, kind="fp", species_id=species)
         start = _place(call, rng=rng, limit=limit, calls=placed + confusers)
         if start is not None:
             confusers.append(replace(call, start=start))
+    return confusers
 
+
+def _sample_distractors(rng: np.random.Generator, *, limit: int) -> list[Call]:
+    """Two to five unlabelled calls of other animals, anywhere."""
     distractors = []
     for _ in range(int(rng.integers(2, 6))):
         template = DISTRACTORS[int(rng.integers(len(DISTRACTORS)))]
         call = _sample_call(template, rng=rng, kind="distractor", species_id=-1)
         distractors.append(replace(call, start=int(rng.integers(0, limit - call.duration + 1))))
+    return distractors
 
-    calls = placed + confusers + distractors
-    calls = [replace(c, power=snr_power(c) * 10 ** (c.snr_db / 10)) for c in calls]
-    return Scene(level, slope, int(rng.integers(2**63)), tuple(insects), tuple(rains), tuple(calls))
+
+def _noise_power(call: Call, *, background: _Background, insects: list[Insect]) -> float:
+    """Background power in the call's band, widened to at least SNR_MIN_BAND_HZ."""
+    centre, width = (call.f_min + call.f_max) / 2, max(call.f_max - call.f_min, SNR_MIN_BAND_HZ)
+    lo, hi = max(centre - width / 2, 20.0), centre + width / 2
+    power = background.band_power(lo, hi)
+    for insect in insects:
+        overlap = min(hi, insect.f_max) - max(lo, insect.f_min)
+        if overlap > 0:
+            power += insect.level**2 * overlap / (insect.f_max - insect.f_min)
+    return power
 
 
 def _share_with_two_species() -> float:

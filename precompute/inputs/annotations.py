@@ -1,6 +1,6 @@
 """Annotation formats: every way labelled audio comes in, read into the same manifest rows.
 
-Four formats, each a ``Layout`` (``precompute.manifest``) over one row parser, so every row
+Four formats, each a ``Layout`` (``precompute.inputs.layout``) over one row parser, so every row
 of every format is validated, coded to a class and reported the same way:
 
 ``rfcx``
@@ -45,9 +45,11 @@ from melshards.config import FeatureConfig
 from melshards.errors import ConfigError
 from melshards.names import EVENT_FP, EVENT_TP
 from precompute.audio import AUDIO_EXTENSIONS, find_audio
-from precompute.classes import ClassCoder, ClassSpec, parse_class_option
 from precompute.errors import AudioError, ManifestError
-from precompute.manifest import FIELDS, RFCX, Layout, Row, RowFailure, iter_manifest, parse_row
+from precompute.inputs.classes import ClassCoder, ClassSpec, parse_class_option
+from precompute.inputs.layout import FIELDS, RFCX, Layout
+from precompute.inputs.manifest import iter_manifest, parse_row
+from precompute.inputs.rows import Row, RowFailure
 
 FORMATS = ("rfcx", "events", "raven", "clips", "class_folders")
 
