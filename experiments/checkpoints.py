@@ -1,25 +1,43 @@
-"""Checkpoints of a training run: the model, its optimizer and the loader's position, together.
+"""Checkpoints of a training run and going on from them: the run directory, its files and ``run.json``.
 
-``LoaderCheckpoint`` is a Keras callback; ``experiments.train`` uses it for ``--checkpoint-every``
-and ``--resume``, and any ``model.fit`` over a ``loader.ShardSequence`` (or ``PairedSequence``)
-can use it alike. The loader's side of a position is ``loader.state.LoaderState``.
+``LoaderCheckpoint`` is a Keras callback that saves the model, its optimizer and the loader's
+position together; ``experiments.train`` uses it for ``--checkpoint-every`` and ``--resume``, and
+any ``model.fit`` over a ``loader.ShardSequence`` (or ``PairedSequence``) can use it alike. The
+loader's side of a position is ``loader.state.LoaderState``.
+
+The rest is the run directory's bookkeeping: the names of its files, ``start_run`` (a fresh
+directory with the options in ``run.json``), ``read_run_options`` and ``check_resumable`` (may
+this run go on, with these options?), ``restore_run`` (the last checkpoint back into a model
+and the training sequence, the logs cut back to it) and ``remove_checkpoints`` (once the run is
+done).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 
 from experiments.errors import ExperimentError
+from experiments.options import FREE_ON_RESUME, RECORDED
 from loader.state import read_state, write_state
 from melshards.errors import ConfigError
+from melshards.files import atomic_write_text
 
 CHECKPOINT_STATE = "checkpoint.loader.json"
 CHECKPOINT_PREFIX = "checkpoint-"
+# What a run directory holds besides its checkpoint (the module docstring of experiments.train).
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+CURVES_FILE = "curves.png"
+RUN_FILE = "run.json"
+BATCH_LOG_FILE = "batches.log"
 
 
 class LoaderCheckpoint(keras.callbacks.Callback):
@@ -146,3 +164,94 @@ def _assign(variables, values) -> None:
         raise ValueError(f"{len(values)} saved values for {len(variables)} variables")
     for variable, value in zip(variables, values, strict=True):
         variable.assign(np.asarray(value, dtype=variable.dtype))
+
+
+# -- the run directory --------------------------------------------------------------------------
+
+
+def start_run(out: Path, options: dict[str, Any]) -> None:
+    """Make the run directory, clear what an earlier run left there, record the options
+    (``TrainOptions.to_kwargs()``) in ``run.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    # A stale metrics.json would mark this run finished before it is; the logs are appended to.
+    for name in (METRICS_FILE, HISTORY_FILE, BATCH_LOG_FILE):
+        (out / name).unlink(missing_ok=True)
+    remove_checkpoints(out)
+    atomic_write_text(out / RUN_FILE, json.dumps({"train": options}, indent=1) + "\n")
+
+
+def remove_checkpoints(out: Path) -> None:
+    """Remove a run's checkpoint: the loader state, its model files, partial ones."""
+    (out / CHECKPOINT_STATE).unlink(missing_ok=True)
+    for path in out.glob(f"{CHECKPOINT_PREFIX}*.keras"):
+        path.unlink(missing_ok=True)
+    LoaderCheckpoint.clean(out)
+
+
+def read_run_options(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``train()`` options a run recorded in ``run.json`` when it started."""
+    path = Path(run_dir) / RUN_FILE
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExperimentError(f"{run_dir}: no {RUN_FILE}, so no run to resume there") from None
+    except (OSError, ValueError) as err:
+        raise ExperimentError(f"{path}: cannot read the run's options: {err}") from None
+    options = document.get("train") if isinstance(document, dict) else None
+    known = {*RECORDED, "resume"}  # train()'s keywords
+    if not isinstance(options, dict) or "features" not in options or not set(options) <= known:
+        raise ExperimentError(f"{path}: not the options of a run of this version of experiments.train")
+    return options
+
+
+def check_resumable(out: Path, options: dict[str, Any]) -> None:
+    """Refuse to resume a finished run, or with options (``TrainOptions.to_kwargs()``) other than
+    those the run started with."""
+    recorded = read_run_options(out)
+    if (out / METRICS_FILE).exists():
+        raise ExperimentError(f"{out}: the run is finished ({METRICS_FILE} is there), nothing to resume")
+    for name, value in options.items():
+        # The feature set may be spelt another way: the checkpoint's fingerprint checks it.
+        if name not in FREE_ON_RESUME and name != "features" and recorded.get(name) != value:
+            raise ConfigError(
+                f"{out / RUN_FILE}: the run started with {name} {recorded.get(name)!r}, not {value!r}"
+            )
+    if not (out / CHECKPOINT_STATE).exists():
+        raise _no_checkpoint(out)
+
+
+def _no_checkpoint(out: Path) -> ExperimentError:
+    return ExperimentError(
+        f"{out}: no checkpoint to resume from (no {CHECKPOINT_STATE}); start the run again"
+    )
+
+
+def restore_run(out: Path, checkpoint: LoaderCheckpoint, net: keras.Model) -> dict[str, Any]:
+    """Load the run's last checkpoint into ``net`` and the training sequence; its ledger state.
+
+    What the killed process logged after the checkpoint is dropped: it is trained again.
+    """
+    fit_state = checkpoint.restore(net)
+    if fit_state is None:
+        raise _no_checkpoint(out)
+    state = read_state(out / CHECKPOINT_STATE)[0].normalized()
+    epochs_done = len(fit_state.get("history", {}).get("loss", []))
+    truncate_run_logs(out, epochs_done=epochs_done, epoch=state.epoch, batch=state.batch)
+    return fit_state
+
+
+def truncate_run_logs(out: Path, *, epochs_done: int, epoch: int, batch: int) -> None:
+    """Drop what a killed run logged after its last checkpoint: ``history.csv`` rows beyond the
+    first ``epochs_done`` epochs, ``batches.log`` lines at or after (``epoch``, ``batch``)."""
+    history = out / HISTORY_FILE
+    if history.exists():
+        lines = history.read_text(encoding="utf-8").splitlines(keepends=True)
+        atomic_write_text(history, "".join(lines[: 1 + epochs_done]) if epochs_done else "")
+    log_file = out / BATCH_LOG_FILE
+    if log_file.exists():
+        kept = [
+            line
+            for line in log_file.read_text(encoding="utf-8").splitlines(keepends=True)
+            if tuple(int(v) for v in line.split()[:2]) < (epoch, batch)
+        ]
+        atomic_write_text(log_file, "".join(kept))

@@ -25,9 +25,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from experiments.options import UNKNOWN_MODES
 from melshards.errors import ConfigError
-
-UNKNOWN_MODES = ("negative", "ignore")
 
 
 def label_weights(mask: Any, *, unknown: str, unknown_weight: float) -> Any:

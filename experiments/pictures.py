@@ -1,140 +1,28 @@
 """Pictures of a feature set: example spectrograms per class, and what augmentation does.
 
-``precompute preview`` draws these. They live with the experiments because they show what the
-loader feeds a model (its reader and its default augmentation); matplotlib is needed only here.
-``preview_figure`` and ``augment_figure`` build matplotlib Figures (Agg backend, no display
-needed) and ``preview`` writes them as PNG files.
+``precompute preview`` (``python -m experiments.preview``) draws these. They live with the
+experiments because they show what the loader feeds a model (its reader and its default
+augmentation); matplotlib is needed only here. ``preview_figure`` and ``augment_figure`` build
+matplotlib Figures (Agg backend, no display needed) of the examples ``experiments.picks``
+chooses, and ``preview`` writes them as 256-colour PNG files (``save_figure``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from commandline.console import log
+from experiments.picks import Pick, choose_examples, parse_classes, read_windows, window_examples
 from loader.augment import Augment
-from loader.reader import FeatureSet, MelReader
+from loader.feature_set import FeatureSet
 from melshards.config import FeatureConfig, center_offset
 from melshards.errors import ConfigError
-from melshards.names import EVENT_TP, LABEL_POSITIVE, SET_LABELLED
-from melshards.shard import open_listed, read_anchors
+from melshards.names import SET_LABELLED
 
 CMAP = "magma"
-
-
-@dataclass(frozen=True)
-class Pick:
-    """One stored example chosen for a picture."""
-
-    id: int  # global example id (shard by shard, in index order)
-    recording_id: str
-    start: float  # stored window start in the recording, seconds
-    species: int  # the anchor row's species, -1 for sliding windows
-    box: tuple[float, float, float, float] | None  # anchor (t_min, t_max, f_min, f_max), s and Hz
-
-
-def _anchors(features) -> dict[str, np.ndarray]:
-    """Anchor columns of every example, in global example order."""
-    names = ("species_id", "kind", "t_min", "t_max", "f_min", "f_max")
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for layout in features.shards:
-        with open_listed(features.index, layout.entry, url=features.url, cache=features.cache) as h5:
-            for name, values in read_anchors(h5, names).items():
-                parts[name].append(values)
-    return {name: np.concatenate(parts[name]) if parts[name] else np.zeros(0) for name in names}
-
-
-def parse_classes(
-    text: str | None, *, classes: tuple[int, ...], names: tuple[str, ...] = ()
-) -> tuple[int, ...]:
-    """``"0-5,9"`` -> ``(0, 1, 2, 3, 4, 5, 9)``; a class name (one of ``names``) counts as its
-    id; None -> every class of the feature set."""
-    if text is None:
-        return tuple(classes)
-    chosen: list[int] = []
-    for part in text.split(","):
-        low, sep, high = part.strip().partition("-")
-        try:
-            if part.strip() in names:
-                values = [names.index(part.strip())]
-            else:
-                values = range(int(low), int(high) + 1) if sep else [int(low)]
-        except ValueError:
-            raise ConfigError(f"--classes {text!r}: expected class ids like 0-5,9, or class names") from None
-        chosen += [c for c in values if c not in chosen]
-    outside = [c for c in chosen if c not in classes]
-    if outside or not chosen:
-        raise ConfigError(
-            f"--classes {text!r}: class {outside[0] if outside else '(none)'} is not in the feature "
-            f"set's classes {classes[0]}..{classes[-1]}"
-        )
-    return tuple(chosen)
-
-
-def choose_examples(features, *, classes: tuple[int, ...], per_class: int) -> dict[int, list[Pick]]:
-    """Up to ``per_class`` examples anchored on a TP call of each class, chosen deterministically.
-
-    Candidates are the examples cut around a TP row of the class whose label is positive; they
-    are taken from as many different recordings as possible, spread evenly over the recordings
-    sorted by id (then by start time), so the same feature set always gives the same picture.
-    """
-    anchors = _anchors(features)
-    chosen: dict[int, list[Pick]] = {}
-    for c in classes:
-        ids = np.flatnonzero(
-            (anchors["species_id"] == c)
-            & (anchors["kind"] == EVENT_TP)
-            & (features.labels[:, c] == LABEL_POSITIVE)
-        )
-        order = sorted(ids, key=lambda i: (features.recording_id[i], features.start[i]))
-        # First example of each recording, then the rest: distinct recordings come first.
-        seen: set[str] = set()
-        firsts, rest = [], []
-        for i in order:
-            (rest if features.recording_id[i] in seen else firsts).append(i)
-            seen.add(features.recording_id[i])
-        pool = firsts + rest
-        if len(firsts) >= per_class:
-            pool = [firsts[int(round(j))] for j in np.linspace(0, len(firsts) - 1, per_class)]
-        chosen[c] = [
-            Pick(
-                id=int(i),
-                recording_id=str(features.recording_id[i]),
-                start=float(features.start[i]),
-                species=c,
-                box=(
-                    float(anchors["t_min"][i]),
-                    float(anchors["t_max"][i]),
-                    float(anchors["f_min"][i]),
-                    float(anchors["f_max"][i]),
-                ),
-            )
-            for i in pool[:per_class]
-        ]
-    return chosen
-
-
-def _window_examples(features, *, rows: int, per_row: int) -> dict[int, list[Pick]]:
-    """For a windows feature set (no labels): the first windows of the first recordings."""
-    chosen: dict[int, list[Pick]] = {}
-    for row, rid in enumerate(sorted(set(features.recording_id))[:rows]):
-        ids = np.flatnonzero(features.recording_id == rid)
-        ids = sorted(ids, key=lambda i: features.start[i])[:per_row]
-        chosen[row] = [Pick(int(i), rid, float(features.start[i]), -1, None) for i in ids]
-    return chosen
-
-
-def _read_windows(features, ids: list[int], *, crop_start: np.ndarray | None = None, crop: int | None = None):
-    """Stored examples ``ids`` (whole windows, or crops), np.ndarray [shape=(B, n_mels, frames)], float32."""
-    cfg = features.config
-    crop = cfg.n_frames if crop is None else crop
-    starts = np.zeros(len(ids), np.int64) if crop_start is None else crop_start
-    out = np.empty((len(ids), cfg.n_mels, crop, 1), dtype=np.float32)
-    MelReader(features).read(np.asarray(ids, dtype=np.int64), starts, out)
-    return out[..., 0]
 
 
 def _color_range(config: FeatureConfig, arrays: np.ndarray) -> tuple[float, float, str]:
@@ -207,13 +95,44 @@ def preview_figure(
     place of ``species NN``. One colour bar for the whole figure.
     For a windows feature set (no labels) the rows are recordings instead of classes.
     """
-    from matplotlib.patches import Rectangle
-
     if per_class < 1:
         raise ConfigError(f"--per-class must be >= 1, got {per_class}")
     plt = _pyplot()
     features = root if isinstance(root, FeatureSet) else FeatureSet(root)
-    cfg = features.config
+    picks, rows = _preview_picks(features, per_class=per_class, classes=classes)
+    ids = [e.id for r in rows for e in picks[r]]
+    mels = dict(zip(ids, read_windows(features, ids), strict=True))
+    vmin, vmax, label = _color_range(features.config, np.stack(list(mels.values())))
+    fig, axes = plt.subplots(
+        len(rows),
+        per_class,
+        figsize=(2.9 * per_class + 1.1, 1.55 * len(rows) + 0.9),
+        squeeze=False,
+        layout="constrained",
+    )
+    img = None
+    for r, row in enumerate(rows):
+        for col in range(per_class):
+            ax = axes[r, col]
+            if col >= len(picks[row]):
+                ax.axis("off")
+                continue
+            ex = picks[row][col]
+            img = _specshow(ax, mels[ex.id], features.config, vmin=vmin, vmax=vmax)
+            _mark_example(ax, ex, features)
+            who = f"{_class_title(features, ex.species)} · " if ex.species >= 0 else ""
+            title = f"{who}{ex.recording_id} @ {ex.start:.1f} s"
+            _style_panel(ax, title, xlabel="time (s)", bottom=r == len(rows) - 1, left=col == 0)
+    _colorbar(fig, img, axes, label, shrink=min(1.0, 6 / len(rows) + 0.2))
+    fig.suptitle(_preview_title(features), fontsize=9)
+    return fig
+
+
+def _preview_picks(
+    features: FeatureSet, *, per_class: int, classes: str | tuple[int, ...] | None
+) -> tuple[dict[int, list[Pick]], list[int]]:
+    """The examples of each row, and the rows that have any: classes of a labelled set (those
+    asked for), recordings of a windows set."""
     if features.kind == SET_LABELLED:
         wanted = (
             classes
@@ -223,64 +142,44 @@ def preview_figure(
         picks = choose_examples(features, classes=wanted, per_class=per_class)
         rows = [c for c in wanted if picks[c]]
     else:
-        picks = _window_examples(features, rows=6, per_row=per_class)
+        picks = window_examples(features, rows=6, per_row=per_class)
         rows = list(picks)
     if not rows:
         raise ConfigError(f"{features.root}: no example to show (no TP example of the chosen classes)")
-    ids = [e.id for r in rows for e in picks[r]]
-    mels = dict(zip(ids, _read_windows(features, ids), strict=True))
-    vmin, vmax, label = _color_range(cfg, np.stack(list(mels.values())))
+    return picks, rows
 
-    fig, axes = plt.subplots(
-        len(rows),
-        per_class,
-        figsize=(2.9 * per_class + 1.1, 1.55 * len(rows) + 0.9),
-        squeeze=False,
-        layout="constrained",
-    )
-    img = None
+
+def _mark_example(ax, ex: Pick, features: FeatureSet) -> None:
+    """The crop the model sees (dashed), the padding beyond the recording, the labelled call (box)."""
+    from matplotlib.patches import Rectangle
+
+    cfg = features.config
     crop0 = center_offset(cfg) * cfg.seconds_per_frame
-    crop1 = crop0 + cfg.duration
-    for r, row in enumerate(rows):
-        for col in range(per_class):
-            ax = axes[r, col]
-            if col >= len(picks[row]):
-                ax.axis("off")
-                continue
-            ex = picks[row][col]
-            img = _specshow(ax, mels[ex.id], cfg, vmin=vmin, vmax=vmax)
-            for t in (crop0, crop1):
-                ax.axvline(t, color="white", lw=0.7, ls="--", alpha=0.8)
-            _shade_padding(ax, features.valid[ex.id], cfg)
-            if ex.box is not None:
-                t_min, t_max, f_min, f_max = ex.box
-                ax.add_patch(
-                    Rectangle(
-                        (t_min - ex.start, max(f_min, cfg.fmin)),
-                        t_max - t_min,
-                        min(f_max, cfg.fmax) - max(f_min, cfg.fmin),
-                        fill=False,
-                        edgecolor="cyan",
-                        lw=0.9,
-                    )
-                )
-            who = f"{_class_title(features, ex.species)} · " if ex.species >= 0 else ""
-            _style_panel(
-                ax,
-                f"{who}{ex.recording_id} @ {ex.start:.1f} s",
-                xlabel="time (s)",
-                bottom=r == len(rows) - 1,
-                left=col == 0,
+    for t in (crop0, crop0 + cfg.duration):
+        ax.axvline(t, color="white", lw=0.7, ls="--", alpha=0.8)
+    _shade_padding(ax, features.valid[ex.id], cfg)
+    if ex.box is not None:
+        t_min, t_max, f_min, f_max = ex.box
+        ax.add_patch(
+            Rectangle(
+                (t_min - ex.start, max(f_min, cfg.fmin)),
+                t_max - t_min,
+                min(f_max, cfg.fmax) - max(f_min, cfg.fmin),
+                fill=False,
+                edgecolor="cyan",
+                lw=0.9,
             )
-    _colorbar(fig, img, axes, label, shrink=min(1.0, 6 / len(rows) + 0.2))
+        )
+
+
+def _preview_title(features: FeatureSet) -> str:
+    cfg = features.config
     what = "per species" if features.kind == SET_LABELLED else "per recording (windows set)"
-    fig.suptitle(
+    return (
         f"{features.root.name}: examples {what} · {cfg.n_mels} mel bands {cfg.fmin:g}-{cfg.fmax:g} Hz, "
         f"{cfg.window_seconds:g} s windows · dashed: the {cfg.duration:g} s the model sees"
-        + (" · box: the labelled call" if features.kind == SET_LABELLED else ""),
-        fontsize=9,
+        + (" · box: the labelled call" if features.kind == SET_LABELLED else "")
     )
-    return fig
 
 
 def _shade_padding(ax, valid: np.ndarray, config: FeatureConfig) -> None:
@@ -303,56 +202,27 @@ def augment_figure(root: str | Path | FeatureSet, *, examples: int = 4, seed: in
     plt = _pyplot()
     features = root if isinstance(root, FeatureSet) else FeatureSet(root)
     cfg = features.config
-    augment = Augment() if augment is None else augment
-    if features.kind == SET_LABELLED:
-        # The first example of evenly spaced classes, so the rows differ.
-        step = max(1, len(features.classes) // examples)
-        picks = choose_examples(features, classes=tuple(features.classes[::step]), per_class=1)
-        chosen = [e[0] for e in picks.values() if e][:examples]
-    else:
-        chosen = [e[0] for e in _window_examples(features, rows=examples, per_row=1).values()]
-    if not chosen:
-        raise ConfigError(f"{features.root}: no example to show")
-    ids = [e.id for e in chosen]
-    crop = cfg.crop_frames
-    before = _read_windows(
-        features, ids, crop_start=np.full(len(ids), center_offset(cfg), np.int64), crop=crop
+    chosen = _augment_picks(features, examples=examples)
+    before, after, params = _before_after(
+        features, [e.id for e in chosen], augment=Augment() if augment is None else augment, seed=seed
     )
-    rng = np.random.default_rng(seed)
-    params = augment.sample_params(
-        rng, len(ids), n_mels=cfg.n_mels, n_frames=cfg.n_frames, crop_frames=crop, valid=features.valid[ids]
-    )
-    clip = (0.0, 1.0) if cfg.normalize == "minmax" else None
-    after = _read_windows(features, ids, crop_start=params.crop_start, crop=crop)[..., None]
-    augment.apply(after, params, fill=features.bin_mean, clip=clip, gain=True)
-    after = after[..., 0]
     vmin, vmax, label = _color_range(cfg, before)
-
     fig, axes = plt.subplots(
-        len(ids), 2, figsize=(8.6, 1.75 * len(ids) + 0.9), squeeze=False, layout="constrained"
+        len(chosen), 2, figsize=(8.6, 1.75 * len(chosen) + 0.9), squeeze=False, layout="constrained"
     )
     img = None
-    spf = cfg.seconds_per_frame
     for r, ex in enumerate(chosen):
         shift = int(params.crop_start[r]) - center_offset(cfg)
         gain = 1.0 if params.gain is None else float(params.gain[r])
         n_masks = int((params.freq[r, :, 1] > 0).sum() + (params.time[r, :, 1] > 0).sum())
         who = f"{_class_title(features, ex.species)} · " if ex.species >= 0 else ""
-        for col, (mel, what) in enumerate(
-            (
-                (before[r], "centred crop"),
-                (after[r], f"shift {shift * spf:+.2f} s, gain {gain:.2f}, {n_masks} masks"),
-            )
-        ):
+        changed = f"shift {shift * cfg.seconds_per_frame:+.2f} s, gain {gain:.2f}, {n_masks} masks"
+        for col, (mel, what) in enumerate(((before[r], "centred crop"), (after[r], changed))):
             ax = axes[r, col]
             img = _specshow(ax, mel, cfg, vmin=vmin, vmax=vmax)
-            _style_panel(
-                ax,
-                f"{who}{ex.recording_id}: {what}",
-                xlabel="time in the crop (s)",
-                bottom=r == len(ids) - 1,
-                left=col == 0,
-            )
+            bottom = r == len(chosen) - 1
+            title = f"{who}{ex.recording_id}: {what}"
+            _style_panel(ax, title, xlabel="time in the crop (s)", bottom=bottom, left=col == 0)
     _colorbar(fig, img, axes, label, shrink=0.9)
     fig.suptitle(
         f"{features.root.name}: loader augmentation (loader.Augment defaults, seed {seed}): left as "
@@ -360,6 +230,38 @@ def augment_figure(root: str | Path | FeatureSet, *, examples: int = 4, seed: in
         fontsize=9,
     )
     return fig
+
+
+def _augment_picks(features: FeatureSet, *, examples: int) -> list[Pick]:
+    """Up to ``examples`` examples: the first of evenly spaced classes, so the rows differ (the
+    first windows of the first recordings for a windows set)."""
+    if features.kind == SET_LABELLED:
+        step = max(1, len(features.classes) // examples)
+        picks = choose_examples(features, classes=tuple(features.classes[::step]), per_class=1)
+        chosen = [e[0] for e in picks.values() if e][:examples]
+    else:
+        chosen = [e[0] for e in window_examples(features, rows=examples, per_row=1).values()]
+    if not chosen:
+        raise ConfigError(f"{features.root}: no example to show")
+    return chosen
+
+
+def _before_after(features: FeatureSet, ids: list[int], *, augment: Augment, seed: int):
+    """The centred crops of ``ids``, the same after ``augment`` (one generator seeded by
+    ``seed``, as ``ShardSequence`` draws), and the drawn parameters."""
+    cfg = features.config
+    crop = cfg.crop_frames
+    before = read_windows(
+        features, ids, crop_start=np.full(len(ids), center_offset(cfg), np.int64), crop=crop
+    )
+    rng = np.random.default_rng(seed)
+    params = augment.sample_params(
+        rng, len(ids), n_mels=cfg.n_mels, n_frames=cfg.n_frames, crop_frames=crop, valid=features.valid[ids]
+    )
+    clip = (0.0, 1.0) if cfg.normalize == "minmax" else None
+    after = read_windows(features, ids, crop_start=params.crop_start, crop=crop)[..., None]
+    augment.apply(after, params, fill=features.bin_mean, clip=clip, gain=True)
+    return before, after[..., 0], params
 
 
 def _class_title(features, species: int) -> str:

@@ -26,12 +26,16 @@ LWLRAP; with ``--metrics`` too, ``test_lwlrap`` (and ``test_top1``) are added to
 Prediction refuses features the model cannot have been trained for: another window shape
 or class count than the model's input and output, or (when the run's ``metrics.json`` is
 known: ``--metrics``, or the one next to the model) other feature parameters.
+
+``predict``'s keywords and the flags (``dest="predict.FIELD"``) make one ``PredictOptions``;
+``run_prediction`` runs it. The table itself (maximum per recording, its columns, the truth) is
+``experiments.submission``'s.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import dataclasses
 import json
 import os
 import sys
@@ -43,11 +47,20 @@ import keras
 import numpy as np
 
 from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
+from commandline.flags import build, groups
 from experiments.errors import ExperimentError
-from experiments.metrics import lwlrap, top1
+from experiments.submission import (
+    max_per_recording,
+    merge_columns,
+    read_truth,
+    score_against_truth,
+    submission_columns,
+    write_submission,
+)
 from loader import ShardSequence
-from loader.reader import FeatureSet
-from melshards.errors import ConfigError, MelShardsError
+from loader.feature_set import FeatureSet
+from melshards.checks import check_int
+from melshards.errors import MelShardsError
 from melshards.files import atomic_write_text
 from melshards.names import SET_LABELLED
 
@@ -66,31 +79,87 @@ SHAPING_KEYS = (
     "duration",
     "normalize",
 )
-# Where a species x songtype class name splits: ``s3_t1`` is species ``s3``, songtype 1.
-SONGTYPE_MARK = "_t"
+PROG = "experiments.predict"
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+    """What to score with what, and where the results go (``predict``'s keywords, the flags).
+
+    features : a windows feature set (``precompute windows``) computed like the model's
+        training features
+    model : a ``model.keras`` written by ``experiments.train``
+    out : the submission CSV to write: ``recording_id`` and a column per class (the training
+        features' class names; ``s0,...`` for RFCX ids), one row per recording, the maximum
+        over its windows
+    truth : a CSV of 0/1 with the submission's header: the recordings are scored against it
+    metrics : the run's ``metrics.json`` (default: the one next to ``model``, if any): its
+        feature config is checked against ``features``; with ``truth`` it gets ``test_lwlrap``,
+        ``test_top1``, ``test_recordings`` and ``test_features``
+    batch_size : windows per batch (>= 1)
+    quiet : no progress bar and no log line, like ``--quiet``
+    """
+
+    features: str | os.PathLike
+    model: str | os.PathLike
+    out: str | os.PathLike
+    truth: str | os.PathLike | None = None
+    metrics: str | os.PathLike | None = None
+    batch_size: int = 64
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size, low=1))
+
+    @property
+    def metrics_path(self) -> Path:
+        """The run's metrics file: ``metrics``, or the one next to the model."""
+        return Path(self.metrics) if self.metrics else Path(self.model).with_name("metrics.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags by ``dest``: ``predict.FIELD``, the ``PredictOptions`` field each one sets."""
     p = argparse.ArgumentParser(
         prog="python -m experiments.predict",
         description="Score a windows feature set; write one row per recording (max over windows).",
     )
-    p.add_argument("--model", required=True, help="a model.keras written by experiments.train")
-    p.add_argument("--features", required=True, help="windows feature set (precompute windows)")
-    p.add_argument("--out", required=True, help="submission CSV to write")
     p.add_argument(
-        "--truth", help="CSV of 0/1 with the submission's header (recording_id,s0,...) to score against"
-    )
+        "--model", dest="predict.model", metavar="MODEL", required=True,
+        help="a model.keras written by experiments.train",
+    )  # fmt: skip
+    p.add_argument(
+        "--features", dest="predict.features", metavar="FEATURES", required=True,
+        help="windows feature set (precompute windows)",
+    )  # fmt: skip
+    p.add_argument("--out", dest="predict.out", metavar="OUT", required=True, help="submission CSV to write")
+    p.add_argument(
+        "--truth", dest="predict.truth", metavar="TRUTH",
+        help="CSV of 0/1 with the submission's header (recording_id,s0,...) to score against",
+    )  # fmt: skip
     p.add_argument(
         "--metrics",
+        dest="predict.metrics",
+        metavar="METRICS",
         help="metrics.json of the run (default: the one next to --model, if any): its feature "
         "config is checked against --features; with --truth it gets test_lwlrap",
     )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
+    p.add_argument(
+        "--batch-size", dest="predict.batch_size", metavar="BATCH_SIZE", type=int,
+        default=PredictOptions.batch_size,
+    )  # fmt: skip
+    p.add_argument(
+        "-q", "--quiet", dest="predict.quiet", action="store_true", help="no progress bar or log lines"
+    )
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed flags, with what argparse cannot check itself checked (``p.error``)."""
+    p = build_parser()
     args = p.parse_args(argv)
-    if args.batch_size < 1:
-        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    batch_size = getattr(args, "predict.batch_size")
+    if batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {batch_size}")
     return args
 
 
@@ -164,115 +233,6 @@ def score_windows(model: Any, seq: Any, *, progress: bool = False) -> np.ndarray
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
-def max_per_recording(recording_ids: Sequence[str], scores: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """Maximum score per recording over its windows.
-
-    recording_ids : (n,) the recording of each window
-    scores : np.ndarray [shape=(n, n_classes)]
-
-    Returns the sorted unique ids and np.ndarray [shape=(n_recordings, n_classes)] of the
-    per-class maximum over each recording's windows, in the same order.
-    """
-    ids = np.asarray(recording_ids, dtype=object)
-    scores = np.asarray(scores)
-    if len(ids) != len(scores):
-        raise ExperimentError(f"{len(ids)} recording ids for {len(scores)} score rows")
-    unique, inverse = np.unique(ids.astype(str), return_inverse=True)
-    table = np.full((len(unique), scores.shape[1]), -np.inf, dtype=scores.dtype)
-    np.maximum.at(table, inverse, scores)
-    return [str(u) for u in unique], table
-
-
-def submission_columns(run_metrics: dict[str, Any] | None, n_outputs: int) -> tuple[list[str], np.ndarray]:
-    """The submission's class columns and, per model output, the column it goes to.
-
-    The run's ``metrics.json`` names the outputs (``config.class_names``); with the
-    ``species_songtype`` scheme, ``<species>_t<songtype>`` outputs share their species' column
-    (merged by the maximum). Without names the columns are ``s0..s{n_outputs - 1}``.
-    """
-    config = (run_metrics or {}).get("config", {})
-    names = config.get("class_names")
-    if not (isinstance(names, list) and len(names) == n_outputs and all(isinstance(n, str) for n in names)):
-        names = [f"s{j}" for j in range(n_outputs)]
-    if config.get("class_scheme") == "species_songtype":
-        names = [n.rsplit(SONGTYPE_MARK, 1)[0] if SONGTYPE_MARK in n else n for n in names]
-    columns = list(dict.fromkeys(names))  # first appearance: the class list's order
-    return columns, np.array([columns.index(n) for n in names], dtype=np.int64)
-
-
-def merge_columns(table: np.ndarray, column_of: np.ndarray, n_columns: int) -> np.ndarray:
-    """Per-output scores (n, n_outputs) -> per-column scores (n, n_columns), maximum of each group."""
-    merged = np.full((table.shape[0], n_columns), -np.inf, dtype=table.dtype)
-    for j, column in enumerate(column_of.tolist()):
-        merged[:, column] = np.maximum(merged[:, column], table[:, j])
-    return merged
-
-
-def write_submission(
-    path: str | Path, recording_ids: Sequence[str], table: np.ndarray, columns: Sequence[str] | None = None
-) -> Path:
-    """Write ``recording_id,<columns>`` (default ``s0,...``) with one row per recording, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = list(columns) if columns is not None else [f"s{j}" for j in range(table.shape[1])]
-    lines = [",".join(["recording_id", *columns])]
-    for rid, row in zip(recording_ids, table, strict=True):
-        lines.append(",".join([rid] + [f"{v:.6f}" for v in row]))
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
-
-
-def read_truth(
-    path: str | Path, *, n_classes: int, columns: Sequence[str] | None = None
-) -> tuple[list[str], np.ndarray]:
-    """Read a ``recording_id,<columns>`` 0/1 CSV (default columns ``s0,...``); returns the ids
-    and an int8 array."""
-    path = Path(path)
-    if not path.is_file():
-        raise ExperimentError(f"{path}: no such truth file")
-    columns = list(columns) if columns is not None else [f"s{j}" for j in range(n_classes)]
-    n_classes = len(columns)
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        expected = ["recording_id", *columns]
-        if header is None or [h.strip() for h in header] != expected:
-            shown = f"{columns[0]},...,{columns[-1]}" if len(columns) > 2 else ",".join(columns)
-            raise ExperimentError(
-                f"{path}: header must be recording_id,{shown} for a "
-                f"{n_classes}-class model, got {','.join(header or [])!r}"
-            )
-        ids, rows = [], []
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != n_classes + 1 or any(v.strip() not in ("0", "1") for v in row[1:]):
-                raise ExperimentError(f"{path} line {line}: expected an id and {n_classes} values of 0/1")
-            ids.append(row[0].strip())
-            rows.append([int(v) for v in row[1:]])
-    if len(set(ids)) != len(ids):
-        raise ExperimentError(f"{path}: a recording id appears more than once")
-    return ids, np.array(rows, dtype=np.int8).reshape(len(ids), n_classes)
-
-
-def score_against_truth(
-    ids: Sequence[str], table: np.ndarray, truth_ids: Sequence[str], truth: np.ndarray, *, truth_path: Any
-) -> dict[str, float]:
-    """LWLRAP and top-1 over the recordings of the truth file."""
-    row = {rid: i for i, rid in enumerate(ids)}
-    missing = [rid for rid in truth_ids if rid not in row]
-    if missing:
-        raise ExperimentError(
-            f"{truth_path}: {len(missing)} recording(s) have no prediction, e.g. {missing[0]!r}"
-        )
-    scores = table[[row[rid] for rid in truth_ids]]
-    return {
-        "test_lwlrap": lwlrap(truth, scores),
-        "test_top1": top1(truth, scores),
-        "test_recordings": len(truth_ids),
-    }
-
-
 def read_run_metrics(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ExperimentError(f"{path}: no such metrics file")
@@ -297,106 +257,88 @@ def predict(
 ) -> dict[str, Any]:
     """Score every window of ``features``, write the submission CSV; returns counts and test metrics.
 
-    The defaults are the command line's (``python -m experiments.predict``).
+    The keywords are ``PredictOptions``' fields, which document them, with the command line's
+    defaults (``python -m experiments.predict``).
 
-    Parameters
-    ----------
-    features : str or os.PathLike
-        A windows feature set (``precompute windows``) computed like the model's training
-        features.
-    model : str or os.PathLike
-        A ``model.keras`` written by ``experiments.train``.
-    out : str or os.PathLike
-        Submission CSV to write: ``recording_id`` and a column per class (the training
-        features' class names; ``s0,...`` for RFCX ids), one row per recording, the maximum
-        over its windows.
-    truth : str or os.PathLike, optional
-        CSV of 0/1 with the submission's header: the recordings are scored against it.
-    metrics : str or os.PathLike, optional
-        The run's ``metrics.json`` (default: the one next to ``model``, if any): its feature
-        config is checked against ``features``; with ``truth`` it gets ``test_lwlrap``,
-        ``test_top1``, ``test_recordings`` and ``test_features``.
-    batch_size : int >= 1
-        Windows per batch.
-    quiet : bool
-        No progress bar and no log line, like ``--quiet``.
-
-    Returns
-    -------
-    dict
-        ``recordings`` and ``windows`` (counts); with ``truth`` also ``test_lwlrap``,
-        ``test_top1`` and ``test_recordings``.
-
-    Raises
-    ------
-    ExperimentError
-        A missing or unreadable model, metrics or truth file, or features that do not fit
-        the model.
-    ConfigError
-        ``batch_size`` is not an integer >= 1.
+    Returns ``recordings`` and ``windows`` (counts); with ``truth`` also ``test_lwlrap``,
+    ``test_top1`` and ``test_recordings``. Raises ExperimentError for a missing or unreadable
+    model, metrics or truth file, or features that do not fit the model; ConfigError when
+    ``batch_size`` is not an integer >= 1.
     """
-    if not isinstance(batch_size, int | np.integer) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    net = load_model(model)
-    seq = window_sequence(features, net, batch_size=int(batch_size))
-    check_fit(net, seq, model_path=model, features=features)
-    # The run's metrics.json records the training feature config: check it whether or not
-    # metrics was given, when it sits next to the model.
-    metrics_path = Path(metrics) if metrics else Path(model).with_name("metrics.json")
-    run_metrics = read_run_metrics(metrics_path) if metrics or metrics_path.is_file() else None
-    trained = (run_metrics or {}).get("config", {}).get("features")
-    if trained:
-        check_feature_config(trained, seq.config, metrics_path=metrics_path, features=features)
+    options = PredictOptions(
+        features, model, out, truth=truth, metrics=metrics, batch_size=batch_size, quiet=quiet
+    )
+    return run_prediction(options)
+
+
+def run_prediction(options: PredictOptions) -> dict[str, Any]:
+    """``predict`` of ``options``: check the model against the features and the run, score every
+    window, write the submission, score it against the truth (into the run's metrics)."""
+    net, seq = _checked_inputs(options)
+    run_metrics = _run_metrics(options, seq)
     columns, column_of = submission_columns(run_metrics, net.output_shape[-1])
     truth_ids, truth_table = (
-        read_truth(truth, n_classes=len(columns), columns=columns) if truth else ([], None)
+        read_truth(options.truth, n_classes=len(columns), columns=columns) if options.truth else ([], None)
     )
-
-    if not quiet:
+    if not options.quiet:
         log.info(
-            f"{features}: {seq.n_examples} windows of {len(np.unique(seq.recording_id))} recordings, "
+            f"{options.features}: {seq.n_examples} windows of {len(np.unique(seq.recording_id))} recordings, "
             f"{len(seq)} batches"
         )
-    scores = score_windows(net, seq, progress=not quiet)
+    scores = score_windows(net, seq, progress=not options.quiet)
     ids, table = max_per_recording(window_recording_ids(seq), scores)
     table = merge_columns(table, column_of, len(columns))
-    write_submission(out, ids, table, columns)
+    write_submission(options.out, ids, table, columns)
     result: dict[str, Any] = {"recordings": len(ids), "windows": int(len(scores))}
     if truth_table is not None:
-        result.update(score_against_truth(ids, table, truth_ids, truth_table, truth_path=truth))
-        if metrics:
-            run_metrics.update(result)
-            run_metrics["test_features"] = {
-                "path": str(Path(features).resolve()),
-                "fingerprint": seq.fingerprint,
-            }
-            atomic_write_text(metrics_path, json.dumps(run_metrics, indent=1) + "\n")
+        result.update(score_against_truth(ids, table, truth_ids, truth_table, truth_path=options.truth))
+        if options.metrics:
+            _add_test_metrics(options, run_metrics, result, fingerprint=seq.fingerprint)
     return result
 
 
+def _checked_inputs(options: PredictOptions) -> tuple[Any, Any]:
+    """The model and the sequence of every window of the features, cropped to what it takes."""
+    net = load_model(options.model)
+    seq = window_sequence(options.features, net, batch_size=options.batch_size)
+    check_fit(net, seq, model_path=options.model, features=options.features)
+    return net, seq
+
+
+def _run_metrics(options: PredictOptions, seq: Any) -> dict[str, Any] | None:
+    """The run's ``metrics.json`` (None without one), its training feature config checked
+    against the features: whether or not ``metrics`` was given, when it sits next to the model."""
+    path = options.metrics_path
+    run_metrics = read_run_metrics(path) if options.metrics or path.is_file() else None
+    trained = (run_metrics or {}).get("config", {}).get("features")
+    if trained:
+        check_feature_config(trained, seq.config, metrics_path=path, features=options.features)
+    return run_metrics
+
+
+def _add_test_metrics(options: PredictOptions, run_metrics: dict, result: dict, *, fingerprint: str) -> None:
+    """Write the test scores into the run's ``metrics.json``, with the test set's identity."""
+    run_metrics.update(result)
+    run_metrics["test_features"] = {"path": str(Path(options.features).resolve()), "fingerprint": fingerprint}
+    atomic_write_text(options.metrics_path, json.dumps(run_metrics, indent=1) + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(quiet=args.quiet)
+    values = groups(parse_args(argv))["predict"]
+    setup_logging(quiet=values["quiet"])
     try:
-        result = predict(
-            args.features,
-            model=args.model,
-            out=args.out,
-            truth=args.truth,
-            metrics=args.metrics,
-            batch_size=args.batch_size,
-            quiet=args.quiet,
-        )
+        options = build(PredictOptions, values)
+        result = run_prediction(options)
     except (MelShardsError, OSError) as err:
-        return report_error("experiments.predict", err)
+        return report_error(PROG, err)
     except KeyboardInterrupt:
-        print("experiments.predict: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    line = f"{result['recordings']} recordings ({result['windows']} windows) -> {args.out}"
+    line = f"{result['recordings']} recordings ({result['windows']} windows) -> {options.out}"
     if "test_lwlrap" in result:
         line += f"; test_lwlrap {result['test_lwlrap']:.4f}, test_top1 {result['test_top1']:.4f}"
-        if args.metrics:
-            line += f" (added to {args.metrics})"
+        if options.metrics:
+            line += f" (added to {options.metrics})"
     print(line)
     return EXIT_OK
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
+from commandline.flags import build, groups
 from experiments import sweep
 from experiments.errors import ExperimentError
 from melshards.config import FeatureConfig, center_offset, crop_span
@@ -178,31 +179,52 @@ class Rounds:
     train: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What the rounds read and where they write (the command line's ``--features``, ...).
+
+    features : the labelled feature set (TP/FP rows)
+    windows : a windows feature set over the same train recordings
+    out : the directory of the rounds' runs
+    seeds : the seeds every round trains
+    test, truth : a windows feature set to score each run on, and its ground truth CSV
+    """
+
+    features: str
+    windows: str
+    out: Path
+    seeds: tuple[int, ...] = (0,)
+    test: str | None = None
+    truth: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+
+    @property
+    def test_set(self) -> dict[str, str | None] | None:
+        """``{"features", "truth"}`` of the test set (``sweep.train_and_score``), or None."""
+        return None if self.test is None else {"features": self.test, "truth": self.truth}
+
+
 def run_rounds(
-    *,
-    features: str,
-    windows: str,
-    seeds: Sequence[int],
-    out: Path,
-    options: Mapping[str, Any],
-    plan: Rounds = Rounds(),
-    test: Mapping[str, str] | None = None,
-    verbose: int = 0,
+    inputs: Inputs, *, options: Mapping[str, Any], plan: Rounds = Rounds(), verbose: int = 0
 ) -> dict[str, list[dict]]:
     """Train rounds 0..``plan.rounds`` for every seed; returns each round's metrics (all seeds)."""
+    features, windows, out = inputs.features, inputs.windows, inputs.out
     results: dict[str, list[dict]] = {}
     scored: dict[tuple[Path, ...], tuple] = {}
     for r in range(plan.rounds + 1):
         name = f"round {r}"
         results[name] = []
         config = sweep.Configuration(name, features, dict(options) | (dict(plan.train) if r else {}))
-        for seed in seeds:
+        for seed in inputs.seeds:
             run_dir = out / f"round-{r}" / f"seed-{seed}"
             metrics = sweep.finished(run_dir, config, seed)
             if metrics is None:
                 extra: dict[str, str] = {}
                 if r > 0 and plan.train_on != "none":
-                    models = teachers(out, r, seed, seeds, plan.teacher)
+                    models = teachers(out, r, seed, inputs.seeds, plan.teacher)
                     if models not in scored:
                         scored[models] = score_window_set(models, windows)
                     soft, own = write_soft_labels(
@@ -213,8 +235,8 @@ def run_rounds(
                     if plan.train_on in ("windows", "both"):
                         extra.update(windows=str(windows), window_labels=str(own))
                 if r > 0 and plan.warm_start:
-                    extra["init_from"] = str(teachers(out, r, seed, seeds, "own")[0])
-                metrics = _train(config, seed, run_dir, extra=extra, test=test, verbose=verbose)
+                    extra["init_from"] = str(teachers(out, r, seed, inputs.seeds, "own")[0])
+                metrics = _train(config, seed, run_dir, extra=extra, test=inputs.test_set, verbose=verbose)
                 log.info(f"{name} seed {seed}: " + _summary(metrics))
             results[name].append(metrics)
     return results
@@ -232,27 +254,54 @@ def _train(
     return sweep.train_and_score(config.features, seed, run_dir, options=options, test=test, verbose=verbose)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The flags by ``dest``: ``inputs.FIELD`` sets a field of ``Inputs``, ``plan.rounds`` the
+    ``rounds`` of the recipe's ``Rounds`` (None: the recipe's); the others are the command's."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--features", required=True, help="labelled feature set (TP/FP rows)")
-    p.add_argument("--windows", required=True, help="windows feature set over the same train recordings")
     p.add_argument(
-        "--rounds", type=int, help="pseudo-label rounds after round 0 (default: the recipe's, or 2)"
-    )
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
-    p.add_argument("--out", type=Path, required=True, help="directory of the rounds' runs")
+        "--features", dest="inputs.features", metavar="FEATURES", required=True,
+        help="labelled feature set (TP/FP rows)",
+    )  # fmt: skip
+    p.add_argument(
+        "--windows", dest="inputs.windows", metavar="WINDOWS", required=True,
+        help="windows feature set over the same train recordings",
+    )  # fmt: skip
+    p.add_argument(
+        "--rounds", dest="plan.rounds", metavar="ROUNDS", type=int,
+        help="pseudo-label rounds after round 0 (default: the recipe's, or 2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--seeds", dest="inputs.seeds", metavar="SEEDS", type=int, nargs="+", default=[0],
+        help="seeds (default 0)",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", dest="inputs.out", metavar="OUT", type=Path, required=True,
+        help="directory of the rounds' runs",
+    )  # fmt: skip
     p.add_argument(
         "--recipe",
         type=Path,
         help="TOML: train() options in [train], rounds in [pseudo] (experiments/recipes/)",
     )
-    p.add_argument("--test", help="windows feature set to score each run on (test_lwlrap)")
-    p.add_argument("--truth", help="ground truth CSV of --test")
+    p.add_argument(
+        "--test",
+        dest="inputs.test",
+        metavar="TEST",
+        help="windows feature set to score each run on (test_lwlrap)",
+    )
+    p.add_argument("--truth", dest="inputs.truth", metavar="TRUTH", help="ground truth CSV of --test")
     p.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2), help="Keras fit output per run")
     p.add_argument("-q", "--quiet", action="store_true", help="no log lines")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed flags, with what argparse cannot check itself checked (``p.error``)."""
+    p = build_parser()
     args = p.parse_args(argv)
-    if args.rounds is not None and args.rounds < 0:
-        p.error(f"--rounds must be >= 0, got {args.rounds}")
+    rounds = getattr(args, "plan.rounds")
+    if rounds is not None and rounds < 0:
+        p.error(f"--rounds must be >= 0, got {rounds}")
     return args
 
 
@@ -286,45 +335,41 @@ def read_recipe(path: Path | None) -> tuple[dict[str, Any], Rounds]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(quiet=args.quiet)
+    values = groups(parse_args(argv))
+    own = values[""]
+    setup_logging(quiet=own["quiet"])
     try:
-        options, plan = read_recipe(args.recipe)
-        if args.rounds is not None:
-            plan = dataclasses.replace(plan, rounds=args.rounds)
-        rounds = plan.rounds
-        if rounds > 0 and plan.train_on != "none" and options.get("unknown") == "ignore":
+        inputs = build(Inputs, values["inputs"])
+        options, plan = read_recipe(own["recipe"])
+        plan = dataclasses.replace(plan, **{k: v for k, v in values["plan"].items() if v is not None})
+        if plan.rounds > 0 and plan.train_on != "none" and options.get("unknown") == "ignore":
             raise ConfigError(
                 "soft labels fill unknown labels, which unknown = 'ignore' leaves out of the loss: "
                 "use unknown = 'negative' with an unknown_weight (e.g. 0.3)"
             )
-        test = None if args.test is None else {"features": args.test, "truth": args.truth}
-        results = run_rounds(
-            features=args.features,
-            windows=args.windows,
-            seeds=args.seeds,
-            out=args.out,
-            options=options,
-            test=test,
-            plan=plan,
-            verbose=args.verbose,
-        )
-        metric = "test_lwlrap" if test and test.get("truth") else "val_lwlrap"
-        grid = sweep.Grid(
-            "pseudo",
-            tuple(args.seeds),
-            metric,
-            tuple(sweep.Configuration(name, args.features, options) for name in results),
-        )
-        rows = sweep.compare(grid, results, keep_order=True)
-        written = [*sweep.write_tables(rows, args.out), sweep.write_picture(rows, metric, args.out)]
+        results = run_rounds(inputs, options=options, plan=plan, verbose=own["verbose"])
+        written = _compare_rounds(inputs, options, results)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except MelShardsError as err:
         return report_error(PROG, err)
-    print((args.out / sweep.TABLE_MD).read_text(), end="")
+    print((inputs.out / sweep.TABLE_MD).read_text(), end="")
     log.info(f"wrote {', '.join(str(p) for p in written)}")
     return EXIT_OK
+
+
+def _compare_rounds(inputs: Inputs, options: Mapping[str, Any], results: dict[str, list[dict]]) -> list[Path]:
+    """The comparison of the rounds, as a sweep's: tables and picture in ``inputs.out``."""
+    test = inputs.test_set
+    metric = "test_lwlrap" if test and test.get("truth") else "val_lwlrap"
+    grid = sweep.Grid(
+        "pseudo",
+        inputs.seeds,
+        metric,
+        tuple(sweep.Configuration(name, inputs.features, options) for name in results),
+    )
+    rows = sweep.compare(grid, results, keep_order=True)
+    return [*sweep.write_tables(rows, inputs.out), sweep.write_picture(rows, metric, inputs.out)]
 
 
 if __name__ == "__main__":

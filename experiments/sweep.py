@@ -47,33 +47,16 @@ from typing import Any
 
 from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
 from experiments.errors import ExperimentError
+from experiments.options import FIELD_GROUP, RECORDED
 from melshards.errors import ConfigError, FormatError, MelShardsError
 from melshards.files import atomic_write_text
 from melshards.index import read_index
 
-# ``experiments.train.train`` keyword arguments a grid may set (a test keeps this list equal to
-# the signature); ``features``, ``out`` and ``seed`` are the sweep's own.
-TRAIN_OPTIONS = (
-    "model",
-    "epochs",
-    "fold",
-    "n_folds",
-    "batch_size",
-    "lr",
-    "warmup_epochs",
-    "weight_decay",
-    "workers",
-    "augment",
-    "mixup",
-    "unknown",
-    "unknown_weight",
-    "patience",
-    "in_memory",
-    "crop_seconds",
-    "soft_labels",
-    "windows",
-    "window_labels",
-    "init_from",
+# ``experiments.train.train`` options a grid may set: every option of ``TrainOptions`` (a test
+# keeps this list equal to train()'s keywords) but how a run is kept (``KeepOptions``: out,
+# checkpoints, verbosity) and the sweep's own ``features`` and ``seed``.
+TRAIN_OPTIONS = tuple(
+    name for name in RECORDED if FIELD_GROUP[name] != "keep" and name not in ("features", "seed")
 )
 GRID_KEYS = ("name", "features", "seeds", "metric", "base", "grid", "configs", "test")
 # Compared for every configuration (those a run lacks are left out); "lower" ranks ascending.
@@ -413,7 +396,8 @@ def write_picture(rows: Sequence[Mapping[str, Any]], metric: str, out: Path) -> 
 # -- command line -------------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The grid file and how the sweep is kept: every flag is the command's own."""
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Train a grid of configurations over several seeds on one feature set; compare them.",
@@ -422,7 +406,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="sweep directory (default runs/sweeps/<name>)")
     p.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2), help="Keras fit output per run")
     p.add_argument("-q", "--quiet", action="store_true", help="no log lines")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

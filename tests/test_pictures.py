@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.pictures import (
-    augment_figure,
-    augment_path,
-    choose_examples,
-    parse_classes,
-    preview,
-    preview_figure,
-)
+from experiments.picks import choose_examples, parse_classes
+from experiments.pictures import augment_figure, augment_path, preview, preview_figure
 from loader import Augment
 from melshards.index import read_index
 from melshards.names import EVENT_TP
@@ -33,7 +27,7 @@ def candidates(table, c):
 
 
 def test_examples_are_tp_anchored_positives_from_distinct_recordings(feats, table):
-    from loader.reader import FeatureSet
+    from loader.feature_set import FeatureSet
 
     features = FeatureSet(feats)
     picks = choose_examples(features, classes=(0, 1, 2, 3), per_class=3)
@@ -66,7 +60,7 @@ def panels(fig):
 
 
 def test_preview_figure_draws_the_chosen_examples_on_true_axes(feats, table):
-    from loader.reader import FeatureSet
+    from loader.feature_set import FeatureSet
 
     config = read_index(feats).config
     fig = preview_figure(feats, per_class=2)
@@ -100,7 +94,7 @@ def test_preview_figure_draws_the_chosen_examples_on_true_axes(feats, table):
 
 
 def test_augment_figure_shows_the_loader_augmentation_of_the_same_examples(feats):
-    from loader.reader import FeatureSet
+    from loader.feature_set import FeatureSet
 
     features = FeatureSet(feats)
     config = features.config
@@ -186,13 +180,17 @@ def test_preview_of_a_windows_feature_set_shows_recordings(tmp_path):
 
 
 def test_cli_preview_without_matplotlib_says_what_to_install(feats, tmp_path, capsys, monkeypatch):
+    # In process: ``precompute preview`` runs experiments.preview in a child, which this
+    # monkeypatch would not reach.
     import importlib.util
+
+    from experiments import preview
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else find_spec(name, *a)
     )
-    assert main(["preview", str(feats), "--out", str(tmp_path / "p.png")]) == 2
+    assert preview.main([str(feats), "--out", str(tmp_path / "p.png")]) == 2
     assert capsys.readouterr().err.endswith(
         "error: precompute preview draws with matplotlib: pip install 'melshards[plots]'\n"
     )

@@ -161,7 +161,7 @@ def recipe_run(tmp_path: Path, recipe: str, *, windows_per_recording: int = 6) -
 
 @pytest.mark.parametrize("train_on", ["windows", "both"])
 def test_rounds_train_from_soft_labels_of_the_previous_model(tmp_path, train_on):
-    from loader.reader import open_feature_set
+    from loader.feature_set import open_feature_set
 
     argv, paths = recipe_run(
         tmp_path,
@@ -281,7 +281,7 @@ def test_init_from_a_model_that_does_not_fit_is_one_line(tmp_path):
 
 
 def test_paired_batches_take_only_the_training_folds_windows(tmp_path):
-    from experiments.train import make_sequences
+    from experiments.sequences import make_sequences
     from synthetic_features import make_feature_set
 
     labelled = make_feature_set(tmp_path / "l", n_recordings=10, per_recording=3, n_classes=3, seed=4)

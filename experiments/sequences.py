@@ -1,0 +1,165 @@
+"""What a training run reads: its training and validation sequences, built from loader options.
+
+``run_sequences(options)`` gives the sequences of a ``TrainOptions``; ``make_sequences`` the same
+from ``train()``'s flat keywords (a notebook, a test). Both go through ``loader_options``: the
+run's split, batch size, workers and in-memory cache (``TrainOptions.split``/``batch``/``build``,
+what ``--fold``, ``--batch-size``, ``--workers`` set) with what a run always asks of the loader:
+float16 batches (half the bytes; the model casts to float32 inside), the known-label mask for the
+loss, and the crop. ``score_sequence`` scores a model on one of them, batch by batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Any
+
+import keras
+import numpy as np
+
+from experiments.options import TrainOptions
+from loader import ShardSequence
+from loader.augment import Augment
+from loader.options import BatchOptions, BuildOptions, LoaderOptions, SplitOptions
+from loader.sequence import PairedSequence
+from melshards.config import frames_for
+from melshards.index import read_index
+
+
+def loader_options(
+    features: str | os.PathLike,
+    *,
+    split: SplitOptions,
+    batch: BatchOptions,
+    build: BuildOptions,
+    augment: Augment,
+    crop_seconds: float | None = None,
+    soft_labels: str | os.PathLike | None = None,
+) -> tuple[LoaderOptions, LoaderOptions]:
+    """The loader options of the training sequence (shuffled, ``augment``-ed, ``soft_labels``
+    filling its unknown labels, ``build``'s workers) and of the validation sequence (in order,
+    not augmented, against the annotations alone, one worker).
+
+    ``batch`` gives the batch size and the seed; ``crop_seconds`` (None: the feature set's
+    duration) becomes the crop in frames of ``features``.
+    """
+    crop_frames = None
+    if crop_seconds is not None:
+        config = read_index(features).config
+        crop_frames = frames_for(crop_seconds, sample_rate=config.sample_rate, hop_length=config.hop_length)
+    batch = replace(batch, dtype="float16", return_mask=True, crop_frames=crop_frames, soft_labels=None)
+    train = LoaderOptions(
+        split=replace(split, split="train"),
+        batch=replace(batch, shuffle=True, soft_labels=soft_labels),
+        augment=augment,
+        build=build,
+    )
+    val = LoaderOptions(
+        split=replace(split, split="val"),
+        batch=replace(batch, shuffle=False),
+        augment=False,
+        build=BuildOptions(in_memory=build.in_memory),
+    )
+    return train, val
+
+
+def window_options(train: LoaderOptions, *, labels: Any, recordings: set[str]) -> LoaderOptions:
+    """The windows of the training fold's ``recordings`` (the validation fold stays unseen), in
+    batches of the training batch size, with their soft ``labels``: each training batch is
+    followed by one of them (``PairedSequence``).
+
+    (Measured on the sparse demo: as many windows as labelled examples per epoch raised test
+    LWLRAP by 0.033 over round 0; every window each epoch, 4.4x more, lowered it by 0.089.)
+    """
+    return LoaderOptions(
+        split=replace(train.split, split="all", recordings=frozenset(recordings)),
+        batch=replace(train.batch, shuffle=True, soft_labels=labels),
+        augment=train.augment,
+        build=BuildOptions(in_memory=train.build.in_memory),
+    )
+
+
+def build_sequences(
+    features: str | os.PathLike,
+    train: LoaderOptions,
+    val: LoaderOptions,
+    *,
+    windows: str | os.PathLike | None = None,
+    window_labels: Any = None,
+) -> tuple[Any, Any]:
+    """The training sequence (paired with ``windows`` when given) and the validation sequence."""
+    train_seq = ShardSequence(features, options=train)
+    val_seq = ShardSequence(features, options=val)
+    if windows is not None:
+        recordings = set(np.unique(train_seq.recording_id).tolist())
+        second = ShardSequence(
+            windows, options=window_options(train, labels=window_labels, recordings=recordings)
+        )
+        train_seq = PairedSequence(train_seq, second)
+    return train_seq, val_seq
+
+
+def run_sequences(options: TrainOptions) -> tuple[Any, Any]:
+    """The training and validation sequences of a run (see ``loader_options``)."""
+    data = options.data
+    train, val = loader_options(
+        data.features,
+        split=options.split,
+        batch=replace(options.batch, seed=options.optim.seed),
+        build=options.build,
+        augment=data.augmentation,
+        crop_seconds=data.crop_seconds,
+        soft_labels=data.soft_labels,
+    )
+    return build_sequences(data.features, train, val, windows=data.windows, window_labels=data.window_labels)
+
+
+def make_sequences(
+    features: str | os.PathLike,
+    *,
+    fold: int,
+    n_folds: int,
+    batch_size: int,
+    seed: int,
+    workers: int,
+    augment: bool,
+    mixup: float,
+    in_memory: bool,
+    crop_seconds: float | None = None,
+    soft_labels: str | os.PathLike | None = None,
+    windows: str | os.PathLike | None = None,
+    window_labels: Any = None,
+) -> tuple[Any, Any]:
+    """``run_sequences`` from ``train()``'s flat keywords: the training sequence (shuffled,
+    augmented) and the validation sequence of ``features``.
+
+    ``soft_labels`` fill the unknown labels of the training split only: validation scores
+    stay against the annotations. ``window_labels`` may be an array as well as a ``.npy``.
+    """
+    train, val = loader_options(
+        features,
+        split=SplitOptions(fold=fold, n_folds=n_folds),
+        batch=BatchOptions(batch_size=batch_size, seed=seed),
+        build=BuildOptions(workers=workers, in_memory=in_memory),
+        augment=Augment(mixup_p=mixup) if augment else Augment.off(),
+        crop_seconds=crop_seconds,
+        soft_labels=soft_labels,
+    )
+    return build_sequences(features, train, val, windows=windows, window_labels=window_labels)
+
+
+def score_sequence(model: keras.Model, seq: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and 0/1 truth for every batch of ``seq``, in order.
+
+    Returns (truth, scores), both np.ndarray [shape=(n, n_classes)], float32.
+    """
+    truths, scores = [], []
+    for i in range(len(seq)):
+        batch = seq[i]
+        x, y = batch[0], batch[1]
+        scores.append(keras.ops.convert_to_numpy(model(x, training=False)))
+        truths.append(np.asarray(y))
+    n_classes = model.output_shape[-1]
+    if not scores:
+        return np.zeros((0, n_classes), np.float32), np.zeros((0, n_classes), np.float32)
+    return (np.concatenate(truths) > 0.5).astype(np.float32), np.concatenate(scores)
