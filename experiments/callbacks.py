@@ -6,7 +6,7 @@
   from it;
 - ``BatchLog``: ``batches.log``, the sha256 of every trained batch (``--batch-log``).
 
-``experiments.run.fit_run`` puts them, with ``ModelCheckpoint``, ``EarlyStopping``,
+``experiments.train_run.fit_run`` puts them, with ``ModelCheckpoint``, ``EarlyStopping``,
 ``CSVLogger`` and ``experiments.checkpoints.LoaderCheckpoint``, into one ``fit``.
 """
 

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 
 from experiments.errors import ExperimentError
-from experiments.options import FREE_ON_RESUME, RECORDED
+from experiments.train_options import FREE_ON_RESUME, RECORDED
 from loader.state import read_state, write_state
 from melshards.errors import ConfigError
 from melshards.files import atomic_write_text

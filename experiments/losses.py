@@ -25,7 +25,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from experiments.options import UNKNOWN_MODES
+from experiments.train_options import UNKNOWN_MODES
 from melshards.errors import ConfigError
 
 

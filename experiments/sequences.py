@@ -17,7 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from experiments.options import TrainOptions
+from experiments.train_options import TrainOptions
 from loader import ShardSequence
 from loader.augment import Augment
 from loader.options import BatchOptions, BuildOptions, LoaderOptions, SplitOptions

@@ -47,7 +47,7 @@ from typing import Any
 
 from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
 from experiments.errors import ExperimentError
-from experiments.options import FIELD_GROUP, RECORDED
+from experiments.train_options import FIELD_GROUP, RECORDED
 from melshards.errors import ConfigError, FormatError, MelShardsError
 from melshards.files import atomic_write_text
 from melshards.index import read_index

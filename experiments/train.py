@@ -12,9 +12,9 @@ The defaults are the tuned demo recipe: AdamW at 5e-3 with a one-epoch warm-up a
 decay, the loader's augmentations plus mixup on half the examples, unknown labels counted
 as negatives, early stopping after 10 epochs without a better ``val_lwlrap``.
 
-Both ends make one ``experiments.options.TrainOptions`` (``train()``'s keywords by their flat
+Both ends make one ``experiments.train_options.TrainOptions`` (``train()``'s keywords by their flat
 names; each flag by its ``dest``, ``"optim.epochs"``, the field it sets) and hand it to
-``experiments.run.run_training``. Reads only the shards (through ``ShardSequence``), never
+``experiments.train_run.run_training``. Reads only the shards (through ``ShardSequence``), never
 audio. Writes into the run directory ``--out`` (``out=`` from Python):
 
 - ``model.keras``: the model of the epoch with the best ``val_lwlrap`` (ModelCheckpoint);
@@ -54,9 +54,9 @@ from experiments.checkpoints import (
     RUN_FILE,
     read_run_options,
 )
-from experiments.options import KeepOptions, TrainOptions
-from experiments.run import run_training
 from experiments.train_flags import build_parser, options_of, parse_args, parse_flags
+from experiments.train_options import KeepOptions, TrainOptions
+from experiments.train_run import run_training
 from melshards.errors import MelShardsError
 
 # Named here too for the callers of train(): the run directory's files (experiments.checkpoints)
@@ -110,7 +110,7 @@ def train(
 ) -> dict[str, Any]:
     """Run one experiment: fit, save the best epoch, score it; returns what ``metrics.json`` holds.
 
-    The keywords are the fields of ``experiments.options``' groups, which document them, with
+    The keywords are the fields of ``experiments.train_options``' groups, which document them, with
     the command line's defaults, option for option: what to train on (``DataOptions``:
     ``features``, a labelled feature set, ``augment``, ``mixup``, ``crop_seconds``,
     ``soft_labels``, ``windows``, ``window_labels``); the loader's (``fold``, ``n_folds``,

@@ -3,7 +3,7 @@
 Each flag's ``dest`` names the option field it sets, ``"GROUP.FIELD"`` (``commandline.flags``):
 ``--batch-size`` stores into ``batch.batch_size``, the ``batch_size`` of the run's
 ``loader.options.BatchOptions``, which goes on to the loader (``experiments.sequences``). Its
-default is that field's. ``options_of`` builds ``experiments.options.TrainOptions`` group by group
+default is that field's. ``options_of`` builds ``experiments.train_options.TrainOptions`` group by group
 from the parsed flags; ``parse_args`` gives them by ``train()``'s flat keyword names instead.
 ``--resume`` (no group) is the command's own: which run, not an option of it.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from commandline.flags import build, groups
 from experiments.checkpoints import RUN_FILE
 from experiments.models import available_models
-from experiments.options import (
+from experiments.train_options import (
     GROUP_TYPES,
     UNKNOWN_MODES,
     VERBOSITY,

@@ -41,8 +41,8 @@ import numpy as np
 
 from loader import sampler
 from loader.augment import AugmentParams
+from loader.crop_labels import CropLabels, check_soft_labels, fill_unknown
 from loader.feature_set import FeatureSet
-from loader.labels import CropLabels, check_soft_labels, fill_unknown
 from loader.options import BuildOptions, LoaderOptions
 from loader.reader import MelReader
 from loader.rows import InProcessRows, Lookahead, ProcessRows, ThreadRows

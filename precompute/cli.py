@@ -1,7 +1,7 @@
 """``python -m precompute`` / ``precompute``: the command line, its flags and its exit status.
 
 ``build_parser`` declares every flag; a flag's ``dest`` names the option field it sets
-(``"run.jobs"``: ``RunOptions.jobs``, ``precompute.options``), and ``main`` hands the values,
+(``"run.jobs"``: ``RunOptions.jobs``, ``precompute.cli_options``), and ``main`` hands the values,
 by group, to the subcommand's function (``precompute.commands``).
 
 Output: each command's result (a one-line summary, or ``inspect``'s report) on stdout;

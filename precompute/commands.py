@@ -2,7 +2,7 @@
 
 ``precompute.cli`` parses the command line and calls one of ``COMMANDS`` with the values by
 option group (``commandline.flags.groups``); each command builds its option objects
-(``precompute.options``), calls the library, prints its result on stdout and returns the exit
+(``precompute.cli_options``), calls the library, prints its result on stdout and returns the exit
 status. The heavy modules (the run driver, the demo synthesizer, ``melshards.verify``) are
 imported by the command that needs them, so ``precompute --help`` starts fast.
 """
@@ -21,7 +21,13 @@ from commandline.flags import build
 from melshards.config import FeatureConfig
 from melshards.errors import ConfigError
 from melshards.names import EVENT_FP
-from precompute.options import AnnotationOptions, ConfigOptions, DemoDataOptions, RunOptions, WindowOptions
+from precompute.cli_options import (
+    AnnotationOptions,
+    ConfigOptions,
+    DemoDataOptions,
+    RunOptions,
+    WindowOptions,
+)
 
 # The parsed values by option group; the command's own flags under "" (``commandline.flags``).
 Values = dict[str, dict[str, Any]]

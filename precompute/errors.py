@@ -22,7 +22,7 @@ class LockedError(MelShardsError):
 
 class NoValidRows(ManifestError):
     """Every row of the annotations was rejected; ``failures`` lists why (``RowFailure``s of
-    ``precompute.inputs.rows``), in reading order."""
+    ``precompute.inputs.row_table``), in reading order."""
 
     def __init__(self, message: str, failures: list) -> None:
         super().__init__(message)

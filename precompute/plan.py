@@ -33,7 +33,7 @@ from precompute.errors import AudioError, NoValidRows
 from precompute.inputs.annotations import Annotations, iter_annotations
 from precompute.inputs.audio_files import list_audio
 from precompute.inputs.classes import ClassCoder, ClassSpec
-from precompute.inputs.rows import (
+from precompute.inputs.row_table import (
     ROW_DTYPE,
     Row,
     RowFailure,
@@ -199,7 +199,7 @@ def plan_labelled(
 
     (The job makes one example of rows with the same times and kind: ``n_windows`` counts rows.)
 
-    rows : the valid, deduplicated manifest rows (``precompute.inputs.rows.drop_duplicates``)
+    rows : the valid, deduplicated manifest rows (``precompute.inputs.row_table.drop_duplicates``)
     previous : the shard index each recording was in before
         (``precompute.packing.assign_shards``); None packs every recording afresh
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from melshards.config import FeatureConfig, center_offset, crop_span
 from melshards.labels import label_rows, overlap_mask
-from precompute.inputs.rows import Row
+from precompute.inputs.row_table import Row
 
 # Seconds of slack in "the event lies inside the crop": the labelling rule's own tolerance.
 INSIDE_TOLERANCE = 1e-6

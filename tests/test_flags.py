@@ -17,9 +17,15 @@ import pytest
 
 from commandline.flags import build, groups, parser_flags
 from experiments import predict, preview, pseudo, sweep, train_flags
-from experiments.options import GROUP_TYPES, TrainOptions
+from experiments.train_options import GROUP_TYPES, TrainOptions
 from precompute import cli as precompute_cli
-from precompute.options import AnnotationOptions, ConfigOptions, DemoDataOptions, RunOptions, WindowOptions
+from precompute.cli_options import (
+    AnnotationOptions,
+    ConfigOptions,
+    DemoDataOptions,
+    RunOptions,
+    WindowOptions,
+)
 
 # command -> (parser, group types, the arguments every parse needs: positionals last)
 PRECOMPUTE_GROUPS = {

@@ -4,7 +4,7 @@ from audio_fixtures import HEADER
 from melshards.names import EVENT_FP, EVENT_TP
 from precompute.errors import ManifestError
 from precompute.inputs.manifest import read_manifest
-from precompute.inputs.rows import RowTable, drop_duplicates
+from precompute.inputs.row_table import RowTable, drop_duplicates
 
 
 def write(tmp_path, body, name="train_tp.csv", header=HEADER):

@@ -14,7 +14,7 @@ from melshards.errors import ConfigError
 from melshards.names import EVENT_FP, EVENT_TP
 from precompute.errors import ManifestError
 from precompute.inputs.manifest import read_manifest
-from precompute.inputs.rows import ROW_DTYPE, Row, RowTable, drop_duplicates
+from precompute.inputs.row_table import ROW_DTYPE, Row, RowTable, drop_duplicates
 from precompute.plan import plan_labelled, plan_manifests
 
 

@@ -49,7 +49,7 @@ from precompute.errors import AudioError, ManifestError
 from precompute.inputs.classes import ClassCoder, ClassSpec, parse_class_option
 from precompute.inputs.layout import FIELDS, RFCX, Layout
 from precompute.inputs.manifest import iter_manifest, parse_row
-from precompute.inputs.rows import Row, RowFailure
+from precompute.inputs.row_table import Row, RowFailure
 
 FORMATS = ("rfcx", "events", "raven", "clips", "class_folders")
 

@@ -14,7 +14,7 @@ frequencies decimal or exponent floats (``12.5``, ``1e3``). Python's ``int`` and
 also accept underscores (``1_0`` is 10) and non-ASCII digits; a manifest field with either is
 not a number. Labels become class indexes through a ``precompute.inputs.classes.ClassCoder``:
 integer ids (``3``, class ``s3``) or names (``"wren"``). Rows come as a stream
-(``iter_manifest``), which ``precompute.inputs.rows.RowTable`` stores compactly.
+(``iter_manifest``), which ``precompute.inputs.row_table.RowTable`` stores compactly.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from precompute.errors import ManifestError
 from precompute.inputs.classes import ClassCoder, ClassSpec
 from precompute.inputs.layout import COLUMNS, FIELDS, RFCX, Layout
 from precompute.inputs.references import row_recording
-from precompute.inputs.rows import SONGTYPE_MAX, SONGTYPE_MIN, Row, RowFailure
+from precompute.inputs.row_table import SONGTYPE_MAX, SONGTYPE_MIN, Row, RowFailure
 
 
 def _plain(text: str) -> bool:

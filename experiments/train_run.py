@@ -42,9 +42,9 @@ from experiments.errors import ExperimentError
 from experiments.losses import MaskedBinaryCrossentropy
 from experiments.metrics import Lwlrap, Top1, class_lwlrap, lwlrap, top1
 from experiments.models import build_model
-from experiments.options import LossOptions, OptimOptions, TrainOptions
 from experiments.plots import plot_curves, read_history
 from experiments.sequences import run_sequences, score_sequence
+from experiments.train_options import LossOptions, OptimOptions, TrainOptions
 from melshards.files import atomic_write_text
 from melshards.remote import is_url
 
