@@ -124,7 +124,7 @@ def write_soft_labels(run_dir: Path, *, features: str, windows: str, scored) -> 
     """Write into ``run_dir`` the soft labels of the windows themselves (``WINDOW_FILE``) and
     of the examples of ``features`` (``SOFT_FILE``) from ``scored``, what ``score_window_set``
     returned for ``windows``."""
-    from loader.reader import open_feature_set
+    from loader.feature_set import open_feature_set
 
     feature_set = open_feature_set(features)
     order, ids, starts, scores, window_config = scored

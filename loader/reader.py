@@ -16,9 +16,6 @@ nothing with a handle is pickled. Memory maps, checksum bitmaps and the in-RAM c
 plain memory, safe to inherit through ``fork``; they are dropped when pickling (``spawn``).
 A user's plain ``h5py.File`` on a shard, opened before or after this reader's, does not clash
 with it (``melshards.shard_open.open_shard``).
-
-``FeatureSet`` and ``open_feature_set`` (``loader.feature_set``) are imported here too, where
-they were read from before the metadata had a module of its own.
 """
 
 from __future__ import annotations
@@ -31,16 +28,13 @@ import h5py
 import numpy as np
 
 from loader import read_kernels
-from loader.feature_set import FeatureSet, file_identity, open_feature_set
+from loader.feature_set import FeatureSet, file_identity
 from loader.targets import CopyTarget, Target, stored_view
 from melshards import codec
 from melshards.errors import FormatError, IntegrityError
 from melshards.names import MEL
 from melshards.shard_check import check_shard
 from melshards.shard_open import open_shard, regular_file_problem
-
-__all__ = ["FeatureSet", "MelReader", "open_feature_set"]
-
 
 # Each memory map keeps a file descriptor; beyond this many, the oldest map is dropped (its
 # memory stays valid for whoever still holds an array into it).

@@ -64,7 +64,7 @@ def labelled_set(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def labelled_features(labelled_set) -> FeatureSet:
-    """``labelled_set`` opened as a ``loader.reader.FeatureSet`` (metadata only; no open file)."""
+    """``labelled_set`` opened as a ``loader.feature_set.FeatureSet`` (metadata only; no open file)."""
     return FeatureSet(labelled_set)
 
 
