@@ -7,7 +7,7 @@ its option objects from them, so a reader (or a test, ``tests/test_flags.py``) c
 flag by name to the field it sets and from there to where the field is used. A flag whose
 ``dest`` has no dot belongs to the command itself (``--quiet``, ``--resume``).
 
-    p.add_argument("--batch-size", dest="batch.batch_size", type=int, default=32)
+    add_flag(p, "--batch-size", field="batch.batch_size", type=int, default=32)
     ...
     values = groups(p.parse_args(argv))
     batch = BatchOptions(**values["batch"])
@@ -21,9 +21,15 @@ from collections.abc import Iterator
 from typing import Any
 
 
-def field_dest(group: str, name: str) -> str:
-    """The ``dest`` of the flag that sets field ``name`` of option group ``group``."""
-    return f"{group}.{name}"
+def add_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, *names: str, field: str, **kwargs: Any
+):
+    """``parser.add_argument(*names, dest=field, **kwargs)`` for the flag that sets option field
+    ``field`` (``"GROUP.FIELD"``). A flag that takes a value shows it as ``FIELD`` in the help
+    (unless ``metavar`` is given), as argparse shows a flag whose dest is its own name."""
+    if "metavar" not in kwargs and "choices" not in kwargs and "action" not in kwargs:
+        kwargs["metavar"] = field.rpartition(".")[2].upper()
+    return parser.add_argument(*names, dest=field, **kwargs)
 
 
 def groups(namespace: argparse.Namespace) -> dict[str, dict[str, Any]]:

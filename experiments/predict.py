@@ -47,7 +47,7 @@ import keras
 import numpy as np
 
 from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
-from commandline.flags import build, groups
+from commandline.flags import add_flag, build, groups
 from experiments.errors import ExperimentError
 from experiments.submission import (
     max_per_recording,
@@ -123,32 +123,33 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m experiments.predict",
         description="Score a windows feature set; write one row per recording (max over windows).",
     )
-    p.add_argument(
-        "--model", dest="predict.model", metavar="MODEL", required=True,
-        help="a model.keras written by experiments.train",
-    )  # fmt: skip
-    p.add_argument(
-        "--features", dest="predict.features", metavar="FEATURES", required=True,
+    add_flag(
+        p, "--model", field="predict.model", required=True, help="a model.keras written by experiments.train"
+    )
+    add_flag(
+        p,
+        "--features",
+        field="predict.features",
+        required=True,
         help="windows feature set (precompute windows)",
-    )  # fmt: skip
-    p.add_argument("--out", dest="predict.out", metavar="OUT", required=True, help="submission CSV to write")
-    p.add_argument(
-        "--truth", dest="predict.truth", metavar="TRUTH",
+    )
+    add_flag(p, "--out", field="predict.out", required=True, help="submission CSV to write")
+    add_flag(
+        p,
+        "--truth",
+        field="predict.truth",
         help="CSV of 0/1 with the submission's header (recording_id,s0,...) to score against",
-    )  # fmt: skip
-    p.add_argument(
+    )
+    add_flag(
+        p,
         "--metrics",
-        dest="predict.metrics",
-        metavar="METRICS",
+        field="predict.metrics",
         help="metrics.json of the run (default: the one next to --model, if any): its feature "
         "config is checked against --features; with --truth it gets test_lwlrap",
     )
-    p.add_argument(
-        "--batch-size", dest="predict.batch_size", metavar="BATCH_SIZE", type=int,
-        default=PredictOptions.batch_size,
-    )  # fmt: skip
-    p.add_argument(
-        "-q", "--quiet", dest="predict.quiet", action="store_true", help="no progress bar or log lines"
+    add_flag(p, "--batch-size", field="predict.batch_size", type=int, default=PredictOptions.batch_size)
+    add_flag(
+        p, "-q", "--quiet", field="predict.quiet", action="store_true", help="no progress bar or log lines"
     )
     return p
 

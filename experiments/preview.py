@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
-from commandline.flags import build, groups
+from commandline.flags import add_flag, build, groups
 from melshards.errors import ConfigError, MelShardsError
 
 PROG = "precompute preview"
@@ -56,64 +56,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bars or log lines (errors still print)"
     )
-    p.add_argument(
+    add_flag(
+        p,
         "--cache-dir",
-        dest="preview.cache_dir",
-        metavar="CACHE_DIR",
+        field="preview.cache_dir",
         help="for a feature set at a URL: where its shards are cached (default $MELSHARDS_CACHE "
         "or ~/.cache/melshards)",
     )
     p.add_argument(
         "preview.features", metavar="features", help="feature set directory or URL (s3://, gs://, https://)"
     )
-    p.add_argument(
-        "--out",
-        dest="preview.out",
-        metavar="OUT",
-        type=Path,
-        required=True,
-        help="PNG file to write, e.g. preview.png",
+    add_flag(
+        p, "--out", field="preview.out", type=Path, required=True, help="PNG file to write, e.g. preview.png"
     )
-    p.add_argument(
+    add_flag(
+        p,
         "--per-class",
-        dest="preview.per_class",
-        metavar="PER_CLASS",
+        field="preview.per_class",
         type=int,
         default=3,
         help="examples per class (default 3)",
     )
-    p.add_argument(
-        "--classes",
-        dest="preview.classes",
-        metavar="CLASSES",
-        help="classes to show, e.g. 0-5,9 (default: all)",
-    )
-    p.add_argument(
+    add_flag(p, "--classes", field="preview.classes", help="classes to show, e.g. 0-5,9 (default: all)")
+    add_flag(
+        p,
         "--augment-out",
-        dest="preview.augment_out",
-        metavar="AUGMENT_OUT",
+        field="preview.augment_out",
         type=Path,
         help="where to write the augmentation picture (default: OUT's name + -augment.png)",
     )
-    p.add_argument(
-        "--no-augment", dest="preview.no_augment", action="store_true", help="skip the augmentation picture"
+    add_flag(
+        p,
+        "--no-augment",
+        field="preview.no_augment",
+        action="store_true",
+        help="skip the augmentation picture",
     )
-    p.add_argument(
+    add_flag(
+        p,
         "--seed",
-        dest="preview.seed",
-        metavar="SEED",
+        field="preview.seed",
         type=int,
         default=0,
         help="seed of the augmentation draws (default 0)",
     )
-    p.add_argument(
-        "--dpi",
-        dest="preview.dpi",
-        metavar="DPI",
-        type=int,
-        default=100,
-        help="pixels per inch (default 100)",
-    )
+    add_flag(p, "--dpi", field="preview.dpi", type=int, default=100, help="pixels per inch (default 100)")
     return p
 
 

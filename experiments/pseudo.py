@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
-from commandline.flags import build, groups
+from commandline.flags import add_flag, build, groups
 from experiments import sweep
 from experiments.errors import ExperimentError
 from melshards.config import FeatureConfig, center_offset, crop_span
@@ -258,38 +258,32 @@ def build_parser() -> argparse.ArgumentParser:
     """The flags by ``dest``: ``inputs.FIELD`` sets a field of ``Inputs``, ``plan.rounds`` the
     ``rounds`` of the recipe's ``Rounds`` (None: the recipe's); the others are the command's."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--features", dest="inputs.features", metavar="FEATURES", required=True,
-        help="labelled feature set (TP/FP rows)",
-    )  # fmt: skip
-    p.add_argument(
-        "--windows", dest="inputs.windows", metavar="WINDOWS", required=True,
+    add_flag(
+        p, "--features", field="inputs.features", required=True, help="labelled feature set (TP/FP rows)"
+    )
+    add_flag(
+        p,
+        "--windows",
+        field="inputs.windows",
+        required=True,
         help="windows feature set over the same train recordings",
-    )  # fmt: skip
-    p.add_argument(
-        "--rounds", dest="plan.rounds", metavar="ROUNDS", type=int,
+    )
+    add_flag(
+        p,
+        "--rounds",
+        field="plan.rounds",
+        type=int,
         help="pseudo-label rounds after round 0 (default: the recipe's, or 2)",
-    )  # fmt: skip
-    p.add_argument(
-        "--seeds", dest="inputs.seeds", metavar="SEEDS", type=int, nargs="+", default=[0],
-        help="seeds (default 0)",
-    )  # fmt: skip
-    p.add_argument(
-        "--out", dest="inputs.out", metavar="OUT", type=Path, required=True,
-        help="directory of the rounds' runs",
-    )  # fmt: skip
+    )
+    add_flag(p, "--seeds", field="inputs.seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
+    add_flag(p, "--out", field="inputs.out", type=Path, required=True, help="directory of the rounds' runs")
     p.add_argument(
         "--recipe",
         type=Path,
         help="TOML: train() options in [train], rounds in [pseudo] (experiments/recipes/)",
     )
-    p.add_argument(
-        "--test",
-        dest="inputs.test",
-        metavar="TEST",
-        help="windows feature set to score each run on (test_lwlrap)",
-    )
-    p.add_argument("--truth", dest="inputs.truth", metavar="TRUTH", help="ground truth CSV of --test")
+    add_flag(p, "--test", field="inputs.test", help="windows feature set to score each run on (test_lwlrap)")
+    add_flag(p, "--truth", field="inputs.truth", help="ground truth CSV of --test")
     p.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2), help="Keras fit output per run")
     p.add_argument("-q", "--quiet", action="store_true", help="no log lines")
     return p

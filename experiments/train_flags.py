@@ -14,7 +14,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from commandline.flags import build, groups
+from commandline.flags import add_flag, build, groups
 from experiments.checkpoints import RUN_FILE
 from experiments.models import available_models
 from experiments.train_options import (
@@ -33,16 +33,6 @@ from experiments.train_options import (
 from loader.options import BatchOptions
 
 
-def _flag(p: argparse.ArgumentParser, flag: str, dest: str, **kwargs: Any) -> None:
-    """Add the flag that sets option field ``dest`` (``"GROUP.FIELD"``, ``commandline.flags``).
-
-    A flag that takes a value shows it as ``FIELD`` in the help, as it read before the groups.
-    """
-    if "choices" not in kwargs and "action" not in kwargs:
-        kwargs["metavar"] = dest.rpartition(".")[2].upper()
-    p.add_argument(*flag.split(), dest=dest, **kwargs)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The flags, in the help's order (the functions below add them a few at a time)."""
     p = argparse.ArgumentParser(
@@ -56,111 +46,183 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     """The feature set, the model, the epochs, the fold, the run directory."""
-    _flag(
-        p, "--features", "data.features",
+    add_flag(
+        p,
+        "--features",
+        field="data.features",
         help="feature set directory (with index.json); required unless --resume RUN",
-    )  # fmt: skip
-    _flag(
-        p, "--model", "model.model", default=ModelOptions.model,
-        help=f"model name: {', '.join(available_models())}",
-    )  # fmt: skip
-    _flag(
-        p, "--epochs", "optim.epochs", type=int, default=OptimOptions.epochs, help="maximum number of epochs"
     )
-    _flag(
-        p, "--fold", "split.fold", type=int, default=SplitOptions.fold,
+    add_flag(
+        p,
+        "--model",
+        field="model.model",
+        default=ModelOptions.model,
+        help=f"model name: {', '.join(available_models())}",
+    )
+    add_flag(
+        p,
+        "--epochs",
+        field="optim.epochs",
+        type=int,
+        default=OptimOptions.epochs,
+        help="maximum number of epochs",
+    )
+    add_flag(
+        p,
+        "--fold",
+        field="split.fold",
+        type=int,
+        default=SplitOptions.fold,
         help="validation fold (recordings grouped)",
-    )  # fmt: skip
-    _flag(p, "--n-folds", "split.n_folds", type=int, default=SplitOptions.n_folds)
-    _flag(p, "--out", "keep.out", help="run directory, e.g. runs/baseline; required unless --resume RUN")
+    )
+    add_flag(p, "--n-folds", field="split.n_folds", type=int, default=SplitOptions.n_folds)
+    add_flag(
+        p, "--out", field="keep.out", help="run directory, e.g. runs/baseline; required unless --resume RUN"
+    )
 
 
 def _add_schedule_flags(p: argparse.ArgumentParser) -> None:
     """The batch size, the learning rate and its schedule, the seed."""
-    _flag(p, "--batch-size", "batch.batch_size", type=int, default=BatchOptions.batch_size)
-    _flag(
-        p, "--lr", "optim.lr", type=float, default=OptimOptions.lr,
+    add_flag(p, "--batch-size", field="batch.batch_size", type=int, default=BatchOptions.batch_size)
+    add_flag(
+        p,
+        "--lr",
+        field="optim.lr",
+        type=float,
+        default=OptimOptions.lr,
         help="peak learning rate (AdamW, warm-up then cosine decay)",
-    )  # fmt: skip
-    _flag(
-        p, "--warmup-epochs", "optim.warmup_epochs", type=float, default=OptimOptions.warmup_epochs,
+    )
+    add_flag(
+        p,
+        "--warmup-epochs",
+        field="optim.warmup_epochs",
+        type=float,
+        default=OptimOptions.warmup_epochs,
         help="linear warm-up to --lr",
-    )  # fmt: skip
-    _flag(
-        p, "--weight-decay", "optim.weight_decay", type=float, default=OptimOptions.weight_decay,
+    )
+    add_flag(
+        p,
+        "--weight-decay",
+        field="optim.weight_decay",
+        type=float,
+        default=OptimOptions.weight_decay,
         help="AdamW weight decay",
-    )  # fmt: skip
-    _flag(
-        p, "--seed", "optim.seed", type=int, default=OptimOptions.seed,
+    )
+    add_flag(
+        p,
+        "--seed",
+        field="optim.seed",
+        type=int,
+        default=OptimOptions.seed,
         help="seeds weights, shuffling and augmentation",
-    )  # fmt: skip
+    )
 
 
 def _add_batch_flags(p: argparse.ArgumentParser) -> None:
     """The batch workers, augmentation and mixup, the loss of unknown labels, early stopping."""
-    _flag(
+    add_flag(
         p,
         "--workers",
-        "build.workers",
+        field="build.workers",
         type=int,
         default=BuildOptions.workers,
         help="PyDataset worker threads",
     )
-    _flag(
-        p, "--augment", "data.augment", action=argparse.BooleanOptionalAction, default=DataOptions.augment,
+    add_flag(
+        p,
+        "--augment",
+        field="data.augment",
+        action=argparse.BooleanOptionalAction,
+        default=DataOptions.augment,
         help="augment the training split: time shift, gain, SpecAugment masks (loader.Augment)",
-    )  # fmt: skip
-    _flag(
-        p, "--mixup", "data.mixup", type=float, default=DataOptions.mixup,
+    )
+    add_flag(
+        p,
+        "--mixup",
+        field="data.mixup",
+        type=float,
+        default=DataOptions.mixup,
         help="probability that a training example is mixed with another of its batch (with --augment)",
-    )  # fmt: skip
-    _flag(
-        p, "--unknown", "loss.unknown", choices=UNKNOWN_MODES, default=LossOptions.unknown,
+    )
+    add_flag(
+        p,
+        "--unknown",
+        field="loss.unknown",
+        choices=UNKNOWN_MODES,
+        default=LossOptions.unknown,
         help="how unannotated labels count in the loss",
-    )  # fmt: skip
-    _flag(
-        p, "--unknown-weight", "loss.unknown_weight", type=float, default=LossOptions.unknown_weight,
+    )
+    add_flag(
+        p,
+        "--unknown-weight",
+        field="loss.unknown_weight",
+        type=float,
+        default=LossOptions.unknown_weight,
         help="loss weight of an unknown label under --unknown negative",
-    )  # fmt: skip
-    _flag(
-        p, "--patience", "optim.patience", type=int, default=OptimOptions.patience,
+    )
+    add_flag(
+        p,
+        "--patience",
+        field="optim.patience",
+        type=int,
+        default=OptimOptions.patience,
         help="early stopping patience in epochs",
-    )  # fmt: skip
+    )
 
 
 def _add_input_flags(p: argparse.ArgumentParser) -> None:
     """The in-memory cache, the crop, soft labels, windows and the weights to start from."""
-    _flag(
-        p, "--in-memory", "build.in_memory", action=argparse.BooleanOptionalAction,
-        default=BuildOptions.in_memory, help="cache the feature set in RAM",
-    )  # fmt: skip
-    _flag(
-        p, "--crop-seconds", "data.crop_seconds", type=float,
+    add_flag(
+        p,
+        "--in-memory",
+        field="build.in_memory",
+        action=argparse.BooleanOptionalAction,
+        default=BuildOptions.in_memory,
+        help="cache the feature set in RAM",
+    )
+    add_flag(
+        p,
+        "--crop-seconds",
+        field="data.crop_seconds",
+        type=float,
         help="seconds the model sees (default: the feature set's duration)",
-    )  # fmt: skip
-    _flag(
-        p, "--soft-labels", "data.soft_labels",
+    )
+    add_flag(
+        p,
+        "--soft-labels",
+        field="data.soft_labels",
         help=".npy of soft labels for the unknown labels (experiments.pseudo)",
-    )  # fmt: skip
-    _flag(p, "--windows", "data.windows", help="windows feature set of the same recordings to train on too")
-    _flag(
+    )
+    add_flag(
+        p,
+        "--windows",
+        field="data.windows",
+        help="windows feature set of the same recordings to train on too",
+    )
+    add_flag(
         p,
         "--window-labels",
-        "data.window_labels",
+        field="data.window_labels",
         help=".npy of soft labels for --windows (experiments.pseudo)",
     )
-    _flag(
-        p, "--init-from", "model.init_from",
+    add_flag(
+        p,
+        "--init-from",
+        field="model.init_from",
         help="model.keras to start from instead of fresh weights (fine-tuning)",
-    )  # fmt: skip
+    )
 
 
 def _add_keeping_flags(p: argparse.ArgumentParser) -> None:
     """Checkpoints, resuming, the batch log and the output: how a run is kept, not what it trains."""
-    _flag(
-        p, "--checkpoint-every", "keep.checkpoint_every", type=int, default=KeepOptions.checkpoint_every,
+    add_flag(
+        p,
+        "--checkpoint-every",
+        field="keep.checkpoint_every",
+        type=int,
+        default=KeepOptions.checkpoint_every,
         help="also checkpoint every N batches of an epoch, besides every epoch end (0: epoch ends only)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--resume",
         nargs="?",
@@ -170,18 +232,30 @@ def _add_keeping_flags(p: argparse.ArgumentParser) -> None:
         help="go on with the unfinished run RUN from its last checkpoint, with the options in RUN/run.json "
         "(only --verbose/--quiet may be given too); without RUN: the run --out with these options",
     )
-    _flag(
-        p, "--batch-log", "keep.batch_log", action="store_true",
+    add_flag(
+        p,
+        "--batch-log",
+        field="keep.batch_log",
+        action="store_true",
         help="write batches.log: the sha256 of every trained batch",
-    )  # fmt: skip
-    _flag(
-        p, "--verbose", "keep.verbose", type=int, default=KeepOptions.verbose, choices=VERBOSITY,
+    )
+    add_flag(
+        p,
+        "--verbose",
+        field="keep.verbose",
+        type=int,
+        default=KeepOptions.verbose,
+        choices=VERBOSITY,
         help="Keras fit output on stderr: 0 none, 1 progress bar, 2 one line per epoch (default)",
-    )  # fmt: skip
-    _flag(
-        p, "-q --quiet", "keep.quiet", action="store_true",
+    )
+    add_flag(
+        p,
+        "-q",
+        "--quiet",
+        field="keep.quiet",
+        action="store_true",
         help="no log lines or Keras output (same as --verbose 0)",
-    )  # fmt: skip
+    )
 
 
 def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from commandline.console import EXIT_INTERRUPTED, EXIT_OK, report_error, setup_logging
-from commandline.flags import groups
+from commandline.flags import add_flag, groups
 from melshards.errors import MelShardsError
 from precompute.backends import BACKENDS
 from precompute.commands import COMMANDS
@@ -39,78 +39,79 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     from precompute.config_files import preset_names
 
     g = p.add_argument_group("feature config (preset < --config file < --set)")
-    g.add_argument(
+    add_flag(
+        g,
         "--preset",
-        dest="config.preset",
-        metavar="PRESET",
+        field="config.preset",
         help=f"start from this preset: {', '.join(preset_names())} (`precompute config --list`); "
         "default: the file's, or default",
     )
-    g.add_argument(
+    add_flag(
+        g,
         "--config",
-        dest="config.file",
+        field="config.file",
         type=Path,
         metavar="TOML",
         help="TOML file: any parameter, may name a preset",
     )
-    g.add_argument(
+    add_flag(
+        g,
         "--set",
+        field="config.overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        dest="config.overrides",
         help="override one parameter, e.g. --set n_mels=96 (repeatable; `precompute config` lists them)",
     )
-    g.add_argument(
+    add_flag(
+        g,
         "--shard-size",
-        dest="config.shard_size",
-        metavar="SHARD_SIZE",
+        field="config.shard_size",
         type=int,
         help="examples per shard (same as --set shard_size=N)",
     )
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--jobs",
-        dest="run.jobs",
-        metavar="JOBS",
-        type=int,
-        default=None,
-        help="parallel shard jobs (default: all cores)",
+    add_flag(
+        p, "--jobs", field="run.jobs", type=int, default=None, help="parallel shard jobs (default: all cores)"
     )
-    p.add_argument(
+    add_flag(
+        p,
         "--backend",
-        dest="run.backend",
+        field="run.backend",
         default="loky",
         choices=BACKENDS,
         help="joblib backend; dask and ray run on a cluster (default loky)",
     )
-    p.add_argument(
+    add_flag(
+        p,
         "--scheduler",
         "--address",
-        dest="run.scheduler",
+        field="run.scheduler",
         metavar="ADDR",
         help="join a running cluster: Dask scheduler (tcp://HOST:8786) or Ray address (HOST:6379); "
         "without it dask and ray start a local cluster of --jobs workers",
     )
-    p.add_argument(
+    add_flag(
+        p,
         "--on-error",
-        dest="run.on_error",
+        field="run.on_error",
         default="skip",
         choices=["skip", "fail"],
         help="skip: record bad rows/recordings in failures.jsonl and go on; fail: stop at the first",
     )
-    p.add_argument(
+    add_flag(
+        p,
         "--overwrite",
-        dest="run.overwrite",
+        field="run.overwrite",
         action="store_true",
         help="replace a feature set of the other kind (labelled or windows) in --out",
     )
-    p.add_argument(
+    add_flag(
+        p,
         "--stage",
-        dest="run.stage",
-        metavar="STAGE",
+        field="run.stage",
         type=Path,
         help="with --out URL: the local directory the shards are built in before they are "
         "uploaded (default $MELSHARDS_CACHE/out/NAME)",
@@ -119,62 +120,69 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def _add_annotation_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("annotations (docs/annotations.md; also an [annotations] table in --config)")
-    g.add_argument(
+    add_flag(
+        g,
         "--tp",
-        dest="annotations.tp",
-        metavar="TP",
+        field="annotations.tp",
         type=Path,
         help="CSV of calls: RFCX columns (train_tp.csv), or any, mapped by --columns",
     )
-    g.add_argument(
+    add_flag(
+        g,
         "--fp",
-        dest="annotations.fp",
-        metavar="FP",
+        field="annotations.fp",
         type=Path,
         help="CSV of confirmed false positives, same columns as --tp",
     )
-    g.add_argument(
+    add_flag(
+        g,
         "--columns",
-        dest="annotations.columns",
+        field="annotations.columns",
         metavar="MAP",
         help="which column holds each field in --tp/--fp/--clips, e.g. "
         "recording_id=file,species_id=label,t_min=start,t_max=end",
     )
-    g.add_argument(
+    add_flag(
+        g,
         "--raven",
-        dest="annotations.raven",
+        field="annotations.raven",
         type=Path,
         metavar="PATH",
         help="a Raven selection table, or a folder of them",
     )
-    g.add_argument(
+    add_flag(
+        g,
         "--clips",
-        dest="annotations.clips",
+        field="annotations.clips",
         type=Path,
         metavar="CSV",
         help="clip-level labels: a file column and a label column",
     )
-    g.add_argument(
+    add_flag(
+        g,
         "--class-folders",
-        dest="annotations.class_folders",
+        field="annotations.class_folders",
         action="store_true",
         help="one folder of clips per class in --audio-dir; each clip is labelled with its folder",
     )
-    g.add_argument(
+    add_flag(
+        g,
         "--label-column",
-        dest="annotations.label_column",
+        field="annotations.label_column",
         metavar="NAME",
         help="the labels' column in --raven/--clips (default: Annotation, Species, label, category, ...)",
     )
-    g.add_argument(
+    add_flag(
+        g,
         "--label-separator",
-        dest="annotations.label_separator",
+        field="annotations.label_separator",
         metavar="SEP",
         help="between several labels of one clip (default ;)",
     )
-    g.add_argument(
+    add_flag(
+        g,
         "--classes",
-        dest="annotations.classes",
+        field="annotations.classes",
         metavar="LIST",
         help="the class list, in order (a,b,c; other labels are rejected), or species_songtype "
         "(a class per species and songtype); default: the labels found, or --set n_classes=N ids",
@@ -200,38 +208,28 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_demo_data_command(sub, quiet: argparse.ArgumentParser) -> None:
     p = sub.add_parser("demo-data", parents=[quiet], help="synthesize the embedded RFCX-like demo dataset")
     p.add_argument("out", type=Path, help="output directory, e.g. data/demo")
-    p.add_argument("--seed", dest="demo.seed", metavar="SEED", type=int, default=0)
-    p.add_argument(
-        "--recordings",
-        dest="demo.recordings",
-        metavar="RECORDINGS",
-        type=int,
-        default=96,
-        help="train recordings (default 96)",
+    add_flag(p, "--seed", field="demo.seed", type=int, default=0)
+    add_flag(
+        p, "--recordings", field="demo.recordings", type=int, default=96, help="train recordings (default 96)"
     )
-    p.add_argument(
+    add_flag(
+        p,
         "--test-recordings",
-        dest="demo.test_recordings",
-        metavar="TEST_RECORDINGS",
+        field="demo.test_recordings",
         type=int,
         default=24,
         help="test recordings (default 24)",
     )
-    p.add_argument(
+    add_flag(
+        p,
         "--label-fraction",
-        dest="demo.label_fraction",
-        metavar="LABEL_FRACTION",
+        field="demo.label_fraction",
         type=float,
         default=1.0,
         help="share of the train calls listed in train_tp.csv, the rest left unlabelled (default 1)",
     )
-    p.add_argument(
-        "--jobs",
-        dest="demo.jobs",
-        metavar="JOBS",
-        type=int,
-        default=None,
-        help="parallel jobs (default: all cores)",
+    add_flag(
+        p, "--jobs", field="demo.jobs", type=int, default=None, help="parallel jobs (default: all cores)"
     )
 
 
@@ -267,17 +265,18 @@ def _add_windows_command(sub, quiet: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", required=True, help="feature set directory, or a URL (s3://bucket/prefix, gs://...)"
     )
-    p.add_argument(
+    add_flag(
+        p,
         "--step",
-        dest="windows.step",
-        metavar="STEP",
+        field="windows.step",
         type=float,
         default=5.0,
         help="seconds between window starts (default 5)",
     )
-    p.add_argument(
+    add_flag(
+        p,
         "--files",
-        dest="windows.files",
+        field="windows.files",
         type=Path,
         metavar="LIST.txt",
         help="read only the files this lists: one path per line, relative to --audio-dir "
