@@ -17,7 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from experiments.train_options import TrainOptions
+from experiments.train_options import TrainOptions, train_augmentation
 from loader import ShardSequence
 from loader.augment import Augment
 from loader.options import BatchOptions, BuildOptions, LoaderOptions, SplitOptions
@@ -141,7 +141,7 @@ def make_sequences(
         split=SplitOptions(fold=fold, n_folds=n_folds),
         batch=BatchOptions(batch_size=batch_size, seed=seed),
         build=BuildOptions(workers=workers, in_memory=in_memory),
-        augment=Augment(mixup_p=mixup) if augment else Augment.off(),
+        augment=train_augmentation(augment, mixup),
         crop_seconds=crop_seconds,
         soft_labels=soft_labels,
     )

@@ -53,6 +53,11 @@ def _number(name: str, value: Any, *, low: float | None = None, high: float | No
     return number if low is None and high is None else check_number(name, number, low=low, high=high)
 
 
+def train_augmentation(augment: bool, mixup: float) -> Augment:
+    """What the training batches get: the loader's defaults plus ``mixup``, or nothing."""
+    return Augment(mixup_p=mixup) if augment else Augment.off()
+
+
 @dataclasses.dataclass(frozen=True)
 class DataOptions:
     """What to train on.
@@ -90,8 +95,8 @@ class DataOptions:
 
     @property
     def augmentation(self) -> Augment:
-        """What the training batches get: the loader's defaults plus mixup, or nothing."""
-        return Augment(mixup_p=self.mixup) if self.augment else Augment.off()
+        """What the training batches get (``train_augmentation``)."""
+        return train_augmentation(self.augment, self.mixup)
 
 
 @dataclasses.dataclass(frozen=True)
