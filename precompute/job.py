@@ -21,7 +21,7 @@ from melshards.shard import ShardExample, write_shard
 from precompute import publish
 from precompute.audio import decode, probe, read_span
 from precompute.errors import AudioError
-from precompute.mel import log_mel, log_mel_of_power, mel_power_frames
+from precompute.mel import log_mel, log_mel_of_power, mel_power_frames, own_edges
 from precompute.plan import RecordingTask, ShardJob
 from precompute.shard_result import ShardResult, failure_record
 from precompute.windows import (
@@ -230,6 +230,7 @@ def window_mels(
                     power_of[f] = (power[:, f - first : f - first + n_frames], y, offset)
         for f in frames:
             power, y, offset = power_of[f]
+            power = own_edges(power, y, offset, f, config=config)
             mel = log_mel_of_power(power, config=config)
             out.append((_finite(mel, y, f * hop - offset, config, source.path, f * hop / sr), f * hop / sr))
     return out

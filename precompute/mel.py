@@ -182,6 +182,49 @@ def mel_power_frames(
     return out
 
 
+def edge_frames(config: FeatureConfig) -> tuple[int, int]:
+    """(leading, trailing) frames of a window whose STFT reaches beyond the window's own samples.
+
+    Frame ``k`` of a window of ``n`` samples reads samples ``k * hop - n_fft // 2`` up to
+    ``n_fft`` later (``center=True``); those before 0 or from ``n`` on are the window's zero
+    padding when the window is computed alone, but its neighbours' audio in a shared STFT.
+    """
+    n, hop, n_fft = int(round(config.window_seconds * config.sample_rate)), config.hop_length, config.n_fft
+    half = n_fft // 2
+    frames = np.arange(config.n_frames)
+    leading = int(np.count_nonzero(frames * hop - half < 0))
+    trailing = int(np.count_nonzero(frames * hop - half + n_fft > n))
+    return leading, trailing
+
+
+def own_edges(
+    power: np.ndarray, y: np.ndarray, offset: int, first: int, *, config: FeatureConfig
+) -> np.ndarray:
+    """A window's mel power from a shared STFT, its edge frames recomputed from its own samples.
+
+    ``power`` holds the window's ``n_frames`` frames as the shared STFT gave them; ``y`` the
+    signal from sample ``offset`` on; the window starts at frame ``first``. The frames whose
+    reach passes the window's ends (``edge_frames``) are computed again seeing only the
+    window's samples and zeros beyond them, so that every value equals the window computed
+    alone; the interior frames, the same either way, are shared.
+    """
+    hop, n_frames = config.hop_length, config.n_frames
+    lo = first * hop
+    hi = lo + int(round(config.window_seconds * config.sample_rate))
+    a, b = max(lo, offset), max(min(hi, offset + y.size), max(lo, offset))
+    own = y[a - offset : b - offset]
+    leading, trailing = edge_frames(config)
+    if leading + trailing >= n_frames:
+        return mel_power_frames(own, first, n_frames, config=config, offset=a)
+    power = power.copy()
+    if leading:
+        power[:, :leading] = mel_power_frames(own, first, leading, config=config, offset=a)
+    if trailing:
+        end = n_frames - trailing
+        power[:, end:] = mel_power_frames(own, first + end, trailing, config=config, offset=a)
+    return power
+
+
 def _db(S: np.ndarray, config: FeatureConfig) -> np.ndarray:
     """librosa's ``power_to_db`` / ``amplitude_to_db`` formulas, in float32."""
     if config.db == "amplitude":  # amplitude_to_db of the (power) spectrogram: square it first

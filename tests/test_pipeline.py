@@ -57,20 +57,21 @@ def test_shard_round_trip_with_plain_h5py_equals_direct_computation(tiny_run):
         ev_species = h5["events/species_id"][:]
     y = decode(paths["audio"] / f"{rid}.flac", sample_rate=16000)
     # share_frames (the default): the window starts on the hop grid, nearest to where the event
-    # places it, and its frames are the recording's frames from there.
+    # places it, and its values are those of its own samples computed alone: the recording's
+    # shared frames inside, its own zero-padded frames at its edges.
     hop = TINY.hop_length
     placed = place_window(t_min, t_max, length=TINY.window_seconds, recording_seconds=8.0)
     frame = int(round(placed * 16000 / hop))
     assert start == frame * hop / 16000 and abs(start - placed) <= hop / 2 / 16000
-    power = mel_power_frames(y, frame, TINY.n_frames, config=TINY)
-    np.testing.assert_array_equal(stored, log_mel_of_power(power, config=TINY).astype(np.float16))
-    # Away from the window's edges (frames whose samples all lie inside it) the shared frames are
-    # the window's own, computed alone and zero-padded at its ends.
     first = frame * hop
     alone = mel_power(y[first : first + int(TINY.window_seconds * 16000)], config=TINY)
+    np.testing.assert_allclose(
+        stored.astype(np.float32), log_mel_of_power(alone, config=TINY), rtol=0, atol=2.0**-11
+    )
+    shared = mel_power_frames(y, frame, TINY.n_frames, config=TINY)
     inner = slice(TINY.n_fft // (2 * hop), TINY.n_frames - TINY.n_fft // (2 * hop))
-    np.testing.assert_allclose(power[:, inner], alone[:, inner], rtol=1e-6)
-    assert not np.allclose(power[:, 0], alone[:, 0], rtol=1e-3)  # the edges see real audio
+    np.testing.assert_allclose(shared[:, inner], alone[:, inner], rtol=1e-6)
+    assert not np.allclose(shared[:, 0], alone[:, 0], rtol=1e-3)  # a shared edge frame sees real audio
     # rec0: TP sp0 [1,2], FP sp2 [1.2,1.8], TP sp1 [5,6.5]. Windows sorted by event time:
     # sp0 -> window [0, 2.5]: sp0 positive, sp2 confirmed negative, sp1 absent.
     np.testing.assert_array_equal(labels[0], [1, -1, 0, -1])
