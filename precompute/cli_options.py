@@ -23,6 +23,8 @@ group                   flags
 
 These hold what was given and nothing more: every value is checked where it is used (the
 feature config, the run driver, the demo synthesizer), with the same messages as from Python.
+``AnnotationOptions`` refuses an empty text flag (``--label-separator ""``) itself: it would
+read as a flag not given.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from melshards.config import FeatureConfig
+from melshards.errors import ConfigError
 from precompute.config_files import load_config, parse_set, preset_values, read_toml
 
 
@@ -57,6 +60,15 @@ class ConfigOptions:
         return given or (self.file is not None and "n_classes" in read_toml(self.file))
 
 
+# The annotation flags whose value may not be empty: field -> (flag, what to give instead).
+NOT_EMPTY = {
+    "columns": ("--columns", "give field=column pairs, e.g. recording_id=file,t_min=start"),
+    "label_column": ("--label-column", "give the name of the labels' column"),
+    "label_separator": ("--label-separator", "give the text between several labels of one clip"),
+    "classes": ("--classes", "give class names (a,b,c) or species_songtype"),
+}
+
+
 @dataclass(frozen=True)
 class AnnotationOptions:
     """The annotation inputs of ``precompute features`` and how to read them (docs/annotations.md).
@@ -73,6 +85,12 @@ class AnnotationOptions:
     label_column: str | None = None
     label_separator: str | None = None
     classes: str | None = None  # "a,b,c" or "species_songtype"
+
+    def __post_init__(self) -> None:
+        # An empty value would read as "not given" and quietly become the default.
+        for name, (flag, hint) in NOT_EMPTY.items():
+            if getattr(self, name) == "":
+                raise ConfigError(f"{flag} is empty; {hint}, or leave the flag out for the default")
 
     @property
     def any_input(self) -> bool:

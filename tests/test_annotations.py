@@ -4,6 +4,7 @@ class lists (from the data, given, n_classes, species x songtype); extra columns
 rejected manifest; string class names through training and prediction."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from melshards.errors import ConfigError
 from melshards.index import read_index
 from melshards.names import EVENT_FP, EVENT_TP, FAILURES_FILE
 from precompute.cli import main
+from precompute.cli_options import AnnotationOptions
 from precompute.demo_formats import convert, species_name
 from precompute.errors import ManifestError
 from precompute.inputs.annotations import Annotations, parse_columns, raven_recording
@@ -289,6 +291,25 @@ def test_options_parse_and_refuse_with_one_line():
         Annotations("raven", "t.txt", kind=EVENT_FP)
 
 
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--label-separator", "--label-separator is empty; give the text between several labels of one clip"),
+        ("--label-column", "--label-column is empty; give the name of the labels' column"),
+        ("--columns", "--columns is empty; give field=column pairs, e.g. recording_id=file,t_min=start"),
+        ("--classes", "--classes is empty; give class names (a,b,c) or species_songtype"),
+    ],
+)
+def test_an_empty_annotation_flag_is_refused_not_taken_for_the_default(tmp_path, capsys, flag, message):
+    message += ", or leave the flag out for the default"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        AnnotationOptions(**{flag[2:].replace("-", "_"): ""}, class_folders=True)
+    argv = ["--audio-dir", str(tmp_path), "--class-folders", flag, ""]
+    assert features(argv, tmp_path / "out") == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"precompute features: error: {message}"
+    assert not (tmp_path / "out").exists()
+
+
 def test_recordings_named_by_their_files():
     assert file_reference("a") == ("a", None)
     assert file_reference("a.WAV") == ("a", "a.WAV")
@@ -306,14 +327,15 @@ def test_raven_begin_file_and_offset_and_a_missing_label_column(tmp_path):
         name="Raven table",
         columns={"recording_id": ("Begin File",), "t_min": ("Begin Time (s)",), "t_max": ("End Time (s)",),
                  "species_id": ("Sound",)},
-        delimiter="\t", file_names=True, once_per="Selection", offset="File Offset (s)", nyquist=8000.0,
+        delimiter="\t", file_names=True, selection="Selection", view="View", offset="File Offset (s)",
+        nyquist=8000.0,
     )  # fmt: skip
     failures, ignored = [], {}
     rows = list(iter_manifest(table, kind=EVENT_TP, layout=layout, failures=failures, ignored=ignored))
     assert [(r.recording_id, r.path, r.t_min, r.t_max, r.f_min, r.f_max) for r in rows] == [
         ("b", "b.wav", 2.5, 3.0, 0.0, 8000.0)
     ]
-    assert ignored == {"list.txt": ["View", "Notes"]} and failures == []
+    assert ignored == {"list.txt": ["Notes"]} and failures == []
     from precompute.inputs.annotations import raven_layout
 
     with pytest.raises(

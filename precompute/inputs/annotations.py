@@ -16,12 +16,14 @@ of every format is validated, coded to a class and reported the same way:
     ``.Table.1.selections.txt`` (or ``.selections.txt``, ``.txt``), or the ``Begin File``
     column; with ``File Offset (s)`` the times are taken relative to that file. The label
     column is ``label_column`` or the first of ``RAVEN_LABELS`` present. A selection listed
-    once per view (``Waveform 1``, ``Spectrogram 1``) is read once.
+    once per view (``Waveform 1``, ``Spectrogram 1``) is read once; its number alone does not
+    identify it (``Layout.selection``).
 ``clips``
     Clip-level labels: a CSV of a file column (``FILE_COLUMNS``) and a label column
     (``LABEL_COLUMNS``) holding one label or several separated by ``separator``; or
-    (``class_folders``) one folder per class in the audio directory. A clip's label is an
-    event over the whole clip, its length read from the audio file's header at plan time.
+    (``class_folders``) one folder per class in the audio directory, its name the class name
+    as written (``precompute.inputs.class_folders``). A clip's label is an event over the
+    whole clip, its length read from the audio file's header at plan time.
 
 Fields without a column take defaults: ``songtype_id`` 0, ``f_min`` 0 Hz, ``f_max`` the
 Nyquist frequency of the feature config (``sample_rate / 2``): the whole band the features
@@ -44,11 +46,12 @@ import soundfile as sf
 from melshards.config import FeatureConfig
 from melshards.errors import ConfigError
 from melshards.names import EVENT_FP, EVENT_TP
-from precompute.audio import AUDIO_EXTENSIONS, find_audio
+from precompute.audio import find_audio
 from precompute.errors import AudioError, ManifestError
+from precompute.inputs.class_folders import folder_rows
 from precompute.inputs.classes import ClassCoder, ClassSpec, parse_class_option
 from precompute.inputs.layout import FIELDS, RFCX, Layout
-from precompute.inputs.manifest import iter_manifest, parse_row
+from precompute.inputs.manifest import iter_manifest
 from precompute.inputs.row_table import Row, RowFailure
 
 FORMATS = ("rfcx", "events", "raven", "clips", "class_folders")
@@ -218,7 +221,12 @@ def iter_annotations(
             yield from iter_manifest(item.path, kind=EVENT_TP, layout=layout, **common)
         else:
             yield from folder_rows(
-                item.path, config=config, classes=classes, on_error=on_error, failures=failures
+                item.path,
+                lengths=clip_lengths(item.path),
+                nyquist=nyquist,
+                classes=classes,
+                on_error=on_error,
+                failures=failures,
             )
 
 
@@ -259,7 +267,8 @@ def raven_layout(table: Path, *, label_column: str | None, nyquist: float) -> La
         delimiter="\t",
         file_names=True,
         recording=raven_recording(table),
-        once_per="Selection",
+        selection="Selection",
+        view="View",
         offset="File Offset (s)",
         nyquist=nyquist,
     )
@@ -305,32 +314,3 @@ def clip_lengths(audio_dir: Path):
         return info.frames / info.samplerate
 
     return length
-
-
-def folder_rows(
-    audio_dir: Path, *, config: FeatureConfig, classes: ClassCoder, on_error: str, failures: list[RowFailure]
-) -> Iterator[Row]:
-    """A clip row per audio file in each class folder of ``audio_dir`` (its sub-folders too),
-    labelled with the folder's name; folders and files in name order."""
-    if not audio_dir.is_dir():
-        raise ManifestError(f"{audio_dir}: audio directory not found")
-    folders = sorted(p for p in audio_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise ManifestError(f"{audio_dir}: no class folders (one folder of clips per class)")
-    lengths = clip_lengths(audio_dir)
-    layout = Layout(
-        name="class folder", file_names=True, clip_seconds=lengths, nyquist=config.sample_rate / 2
-    )
-    for folder in folders:
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-        for path in files:
-            relative = path.relative_to(audio_dir).as_posix()
-            fields = {**layout.defaults(), "recording_id": relative, "species_id": folder.name}
-            try:
-                yield parse_row(
-                    fields, kind=EVENT_TP, source=relative, line=0, classes=classes, layout=layout
-                )
-            except ValueError as err:
-                if on_error == "fail":
-                    raise ManifestError(f"{relative}: {err}") from None
-                failures.append(RowFailure(relative, 0, relative, str(err)))

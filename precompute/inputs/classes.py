@@ -2,8 +2,10 @@
 
 A label is what an annotation names: a species id (``3``) or a name (``"Turdus merula"``).
 Numeric ids are named ``s<id>`` (RFCX's submission columns ``s0..s23``); other labels keep
-their text. With the ``species_songtype`` scheme a class is a (label, songtype) pair, named
-``<label>_t<songtype>`` (``s3_t1``): RFCX's 26 classes.
+their text. A label taken as written (``ClassCoder.code(..., verbatim=True)``, a class
+folder's name) is a class name, never an id: ``3`` is class ``3``. With the
+``species_songtype`` scheme a class is a (label, songtype) pair, named ``<label>_t<songtype>``
+(``s3_t1``): RFCX's 26 classes.
 
 Where the list comes from (``ClassSpec``):
 
@@ -132,20 +134,26 @@ class ClassCoder:
         """Whether ``code`` gives final indexes (the list is known before reading)."""
         return self._given is not None or (self.spec.count is not None and not self.songtypes)
 
-    def code(self, label: str, songtype: int, *, field: str | None = None) -> int:
-        """The class index of one row's label (final or provisional; see ``direct``)."""
-        known = self._known.get((label, songtype))
+    def code(self, label: str, songtype: int, *, field: str | None = None, verbatim: bool = False) -> int:
+        """The class index of one row's label (final or provisional; see ``direct``).
+
+        verbatim : the label is a class name as written (a class folder's): ``3`` is class
+            ``3``, not the id 3; with a ``count``, it must be one of ``s0..s<count-1>``
+        """
+        known = self._known.get((label, songtype, verbatim))
         if known is not None:
             return known
-        code = self._code(label, songtype, field=field or self.field)
-        self._known[(label, songtype)] = code
+        code = self._code(label, songtype, field=field or self.field, verbatim=verbatim)
+        self._known[(label, songtype, verbatim)] = code
         return code
 
-    def _code(self, label: str, songtype: int, *, field: str) -> int:
+    def _code(self, label: str, songtype: int, *, field: str, verbatim: bool) -> int:
         if not label:
             raise ValueError(f"{field} is empty")
-        numeric = _INTEGER.fullmatch(label) is not None
+        numeric = not verbatim and _INTEGER.fullmatch(label) is not None
         if self.spec.count is not None and self._given is None and not self.songtypes:
+            if verbatim:
+                return _listed_id(label, self.spec.count)
             if not numeric:
                 raise ValueError(f"{field} {label!r} is not an integer")
             if not 0 <= int(label) < self.spec.count:
@@ -153,7 +161,7 @@ class ClassCoder:
             return int(label)
         if numeric and int(label) < 0:
             raise ValueError(f"{field} {int(label)} is negative; class ids start at 0")
-        name = label_name(label)
+        name = label if verbatim else label_name(label)
         if self.songtypes:
             name = f"{name}_t{songtype}"
         if self._given is not None:
@@ -199,6 +207,14 @@ class ClassCoder:
         final = {name: k for k, name in enumerate(names)}
         remap = np.array([final[name] for name in found], dtype=np.int16)
         return names, remap
+
+
+def _listed_id(name: str, count: int) -> int:
+    """The index of class ``name`` in the list ``s0..s<count-1>``; ValueError if it is not one."""
+    match = re.fullmatch(r"s(0|[1-9][0-9]*)", name)
+    if match is None or int(match[1]) >= count:
+        raise ValueError(f"class {name!r} is not in the class list s0..s{count - 1} (n_classes {count})")
+    return int(match[1])
 
 
 def _listing(names: tuple[str, ...], *, most: int = 8) -> str:

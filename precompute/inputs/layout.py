@@ -33,14 +33,21 @@ class Layout:
     file_names : recording references are audio file names relative to the audio
         directory (``site2/a.wav`` is recording ``site2/a``, read from that file)
     recording : the recording of every row without a recording column (a Raven table's)
-    once_per : a column whose repeated values are read once: Raven lists a selection once
-        per view (waveform, spectrogram), with the same number
+    selection : a column numbering selections (Raven's ``Selection``). Raven lists a
+        selection once per view (``Waveform 1``, ``Spectrogram 1``, the ``view`` column): a
+        row whose number and fields equal those of a row of another view is read once. The
+        number alone identifies nothing: tables of several files (``Begin File``) restart or
+        repeat it, so rows of one number with other times, frequencies, file or label are
+        other selections, and a row equal to one of the same view is a duplicate (reported)
+    view : the column naming each row's view (Raven's ``View``)
     offset : a column of start offsets in the recording (Raven's ``File Offset (s)``): the
         event then starts there and lasts ``t_max - t_min``
     separator : several labels in one field (clip lists): one row per label
     clip_seconds : clip lists: ``f(recording_id, path)`` gives the clip's length; each label
         is then an event from 0 to that length
     nyquist : the default ``f_max`` (Hz); None makes an ``f_max`` column required
+    label_names : labels are class names as written (class folders): ``3`` is class ``3``,
+        never the id 3 (class ``s3``)
     """
 
     name: str = "RFCX manifest"
@@ -51,11 +58,13 @@ class Layout:
     delimiter: str = ","
     file_names: bool = False
     recording: str | None = None
-    once_per: str | None = None
+    selection: str | None = None
+    view: str | None = None
     offset: str | None = None
     separator: str | None = None
     clip_seconds: Callable[[str, str | None], float] | None = None
     nyquist: float | None = None
+    label_names: bool = False
 
     def required(self) -> tuple[str, ...]:
         fields = [f for f in REQUIRED if not (f == "recording_id" and self.recording is not None)]

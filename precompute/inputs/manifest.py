@@ -82,7 +82,7 @@ def parse_row(
             f"songtype_id {songtype} is outside {SONGTYPE_MIN}..{SONGTYPE_MAX} (int16 in the shards)"
         )
     label = (fields["species_id"] or "").strip()
-    species = coder.code(label, songtype, field=names["species_id"])
+    species = coder.code(label, songtype, field=names["species_id"], verbatim=layout.label_names)
     t_min = _number(fields["t_min"], names["t_min"], float)
     t_max = _number(fields["t_max"], names["t_max"], float)
     f_min = _number(fields["f_min"], names["f_min"], float)
@@ -170,7 +170,8 @@ class _Context:
     on_error: str
     failures: list[RowFailure]
     ignored: dict[str, list[str]] | None
-    seen: set[str] = dataclasses.field(default_factory=set)  # values of ``layout.once_per`` read so far
+    # (selection number, field texts) -> records of it read per view (``layout.selection``)
+    views: dict[tuple[str, ...], dict[str, int]] = dataclasses.field(default_factory=dict)
     defaults: dict[str, str] = dataclasses.field(default_factory=dict)  # ``layout.defaults()``
 
 
@@ -226,11 +227,8 @@ def _record_rows(
             raise ValueError(f"{len(record)} fields, header has {len(header)}")
         fields = {f: record[k] for f, k in positions.items()}
         fields.update(missing)
-        if "once_per" in fields:
-            key = fields.pop("once_per").strip()
-            if key in context.seen:
-                return []
-            context.seen.add(key)
+        if ("selection" in fields or "view" in fields) and _another_view(fields, context.views):
+            return []
         kind, coder = context.kind, context.coder
         if not layout.separator:
             return [
@@ -264,6 +262,20 @@ def _record_rows(
         return []
 
 
+def _another_view(fields: dict[str, str], views: dict[tuple[str, ...], dict[str, int]]) -> bool:
+    """Whether the record is a selection read before, listed again for another view.
+
+    Pops the ``selection`` and ``view`` fields. The k-th record of a selection in one view is
+    read when no other view had a k-th yet: a selection listed twice in every view is read
+    twice, and ``drop_duplicates`` reports the second (as every repeat in a table without views).
+    """
+    view = fields.pop("view", "").strip()
+    key = (fields.pop("selection", "").strip(), *(fields[f].strip() for f in sorted(fields)))
+    counts = views.setdefault(key, {})
+    counts[view] = counts.get(view, 0) + 1
+    return counts[view] <= max((n for v, n in counts.items() if v != view), default=0)
+
+
 def _resolve_header(
     header: list[str], *, source: str, context: _Context
 ) -> tuple[dict[str, int], dict[str, str]]:
@@ -273,8 +285,10 @@ def _resolve_header(
         raise ManifestError(f"{source} line 1: duplicate column names in {','.join(header)}")
     positions, names = {}, {}
     wanted = dict(layout.columns)
-    if layout.once_per:
-        wanted["once_per"] = (layout.once_per,)
+    if layout.selection:
+        wanted["selection"] = (layout.selection,)
+    if layout.view:
+        wanted["view"] = (layout.view,)
     if layout.offset:
         wanted["offset"] = (layout.offset,)
     for name, candidates in wanted.items():
