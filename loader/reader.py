@@ -16,6 +16,13 @@ nothing with a handle is pickled. Memory maps, checksum bitmaps and the in-RAM c
 plain memory, safe to inherit through ``fork``; they are dropped when pickling (``spawn``).
 A user's plain ``h5py.File`` on a shard, opened before or after this reader's, does not clash
 with it (``melshards.shard_open.open_shard``).
+
+Shards changed under an open reader: the per-example metadata and chunk offsets were read when
+the feature set was opened, so every read of a shard checks (``os.stat``, microseconds) that
+it is still that file (device, inode, size, modification time; ``ShardLayout.identity``):
+before a memory-mapped read (a map of a file cut short would fault) and after every read (a
+rewrite during it). A shard replaced, or rewritten in place by another build, is an
+IntegrityError naming it, never another file's values read at this file's offsets.
 """
 
 from __future__ import annotations
@@ -97,6 +104,9 @@ class MelReader:
         self._inherited_handles: list[dict[int, h5py.File]] = []
         self._maps: dict[int, _MappedShard] = {}
         self._cache: tuple[np.ndarray, np.ndarray] | None = None
+        # (path, identity) of each shard, for ``_check_unchanged``: the path as bytes, since
+        # os.stat spends longer converting a Path than in the system call
+        self._identities = [(os.fsencode(lay.path), lay.identity) for lay in self.features.shards]
 
     def __getstate__(self) -> dict:
         return {
@@ -154,9 +164,7 @@ class MelReader:
                 # The file checked when the feature set was opened, not one put in its place
                 # since (checking it again would cost milliseconds per shard).
                 if layout.identity is not None and file_identity(os.fstat(fh.fileno())) != layout.identity:
-                    raise FormatError(
-                        f"{layout.path}: shard was replaced since the feature set was opened; open it again"
-                    )
+                    raise self._replaced_error(s)
                 # a plain ndarray over the map: slicing a np.memmap runs Python code per slice
                 raw = np.memmap(fh, dtype=np.uint8, mode="r").view(np.ndarray)
             itemsize = self._dtype.itemsize
@@ -235,9 +243,47 @@ class MelReader:
         order = np.lexsort((rows, shard))
         sorted_shard = shard[order]
         bounds = [0, *(np.flatnonzero(sorted_shard[1:] != sorted_shard[:-1]) + 1).tolist(), order.shape[0]]
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=False):
-            group = order[lo:hi]
-            self._read_shard(int(sorted_shard[lo]), rows[group], crop_start[group], group, target)
+        shards = sorted_shard[bounds[:-1]].tolist()
+        # The shards' files are checked together, before and after the reads rather than
+        # between them: a system call between two gathers from memory maps costs more than one.
+        for s in shards:
+            if self._is_direct(s):  # a map of a file cut short since would fault (SIGBUS)
+                self._check_unchanged(s)
+        try:
+            for s, lo, hi in zip(shards, bounds[:-1], bounds[1:], strict=True):
+                group = order[lo:hi]
+                self._read_shard(s, rows[group], crop_start[group], group, target)
+        finally:
+            # A rewrite before or during the reads: the rows (or the error a read raised, such
+            # as a checksum failing) came from another file's bytes at this file's offsets.
+            for s in shards:
+                self._check_unchanged(s)
+
+    def _is_direct(self, s: int) -> bool:
+        """Whether shard ``s`` is read through its memory map (else through h5py)."""
+        return self.direct and self.features.shards[s].byte_offsets is not None
+
+    def _check_unchanged(self, s: int) -> None:
+        """IntegrityError unless shard ``s`` is still the file the feature set checked when it
+        was opened: same device, inode, size and modification time. A shard replaced since, or
+        rewritten in place (``cp other.h5 shard.h5`` keeps the inode), would otherwise be read
+        against the metadata of the file it was. A cached copy of a set at a URL (no identity)
+        was checked against the index's sha256 when fetched."""
+        path, identity = self._identities[s]
+        if identity is None:
+            return
+        try:
+            same = file_identity(os.stat(path)) == identity
+        except OSError:
+            same = False
+        if not same:
+            raise self._replaced_error(s)
+
+    def _replaced_error(self, s: int) -> IntegrityError:
+        return IntegrityError(
+            f"{self.features.shards[s].path}: shard was replaced since the feature set was opened; "
+            "open it again"
+        )
 
     def _read_shard(
         self, s: int, rows: np.ndarray, starts: np.ndarray, out_pos: np.ndarray, target: Target | CopyTarget
@@ -245,7 +291,7 @@ class MelReader:
         layout = self.features.shards[s]
         n_frames = self._n_frames
         quant = self._quant(layout.first + rows)
-        if layout.byte_offsets is None or not self.direct:
+        if not self._is_direct(s):
             values, offsets = self._read_rows_h5(s, rows)
             target.fill(values, offsets, starts, out_pos, n_frames, quant)
             return

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from melshards.config import FeatureConfig
 from melshards.errors import ConfigError, FormatError
 from melshards.files import atomic_write_text, fingerprint_of
 from melshards.index_fields import (
+    TOO_DEEP,
     as_count,
     as_floats,
     as_hex,
@@ -30,6 +31,7 @@ from melshards.index_fields import (
     as_texts,
     check_keys,
     is_int,
+    nesting_problem,
     short,
 )
 from melshards.names import FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, SET_KINDS, SHARD_SUFFIX
@@ -75,6 +77,11 @@ class ShardEntry:
             recordings=None if recordings is None else as_texts(recordings, f"{source} recordings"),
         )
         name = entry.file
+        if not name.isprintable():
+            # A NUL would fail every system call on the path; a newline would split messages.
+            raise FormatError(
+                f"{source} file: shard name {name!r} holds a control character (NUL, newline, ...)"
+            )
         if Path(name).name != name or name.startswith(".") or not name.endswith(SHARD_SUFFIX):
             raise FormatError(f"{source}: shard name {name!r} is not a plain file in the feature directory")
         return entry
@@ -197,6 +204,9 @@ class Index:
     @classmethod
     def from_dict(cls, data: Any, *, source: str = INDEX_FILE, root: Path | None = None) -> Index:
         """Validate every field of a parsed ``index.json``; FormatError names the first bad one."""
+        problem = nesting_problem(data)
+        if problem:
+            raise FormatError(f"{source}: malformed index: {problem}")
         _check_format(data, source)
         config = _config(data["config"], source)
         kind = data["kind"]
@@ -205,6 +215,11 @@ class Index:
         shards = _shards(data["shards"], source)
         classes, class_names = _classes(data, config.n_classes, source)
         stats = BinStats.from_dict(data["stats"], source=f"{source} stats")
+        if len(stats.mean) != config.n_mels:
+            raise FormatError(
+                f"{source} stats mean: {len(stats.mean)} bins, expected {config.n_mels} "
+                "(one per mel band, the config's n_mels)"
+            )
         versions, origin = _provenance(data, source)
         index = cls(
             fingerprint=as_text(data["fingerprint"], f"{source} fingerprint"),
@@ -260,6 +275,11 @@ def _check_format(data: Any, source: str) -> None:
 def _config(value: Any, source: str) -> FeatureConfig:
     """An index's ``config``; any problem with it is a FormatError."""
     config_data = as_mapping(value, f"{source} config")
+    for name, item in config_data.items():
+        if item is not None and not isinstance(item, str | int | float):
+            raise FormatError(
+                f"{source} config {name}: expected a number, a string or null, got {short(item)}"
+            )
     try:
         return FeatureConfig.from_dict(config_data, source=source)
     except (ConfigError, TypeError, ValueError, OverflowError) as err:
@@ -366,11 +386,19 @@ def read_index(root: str | os.PathLike, *, cache_root: Path | None = None) -> In
     if not path.is_file():
         hint = " (is a precompute run still going, or did it fail?)" if root.is_dir() else ""
         raise FormatError(f"{path}: no index; not a finished feature set{hint}")
+    return Index.from_dict(_parse(path.read_bytes, str(path)), source=str(path), root=root)
+
+
+def _parse(read: Callable[[], bytes], shown: str) -> Any:
+    """``index.json`` parsed (``read`` gives its bytes); FormatError naming ``shown`` when it
+    cannot be read or parsed."""
     try:
-        data = json.loads(path.read_text())
+        return json.loads(read())
+    except RecursionError:
+        # json's parser recurses once per level: a file nested thousands deep exhausts it.
+        raise FormatError(f"{shown}: malformed index: {TOO_DEEP}") from None
     except (OSError, ValueError) as err:
-        raise FormatError(f"{path}: unreadable index: {err}") from err
-    return Index.from_dict(data, source=str(path), root=root)
+        raise FormatError(f"{shown}: unreadable index: {err}") from err
 
 
 def _read_remote_index(url: str, *, cache_root: Path | None) -> Index:
@@ -379,10 +407,7 @@ def _read_remote_index(url: str, *, cache_root: Path | None) -> Index:
     text = remote.read_bytes_if_present(where)
     if text is None:
         raise FormatError(f"{shown}: no index; not a finished feature set (is a precompute run still going?)")
-    try:
-        data = json.loads(text)
-    except ValueError as err:
-        raise FormatError(f"{shown}: unreadable index: {err}") from err
+    data = _parse(lambda: text, shown)
     root = cache_root if cache_root is not None else shard_cache.ShardCache.at().set_dir(url)
     return Index.from_dict(data, source=shown, root=root)
 

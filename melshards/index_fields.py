@@ -15,6 +15,25 @@ from typing import Any
 
 from melshards.errors import FormatError
 
+# Lists and mappings nest at most this deep in an index (its own deepest, an annotation input
+# under ``source``, is 4). Deeper is no index, and would exhaust Python's recursion in whatever
+# walks it (printing, hashing, comparing).
+MAX_NESTING = 32
+TOO_DEEP = f"lists or mappings nested more than {MAX_NESTING} deep"
+
+
+def nesting_problem(value: Any) -> str | None:
+    """Why ``value`` (parsed JSON) nests too deeply to be an index, or None; walked without
+    recursion."""
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return TOO_DEEP
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend([(child, depth + 1) for child in children if isinstance(child, dict | list)])
+    return None
+
 
 def as_mapping(value: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):

@@ -21,6 +21,7 @@ from melshards.names import (
     RECORDING_ID,
     SET_LABELLED,
 )
+from melshards.shard_check import check_shard
 from melshards.shard_open import open_listed
 from melshards.shard_read import read_checked
 
@@ -35,11 +36,20 @@ def clip_line(text: str, width: int = WIDTH) -> str:
     return text[: keep - keep // 3] + "..." + text[len(text) - keep // 3 :]
 
 
-def _labels_and_recordings(index: Index, **where) -> tuple[np.ndarray, list[str]]:
-    """Every example's stored labels and recording; ``where``: ``open_listed``'s url and cache."""
+def _labels_and_recordings(
+    index: Index, *, url: str | None, cache: shard_cache.ShardCache | None
+) -> tuple[np.ndarray, list[str]]:
+    """Every example's stored labels and recording, from the shards of ``index`` (at ``url``
+    through ``cache`` for a set at a URL).
+
+    Each shard is checked against its entry first (``check_shard``: size, fingerprint, shapes),
+    so an index of another set, or shards swapped, is a FormatError naming the shard. The
+    fingerprint covers everything that shapes a shard's bytes; ``precompute verify`` hashes them.
+    """
     labels, recordings = [], []
     for entry in index.shards:
-        with open_listed(index, entry, **where) as h5:
+        with open_listed(index, entry, url=url, cache=cache) as h5:
+            check_shard(h5, entry, index.config, path=index.shard_path(entry), size=url is None)
             labels.append(read_checked(h5, LABELS))
             recordings += list(read_checked(h5, RECORDING_ID))
     n_classes = index.config.n_classes

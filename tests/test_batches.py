@@ -168,11 +168,13 @@ def test_process_workers_report_a_bad_chunk_like_in_process(tmp_path):
     seq = ShardSequence(root, split="all", batch_size=12, augment=False, shuffle=False, **MODES["processes"])
     first = seq.reader.features.shards[0]
     offset = int(first.byte_offsets[5]) + 100
+    st = os.stat(first.path)  # the disk flips it: in place, modification time kept
     with open(first.path, "r+b") as fh:  # flip one byte of example 5's chunk
         fh.seek(offset)
         byte = fh.read(1)
         fh.seek(offset)
         fh.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(first.path, ns=(st.st_atime_ns, st.st_mtime_ns))
     with pytest.raises(IntegrityError, match=r"shard-00000\.h5.*example 5"):
         seq[0]
     with pytest.raises(IntegrityError, match=r"shard-00000\.h5.*example 5"):

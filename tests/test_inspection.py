@@ -1,9 +1,18 @@
 """``precompute inspect`` on a synthetic feature set whose every stored value is known."""
 
+import json
 import re
+import shutil
+from pathlib import Path
 
+import h5py
+
+from melshards.files import sha256_file
+from melshards.index import read_index
+from melshards.names import INDEX_FILE
 from precompute.cli import main
 from precompute.inspection import WIDTH, inspect_lines
+from synthetic_features import LABELLED_SET, make_feature_set
 
 
 def test_inspect_fits_100_columns_and_prints_the_real_values(feats, table):
@@ -37,4 +46,54 @@ def test_cli_inspect_of_a_missing_feature_set_is_one_line_with_status_2(tmp_path
     assert (
         captured.err
         == f"precompute inspect: error: {tmp_path / 'nope' / 'index.json'}: no index; not a finished feature set\n"
+    )
+
+
+# -- an index that does not describe the shards beside it -----------------------------------------
+
+
+def own_fingerprints(root: Path) -> list[str]:
+    """Give every shard of ``root`` a fingerprint of its own, as the shards of a precompute run
+    have (each job's covers its rows), and make the index agree; the fingerprints, by shard."""
+    index = json.loads((root / INDEX_FILE).read_text())
+    for s, entry in enumerate(index["shards"]):
+        path = root / entry["file"]
+        with h5py.File(path, "r+") as h5:
+            h5.attrs["fingerprint"] = entry["fingerprint"] = f"{s:032x}"
+        entry["bytes"], entry["sha256"] = path.stat().st_size, sha256_file(path)
+    (root / INDEX_FILE).write_text(json.dumps(index))
+    return [entry["fingerprint"] for entry in index["shards"]]
+
+
+def test_inspect_refuses_two_shards_of_the_same_size_swapped(tmp_path, capsys):
+    root = make_feature_set(tmp_path / "set", **LABELLED_SET)
+    fingerprints = own_fingerprints(root)
+    first, second = root / "shard-00000.h5", root / "shard-00001.h5"
+    assert first.stat().st_size == second.stat().st_size
+    assert main(["inspect", str(root)]) == 0
+    capsys.readouterr()
+    first.rename(tmp_path / "swap.h5")
+    second.rename(first)
+    (tmp_path / "swap.h5").rename(second)
+    assert main(["inspect", str(root)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"precompute inspect: error: {first}: shard fingerprint '{fingerprints[1]}' disagrees with "
+        f"the index ('{fingerprints[0]}')\n"
+    )
+
+
+def test_inspect_refuses_the_index_of_another_set(tmp_path, capsys):
+    root = make_feature_set(tmp_path / "set", **LABELLED_SET)
+    other = make_feature_set(tmp_path / "other", min_overlap=0.3, seed=1, **LABELLED_SET)
+    shutil.copyfile(other / INDEX_FILE, root / INDEX_FILE)
+    theirs = read_index(other).shards[0].fingerprint
+    with h5py.File(root / "shard-00000.h5", "r") as h5:
+        ours = h5.attrs["fingerprint"]
+    assert ours != theirs and (root / "shard-00000.h5").stat().st_size == read_index(other).shards[0].bytes
+    assert main(["inspect", str(root)]) == 2
+    assert capsys.readouterr().err == (
+        f"precompute inspect: error: {root / 'shard-00000.h5'}: shard fingerprint '{ours}' disagrees with "
+        f"the index ('{theirs}')\n"
     )

@@ -1,4 +1,5 @@
-"""The loader reads only what the index lists, inside the feature directory, as plain data."""
+"""The loader reads only what the index lists, inside the feature directory, as plain data; a
+hostile index is one line naming the file and the field, in every command that reads it."""
 
 import json
 
@@ -7,9 +8,11 @@ import numpy as np
 import pytest
 
 from loader import ShardSequence
+from loader.feature_set import FeatureSet
 from melshards.errors import FormatError
 from melshards.files import sha256_file
 from melshards.names import INDEX_FILE
+from precompute.cli import main as precompute_main
 from synthetic_features import make_feature_set
 
 
@@ -89,3 +92,58 @@ def test_files_not_in_the_index_are_never_opened(root):
     got = ShardSequence(root, split="all", shuffle=False, augment=False)[0]
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
+
+
+# -- hostile indexes: one line in inspect, verify and train ----------------------------------------
+
+
+def one_line_everywhere(root, message: str, capsys) -> None:
+    """``precompute inspect``, ``precompute verify`` and ``experiments.train`` each print
+    ``message`` as their one error line and exit 2; opening the set raises it."""
+    from experiments import train
+
+    for command in (["inspect", str(root)], ["verify", "-q", str(root)]):
+        assert precompute_main(command) == 2
+        captured = capsys.readouterr()
+        assert (captured.out, captured.err) == ("", f"precompute {command[0]}: error: {message}\n")
+    argv = ["--features", str(root), "--out", str(root.parent / "run"), "--epochs", "1", "-q"]
+    assert train.main(argv) == 2
+    assert capsys.readouterr().err == f"experiments.train: error: {message}\n"
+    with pytest.raises(FormatError) as raised:
+        FeatureSet(root)
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("depth", [40, 200_000])
+def test_an_index_nested_too_deep_is_one_line(root, capsys, depth):
+    index = json.loads((root / INDEX_FILE).read_text())
+    index["source"] = {"note": "@"}
+    text = json.dumps(index).replace('"@"', "[" * depth + "]" * depth)
+    (root / INDEX_FILE).write_text(text)
+    message = f"{root / INDEX_FILE}: malformed index: lists or mappings nested more than 32 deep"
+    one_line_everywhere(root, message, capsys)
+
+
+def test_a_nul_in_a_shard_name_is_one_line_naming_the_field(root, capsys):
+    index = json.loads((root / INDEX_FILE).read_text())
+    index["shards"][1]["file"] = "shard-\x0000001.h5"
+    (root / INDEX_FILE).write_text(json.dumps(index))
+    message = (
+        f"{root / INDEX_FILE} shards[1] file: shard name 'shard-\\x0000001.h5' holds a control "
+        "character (NUL, newline, ...)"
+    )
+    one_line_everywhere(root, message, capsys)
+
+
+def test_statistics_of_another_number_of_mel_bands_are_refused(tmp_path, capsys):
+    root = make_feature_set(tmp_path / "feat", n_recordings=2, per_recording=3, shard_size=3, n_mels=32)
+    index = json.loads((root / INDEX_FILE).read_text())
+    assert len(index["stats"]["mean"]) == 32
+    index["stats"].update(mean=[0.25], std=[0.5])
+    (root / INDEX_FILE).write_text(json.dumps(index))
+    message = f"{root / INDEX_FILE} stats mean: 1 bins, expected 32 (one per mel band, the config's n_mels)"
+    with pytest.raises(FormatError) as raised:
+        ShardSequence(root, split="all")
+    assert str(raised.value) == message
+    assert precompute_main(["inspect", str(root)]) == 2
+    assert capsys.readouterr().err == f"precompute inspect: error: {message}\n"

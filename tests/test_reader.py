@@ -289,11 +289,15 @@ def test_pickle_drops_handles(labelled_features):
 
 
 def flip_byte(path, position):
+    """Flip one bit as the disk would: in place, the modification time kept (a write through the
+    file system would change it, and the reader would refuse the shard as replaced)."""
+    st = os.stat(path)
     with open(path, "r+b") as fh:
         fh.seek(position)
         byte = fh.read(1)
         fh.seek(position)
         fh.write(bytes([byte[0] ^ 0x10]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def test_flipped_byte_raises_integrity_error(tmp_path):
