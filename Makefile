@@ -22,7 +22,8 @@ GRID   ?= experiments/grids/demo.toml
 .PHONY: help install features train predict sweep test bench lint format clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's|\$$(RUN)|$(RUN)|g' \
+		| awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(CORE): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +35,16 @@ $(TRAIN): $(CORE)
 	$(PY) -m pip install --quiet -e '.[tensorflow,plots]'
 	touch $@
 
+# The tests need any torch >= 2.1; a torch already installed stays. Otherwise a CPU build first,
+# where pip finds one (find-links, or an extra index that serves CPU builds):
+# the index's default torch is a CUDA build of several GB. Where none is served, the dev extra
+# installs the index's torch.
+TORCH_CPU ?= 2.13.0+cpu
+
 $(DEV): $(TRAIN)
+	$(PY) -m pip show torch >/dev/null 2>&1 \
+		|| $(PY) -m pip install --quiet 'torch==$(TORCH_CPU)' 2>/dev/null \
+		|| echo "no torch $(TORCH_CPU) (a CPU build) here: the dev extra installs the index's torch"
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -49,10 +59,10 @@ features: $(CORE) $(DEMO)/train_tp.csv  ## synthesize the demo data if missing, 
 	$(PY) -m precompute features --audio-dir $(DEMO)/train --tp $(DEMO)/train_tp.csv \
 		--fp $(DEMO)/train_fp.csv --out $(FEATS)
 
-train: $(TRAIN)  ## train the baseline on features/demo -> runs/$(RUN)/ (MODEL=, EPOCHS=, FOLD=)
+train: $(TRAIN) features  ## train the baseline on features/demo -> runs/$(RUN)/ (RUN=, MODEL=, EPOCHS=, FOLD=)
 	$(PY) -m experiments.train --features $(FEATS) --model $(MODEL) --epochs $(EPOCHS) --fold $(FOLD) --out runs/$(RUN)
 
-predict: $(TRAIN)  ## windows over the demo test set, submission CSV, test_lwlrap into runs/$(RUN)/metrics.json
+predict: $(TRAIN) $(DEMO)/train_tp.csv  ## score the demo test set with runs/$(RUN)/ (after make train): submission CSV, test_lwlrap
 	$(PY) -m precompute windows --audio-dir $(DEMO)/test --out $(TESTF) --step 5
 	$(PY) -m experiments.predict --model runs/$(RUN)/model.keras --features $(TESTF) \
 		--out runs/$(RUN)/submission.csv --truth $(DEMO)/test_ground_truth.csv --metrics runs/$(RUN)/metrics.json
@@ -62,7 +72,7 @@ sweep: $(TRAIN) features  ## train a grid of configurations x seeds on the demo 
 	$(PY) -m experiments.sweep $(GRID)
 
 .PHONY: preview
-preview: $(TRAIN)  ## pictures of features/demo: example spectrograms per species, augmentation
+preview: $(TRAIN) features  ## pictures of features/demo: example spectrograms per species, augmentation
 	$(PY) -m precompute preview $(FEATS) --out features/demo-preview.png
 
 test: $(DEV)  ## run the test suite

@@ -3,7 +3,9 @@
 Policies (documented in docs/troubleshooting.md):
 
 - more than one channel: channels are averaged to mono (what ``librosa.load`` does);
-- a sample rate other than the config's: resampled with soxr (high quality);
+- a sample rate other than the config's: resampled with soxr (high quality); one below
+  ``2 * fmax`` holds nothing in the top mel bands however it is resampled, which the run tells
+  once (``precompute.sample_rates``);
 - a recording id with two files (``a.flac`` and ``a.wav``): ``AudioError`` for its rows
   (``features``), a ``ConfigError`` before anything runs (``windows``); the tool does not
   guess which one is meant;

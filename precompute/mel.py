@@ -23,6 +23,11 @@ import numpy as np
 
 from melshards.config import FeatureConfig
 
+# The revision of this module's arithmetic, part of every shard's fingerprint: a change that
+# moves stored numbers takes the next one, so that feature sets rebuild. 2: with share_frames,
+# each window's edge frames are its own (``own_edges``).
+ARITHMETIC = "2"
+
 # librosa's floors: power_to_db clips at amin 1e-10; amplitude_to_db at 1e-5 (squared).
 POWER_AMIN = 1e-10
 AMPLITUDE_AMIN = 1e-5

@@ -2,8 +2,9 @@
 
 One job is one shard. A recording never spans two shards, so each recording is decoded once.
 Every job carries a fingerprint of everything that shapes its bytes (feature config, format
-version, library versions, the exact rows, the identity of the audio files), so a resumed
-run reuses a finished shard exactly when it would come out the same.
+version, the versions of the libraries that compute the numbers, the exact rows, the identity
+of the audio files), so a resumed run reuses a finished shard exactly when it would come out
+the same.
 
 Planning reads no audio: a recording's identity is its size and mtime (``os.stat``). It is
 linear in the manifest apart from sorting, and keeps rows as numpy records (``RowTable``):
@@ -41,16 +42,25 @@ from precompute.inputs.row_table import (
     drop_duplicates,
     drop_mixed_paths,
 )
+from precompute.mel import ARITHMETIC
 from precompute.packing import assign_shards
 
 NO_ROWS = RowTable(np.zeros(0, dtype=ROW_DTYPE), (), (), (None,))
 
-# The libraries whose versions can change the stored numbers: part of every job's fingerprint.
-VERSIONED_LIBRARIES = ("numpy", "librosa", "soundfile", "soxr", "h5py", "scipy")
+# The libraries that decode, resample and compute the stored numbers: their versions are part of
+# every job's fingerprint, so a new release of one of them rebuilds every shard. numba compiles
+# the fast path's mel kernel (precompute.mel_kernels).
+COMPUTING_LIBRARIES = ("numpy", "scipy", "librosa", "soundfile", "soxr", "numba")
+# The versions recorded in the index, for provenance: those above, and h5py, which only writes
+# the container (the numbers are cast by numpy before it sees them), so that installing an
+# extra that moves h5py (TensorFlow caps it) rebuilds nothing.
+VERSIONED_LIBRARIES = (*COMPUTING_LIBRARIES, "h5py")
+# This project's own arithmetic, recorded and fingerprinted beside the libraries' versions.
+ARITHMETIC_KEY = "precompute.mel"
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of the libraries whose numbers end up in the arrays ("absent" when missing)."""
+    """Versions of the libraries recorded in the index ("absent" when missing)."""
     import importlib.metadata as md
 
     versions = {}
@@ -59,6 +69,7 @@ def library_versions() -> dict[str, str]:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:
             versions[name] = "absent"
+    versions[ARITHMETIC_KEY] = ARITHMETIC
     return versions
 
 
@@ -122,8 +133,18 @@ def _locate(audio_dir: Path, recording_id: str, path: str | None) -> tuple[str |
         return None, str(err)
 
 
-def setup_key(*, config: dict, versions: dict, kind: str, step: float | None) -> str:
-    """The fingerprint of what all shards of a plan share: when it changes, a run plans afresh."""
+def computing_versions(versions: Mapping[str, str]) -> dict[str, str]:
+    """The part of recorded ``versions`` that fingerprints hold: the ``COMPUTING_LIBRARIES``."""
+    return {name: versions.get(name, "absent") for name in (*COMPUTING_LIBRARIES, ARITHMETIC_KEY)}
+
+
+def setup_key(*, config: dict, versions: Mapping[str, str], kind: str, step: float | None) -> str:
+    """The fingerprint of what all shards of a plan share: when it changes, a run plans afresh.
+
+    versions : the recorded library versions (``library_versions`` or an index's); only those
+        of the ``COMPUTING_LIBRARIES`` count
+    """
+    versions = computing_versions(versions)
     return fingerprint_of(
         {"format": FORMAT_VERSION, "config": config, "versions": versions, "kind": kind, "step": step}
     )
@@ -150,7 +171,7 @@ def _job(
         {
             "format": FORMAT_VERSION,
             "config": config,
-            "versions": versions,
+            "versions": computing_versions(versions),
             "kind": kind,
             "step": step,
             "recordings": described,

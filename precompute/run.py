@@ -4,7 +4,8 @@
 (``precompute.plan``) and hand it to ``run_plan``, which holds the output lock
 (``precompute.lock``), reuses what earlier runs finished (``precompute.resume``), builds the
 rest and writes ``failures.jsonl`` and, last, the index; with a URL for ``out`` the stage
-directory is mirrored there (``precompute.publish``). ``Summary`` is what a run did.
+directory is mirrored there (``precompute.publish``); its ``Summary`` (``precompute.summary``)
+says what it did.
 
 Parallelism and progress live here and nowhere else: shard jobs (``precompute.job``) go to
 joblib (``return_as="generator_unordered"``, on the backend ``precompute.backends`` sets up)
@@ -19,7 +20,6 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from commandline.console import log
@@ -40,79 +40,19 @@ from precompute.lock import output_lock
 from precompute.plan import ShardJob, library_versions, plan_annotations, plan_windows
 from precompute.publish import RemoteOutput, local_output
 from precompute.resume import (
-    REASONS,
     Prior,
-    Rebuilt,
     check_kind,
     clean_strays,
     explain_rebuilds,
-    named_recordings,
     previous_assignment,
     read_prior,
     record_built,
     reuse_or_rebuild,
     start_record,
 )
+from precompute.sample_rates import band_limit_warning, native_rates
 from precompute.shard_result import ShardResult
-
-
-@dataclass
-class Summary:
-    """What a run did; printed by the CLI.
-
-    ``rebuilt`` says why each built shard was built; ``explained`` is False when the output
-    directory held nothing of an earlier run (every shard is new, which goes without saying).
-    """
-
-    out: Path
-    examples: int = 0
-    shards: int = 0
-    shards_built: int = 0
-    shards_reused: int = 0
-    bytes: int = 0
-    failures: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-    slices_built: int = 0
-    rebuilt: list[Rebuilt] = field(default_factory=list)
-    explained: bool = False
-    shown: str | None = None  # where the set was written, when not ``out`` (a URL)
-
-    @property
-    def rate(self) -> float:
-        return self.slices_built / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def failures_path(self) -> Path:
-        return self.out / FAILURES_FILE
-
-    def reasons(self) -> str:
-        """Why shards were built, counted by reason: ``2 for new recordings, 1 for rows changed (rec_017)``."""
-        parts = []
-        for why in REASONS:
-            items = [item for item in self.rebuilt if item.why == why]
-            if items:
-                named = named_recordings(tuple(r for item in items for r in item.recordings))
-                parts.append(f"{len(items)} for {why}{named}")
-        return ", ".join(parts)
-
-    def line(self) -> str:
-        """The one-line summary the command prints at the end."""
-        rate = f", {self.rate:.1f} slices/s" if self.slices_built else ""
-        failures = (
-            f"{len(self.failures)} failure(s) recorded in {self.failures_path}"
-            if self.failures
-            else "0 failures"
-        )
-        what = f"{self.examples} examples in {self.shards} shards ({self.bytes / 1e6:.1f} MB"
-        where = self.shown or self.out
-        if not self.shards_built:
-            return f"{where} is up to date: {what}, {self.shards_reused} reused); {failures}"
-        built = f"{self.shards_built} built"
-        reused = f", {self.shards_reused} reused" if self.shards_reused else ""
-        if self.explained and self.rebuilt:
-            built += f": {self.reasons()}"
-            reused = f"; {self.shards_reused} reused" if self.shards_reused else ""
-        return f"wrote {what}; {built}{reused}) to {where} in {self.seconds:.1f} s{rate}; {failures}"
+from precompute.summary import Summary
 
 
 def run_plan(
@@ -164,6 +104,8 @@ def run_plan(
     with output_lock(out):
         prior, results, todo = _resume(out, plan, kind=kind, overwrite=overwrite, remote_out=remote_out)
         _log_plan(plan, reused=len(results), todo=todo, jobs=jobs, backend=backend, scheduler=scheduler)
+        if (warning := band_limit_warning(native_rates(todo), config=config)) is not None:
+            log.warning(warning)
         rebuilt = explain_rebuilds(todo, prior)
         results += _build_shards(
             todo,
@@ -311,10 +253,10 @@ def _build_shards(
     from tqdm.auto import tqdm
 
     results: list[ShardResult] = []
+    if not todo:  # nothing to build: no bar
+        return results
     total = sum(job.n_windows for job in todo)
     with tqdm(total=total, unit="slice", desc=f"features -> {out.name}", disable=not progress) as bar:
-        if not todo:
-            return results
         n_jobs = jobs if jobs and jobs > 0 else None
         with joblib_backend(backend, jobs=n_jobs, tasks=len(todo), scheduler=scheduler) as parallel_jobs:
             # One task is one shard (no automatic batching), and no argument is memory-mapped:

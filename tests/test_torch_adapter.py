@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import time
 from pathlib import Path
 
@@ -82,31 +83,77 @@ def test_rank_comes_from_torch_distributed_when_initialised(feature_set, tmp_pat
         ShardDataset(feature_set, rank=1)
 
 
+SHM = Path("/dev/shm")
+
+# The id of the process that made it, in the names torch (``torch_PID_RANDOM_N``), multiprocessing
+# (``pym-PID-RANDOM``), loky and joblib give what they put in /dev/shm.
+CREATOR = re.compile(r"[A-Za-z._]+?[-_](\d+)[-_]")
+
+
+def shm_names() -> set[str]:
+    return set(os.listdir(SHM)) if SHM.is_dir() else set()
+
+
+def made_by(names: set[str], pids: set[int]) -> set[str]:
+    """The names in ``names`` that one of the processes ``pids`` made: a test checks what its
+    own processes leave, never what other programs on the machine put in /dev/shm meanwhile."""
+    return {name for name in names if (m := CREATOR.match(name)) and int(m.group(1)) in pids}
+
+
+def test_made_by_knows_the_names_of_its_processes_only():
+    names = {
+        "torch_4321_1817622_0",
+        "pym-4322-k2j3x9aa",
+        "joblib_memmapping_folder_4321_5f2a_9b1c",
+        "torch_99_1_0",
+        "loky-99-abc",
+        "sem.mp-4321abcd",
+        "43210_torch",
+    }
+    assert made_by(names, {4321, 4322}) == {
+        "torch_4321_1817622_0",
+        "pym-4322-k2j3x9aa",
+        "joblib_memmapping_folder_4321_5f2a_9b1c",
+    }
+
+
 def test_a_dataloader_left_mid_epoch_leaves_no_worker_or_shared_memory(feature_set):
     psutil = pytest.importorskip("psutil")
     me = psutil.Process()
     before_children = {p.pid for p in me.children(recursive=True)}
-    before_shm = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    before_shm = shm_names()
     data = ShardDataset(feature_set, **OPTIONS)
     batches = iter(data.loader(num_workers=2))
     next(batches)
     workers = {p.pid for p in me.children(recursive=True)} - before_children
     assert len(workers) >= 2  # the workers were running
-    del batches  # left mid-epoch: the iterator shuts its workers down
-    gc.collect()
+    ours = {me.pid, *workers}
+    # Other programs (a joblib pool of another test run) may put files in /dev/shm meanwhile.
+    other = next(pid for pid in range(1, 1 << 22) if pid not in ours)
+    unrelated = [SHM / f"loky-{other}-{os.urandom(4).hex()}", SHM / f"torch_{other}_{me.pid}_0"]
+    if SHM.is_dir():
+        for path in unrelated:
+            path.touch()
+    try:
+        del batches  # left mid-epoch: the iterator shuts its workers down
+        gc.collect()
 
-    def alive(pid: int) -> bool:
-        try:
-            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
+        def alive(pid: int) -> bool:
+            try:
+                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
 
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
-        time.sleep(0.1)
-    assert not any(alive(pid) for pid in workers)
-    after_shm = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-    assert after_shm - before_shm == set()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in workers)
+        new = shm_names() - before_shm
+        assert made_by(new, ours) == set()
+        assert not SHM.is_dir() or {path.name for path in unrelated} <= new
+    finally:
+        for path in unrelated:
+            path.unlink(missing_ok=True)
 
 
 def test_loader_refuses_options_the_dataset_sets(feature_set):
