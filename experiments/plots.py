@@ -1,4 +1,4 @@
-"""Training curves as a PNG (matplotlib, Agg backend: no display needed)."""
+"""Training curves and sweep comparisons as PNGs (matplotlib, Agg backend: no display needed)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 BEST_LABEL = "best epoch"
+# Metrics that are scores in [0, 1]: their axis is always [0, 1] (``value_limits``).
+SCORE_SUFFIXES = ("lwlrap", "top1")
+MIN_SPAN = 0.1
 
 
 def read_history(path: str | Path) -> dict[str, list[float]]:
@@ -86,6 +89,78 @@ def plot_curves(history: Mapping[str, Sequence[float]], out: str | Path, *, titl
     import matplotlib.pyplot as plt
 
     fig = curves_figure(history, title=title)
+    out = Path(out)
+    try:
+        fig.savefig(out, dpi=100)
+    finally:
+        plt.close(fig)
+    return out
+
+
+def comparison_title(what: str, metric: str, seeds: Sequence[int]) -> str:
+    """``"<what>: <metric> over 3 seeds (0, 1, 2)"``: what a comparison picture compares."""
+    n = len(seeds)
+    return f"{what}: {metric} over {n} seed{'' if n == 1 else 's'} ({', '.join(str(s) for s in seeds)})"
+
+
+def value_limits(values: Sequence[float], metric: str) -> tuple[float, float]:
+    """The value axis of a comparison, wide enough to judge a difference by eye.
+
+    A score in [0, 1] (LWLRAP, top-1) spans [0, 1.02]; any other metric starts at 0 (or at its
+    lowest value, when negative) and ends past its highest, at least ``MIN_SPAN`` wide. A
+    difference of 0.003 then looks as small as it is.
+    """
+    if metric.endswith(SCORE_SUFFIXES):
+        return 0.0, 1.02
+    finite = [v for v in values if not math.isnan(v)]
+    low = min([0.0, *finite])
+    high = max([low, *finite])
+    span = max(high - low, MIN_SPAN / 1.05)
+    return low, low + 1.05 * span
+
+
+def comparison_figure(rows: Sequence[Mapping], metric: str, *, title: str):
+    """Each row's ``metric`` as a Figure: a dot per seed, the mean (a diamond) and its spread
+    (a bar of one standard deviation each side), one line per configuration, best on top.
+
+    rows : ``experiments.sweep.compare`` rows: ``configuration``, ``_values`` (the metric of each
+        seed), ``<metric>_mean`` and ``<metric>_std`` (NaN or absent: not drawn)
+
+    The mean and spread are also written beside each name; the value axis is ``value_limits``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.45 * len(rows)), layout="constrained")
+    values, labels = [], []
+    for y, row in enumerate(rows):
+        seeds = [v for v in row.get("_values", []) if not math.isnan(v)]
+        values += seeds
+        # Seeds sit just above their mean, spread a little, so that equal values stay countable.
+        offsets = [-0.38 + 0.2 * k / max(len(seeds) - 1, 1) for k in range(len(seeds))]
+        ax.plot(seeds, [y + o for o in offsets], "o", color="0.55", markersize=4, zorder=2)
+        mean, std = row.get(f"{metric}_mean", math.nan), row.get(f"{metric}_std", math.nan)
+        label = str(row["configuration"])
+        if not math.isnan(mean):
+            ax.errorbar(mean, y, xerr=0 if math.isnan(std) else std, fmt="D", color="C0", capsize=4, zorder=3)
+            label += f"\n{mean:.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}")
+        labels.append(label)
+    ax.set_yticks(range(len(rows)), labels, fontsize=9)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlim(*value_limits(values, metric))
+    ax.set_xlabel(f"{metric} (dots: seeds; diamond and bar: mean ± spread)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def plot_comparison(rows: Sequence[Mapping], metric: str, out: str | Path, *, title: str) -> Path:
+    """Write ``comparison_figure(rows, metric, title=title)`` to ``out`` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = comparison_figure(rows, metric, title=title)
     out = Path(out)
     try:
         fig.savefig(out, dpi=100)

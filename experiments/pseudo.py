@@ -15,8 +15,11 @@ soft label (``ShardSequence(soft_labels=...)``), weighted as unknown labels are
 (``unknown_weight``); known labels (a TP, a confirmed FP) stay hard.
 
 Each round and seed trains into ``OUT/round-<r>/seed-<s>/`` (with ``soft_labels.npy`` from
-round 1 on); finished runs are skipped, so the rounds resume. The comparison (mean and spread
-over seeds of every metric, per round) is written as in ``experiments.sweep``.
+round 1 on). A run is skipped when it finished with every option it is asked for now, defaults
+included (``experiments.sweep.run_state``), and no model it learns from was trained again in
+the same call; else it is trained again in its place. So the rounds resume, and a changed
+recipe retrains what it changes. The comparison (mean and spread over seeds of every metric,
+per round) is written as in ``experiments.sweep``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -35,8 +39,12 @@ import numpy as np
 
 from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
 from commandline.flags import add_flag, build, groups
+from commandline.parser import CommandParser
 from experiments import sweep
 from experiments.errors import ExperimentError
+from experiments.plots import comparison_title
+from experiments.sequences import require_windows_set
+from experiments.sweep_grid import Configuration, Grid, check_types, options_error, read_toml, table
 from melshards.config import FeatureConfig, center_offset, crop_span
 from melshards.errors import ConfigError, MelShardsError
 from melshards.files import atomic_write_text
@@ -52,6 +60,7 @@ TRAIN_ON = ("windows", "examples", "both", "none")
 # every seed's model of the round before.
 TEACHERS = ("own", "ensemble")
 SOFT_INFO = "soft_labels.json"
+RECIPE_KEYS = ("train", "pseudo")
 MIN_COVER = 0.5
 DEFAULT_ROUNDS = 2
 
@@ -203,61 +212,107 @@ class Inputs:
 
     @property
     def test_set(self) -> dict[str, str | None] | None:
-        """``{"features", "truth"}`` of the test set (``sweep.train_and_score``), or None."""
+        """``{"features", "truth"}`` of the test set (``sweep.score_run``), or None."""
         return None if self.test is None else {"features": self.test, "truth": self.truth}
+
+
+def round_extra(inputs: Inputs, plan: Rounds, r: int, seed: int) -> dict[str, str]:
+    """The train() options round ``r`` of ``seed`` adds to the recipe's: the files its soft
+    labels are written to before it trains, the windows, the model it starts from."""
+    run_dir = inputs.out / f"round-{r}" / f"seed-{seed}"
+    extra: dict[str, str] = {}
+    if r > 0 and plan.train_on in ("examples", "both"):
+        extra["soft_labels"] = str(run_dir / SOFT_FILE)
+    if r > 0 and plan.train_on in ("windows", "both"):
+        extra.update(windows=str(inputs.windows), window_labels=str(run_dir / WINDOW_FILE))
+    if r > 0 and plan.warm_start:
+        extra["init_from"] = str(teachers(inputs.out, r, seed, inputs.seeds, "own")[0])
+    return extra
+
+
+def _learns_from(inputs: Inputs, plan: Rounds, r: int, seed: int) -> tuple[Path, ...]:
+    """The models round ``r`` of ``seed`` learns from: its teachers, the model it starts from."""
+    if r == 0:
+        return ()
+    chosen = teachers(inputs.out, r, seed, inputs.seeds, plan.teacher) if plan.train_on != "none" else ()
+    return chosen + (teachers(inputs.out, r, seed, inputs.seeds, "own") if plan.warm_start else ())
+
+
+@dataclass
+class _Progress:
+    """What this call of ``run_rounds`` did so far: runs counted, models trained, windows scored."""
+
+    total: int
+    done: int = 0
+    trained: set[Path] = field(default_factory=set)
+    scored: dict[tuple[Path, ...], tuple] = field(default_factory=dict)
 
 
 def run_rounds(
     inputs: Inputs, *, options: Mapping[str, Any], plan: Rounds = Rounds(), verbose: int = 0
 ) -> dict[str, list[dict]]:
-    """Train rounds 0..``plan.rounds`` for every seed; returns each round's metrics (all seeds)."""
-    features, windows, out = inputs.features, inputs.windows, inputs.out
+    """Train rounds 0..``plan.rounds`` for every seed; returns each round's metrics (all seeds).
+
+    A run is skipped when it finished with every option it is asked for now (``sweep.run_state``)
+    and no model it learns from was trained again in this call; a run not yet scored on the test
+    set is scored. One log line when a run starts, one when it ends.
+    """
     results: dict[str, list[dict]] = {}
-    scored: dict[tuple[Path, ...], tuple] = {}
+    progress = _Progress(total=(plan.rounds + 1) * len(inputs.seeds))
     for r in range(plan.rounds + 1):
-        name = f"round {r}"
-        results[name] = []
-        config = sweep.Configuration(name, features, dict(options) | (dict(plan.train) if r else {}))
-        for seed in inputs.seeds:
-            run_dir = out / f"round-{r}" / f"seed-{seed}"
-            metrics = sweep.finished(run_dir, config, seed)
-            if metrics is None:
-                extra: dict[str, str] = {}
-                if r > 0 and plan.train_on != "none":
-                    models = teachers(out, r, seed, inputs.seeds, plan.teacher)
-                    if models not in scored:
-                        scored[models] = score_window_set(models, windows)
-                    soft, own = write_soft_labels(
-                        run_dir, features=features, windows=windows, scored=scored[models]
-                    )
-                    if plan.train_on in ("examples", "both"):
-                        extra["soft_labels"] = str(soft)
-                    if plan.train_on in ("windows", "both"):
-                        extra.update(windows=str(windows), window_labels=str(own))
-                if r > 0 and plan.warm_start:
-                    extra["init_from"] = str(teachers(out, r, seed, inputs.seeds, "own")[0])
-                metrics = _train(config, seed, run_dir, extra=extra, test=inputs.test_set, verbose=verbose)
-                log.info(f"{name} seed {seed}: " + _summary(metrics))
-            results[name].append(metrics)
+        round_options = dict(options) | (dict(plan.train) if r else {})
+        results[f"round {r}"] = [
+            _round_run(inputs, plan, r, seed, options=round_options, progress=progress, verbose=verbose)
+            for seed in inputs.seeds
+        ]
     return results
 
 
-def _summary(metrics: Mapping[str, Any]) -> str:
-    shown = [f"{k} {metrics[k]:.4f}" for k in ("val_lwlrap", "test_lwlrap") if k in metrics]
-    return ", ".join(shown)
-
-
-def _train(
-    config, seed: int, run_dir: Path, *, extra: Mapping[str, str], test, verbose: int
+def _round_run(
+    inputs: Inputs,
+    plan: Rounds,
+    r: int,
+    seed: int,
+    *,
+    options: Mapping[str, Any],
+    progress: _Progress,
+    verbose: int,
 ) -> dict[str, Any]:
-    options = dict(config.options) | dict(extra)
-    return sweep.train_and_score(config.features, seed, run_dir, options=options, test=test, verbose=verbose)
+    """Round ``r`` of ``seed``: trained (its soft labels first) unless finished, then scored."""
+    progress.done += 1
+    run = f"run {progress.done}/{progress.total} round {r} seed {seed}"
+    run_dir = inputs.out / f"round-{r}" / f"seed-{seed}"
+    config = Configuration(f"round {r}", inputs.features, dict(options) | round_extra(inputs, plan, r, seed))
+    metrics, why = sweep.run_state(run_dir, config, seed)
+    if metrics is not None and progress.trained & set(_learns_from(inputs, plan, r, seed)):
+        metrics, why = None, "a model it learns from was trained again"
+    started = time.perf_counter()
+    if metrics is None:
+        log.info(f"{run}: training{f' again, {why}' if why else ''} ...")
+        if r > 0 and plan.train_on != "none":
+            models = teachers(inputs.out, r, seed, inputs.seeds, plan.teacher)
+            if models not in progress.scored:
+                progress.scored[models] = score_window_set(models, inputs.windows)
+            write_soft_labels(
+                run_dir, features=inputs.features, windows=inputs.windows, scored=progress.scored[models]
+            )
+        metrics = sweep.train_run(inputs.features, seed, run_dir, options=config.options, verbose=verbose)
+        progress.trained.add(run_dir / sweep.MODEL_FILE)
+        how = f"{time.perf_counter() - started:.0f} s"
+    else:
+        how = "finished earlier"
+    if not sweep.scored(run_dir, metrics, inputs.test_set):
+        log.info(f"{run}: scoring on {inputs.test} ...")
+        metrics = sweep.score_run(run_dir, inputs.test_set)
+    shown = [f"{k} {metrics[k]:.4f}" for k in ("val_lwlrap", "test_lwlrap") if k in metrics]
+    log.info(f"{run}: {', '.join(shown)} ({how})")
+    return metrics
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags by ``dest``: ``inputs.FIELD`` sets a field of ``Inputs``, ``plan.rounds`` the
     ``rounds`` of the recipe's ``Rounds`` (None: the recipe's); the others are the command's."""
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0])
     add_flag(
         p, "--features", field="inputs.features", required=True, help="labelled feature set (TP/FP rows)"
     )
@@ -301,13 +356,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def read_recipe(path: Path | None) -> tuple[dict[str, Any], Rounds]:
     """A recipe's train() options (``[train]``) and how its rounds learn (``[pseudo]``: the
-    fields of ``Rounds``, with ``[pseudo.train]`` as ``train``)."""
+    fields of ``Rounds``, with ``[pseudo.train]`` as ``train``). ConfigError naming the file
+    and the key for an unknown key or a value of the wrong type or range."""
     if path is None:
         return {}, Rounds()
-    data = sweep.read_toml(path, what="recipe")
-    options = dict(data.get("train", {}))
-    sweep.check_options(options, f"{path} [train]")
-    pseudo = dict(data.get("pseudo", {}))
+    data = read_toml(path, what="recipe")
+    unknown = sorted(set(data) - set(RECIPE_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(RECIPE_KEYS)}")
+    options = table(data.get("train", {}), f"{path} [train]")
+    check_types(options, f"{path} [train]")
+    error = options_error(options)
+    if error is not None:
+        raise ConfigError(f"{path} [train]: {error}")
+    plan = _read_rounds(table(data.get("pseudo", {}), f"{path} [pseudo]", what="round settings"), path)
+    check_types(plan.train, f"{path} [pseudo.train]")
+    error = options_error(options | dict(plan.train))
+    if error is not None:
+        raise ConfigError(f"{path} [pseudo.train]: {error}")
+    return options, plan
+
+
+def _read_rounds(pseudo: dict[str, Any], path: Path) -> Rounds:
+    """The recipe's ``[pseudo]`` table as ``Rounds``, every field checked."""
     known = [f.name for f in fields(Rounds)]
     unknown = sorted(set(pseudo) - set(known))
     if unknown:
@@ -323,9 +394,8 @@ def read_recipe(path: Path | None) -> tuple[dict[str, Any], Rounds]:
     if not isinstance(plan.warm_start, bool):
         raise ConfigError(f"{path} [pseudo]: warm_start must be true or false, got {plan.warm_start!r}")
     if not isinstance(plan.train, dict):
-        raise ConfigError(f"{path} [pseudo]: train must be a table of train() options")
-    sweep.check_options(plan.train, f"{path} [pseudo.train]")
-    return options, plan
+        raise ConfigError(f"{path} [pseudo]: train must be a table of train() options, got {plan.train!r}")
+    return plan
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -341,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "soft labels fill unknown labels, which unknown = 'ignore' leaves out of the loss: "
                 "use unknown = 'negative' with an unknown_weight (e.g. 0.3)"
             )
+        if plan.rounds > 0 and plan.train_on != "none":  # the rounds score the windows
+            require_windows_set(inputs.windows, option="windows")
         results = run_rounds(inputs, options=options, plan=plan, verbose=own["verbose"])
         written = _compare_rounds(inputs, options, results)
     except KeyboardInterrupt:
@@ -356,14 +428,15 @@ def _compare_rounds(inputs: Inputs, options: Mapping[str, Any], results: dict[st
     """The comparison of the rounds, as a sweep's: tables and picture in ``inputs.out``."""
     test = inputs.test_set
     metric = "test_lwlrap" if test and test.get("truth") else "val_lwlrap"
-    grid = sweep.Grid(
+    grid = Grid(
         "pseudo",
         inputs.seeds,
         metric,
-        tuple(sweep.Configuration(name, inputs.features, options) for name in results),
+        tuple(Configuration(name, inputs.features, options) for name in results),
     )
     rows = sweep.compare(grid, results, keep_order=True)
-    return [*sweep.write_tables(rows, inputs.out), sweep.write_picture(rows, metric, inputs.out)]
+    title = comparison_title(f"pseudo-label rounds 0-{len(rows) - 1}", metric, inputs.seeds)
+    return [*sweep.write_tables(rows, inputs.out), sweep.write_picture(rows, metric, inputs.out, title=title)]
 
 
 if __name__ == "__main__":

@@ -21,184 +21,54 @@ values to combine; every ``experiments.train`` option can be swept::
     features = "features/demo-test"
     truth = "data/demo/test_ground_truth.csv"
 
-Each configuration and seed trains into its own run directory
-(``OUT/<configuration>/seed-<k>``). A run whose ``metrics.json`` exists and records the same
-options and feature set is finished and skipped, so a sweep resumes where it stopped and
-reruns in seconds when nothing changed (TensorFlow is imported only when a run is due). Then
-one comparison: ``comparison.csv`` and ``comparison.md`` (mean and spread over seeds of every
-metric, time per epoch, samples/s; best first) and ``comparison.png`` (each configuration's
-metric, one dot per seed, mean and spread).
+Each configuration and seed trains into its own run directory (``OUT/<configuration>/seed-<k>``;
+configuration names are plain names, never paths, ``experiments.sweep_grid``). A run is
+finished, and skipped, when its ``metrics.json`` records every option the grid now asks for,
+defaults included (``COMPARED``: all but where and how a run is kept and the loader's
+``workers``), and the same feature set (its fingerprint); a run trained with any other option
+is trained again, in its place, and the log line says which option differed. So a sweep resumes
+where it stopped and reruns in seconds when nothing changed (TensorFlow is imported only when a
+run is due). With ``[test]``, a run not yet scored on that test set is scored, also a finished
+one whose scoring failed before. Each run logs a line when it starts (``run 3/8 lr=0.01 seed 1:
+training ...``) and one when it ends (its metric, its time).
+
+Then one comparison: ``comparison.csv`` and ``comparison.md`` (mean and spread over seeds of
+every metric, time per epoch, samples/s; best first) and ``comparison.png`` (each
+configuration's metric, one dot per seed, mean and spread; ``experiments.plots``).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os
 import sys
 import time
-import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
+from commandline.parser import CommandParser
 from experiments.errors import ExperimentError
-from experiments.train_options import FIELD_GROUP, RECORDED
-from melshards.errors import ConfigError, FormatError, MelShardsError
+from experiments.plots import comparison_title, plot_comparison
+from experiments.sweep_grid import METRICS, Configuration, Grid, read_grid
+from experiments.train_options import FREE_ON_RESUME, RECORDED, TrainOptions
+from melshards.errors import FormatError, MelShardsError
 from melshards.files import atomic_write_text
 from melshards.index import read_index
 
-# ``experiments.train.train`` options a grid may set: every option of ``TrainOptions`` (a test
-# keeps this list equal to train()'s keywords) but how a run is kept (``KeepOptions``: out,
-# checkpoints, verbosity) and the sweep's own ``features`` and ``seed``.
-TRAIN_OPTIONS = tuple(
-    name for name in RECORDED if FIELD_GROUP[name] != "keep" and name not in ("features", "seed")
-)
-GRID_KEYS = ("name", "features", "seeds", "metric", "base", "grid", "configs", "test")
-# Compared for every configuration (those a run lacks are left out); "lower" ranks ascending.
-METRICS = (
-    "val_lwlrap",
-    "val_top1",
-    "val_loss",
-    "test_lwlrap",
-    "test_top1",
-    "best_epoch",
-    "epochs_run",
-    "seconds_per_epoch",
-    "samples_per_second",
-)
 LOWER_IS_BETTER = ("val_loss", "seconds_per_epoch")
 METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.keras"
+SUBMISSION_FILE = "submission.csv"
 PROG = "python -m experiments.sweep"
 TABLE_CSV, TABLE_MD, PICTURE = "comparison.csv", "comparison.md", "comparison.png"
-
-
-@dataclass(frozen=True)
-class Configuration:
-    """One point of the grid: a name, the feature set, the train() options it sets."""
-
-    name: str
-    features: str
-    options: Mapping[str, Any]
-    axes: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def slug(self) -> str:
-        """The run directory's name: the name with only characters safe in a path."""
-        safe = "".join(c if c.isalnum() or c in "._-=," else "-" for c in self.name)
-        return safe.replace("=", "-").replace(",", "_") or "base"
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A parsed grid file."""
-
-    name: str
-    seeds: tuple[int, ...]
-    metric: str
-    configurations: tuple[Configuration, ...]
-    test: Mapping[str, str] | None = None
-
-
-def _list(value: Any, where: str) -> list:
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}: expected a non-empty list, got {value!r}")
-    return value
-
-
-def check_options(options: Mapping[str, Any], where: str) -> None:
-    unknown = sorted(set(options) - set(TRAIN_OPTIONS))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown training option(s) {', '.join(unknown)}; known: {', '.join(TRAIN_OPTIONS)}"
-        )
-
-
-def _feature_axis(value: Any, where: str) -> dict[str, str]:
-    """``features`` as {label: path}: one path (label "") or a table of named sets."""
-    if isinstance(value, str):
-        return {"": value}
-    if isinstance(value, dict) and value and all(isinstance(v, str) for v in value.values()):
-        return dict(value)
-    raise ConfigError(f"{where}: features must be a path or a table of name = path, got {value!r}")
-
-
-def _named(axes: Mapping[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in axes.items()) or "base"
-
-
-def parse_grid(data: Mapping[str, Any], *, source: str = "grid") -> Grid:
-    """Validate a grid file's contents; ConfigError names the file and the bad key or value."""
-    unknown = sorted(set(data) - set(GRID_KEYS))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(GRID_KEYS)}")
-    if "features" not in data:
-        raise ConfigError(f"{source}: features is missing (the feature set directory)")
-    features = _feature_axis(data["features"], source)
-    seeds = _list(data.get("seeds", [0]), f"{source} seeds")
-    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(seeds):
-        raise ConfigError(f"{source} seeds: expected distinct integers, got {seeds!r}")
-    base = dict(data.get("base", {}))
-    check_options(base, f"{source} [base]")
-    grid = {k: _list(v, f"{source} [grid] {k}") for k, v in dict(data.get("grid", {})).items()}
-    check_options(grid, f"{source} [grid]")
-    # (explicit name or None, options) for every point of the grid, then the listed configs
-    points: list[tuple[str | None, dict]] = [
-        (None, dict(zip(grid, values, strict=True))) for values in itertools.product(*grid.values())
-    ]
-    if not grid and data.get("configs"):
-        points = []  # only the listed configurations, not also the bare base
-    for k, extra in enumerate(data.get("configs", [])):
-        extra = dict(extra)
-        name = extra.pop("name", None)
-        check_options(extra, f"{source} [[configs]] {k + 1}")
-        points.append((None if name is None else str(name), extra))
-    configurations = []
-    for label, path in features.items():
-        for name, point in points:
-            axes = ({"features": label} if label else {}) | point
-            if name is not None and label:
-                name = f"{name},features={label}"
-            configurations.append(Configuration(name or _named(axes), path, base | point, axes))
-    names = [c.slug for c in configurations]
-    if len(set(names)) < len(names):
-        raise ConfigError(f"{source}: two configurations share the name {_first_repeat(names)!r}")
-    metric = data.get("metric", "val_lwlrap")
-    if metric not in METRICS:
-        raise ConfigError(f"{source}: metric {metric!r} is not one of {', '.join(METRICS)}")
-    test = data.get("test")
-    if test is not None and (not isinstance(test, dict) or "features" not in test):
-        raise ConfigError(f"{source} [test]: expected features = PATH and optionally truth = CSV")
-    name = str(data.get("name", Path(source).stem))
-    return Grid(name, tuple(seeds), metric, tuple(configurations), test)
-
-
-def _first_repeat(names: Sequence[str]) -> str:
-    seen = set()
-    for n in names:
-        if n in seen:
-            return n
-        seen.add(n)
-    return ""
-
-
-def read_toml(path: str | os.PathLike, *, what: str) -> dict[str, Any]:
-    """A TOML file's contents; ConfigError naming the file when it is missing or not TOML."""
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
-
-
-def read_grid(path: str | os.PathLike) -> Grid:
-    return parse_grid(read_toml(path, what="grid file"), source=str(path))
+# The options a finished run must share with what is asked: all but those that do not change
+# what is trained (``FREE_ON_RESUME``: where and how the run is kept, the loader's workers) and
+# the feature set, which is compared by its fingerprint (a path may be spelt another way).
+COMPARED = tuple(name for name in RECORDED if name not in FREE_ON_RESUME and name != "features")
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -212,51 +82,120 @@ def _index_fingerprint(features: str) -> str | None:
         return None
 
 
-def finished(run_dir: Path, config: Configuration, seed: int) -> dict[str, Any] | None:
-    """The run's metrics when it finished with these options on this feature set, else None."""
+def run_options(config: Configuration, seed: int, run_dir: Path) -> dict[str, Any]:
+    """Every option the run of ``config`` and ``seed`` records (``TrainOptions.to_kwargs``,
+    defaults included): what ``train()`` gets, and what a finished run must have had."""
+    options = TrainOptions.from_kwargs(features=config.features, out=run_dir, seed=seed, **config.options)
+    return options.to_kwargs()
+
+
+def run_state(run_dir: Path, config: Configuration, seed: int) -> tuple[dict[str, Any] | None, str]:
+    """``(metrics, "")`` when ``run_dir`` holds a run finished with every option ``config`` and
+    ``seed`` ask for (``COMPARED``, defaults included) on the same feature set (its fingerprint);
+    else ``(None, why)``, ``why`` empty where no run finished there."""
     try:
         metrics = json.loads((run_dir / METRICS_FILE).read_text())
-        recorded = metrics["config"]["train"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    wanted = dict(config.options) | {"seed": seed}
-    if any(recorded.get(k) != v for k, v in wanted.items()):
-        return None
+    except FileNotFoundError:
+        return None, ""
+    except (OSError, ValueError) as err:
+        return None, f"its {METRICS_FILE} is unreadable ({err})"
+    recorded = metrics.get("config", {}).get("train") if isinstance(metrics, dict) else None
+    if not isinstance(recorded, dict):
+        return None, f"its {METRICS_FILE} records no training options"
+    wanted = run_options(config, seed, run_dir)
+    for name in COMPARED:
+        if name not in recorded:
+            return None, f"it records no {name}"
+        if recorded[name] != wanted[name]:
+            return None, f"it was trained with {name} {recorded[name]!r}, not {wanted[name]!r}"
     if metrics.get("fingerprint") != _index_fingerprint(config.features):
-        return None
-    return metrics
+        return None, f"it was trained on another feature set than {config.features}"
+    return metrics, ""
 
 
-def train_and_score(
-    features: str, seed: int, run_dir: Path, *, options: Mapping[str, Any], test=None, verbose: int = 0
+def finished(run_dir: Path, config: Configuration, seed: int) -> dict[str, Any] | None:
+    """The run's metrics when it finished with every option ``config`` and ``seed`` ask for, on
+    this feature set (``run_state``); else None."""
+    return run_state(run_dir, config, seed)[0]
+
+
+def scored(run_dir: Path, metrics: Mapping[str, Any], test: Mapping[str, Any] | None) -> bool:
+    """Whether the run is scored on ``test`` (True without one): its submission is there and,
+    with a truth file, its ``metrics.json`` holds the test scores of this test set."""
+    if test is None:
+        return True
+    if not (run_dir / SUBMISSION_FILE).is_file():
+        return False
+    if test.get("truth") is None:
+        return True
+    seen = metrics.get("test_features")
+    fingerprint = seen.get("fingerprint") if isinstance(seen, dict) else None
+    return "test_lwlrap" in metrics and fingerprint == _index_fingerprint(test["features"])
+
+
+def train_run(
+    features: str, seed: int, run_dir: Path, *, options: Mapping[str, Any], verbose: int = 0
 ) -> dict[str, Any]:
-    """Train one run (``experiments.train.train``), score it on ``test`` when given; its metrics."""
+    """Train one run (``experiments.train.train``) into ``run_dir``; its metrics."""
     import keras
 
-    from experiments.predict import predict
     from experiments.train import train
 
     keras.backend.clear_session()
-    metrics = train(features, out=run_dir, seed=seed, verbose=verbose, quiet=verbose == 0, **options)
-    if test is not None:
-        predict(
-            test["features"],
-            model=run_dir / "model.keras",
-            out=run_dir / "submission.csv",
-            truth=test.get("truth"),
-            metrics=run_dir / METRICS_FILE,
-            quiet=True,
+    (run_dir / SUBMISSION_FILE).unlink(missing_ok=True)  # of the model trained before, if any
+    return train(features, out=run_dir, seed=seed, verbose=verbose, quiet=verbose == 0, **options)
+
+
+def score_run(run_dir: Path, test: Mapping[str, Any]) -> dict[str, Any]:
+    """Score the run's model on the windows set ``test["features"]`` (``experiments.predict``):
+    ``submission.csv``, and with ``test["truth"]`` its test scores in ``metrics.json``; its metrics."""
+    from experiments.predict import predict
+
+    predict(
+        test["features"],
+        model=run_dir / MODEL_FILE,
+        out=run_dir / SUBMISSION_FILE,
+        truth=test.get("truth"),
+        metrics=run_dir / METRICS_FILE,
+        quiet=True,
+    )
+    return json.loads((run_dir / METRICS_FILE).read_text())
+
+
+def _train_one(config: Configuration, seed: int, run_dir: Path, *, verbose: int) -> dict[str, Any]:
+    return train_run(config.features, seed, run_dir, options=config.options, verbose=verbose)
+
+
+def _shown(metrics: Mapping[str, Any], metric: str) -> str:
+    value = _value(metrics, metric)
+    return f"no {metric}" if math.isnan(value) else f"{metric} {value:.4f}"
+
+
+def _run_one(grid: Grid, config: Configuration, seed: int, run_dir: Path, *, run: str, verbose: int):
+    """One run of the sweep, trained and scored as far as it is due; (metrics, what was done)."""
+    metrics, why = run_state(run_dir, config, seed)
+    done = "finished"
+    if metrics is None:
+        log.info(f"{run}: training{f' again, {why}' if why else ''} ...")
+        started = time.perf_counter()
+        metrics, done = _train_one(config, seed, run_dir, verbose=verbose), "trained"
+    if not scored(run_dir, metrics, grid.test):
+        log.info(f"{run}: scoring on {grid.test['features']} ...")
+        metrics = score_run(run_dir, grid.test)
+        done = "scored" if done == "finished" else done
+    if done == "trained":
+        seconds = time.perf_counter() - started
+        log.info(f"{run}: {_shown(metrics, grid.metric)} ({seconds:.0f} s) -> {run_dir}")
+    else:
+        log.info(
+            f"{run}: {'finished earlier' if done == 'finished' else 'scored'}, {_shown(metrics, grid.metric)}"
         )
-        metrics = json.loads((run_dir / METRICS_FILE).read_text())
-    return metrics
-
-
-def _train_one(config: Configuration, seed: int, run_dir: Path, *, test, verbose: int) -> dict[str, Any]:
-    return train_and_score(config.features, seed, run_dir, options=config.options, test=test, verbose=verbose)
+    return metrics, done
 
 
 def run_sweep(grid: Grid, *, out: str | os.PathLike, verbose: int = 0) -> dict[str, list[dict]]:
-    """Train every configuration and seed not yet finished; returns their metrics by configuration.
+    """Train every configuration and seed not yet finished, score every run not yet scored;
+    returns their metrics by configuration. One log line when a run starts, one when it ends.
 
     A run that fails is logged and left out of the comparison; the others go on. Raises
     ExperimentError after the last run when any failed.
@@ -264,27 +203,23 @@ def run_sweep(grid: Grid, *, out: str | os.PathLike, verbose: int = 0) -> dict[s
     out = Path(out)
     todo = [(c, s) for c in grid.configurations for s in grid.seeds]
     results: dict[str, list[dict]] = {c.name: [] for c in grid.configurations}
-    failed, done = [], 0
+    failed, counts = [], {"finished": 0, "trained": 0, "scored": 0}
     for k, (config, seed) in enumerate(todo, 1):
-        run_dir = out / config.slug / f"seed-{seed}"
-        metrics = finished(run_dir, config, seed)
-        if metrics is not None:
-            done += 1
-        else:
-            started = time.perf_counter()
-            try:
-                metrics = _train_one(config, seed, run_dir, test=grid.test, verbose=verbose)
-            except MelShardsError as err:
-                log.info(f"[{k}/{len(todo)}] {config.name} seed {seed}: failed: {err}")
-                failed.append(f"{config.name} seed {seed}")
-                continue
-            log.info(
-                f"[{k}/{len(todo)}] {config.name} seed {seed}: {grid.metric} "
-                f"{_value(metrics, grid.metric):.4f} ({time.perf_counter() - started:.0f} s) -> {run_dir}"
+        run = f"run {k}/{len(todo)} {config.name} seed {seed}"
+        try:
+            metrics, done = _run_one(
+                grid, config, seed, out / config.slug / f"seed-{seed}", run=run, verbose=verbose
             )
+        except MelShardsError as err:
+            log.info(f"{run}: failed: {err}")
+            failed.append(f"{config.name} seed {seed}")
+            continue
+        counts[done] += 1
         results[config.name].append(metrics)
     log.info(
-        f"{len(todo)} runs: {done} already finished, {len(todo) - done - len(failed)} trained, {len(failed)} failed"
+        f"{len(todo)} runs: {counts['finished']} already finished, {counts['trained']} trained, "
+        + (f"{counts['scored']} scored, " if counts["scored"] else "")
+        + f"{len(failed)} failed"
     )
     if failed:
         raise ExperimentError(f"{len(failed)} run(s) failed: {', '.join(failed)}")
@@ -323,7 +258,11 @@ def compare(
     Rows are sorted best first by ``grid.metric`` (in the grid's order with ``keep_order``);
     metrics no run has are left out.
     """
-    present = [m for m in METRICS if any(not math.isnan(_value(r, m)) for rs in results.values() for r in rs)]
+    present = [
+        m
+        for m in METRICS
+        if m == grid.metric or any(not math.isnan(_value(r, m)) for rs in results.values() for r in rs)
+    ]
     rows = []
     for config in grid.configurations:
         runs = results.get(config.name, [])
@@ -369,28 +308,10 @@ def _csv_cell(value: Any) -> str:
     return f'"{text}"' if "," in text or '"' in text else text
 
 
-def write_picture(rows: Sequence[Mapping[str, Any]], metric: str, out: Path) -> Path:
-    """Each configuration's ``metric``: one dot per seed, the mean with its spread as a bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    height = 1.2 + 0.45 * len(rows)
-    fig, ax = plt.subplots(figsize=(8, height))
-    for y, row in enumerate(rows):
-        values = [v for v in row["_values"] if not math.isnan(v)]
-        ax.plot(values, [y] * len(values), "o", color="0.6", markersize=4, zorder=2)
-        mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
-        ax.errorbar(mean, y, xerr=0 if math.isnan(std) else std, fmt="D", color="C0", capsize=4, zorder=3)
-    ax.set_yticks(range(len(rows)), [r["configuration"] for r in rows])
-    ax.invert_yaxis()
-    ax.set_xlabel(f"{metric} (dots: seeds; diamond and bar: mean ± spread)")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / PICTURE, dpi=100)
-    plt.close(fig)
-    return out / PICTURE
+def write_picture(rows: Sequence[Mapping[str, Any]], metric: str, out: Path, *, title: str) -> Path:
+    """``comparison.png``: each configuration's ``metric``, a dot per seed, the mean with its
+    spread (``experiments.plots.comparison_figure``), under ``title``."""
+    return plot_comparison(rows, metric, out / PICTURE, title=title)
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -398,7 +319,7 @@ def write_picture(rows: Sequence[Mapping[str, Any]], metric: str, out: Path) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     """The grid file and how the sweep is kept: every flag is the command's own."""
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog=PROG,
         description="Train a grid of configurations over several seeds on one feature set; compare them.",
     )
@@ -425,7 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         results = run_sweep(grid, out=out, verbose=args.verbose)
         rows = compare(grid, results)
-        written = [*write_tables(rows, out), write_picture(rows, grid.metric, out)]
+        what = f"sweep {grid.name}: {len(rows)} configuration{'' if len(rows) == 1 else 's'}"
+        title = comparison_title(what, grid.metric, grid.seeds)
+        written = [*write_tables(rows, out), write_picture(rows, grid.metric, out, title=title)]
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except MelShardsError as err:

@@ -275,6 +275,7 @@ def test_init_from_a_model_that_does_not_fit_is_one_line(tmp_path):
             out=tmp_path / "c",
             model="tiny",
             epochs=1,
+            batch_size=8,
             quiet=True,
             init_from=tmp_path / "nothing.keras",
         )
@@ -347,3 +348,75 @@ def test_the_shipped_recipe_reads_as_documented():
     assert options["crop_seconds"] == 8.0 and options["unknown"] == "negative" and options["mixup"] == 0.5
     assert (plan.rounds, plan.train_on, plan.teacher, plan.warm_start) == (3, "windows", "own", True)
     assert dict(plan.train) == {"epochs": 10, "lr": 1e-3, "warmup_epochs": 0.0, "patience": 10}
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ("train = 5\n", r"r\.toml \[train\]: expected a table of train\(\) options \(name = value\), got 5$"),
+        ("pseudo = 5\n", r"r\.toml \[pseudo\]: expected a table of round settings, got 5$"),
+        ("[pseudo]\ntrain = 5\n", r"r\.toml \[pseudo\]: train must be a table of train\(\) options, got 5$"),
+        ("[trian]\nlr = 0.1\n", r"r\.toml: unknown key\(s\) trian; known: train, pseudo$"),
+        ('[train]\nlr = "x"\n', r"r\.toml \[train\]: lr must be a number, got 'x'$"),
+        ("[train]\ninit_from = 5\n", r"r\.toml \[train\]: init_from must be a string, got 5$"),
+        ("[train]\nepochs = [1]\n", r"r\.toml \[train\]: epochs must be a single value, got \[1\]$"),
+        (
+            "[pseudo.train]\naugment = 1\n",
+            r"r\.toml \[pseudo\.train\]: augment must be true or false, got 1$",
+        ),
+        (
+            "[train]\nn_folds = 10\nfold = 7\n[pseudo.train]\nn_folds = 5\n",
+            r"r\.toml \[pseudo\.train\]: fold must be in \[0, 5\), got 7$",
+        ),
+    ],
+)
+def test_recipe_values_of_the_wrong_type_are_one_line_naming_the_key(tmp_path, recipe, message):
+    path = tmp_path / "r.toml"
+    path.write_text(recipe)
+    with pytest.raises(ConfigError, match=message):
+        pseudo.read_recipe(path)
+
+
+def fake_rounds(tmp_path, monkeypatch):
+    """A labelled set, fake training (``fake_training``) and ``pseudo.main``'s arguments."""
+    import fake_training
+
+    from synthetic_features import make_feature_set
+
+    feats = make_feature_set(tmp_path / "l", n_recordings=4, per_recording=2, n_classes=3)
+    argv = ["--features", str(feats), "--windows", "w", "--out", str(tmp_path / "runs")]
+    return fake_training.install(monkeypatch), argv + ["--recipe", str(tmp_path / "r.toml")]
+
+
+def test_a_round_trained_with_other_options_is_trained_again(tmp_path, monkeypatch, capsys):
+    fake, argv = fake_rounds(tmp_path, monkeypatch)
+    (tmp_path / "r.toml").write_text('[train]\nmodel = "tiny"\nlr = 0.5\n[pseudo]\nrounds = 0\n')
+    assert pseudo.main(argv) == 0
+    (tmp_path / "r.toml").write_text('[train]\nmodel = "tiny"\n[pseudo]\nrounds = 0\n')
+    capsys.readouterr()
+    assert pseudo.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "run 1/1 round 0 seed 0: training again, it was trained with lr 0.5, not 0.005 ..." in err
+    run = tmp_path / "runs" / "round-0" / "seed-0"
+    assert json.loads((run / "metrics.json").read_text())["config"]["train"]["lr"] == 0.005
+    assert fake.trained == [run, run]
+    assert pseudo.main(argv) == 0
+    assert "run 1/1 round 0 seed 0: val_lwlrap 0.5000 (finished earlier)" in capsys.readouterr().err
+    assert len(fake.trained) == 2
+
+
+def test_a_round_whose_teacher_was_trained_again_is_trained_again(tmp_path, monkeypatch, capsys):
+    fake, argv = fake_rounds(tmp_path, monkeypatch)
+    recipe = '[pseudo]\nrounds = 1\ntrain_on = "none"\nwarm_start = true\n[pseudo.train]\nepochs = 2\n'
+    (tmp_path / "r.toml").write_text("[train]\nepochs = 3\n" + recipe)
+    assert pseudo.main(argv) == 0
+    runs = tmp_path / "runs"
+    assert fake.trained == [runs / "round-0" / "seed-0", runs / "round-1" / "seed-0"]
+    # round 1's own options are the same (its epochs are [pseudo.train]'s), its teacher's are not
+    (tmp_path / "r.toml").write_text("[train]\nepochs = 4\n" + recipe)
+    capsys.readouterr()
+    assert pseudo.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "run 1/2 round 0 seed 0: training again, it was trained with epochs 3, not 4 ..." in err
+    assert "run 2/2 round 1 seed 0: training again, a model it learns from was trained again ..." in err
+    assert len(fake.trained) == 4

@@ -1,72 +1,21 @@
+"""Sweeps: what is trained, skipped, scored and compared; real tiny runs and fast fakes."""
+
 import csv
-import inspect
 import json
 import math
+import re
 import statistics
 
+import fake_training
 import pytest
 
-from experiments import sweep
-from experiments.train import train
-from melshards.errors import ConfigError
+from experiments import plots, sweep
+from experiments.sweep_grid import Configuration, parse_grid, read_grid
 from synthetic_features import make_feature_set
 
 
-def test_train_options_are_the_train_signature():
-    own = {"features", "out", "seed", "verbose", "quiet"}
-    own |= {"checkpoint_every", "resume", "batch_log"}  # how a run is kept, not what it trains
-    assert set(sweep.TRAIN_OPTIONS) == set(inspect.signature(train).parameters) - own
-
-
-def test_grid_combines_every_value_and_names_each_configuration():
-    grid = sweep.parse_grid(
-        {
-            "features": {"f16": "a", "u8": "b"},
-            "seeds": [0, 1, 2],
-            "base": {"epochs": 3},
-            "grid": {"model": ["tiny", "baseline"], "mixup": [0.0, 0.5]},
-        }
-    )
-    assert len(grid.configurations) == 8
-    first = grid.configurations[0]
-    assert first.name == "features=f16,model=tiny,mixup=0.0"
-    assert first.features == "a"
-    assert dict(first.options) == {"epochs": 3, "model": "tiny", "mixup": 0.0}
-    assert first.slug == "features-f16_model-tiny_mixup-0.0"
-    assert grid.configurations[-1].features == "b"
-    assert grid.seeds == (0, 1, 2)
-
-
-def test_listed_configurations_replace_the_bare_base():
-    grid = sweep.parse_grid(
-        {"features": "f", "base": {"epochs": 2}, "configs": [{"name": "slow", "lr": 1e-3}, {"lr": 5e-3}]}
-    )
-    assert [c.name for c in grid.configurations] == ["slow", "lr=0.005"]
-    assert dict(grid.configurations[0].options) == {"epochs": 2, "lr": 1e-3}
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (
-            {"features": "f", "grid": {"modle": ["tiny"]}},
-            r"grid\.toml \[grid\]: unknown training option\(s\) modle",
-        ),
-        ({"features": "f", "base": {"seed": 1}}, r"\[base\]: unknown training option\(s\) seed"),
-        ({"seeds": [0]}, "features is missing"),
-        ({"features": "f", "seeds": [0, 0]}, "distinct integers"),
-        ({"features": "f", "grid": {"lr": []}}, r"\[grid\] lr: expected a non-empty list"),
-        ({"features": "f", "metric": "accuracy"}, "metric 'accuracy' is not one of"),
-        ({"features": "f", "sedes": [1]}, r"unknown key\(s\) sedes"),
-    ],
-)
-def test_bad_grids_name_the_key(data, message):
-    with pytest.raises(ConfigError, match=message):
-        sweep.parse_grid(data, source="grid.toml")
-
-
 def test_comparison_means_and_spreads_per_configuration(tmp_path):
-    grid = sweep.parse_grid({"features": "f", "seeds": [0, 1, 2], "grid": {"lr": [0.1, 0.2]}})
+    grid = parse_grid({"features": "f", "seeds": [0, 1, 2], "grid": {"lr": [0.1, 0.2]}})
     runs = {
         "lr=0.1": [
             {"val_lwlrap": v, "epochs_run": 4, "train_seconds": s}
@@ -138,9 +87,183 @@ def test_a_finished_sweep_reruns_without_training(tiny_sweep, monkeypatch):
 
 def test_a_changed_option_reruns_only_its_runs(tiny_sweep, tmp_path):
     grid_file, out = tiny_sweep
-    grid = sweep.read_grid(grid_file)
+    grid = read_grid(grid_file)
     config = grid.configurations[0]
     assert sweep.finished(out / config.slug / "seed-0", config, 0) is not None
-    changed = sweep.Configuration(config.name, config.features, {**config.options, "lr": 1e-4})
+    changed = Configuration(config.name, config.features, {**config.options, "lr": 1e-4})
     assert sweep.finished(out / config.slug / "seed-0", changed, 0) is None
     assert sweep.finished(out / config.slug / "seed-0", config, 1) is None  # another seed
+    # an option the grid no longer sets is its default (batch_size 32), not the 8 trained with
+    unset = Configuration(
+        config.name, config.features, {k: v for k, v in config.options.items() if k != "batch_size"}
+    )
+    assert sweep.finished(out / config.slug / "seed-0", unset, 0) is None
+    assert sweep.run_state(out / config.slug / "seed-0", unset, 0) == (
+        None,
+        "it was trained with batch_size 8, not 32",
+    )
+
+
+# -- with fake training: what is trained, skipped and scored -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    return make_feature_set(tmp_path_factory.mktemp("sweep-fake") / "f", n_recordings=4, per_recording=2)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    return fake_training.install(monkeypatch)
+
+
+def write_grid(path, features, body):
+    path.write_text(f'name = "g"\nfeatures = "{features}"\nseeds = [0]\n{body}')
+    return path
+
+
+def test_a_run_trained_with_other_options_is_trained_again(fake, small_set, tmp_path, capsys):
+    out = tmp_path / "out"
+    grid = write_grid(tmp_path / "grid.toml", small_set, '[base]\nmodel = "tiny"\nlr = 0.5\nmixup = 0.0\n')
+    assert sweep.main([str(grid), "--out", str(out)]) == 0
+    write_grid(grid, small_set, '[base]\nmodel = "tiny"\n')  # lr and mixup back to their defaults
+    capsys.readouterr()
+    assert sweep.main([str(grid), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "run 1/1 base seed 0: training again, it was trained with lr 0.5, not 0.005 ..." in err
+    assert "1 runs: 0 already finished, 1 trained, 0 failed" in err
+    recorded = json.loads((out / "base" / "seed-0" / "metrics.json").read_text())["config"]["train"]
+    assert (recorded["lr"], recorded["mixup"]) == (0.005, 0.5)
+    assert fake.trained == [out / "base" / "seed-0"] * 2
+    # and once more: now it is finished
+    assert sweep.main([str(grid), "--out", str(out)]) == 0
+    assert "1 runs: 1 already finished, 0 trained, 0 failed" in capsys.readouterr().err
+    assert len(fake.trained) == 2
+
+
+def test_a_run_whose_scoring_failed_is_scored_on_the_next_call(fake, small_set, tmp_path, capsys):
+    out, truth = tmp_path / "out", tmp_path / "truth.csv"
+    body = f'metric = "test_lwlrap"\n[base]\nmodel = "tiny"\n[test]\nfeatures = "{small_set}"\n'
+    grid = write_grid(tmp_path / "grid.toml", small_set, body + f'truth = "{tmp_path}/truht.csv"\n')
+    for _ in range(2):  # training once, then the failing scoring again: one line, no traceback
+        assert sweep.main([str(grid), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"run 1/1 base seed 0: failed: {tmp_path}/truht.csv: no such truth file" in err
+        assert err.endswith("python -m experiments.sweep: error: 1 run(s) failed: base seed 0\n")
+    assert len(fake.trained) == 1 and fake.scored == []
+    write_grid(grid, small_set, body + f'truth = "{truth}"\n')
+    truth.write_text("recording_id,s0\n")
+    assert sweep.main([str(grid), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"run 1/1 base seed 0: scoring on {small_set} ..." in err
+    assert "run 1/1 base seed 0: scored, test_lwlrap 0.6250" in err
+    assert "1 runs: 0 already finished, 0 trained, 1 scored, 0 failed" in err
+    table = next(csv.DictReader((out / sweep.TABLE_CSV).open()))
+    assert float(table["test_lwlrap_mean"]) == 0.625
+    assert len(fake.trained) == 1 and fake.scored == [out / "base" / "seed-0" / "model.keras"]
+    assert sweep.main([str(grid), "--out", str(out)]) == 0  # scored: nothing to do
+    assert len(fake.scored) == 1
+
+
+def test_a_metric_no_run_has_leaves_an_empty_column():
+    grid = parse_grid({"features": "f", "metric": "test_lwlrap"})
+    rows = sweep.compare(grid, {"base": [{"val_lwlrap": 0.5}]})
+    assert math.isnan(rows[0]["test_lwlrap_mean"]) and rows[0]["_values"] == [
+        pytest.approx(math.nan, nan_ok=True)
+    ]
+
+
+def test_each_run_logs_a_line_when_it_starts_and_when_it_ends(fake, small_set, tmp_path, capsys):
+    out = tmp_path / "out"
+    grid = write_grid(tmp_path / "grid.toml", small_set, "[grid]\nmixup = [0.0, 0.5]\n")
+    grid.write_text(grid.read_text().replace("seeds = [0]", "seeds = [0, 1]"))
+    seen = []
+    fake.before_train = lambda: seen.append(capsys.readouterr().err)
+    assert sweep.main([str(grid), "--out", str(out)]) == 0
+    # what was printed before each training started: that run's first line, last
+    assert [text.splitlines()[-1] for text in seen] == [
+        "run 1/4 mixup=0.0 seed 0: training ...",
+        "run 2/4 mixup=0.0 seed 1: training ...",
+        "run 3/4 mixup=0.5 seed 0: training ...",
+        "run 4/4 mixup=0.5 seed 1: training ...",
+    ]
+    ended = seen[1].splitlines()[0]
+    assert re.fullmatch(
+        rf"run 1/4 mixup=0\.0 seed 0: val_lwlrap 0\.5000 \(\d+ s\) -> {out}/mixup-0\.0/seed-0", ended
+    )
+    assert capsys.readouterr().err.startswith("run 4/4 mixup=0.5 seed 1: val_lwlrap 0.5100 (")
+    assert sweep.main([str(grid), "--out", str(out)]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("run ")]
+    assert len(lines) == 4 and lines[3] == "run 4/4 mixup=0.5 seed 1: finished earlier, val_lwlrap 0.5100"
+
+
+def test_the_sweep_picture_is_titled_with_the_grid_metric_and_seeds(fake, small_set, tmp_path, monkeypatch):
+    drawn = {}
+
+    def draw(rows, metric, out, *, title):
+        drawn.update(metric=metric, title=title, configurations=[r["configuration"] for r in rows])
+        return out
+
+    monkeypatch.setattr(sweep, "plot_comparison", draw)
+    grid = write_grid(tmp_path / "grid.toml", small_set, "[grid]\nmixup = [0.0, 0.5]\n")
+    assert sweep.main([str(grid), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert drawn == {
+        "metric": "val_lwlrap",
+        "title": "sweep g: 2 configurations: val_lwlrap over 1 seed (0)",
+        "configurations": ["mixup=0.0", "mixup=0.5"],
+    }
+
+
+# -- the picture ----------------------------------------------------------------------------------
+
+
+def close_rows(metric):
+    """Two configurations 0.003 apart, three seeds each."""
+    grid = parse_grid({"features": "f", "seeds": [0, 1, 2], "metric": metric, "grid": {"lr": [0.1, 0.2]}})
+    runs = {
+        "lr=0.1": [{metric: v} for v in (0.750, 0.752, 0.751)],
+        "lr=0.2": [{metric: v} for v in (0.753, 0.755, 0.754)],
+    }
+    return sweep.compare(grid, runs)
+
+
+def test_the_comparison_shows_every_seed_and_the_mean_on_a_fair_axis():
+    import matplotlib.pyplot as plt
+
+    rows = close_rows("val_lwlrap")
+    title = plots.comparison_title("sweep demo: 2 configurations", "val_lwlrap", (0, 1, 2))
+    fig = plots.comparison_figure(rows, "val_lwlrap", title=title)
+    try:
+        (ax,) = fig.axes
+        assert ax.get_title() == "sweep demo: 2 configurations: val_lwlrap over 3 seeds (0, 1, 2)"
+        assert ax.get_xlim() == (0.0, 1.02)  # 0.003 apart looks as small as it is
+        seeds = [line for line in ax.lines if line.get_marker() == "o"]
+        assert [list(line.get_xdata()) for line in seeds] == [[0.753, 0.755, 0.754], [0.750, 0.752, 0.751]]
+        means = [line for line in ax.lines if line.get_marker() == "D"]
+        assert [line.get_xdata()[0] for line in means] == pytest.approx([0.754, 0.751])
+        labels = [t.get_text() for t in ax.get_yticklabels()]
+        assert labels == ["lr=0.2\n0.754 ± 0.001", "lr=0.1\n0.751 ± 0.001"]
+        assert "dots: seeds" in ax.get_xlabel()
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    ("metric", "values", "limits"),
+    [
+        ("val_loss", [0.500, 0.503], (0.0, pytest.approx(0.503 * 1.05))),
+        ("val_loss", [0.01, 0.012], (0.0, pytest.approx(0.1))),  # at least 0.1 wide
+        ("seconds_per_epoch", [12.0, 30.0], (0.0, pytest.approx(31.5))),
+        ("test_top1", [0.2, 0.21], (0.0, 1.02)),
+    ],
+)
+def test_the_value_axis_starts_at_zero_and_is_at_least_a_tenth_wide(metric, values, limits):
+    assert plots.value_limits(values, metric) == limits
+    low, high = plots.value_limits(values, metric)
+    assert high - low >= 0.1
+
+
+def test_the_picture_is_written(tmp_path):
+    rows = close_rows("val_lwlrap")
+    path = sweep.write_picture(rows, "val_lwlrap", tmp_path, title="t")
+    assert path == tmp_path / sweep.PICTURE and path.stat().st_size > 10_000
