@@ -62,3 +62,12 @@ def report_error(prog: str, err: BaseException) -> int:
         raise err
     print(f"{prog}: error: {message}", file=sys.stderr)
     return EXIT_USER_ERROR
+
+
+def plural(count: int, noun: str) -> str:
+    """``count`` and ``noun``, plural unless ``count`` is 1: ``"1 batch"``, ``"14 batches"``,
+    ``"2 train examples"`` (the last word takes the ending: -es after s, x, z, ch, sh; else -s)."""
+    if count == 1:
+        return f"{count} {noun}"
+    ending = "es" if noun.endswith(("s", "x", "z", "ch", "sh")) else "s"
+    return f"{count} {noun}{ending}"

@@ -11,4 +11,17 @@
 
 Nothing here reads audio or needs librosa or joblib: experiments see only feature sets
 written by ``precompute``.
+
+A command line here (``python -m experiments.X``) holds back TensorFlow's start-up lines on
+stderr, and its C++ log lines while it runs (``commandline.native_logs``): first, as this
+package is imported, before any module here imports Keras. Its ``--verbose`` (1 or more) prints
+the held lines; ``TF_CPP_MIN_LOG_LEVEL=0`` holds nothing. A program that imports these modules
+keeps TensorFlow's logging as it is.
 """
+
+import sys
+
+from commandline.native_logs import hold_tensorflow_logs
+
+if sys.argv[:1] == ["-m"]:  # python -m experiments.X: this package is imported while "-m" runs
+    hold_tensorflow_logs()

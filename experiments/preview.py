@@ -20,8 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
+from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, plural, report_error, setup_logging
 from commandline.flags import add_flag, build, groups
+from commandline.parser import CommandParser
 from melshards.errors import ConfigError, MelShardsError
 
 PROG = "precompute preview"
@@ -45,7 +46,7 @@ class PreviewOptions:
 
 def build_parser() -> argparse.ArgumentParser:
     """``precompute preview``'s arguments, flags, defaults and help, in its order."""
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog=PROG,
         description="Write two PNG pictures of a feature set: OUT, a grid of example spectrograms "
         "(one row per class, --per-class examples each, on true axes: seconds and Hz; dashed lines "
@@ -124,8 +125,8 @@ def draw(options: PreviewOptions) -> int:
     )
     width, height = written["size"]
     line = (
-        f"wrote {written['out']} ({width}x{height} px, {written['rows']} rows of up to "
-        f"{options.per_class} examples)"
+        f"wrote {written['out']} ({width}x{height} px, {plural(written['rows'], 'row')} of up to "
+        f"{plural(options.per_class, 'example')})"
     )
     if "augment_out" in written:
         line += f" and {written['augment_out']} (augmentation)"

@@ -17,8 +17,8 @@ names; each flag by its ``dest``, ``"optim.epochs"``, the field it sets) and han
 ``experiments.train_run.run_training``. Reads only the shards (through ``ShardSequence``), never
 audio. Writes into the run directory ``--out`` (``out=`` from Python):
 
-- ``model.keras``: the model of the epoch with the best ``val_lwlrap`` (ModelCheckpoint);
-- ``history.csv``: loss and metrics per epoch (CSVLogger);
+- ``model.keras``: the model of the epoch with the best ``val_lwlrap`` (``callbacks.BestModel``);
+- ``history.csv``: loss and metrics per epoch (``callbacks.HistoryLog``: CSVLogger's rows);
 - ``metrics.json``: ``val_lwlrap``, ``val_top1`` (of the saved model, recomputed on the
   whole validation split), per-class LWLRAP keyed by class name, the feature set
   ``fingerprint``, the full ``config`` (these arguments, the feature config, the class names
@@ -42,6 +42,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
@@ -57,7 +58,9 @@ from experiments.checkpoints import (
 from experiments.train_flags import build_parser, options_of, parse_args, parse_flags
 from experiments.train_options import KeepOptions, TrainOptions
 from experiments.train_run import run_training
-from melshards.errors import MelShardsError
+from melshards.errors import FormatError, MelShardsError
+from melshards.names import INDEX_FILE
+from melshards.remote import is_url
 
 # Named here too for the callers of train(): the run directory's files (experiments.checkpoints)
 # and the command line (experiments.train_flags).
@@ -132,7 +135,7 @@ def train(
     """
     flat = dict(locals())  # every keyword above: the options by their flat names, and resume
     resume = flat.pop("resume")
-    return run_training(TrainOptions.from_kwargs(**flat), resume=bool(resume))
+    return _run(TrainOptions.from_kwargs(**flat), resume=bool(resume))
 
 
 def resume_run(
@@ -147,7 +150,32 @@ def resume_run(
         options["quiet"] = quiet
     options.pop("resume", None)
     options["out"] = os.fspath(run_dir)
-    return run_training(TrainOptions.from_kwargs(**options), resume=True)
+    return _run(TrainOptions.from_kwargs(**options), resume=True)
+
+
+# The command that makes each feature set a run reads, named when the set is not there.
+MAKERS = {
+    "features": "precompute features --audio-dir AUDIO --tp TP.csv --out {path}",
+    "windows": "precompute windows --audio-dir AUDIO --out {path}",
+}
+
+
+def check_feature_sets(options: TrainOptions) -> None:
+    """FormatError naming the command that makes a feature set the options name that does not
+    exist (a local path); a directory without an index is ``melshards.index``'s to explain."""
+    for field, maker in MAKERS.items():
+        path = getattr(options.data, field)
+        if path is None or is_url(path) or Path(path).exists():
+            continue
+        raise FormatError(
+            f"{Path(path) / INDEX_FILE}: no index; not a finished feature set "
+            f"(make one with {maker.format(path=path)})"
+        )
+
+
+def _run(options: TrainOptions, *, resume: bool) -> dict[str, Any]:
+    check_feature_sets(options)
+    return run_training(options, resume=resume)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             given = None if verbose == KeepOptions.verbose and not quiet else verbose
             metrics = resume_run(resume, verbose=given, quiet=quiet or None)
         else:
-            metrics = run_training(options_of(args), resume=bool(resume))
+            metrics = _run(options_of(args), resume=bool(resume))
     except (MelShardsError, OSError) as err:
         return report_error(PROG, err)
     except KeyboardInterrupt:

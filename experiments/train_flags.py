@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from commandline.flags import add_flag, build, groups
+from commandline.parser import CommandParser
 from experiments.checkpoints import RUN_FILE
 from experiments.models import available_models
 from experiments.train_options import (
@@ -35,7 +36,7 @@ from loader.options import BatchOptions
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags, in the help's order (the functions below add them a few at a time)."""
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="python -m experiments.train",
         description="Train a model on a precomputed feature set (shards only, no audio).",
     )
@@ -246,7 +247,8 @@ def _add_keeping_flags(p: argparse.ArgumentParser) -> None:
         type=int,
         default=KeepOptions.verbose,
         choices=VERBOSITY,
-        help="Keras fit output on stderr: 0 none, 1 progress bar, 2 one line per epoch (default)",
+        help="Keras fit output on stderr: 0 none, 1 progress bar, 2 one line per epoch (default); "
+        "given as 1 or 2, also TensorFlow's start-up lines, held back otherwise",
     )
     add_flag(
         p,

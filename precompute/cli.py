@@ -22,6 +22,7 @@ from pathlib import Path
 
 from commandline.console import EXIT_INTERRUPTED, EXIT_OK, report_error, setup_logging
 from commandline.flags import add_flag, groups
+from commandline.parser import CommandParser
 from melshards.errors import MelShardsError
 from precompute.backends import BACKENDS
 from precompute.commands import COMMANDS
@@ -190,7 +191,7 @@ def _add_annotation_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="precompute",
         description="Log-mel feature shards for audio event classifiers.",
         epilog="Exit status: 0 ok, 2 an error you can fix (one line on stderr), 3 written with "

@@ -150,7 +150,7 @@ def test_cli_preview_summary_and_options(feats, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.err == ""
     assert re.fullmatch(
-        rf"wrote {re.escape(str(out))} \(\d+x\d+ px, 4 rows of up to 1 examples\) and "
+        rf"wrote {re.escape(str(out))} \(\d+x\d+ px, 4 rows of up to 1 example\) and "
         rf"{re.escape(str(tmp_path / 'aug.png'))} \(augmentation\) in \d+\.\d s\n",
         captured.out,
     )
