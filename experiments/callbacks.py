@@ -1,18 +1,26 @@
-"""The Keras callbacks of a training run, besides Keras' own: its time, its ledger, its batch log.
+"""The Keras callbacks of a training run, besides Keras' own: its time, its ledger, its files.
 
 - ``TrainTimer``: seconds spent in the training part of each epoch;
 - ``FitLedger``: what the run knows of its epochs (history, best epoch, early stopping, times),
   kept across ``fit`` calls and processes: a checkpoint records ``state()``, a resumed run starts
   from it;
+- ``BestModel``: ``model.keras``, the model of the best epoch (``ModelCheckpoint`` with
+  ``save_best_only``, saved through a temp name);
+- ``HistoryLog``: ``history.csv``, one row per epoch (``CSVLogger``'s rows, appended to the
+  run's own file);
 - ``BatchLog``: ``batches.log``, the sha256 of every trained batch (``--batch-log``).
 
-``experiments.train_run.fit_run`` puts them, with ``ModelCheckpoint``, ``EarlyStopping``,
-``CSVLogger`` and ``experiments.checkpoints.LoaderCheckpoint``, into one ``fit``.
+Every file is written through ``experiments.run_files``, never through a link planted in the
+run directory. ``experiments.train_run.fit_run`` puts them, with ``EarlyStopping`` and
+``experiments.checkpoints.LoaderCheckpoint``, into one ``fit``.
 """
 
 from __future__ import annotations
 
+import collections.abc
+import csv
 import hashlib
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +28,9 @@ from typing import Any
 import keras
 import numpy as np
 
-# What the best epoch is chosen by (ModelCheckpoint, EarlyStopping, the ledger).
+from experiments.run_files import AppendLog, save_through_temp
+
+# What the best epoch is chosen by (BestModel, EarlyStopping, the ledger).
 MONITOR = "val_lwlrap"
 
 
@@ -64,7 +74,7 @@ class FitLedger(keras.callbacks.Callback):
     ``history`` holds the logs of every finished epoch (as ``keras.callbacks.History`` does);
     ``state()`` is written into each checkpoint and ``fit_state`` (a checkpoint's) starts a
     resumed run from it. At the start of every ``fit`` call the best ``val_lwlrap`` so far goes
-    back into ``best_model`` (ModelCheckpoint) and ``early`` (EarlyStopping: best, best epoch,
+    back into ``best_model`` (BestModel) and ``early`` (EarlyStopping: best, best epoch,
     epochs waited), which a call resets.
     """
 
@@ -123,18 +133,97 @@ def batch_digest(batch: tuple[np.ndarray, ...]) -> str:
     return digest.hexdigest()
 
 
+class BestModel(keras.callbacks.Callback):
+    """``model.keras``: the model of the epoch with the highest ``monitor`` so far.
+
+    What ``keras.callbacks.ModelCheckpoint(path, monitor=MONITOR, mode="max",
+    save_best_only=True)`` keeps, saved through a temp name (``run_files.save_through_temp``).
+    ``best`` is the best value so far (None before the first epoch; ``FitLedger`` sets it on
+    resume). An epoch without ``monitor`` in its logs is saved, as Keras does.
+    """
+
+    def __init__(self, path: Path, *, monitor: str = MONITOR) -> None:
+        super().__init__()
+        self.path, self.monitor = Path(path), monitor
+        self.best: float | None = None
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        current = (logs or {}).get(self.monitor)
+        if current is not None:
+            if self.best is not None and not current > self.best:
+                return
+            self.best = current
+        save_through_temp(self.path, self.model.save)
+
+
+def _csv_value(value: Any) -> Any:
+    """A log value as ``CSVLogger`` writes it (a list in brackets, quoted)."""
+    if isinstance(value, str) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        return value
+    if isinstance(value, collections.abc.Iterable):
+        return f'"[{", ".join(map(str, value))}]"'
+    return value
+
+
+class HistoryLog(keras.callbacks.Callback):
+    """``history.csv``: a row per epoch, as ``keras.callbacks.CSVLogger(path, append=True)``
+    writes it (the header ``epoch`` and the logs' names sorted, rows ending in CRLF), appended
+    to the run's own file (``run_files.AppendLog``) and fsynced at every epoch."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._log: AppendLog | None = None
+        self._keys: list[str] | None = None
+        self._header = False
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        self.close()
+        self._log = AppendLog(self.path)
+        self._keys, self._header = None, self._log.size == 0
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        logs = logs or {}
+        if self._keys is None:
+            keys = sorted(logs)
+            if keys and not any(k.startswith("val_") for k in keys):
+                keys += [f"val_{k}" for k in keys]
+            self._keys = keys
+        text = io.StringIO()
+        writer = csv.writer(text, dialect="excel")
+        if self._header:
+            writer.writerow(["epoch", *self._keys])
+            self._header = False
+        writer.writerow([epoch, *(_csv_value(logs.get(k, "NA")) for k in self._keys)])
+        self._log.write(text.getvalue().encode("utf-8"))
+
+    def on_train_end(self, logs: Any = None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
 class BatchLog(keras.callbacks.Callback):
     """``batches.log``: one line ``epoch index sha256`` per trained batch (``--batch-log``).
 
     ``sequence`` is what ``fit`` gets: the training sequence, noting the digest of every batch
-    it hands out; a line is written once the batch is trained.
+    it hands out; a line is written (and fsynced) once the batch is trained, to the run's own
+    file (``run_files.AppendLog``).
     """
 
     def __init__(self, seq: Any, path: Path) -> None:
         super().__init__()
-        self.path, self.digests = path, {}
+        self.path, self.digests = Path(path), {}
         self.sequence = _DigestedSequence(seq, self.digests)
         self._epoch, self._first = 0, 0
+        self._log: AppendLog | None = None
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        self.close()
+        self._log = AppendLog(self.path)
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         seq = self.sequence.seq
@@ -142,8 +231,16 @@ class BatchLog(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         index = self._first + batch
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(f"{self._epoch} {index} {self.digests.pop((self._epoch, index))}\n")
+        line = f"{self._epoch} {index} {self.digests.pop((self._epoch, index))}\n"
+        self._log.write(line.encode("utf-8"))
+
+    def on_train_end(self, logs: Any = None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 class _DigestedSequence(keras.utils.PyDataset):

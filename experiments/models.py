@@ -10,11 +10,14 @@ plain ``keras.saving.load_model`` and no project code.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import keras
 from keras import layers
 
+from experiments.errors import ExperimentError
 from melshards.errors import ConfigError
 
 ModelBuilder = Callable[..., keras.Model]
@@ -36,6 +39,20 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
 
 def available_models() -> tuple[str, ...]:
     return tuple(sorted(MODELS))
+
+
+def load_model_file(path: str | os.PathLike, *, what: str = "") -> keras.Model:
+    """The model saved at ``path`` (a ``.keras`` file), uncompiled.
+
+    ExperimentError naming ``path`` (after it, ``what``: ``"init_from: "``) when Keras cannot
+    read it: not a Keras archive, a truncated one, another file altogether.
+    """
+    try:
+        return keras.saving.load_model(Path(path), compile=False)
+    except Exception:  # Keras raises many types (ValueError, BadZipFile, OSError, KeyError)
+        raise ExperimentError(
+            f"{path}: {what}not a readable Keras model (a .keras file saved by experiments.train)"
+        ) from None
 
 
 def build_model(name: str, *, input_shape: Sequence[int], n_classes: int, **options: object) -> keras.Model:

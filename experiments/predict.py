@@ -46,9 +46,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, report_error, setup_logging
+from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, plural, report_error, setup_logging
 from commandline.flags import add_flag, build, groups
+from commandline.parser import CommandParser
 from experiments.errors import ExperimentError
+from experiments.models import load_model_file
+from experiments.run_files import check_not_directory, write_run_file
+from experiments.sequences import require_windows_set
 from experiments.submission import (
     max_per_recording,
     merge_columns,
@@ -58,11 +62,8 @@ from experiments.submission import (
     write_submission,
 )
 from loader import ShardSequence
-from loader.feature_set import FeatureSet
 from melshards.checks import check_int
 from melshards.errors import MelShardsError
-from melshards.files import atomic_write_text
-from melshards.names import SET_LABELLED
 
 # Feature parameters that change the arrays a model sees; a model trained on one value
 # scores garbage on another, so prediction refuses a mismatch.
@@ -119,7 +120,7 @@ class PredictOptions:
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags by ``dest``: ``predict.FIELD``, the ``PredictOptions`` field each one sets."""
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="python -m experiments.predict",
         description="Score a windows feature set; write one row per recording (max over windows).",
     )
@@ -168,19 +169,17 @@ def load_model(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ExperimentError(f"{path}: no such model file (train one with python -m experiments.train)")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as err:  # Keras raises many types for a bad archive
-        raise ExperimentError(f"{path}: cannot load model: {type(err).__name__}: {err}") from err
+    return load_model_file(path)
 
 
-def window_sequence(features: Any, model: Any, *, batch_size: int = 64) -> Any:
+def window_sequence(features: Any, model: Any, *, batch_size: int = 64, option: str = "features") -> Any:
     """Every window of ``features`` in order, cropped (centred) to the width ``model`` takes.
 
     A model trained on shorter crops (``train(crop_seconds=...)``) sees the centre of each
-    window; one wider than the stored windows is refused by ``check_fit``.
+    window; one wider than the stored windows is refused by ``check_fit``. A labelled set is
+    refused (``experiments.sequences.require_windows_set``, its message naming ``option``).
     """
-    feature_set = features if isinstance(features, FeatureSet) else FeatureSet(features)
+    feature_set = require_windows_set(features, option=option)
     frames = model.input_shape[2]
     stored = feature_set.config.n_frames
     crop = {"crop_frames": int(frames)} if isinstance(frames, int) and frames <= stored else {}
@@ -190,19 +189,14 @@ def window_sequence(features: Any, model: Any, *, batch_size: int = 64) -> Any:
 
 
 def check_fit(model: Any, seq: Any, *, model_path: Any, features: Any) -> None:
-    """Refuse features whose shape or classes differ from what the model was built for."""
+    """Refuse features whose windows differ in shape from what the model was built for."""
     _, n_mels, frames, channels = model.input_shape
-    n_classes = model.output_shape[-1]
     config = seq.config
     got = (config.n_mels, seq.crop_frames, 1)
     if (n_mels, frames, channels) != got:
         raise ExperimentError(
             f"{features}: features give windows of {got[0]} mels x {got[1]} frames, but "
             f"{model_path} expects {n_mels} x {frames}"
-        )
-    if seq.features.kind == SET_LABELLED and len(seq.classes) != n_classes:
-        raise ExperimentError(
-            f"{features}: features have {len(seq.classes)} classes, but {model_path} outputs {n_classes}"
         )
 
 
@@ -283,8 +277,8 @@ def run_prediction(options: PredictOptions) -> dict[str, Any]:
     )
     if not options.quiet:
         log.info(
-            f"{options.features}: {seq.n_examples} windows of {len(np.unique(seq.recording_id))} recordings, "
-            f"{len(seq)} batches"
+            f"{options.features}: {plural(seq.n_examples, 'window')} of "
+            f"{plural(len(np.unique(seq.recording_id)), 'recording')}, {plural(len(seq), 'batch')}"
         )
     scores = score_windows(net, seq, progress=not options.quiet)
     ids, table = max_per_recording(window_recording_ids(seq), scores)
@@ -299,7 +293,9 @@ def run_prediction(options: PredictOptions) -> dict[str, Any]:
 
 
 def _checked_inputs(options: PredictOptions) -> tuple[Any, Any]:
-    """The model and the sequence of every window of the features, cropped to what it takes."""
+    """The model and the sequence of every window of the features, cropped to what it takes
+    (and ``out`` not a directory: refused before anything is scored)."""
+    check_not_directory(Path(options.out))
     net = load_model(options.model)
     seq = window_sequence(options.features, net, batch_size=options.batch_size)
     check_fit(net, seq, model_path=options.model, features=options.features)
@@ -321,7 +317,7 @@ def _add_test_metrics(options: PredictOptions, run_metrics: dict, result: dict, 
     """Write the test scores into the run's ``metrics.json``, with the test set's identity."""
     run_metrics.update(result)
     run_metrics["test_features"] = {"path": str(Path(options.features).resolve()), "fingerprint": fingerprint}
-    atomic_write_text(options.metrics_path, json.dumps(run_metrics, indent=1) + "\n")
+    write_run_file(options.metrics_path, json.dumps(run_metrics, indent=1) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -335,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    line = f"{result['recordings']} recordings ({result['windows']} windows) -> {options.out}"
+    line = f"{plural(result['recordings'], 'recording')} ({plural(result['windows'], 'window')})"
+    line += f" -> {options.out}"
     if "test_lwlrap" in result:
         line += f"; test_lwlrap {result['test_lwlrap']:.4f}, test_top1 {result['test_top1']:.4f}"
         if options.metrics:

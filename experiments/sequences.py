@@ -6,6 +6,9 @@ run's split, batch size, workers and in-memory cache (``TrainOptions.split``/``b
 what ``--fold``, ``--batch-size``, ``--workers`` set) with what a run always asks of the loader:
 float16 batches (half the bytes; the model casts to float32 inside), the known-label mask for the
 loss, and the crop. ``score_sequence`` scores a model on one of them, batch by batch.
+
+``require_windows_set`` refuses a labelled set where a windows set is meant (``--windows`` of
+``train`` and ``pseudo``, ``predict --features``): the index says which kind a set is.
 """
 
 from __future__ import annotations
@@ -17,13 +20,17 @@ from typing import Any
 import keras
 import numpy as np
 
+from experiments.errors import ExperimentError
 from experiments.train_options import TrainOptions, train_augmentation
 from loader import ShardSequence
 from loader.augment import Augment
+from loader.feature_set import FeatureSet
 from loader.options import BatchOptions, BuildOptions, LoaderOptions, SplitOptions
 from loader.sequence import PairedSequence
 from melshards.config import frames_for
+from melshards.errors import ConfigError
 from melshards.index import read_index
+from melshards.names import SET_WINDOWS
 
 
 def loader_options(
@@ -87,16 +94,43 @@ def build_sequences(
     windows: str | os.PathLike | None = None,
     window_labels: Any = None,
 ) -> tuple[Any, Any]:
-    """The training sequence (paired with ``windows`` when given) and the validation sequence."""
+    """The training sequence (paired with ``windows`` when given) and the validation sequence.
+
+    ConfigError when the batch size is larger than the training split; ExperimentError when
+    ``windows`` is not a windows set, or covers none of the training split's recordings.
+    """
     train_seq = ShardSequence(features, options=train)
+    batch_size = train.batch.batch_size
+    if batch_size > train_seq.n_examples:
+        raise ConfigError(
+            f"batch size {batch_size} is larger than the {train_seq.n_examples} examples of the train split"
+        )
     val_seq = ShardSequence(features, options=val)
     if windows is not None:
+        window_set = require_windows_set(windows, option="windows")
         recordings = set(np.unique(train_seq.recording_id).tolist())
+        if not recordings & set(np.unique(window_set.recording_id).tolist()):
+            raise ExperimentError(
+                f"{windows}: windows: the windows cover none of the {len(recordings)} recordings of "
+                f"the train split of {features} (fold {train.split.fold} of {train.split.n_folds})"
+            )
         second = ShardSequence(
-            windows, options=window_options(train, labels=window_labels, recordings=recordings)
+            window_set, options=window_options(train, labels=window_labels, recordings=recordings)
         )
         train_seq = PairedSequence(train_seq, second)
     return train_seq, val_seq
+
+
+def require_windows_set(path: str | os.PathLike | FeatureSet, *, option: str) -> FeatureSet:
+    """The windows feature set at ``path`` (``precompute windows``), opened; ExperimentError
+    naming ``path`` and ``option`` when its index says it holds another kind (a labelled set)."""
+    feature_set = path if isinstance(path, FeatureSet) else FeatureSet(path)
+    if feature_set.kind != SET_WINDOWS:
+        raise ExperimentError(
+            f"{path}: {option}: holds a {feature_set.kind} feature set, not a windows one "
+            "(sliding windows over whole recordings: precompute windows makes them)"
+        )
+    return feature_set
 
 
 def run_sequences(options: TrainOptions) -> tuple[Any, Any]:

@@ -4,6 +4,7 @@
 for a class is the maximum over its windows), ``submission_columns`` and ``merge_columns`` (the
 class names the run's ``metrics.json`` records; ``<species>_t<songtype>`` classes merged back to
 their species by the maximum), ``write_submission`` (``recording_id,<columns>``, atomically).
+``write_submission`` writes through ``experiments.run_files`` (never through a link at ``out``).
 ``read_truth`` reads a 0/1 table of the same layout and ``score_against_truth`` scores against it
 (LWLRAP, top-1).
 """
@@ -19,7 +20,7 @@ import numpy as np
 
 from experiments.errors import ExperimentError
 from experiments.metrics import lwlrap, top1
-from melshards.files import atomic_write_text
+from experiments.run_files import write_run_file
 
 # Where a species x songtype class name splits: ``s3_t1`` is species ``s3``, songtype 1.
 SONGTYPE_MARK = "_t"
@@ -79,7 +80,7 @@ def write_submission(
     lines = [",".join(["recording_id", *columns])]
     for rid, row in zip(recording_ids, table, strict=True):
         lines.append(",".join([rid] + [f"{v:.6f}" for v in row]))
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    write_run_file(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from commandline.console import log
-from experiments.callbacks import MONITOR, BatchLog, FitLedger, TrainTimer
+from commandline.console import log, plural
+from experiments.callbacks import MONITOR, BatchLog, BestModel, FitLedger, HistoryLog, TrainTimer
 from experiments.checkpoints import (
     BATCH_LOG_FILE,
     CURVES_FILE,
@@ -41,11 +41,11 @@ from experiments.checkpoints import (
 from experiments.errors import ExperimentError
 from experiments.losses import MaskedBinaryCrossentropy
 from experiments.metrics import Lwlrap, Top1, class_lwlrap, lwlrap, top1
-from experiments.models import build_model
+from experiments.models import build_model, load_model_file
 from experiments.plots import plot_curves, read_history
+from experiments.run_files import save_through_temp, write_run_file
 from experiments.sequences import run_sequences, score_sequence
 from experiments.train_options import LossOptions, OptimOptions, TrainOptions
-from melshards.files import atomic_write_text
 from melshards.remote import is_url
 
 
@@ -82,7 +82,8 @@ def make_model(options: TrainOptions, train_seq: Any, val_seq: Any) -> keras.Mod
     compile_model(net, steps_per_epoch=len(train_seq), optim=options.optim, loss=options.loss)
     if not options.keep.quiet:
         log.info(
-            f"{data.features}: {train_seq.n_examples} train examples ({len(train_seq)} batches), "
+            f"{data.features}: {plural(train_seq.n_examples, 'train example')} "
+            f"({plural(len(train_seq), 'batch')}), "
             f"{val_seq.n_examples} validation (fold {options.split.fold} of {options.split.n_folds}); "
             f"model {name}, {net.count_params():,} parameters, input {input_shape(train_seq)}"
         )
@@ -93,7 +94,7 @@ def start_from(net: keras.Model, path: Path) -> None:
     """Give ``net`` the weights of the model saved at ``path``; ExperimentError when they do not fit."""
     if not path.is_file():
         raise ExperimentError(f"{path}: init_from: no such model file")
-    saved = keras.saving.load_model(path, compile=False)
+    saved = load_model_file(path, what="init_from: ")
     ours, theirs = [w.shape for w in net.weights], [w.shape for w in saved.weights]
     if ours != theirs:
         raise ExperimentError(
@@ -131,16 +132,14 @@ def fit_callbacks(
     sequence, or the batch log's view of it)."""
     out = Path(options.keep.out)
     timer = TrainTimer()
-    best_model = keras.callbacks.ModelCheckpoint(
-        out / MODEL_FILE, monitor=MONITOR, mode="max", save_best_only=True
-    )
+    best_model = BestModel(out / MODEL_FILE, monitor=MONITOR)
     # The run's model is model.keras (the best epoch's), never the one in memory: no weights to restore.
     early = keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=options.optim.patience)
     ledger = FitLedger(best_model=best_model, early=early, timer=timer, started=started, fit_state=fit_state)
     checkpoint.extra = ledger.state
     # In this order: the ledger restores the callbacks before it, and has the epoch's logs
     # before the checkpoint that records them.
-    callbacks = [timer, best_model, early, keras.callbacks.CSVLogger(out / HISTORY_FILE, append=True), ledger]
+    callbacks = [timer, best_model, early, HistoryLog(out / HISTORY_FILE), ledger]
     fed = train_seq
     if options.keep.batch_log:
         logger = BatchLog(train_seq, out / BATCH_LOG_FILE)
@@ -175,20 +174,25 @@ def fit_run(
     ledger.fit_started = time.perf_counter()
     first = ledger.epochs_done
     calls = [(first, first + 1), (first + 1, epochs)] if train_seq.start_batch else [(first, epochs)]
-    for initial_epoch, last in calls:
-        if initial_epoch >= last or ledger.stopped:
-            break
-        # Keras writes its progress to stdout; stdout is for the result line only.
-        with contextlib.redirect_stdout(sys.stderr):
-            net.fit(
-                fed,
-                validation_data=val_seq,
-                initial_epoch=initial_epoch,
-                epochs=last,
-                callbacks=callbacks,
-                verbose=options.keep.verbose,
-                shuffle=False,  # the sequence shuffles examples; in-order batches keep its look-ahead useful
-            )
+    try:
+        for initial_epoch, last in calls:
+            if initial_epoch >= last or ledger.stopped:
+                break
+            # Keras writes its progress to stdout; stdout is for the result line only.
+            with contextlib.redirect_stdout(sys.stderr):
+                net.fit(
+                    fed,
+                    validation_data=val_seq,
+                    initial_epoch=initial_epoch,
+                    epochs=last,
+                    callbacks=callbacks,
+                    verbose=options.keep.verbose,
+                    shuffle=False,  # the sequence shuffles examples; in-order batches keep its look-ahead useful
+                )
+    finally:
+        for callback in callbacks:  # the logs' open files, when fit stopped on an error
+            if isinstance(callback, HistoryLog | BatchLog):
+                callback.close()
     return ledger
 
 
@@ -198,12 +202,12 @@ def finish_run(options: TrainOptions, *, ledger: FitLedger, train_seq, val_seq, 
     out = Path(options.keep.out)
     fit_seconds = ledger.fit_seconds()
     truth, scores, best_epoch = score_best(out, ledger, val_seq)
-    plot_curves(
-        read_history(out / HISTORY_FILE),
-        out / CURVES_FILE,
-        title=f"run {out.name}: model {options.model.model} on {Path(options.data.features).name}, "
-        f"fold {options.split.fold}",
+    history = read_history(out / HISTORY_FILE)
+    title = (
+        f"run {out.name}: model {options.model.model} on {Path(options.data.features).name}, "
+        f"fold {options.split.fold}"
     )
+    save_through_temp(out / CURVES_FILE, lambda tmp: plot_curves(history, tmp, title=title))
     metrics = run_metrics(
         truth, scores, ledger=ledger, train_seq=train_seq, val_seq=val_seq, best_epoch=best_epoch
     )
@@ -216,7 +220,7 @@ def finish_run(options: TrainOptions, *, ledger: FitLedger, train_seq, val_seq, 
         config=run_config(options, train_seq),
         versions=run_versions(),
     )
-    atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=1) + "\n")
+    write_run_file(out / METRICS_FILE, json.dumps(metrics, indent=1) + "\n")
     remove_checkpoints(out)
     return metrics
 
@@ -224,7 +228,7 @@ def finish_run(options: TrainOptions, *, ledger: FitLedger, train_seq, val_seq, 
 def score_best(out: Path, ledger: FitLedger, val_seq) -> tuple[np.ndarray, np.ndarray, int]:
     """Validation truth and scores of the saved model (not the in-memory one: metrics.json
     describes model.keras), and its epoch (1-based; 0 without validation history)."""
-    best = keras.saving.load_model(out / MODEL_FILE, compile=False)
+    best = keras.saving.load_model(out / MODEL_FILE, compile=False)  # written by this run (BestModel)
     truth, scores = score_sequence(best, val_seq)
     val_history = ledger.history.get("val_lwlrap", [])
     return truth, scores, int(np.argmax(val_history)) + 1 if val_history else 0

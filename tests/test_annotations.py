@@ -353,7 +353,7 @@ def test_string_classes_through_training_and_prediction(formats, tmp_path):
     argv = ["--audio-dir", str(formats["audio"]), "--tp", str(f / "events.csv"), "--columns", COLUMNS]
     assert features(argv, tmp_path / "train") == 0
     metrics = train(
-        tmp_path / "train", out=tmp_path / "run", model="tiny", epochs=1, n_folds=2, batch_size=4, quiet=True
+        tmp_path / "train", out=tmp_path / "run", model="tiny", epochs=1, n_folds=2, batch_size=2, quiet=True
     )
     assert metrics["config"]["class_names"] == CLASSES and set(metrics["val_class_lwlrap"]) == set(CLASSES)
     windows = [

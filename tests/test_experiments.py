@@ -265,7 +265,7 @@ def test_predict_prints_one_line_and_quiet_silences_the_rest(run_dir, feature_se
     assert predict.main(argv) == 0
     captured = capsys.readouterr()
     assert captured.out == f"3 recordings (9 windows) -> {tmp_path / 's.csv'}\n"
-    assert "9 windows of 3 recordings, 1 batches" in captured.err
+    assert "9 windows of 3 recordings, 1 batch\n" in captured.err
     assert "predict: 100%" in captured.err.replace("\r", "\n")  # the tqdm bar
     assert predict.main([*argv, "--quiet"]) == 0
     captured = capsys.readouterr()
