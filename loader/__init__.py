@@ -4,7 +4,8 @@
 before); ``loader.torch.ShardDataset`` gives the same batches to a PyTorch ``DataLoader``; both
 wrap ``ShardBatches`` (numpy only). Their options are ``LoaderOptions``, in groups
 (``SplitOptions``, ``BatchOptions``, ``Augment``, ``BuildOptions``, ``CacheOptions``), or the
-same options by name. ``open_feature_set``, ``FeatureSet``, ``MelReader`` and ``Augment`` are
+same options by name. Labels are one vector per crop, or per time step of it with
+``targets="frames"`` (``FrameTargets``). ``open_feature_set``, ``FeatureSet``, ``MelReader`` and ``Augment`` are
 the pieces they are built from, and ``as_tf_dataset`` wraps a sequence as a
 ``tf.data.Dataset`` (TensorFlow is imported when it is called). The on-disk format and the
 errors come from ``melshards``; nothing here is imported by the precompute side, and nothing
@@ -20,6 +21,7 @@ read_kernels.start_warming()
 from loader.augment import Augment, AugmentParams  # noqa: E402
 from loader.batches import ShardBatches  # noqa: E402
 from loader.feature_set import FeatureSet, open_feature_set  # noqa: E402
+from loader.frame_targets import FrameTargets  # noqa: E402
 from loader.options import BatchOptions, BuildOptions, CacheOptions, LoaderOptions, SplitOptions  # noqa: E402
 from loader.reader import MelReader  # noqa: E402
 from loader.tfdata import as_tf_dataset  # noqa: E402
@@ -45,6 +47,7 @@ __all__ = [
     "ConfigError",
     "FeatureSet",
     "FormatError",
+    "FrameTargets",
     "IntegrityError",
     "LoaderOptions",
     "MelReader",

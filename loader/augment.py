@@ -22,12 +22,14 @@ Semantics worth knowing:
   share. Labels: ``"max"`` (default) marks every species of either example as present (both
   calls are audible in the mix); ``"weighted"`` mixes the label vectors with the same
   weights. Known-label mask: with ``"max"`` a class is known when it is positive in either
-  example or known in both; with ``"weighted"`` only when known in both.
+  example or known in both; with ``"weighted"`` only when known in both. Frame targets
+  (``targets="frames"``) combine the same way, step by step.
 - **masks** (SpecAugment): ``freq_masks`` bands of 0..``freq_mask_max`` mel bins and
   ``time_masks`` bands of 0..``time_mask_max`` frames, placed uniformly; masked cells are set
   to the feature set's per-mel-bin mean (``mask_value="mean"``, from the index statistics,
   so a mask looks like an average spectrum rather than silence) or to 0 (``"zero"``).
-  Masks come last, so a mask covers exactly its width with exactly the fill value.
+  Masks come last, so a mask covers exactly its width with exactly the fill value. Labels and
+  frame targets stay as they are under a mask.
 """
 
 from __future__ import annotations
@@ -315,7 +317,9 @@ class Augment:
     def mix_labels(
         self, y: np.ndarray, known: np.ndarray, params: AugmentParams
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Labels and known-label mask of the mixed examples (see the module docstring)."""
+        """Labels and known-label mask of the mixed examples (see the module docstring), per
+        class of (B, n_classes) clip labels or per step and class of (B, steps, n_classes)
+        frame targets."""
         if self.mixup_p == 0:
             return y, known
         mixed = np.flatnonzero(params.partner >= 0)
@@ -329,7 +333,7 @@ class Augment:
             y_new = np.maximum(y0, y1)
             known_new = np.maximum(y_new, k0 * k1)
         else:
-            lam = params.weight[mixed][:, None]
+            lam = params.weight[mixed].reshape(-1, *(1,) * (y.ndim - 1))  # clip or frame targets
             y_new = (lam * y0 + (1 - lam) * y1).astype(y.dtype)
             known_new = k0 * k1
         y[mixed] = y_new

@@ -43,6 +43,7 @@ from loader import sampler
 from loader.augment import AugmentParams
 from loader.crop_labels import CropLabels, check_soft_labels, fill_unknown
 from loader.feature_set import FeatureSet
+from loader.frame_targets import FrameTargets, target_steps
 from loader.options import BuildOptions, LoaderOptions
 from loader.reader import MelReader
 from loader.rows import InProcessRows, Lookahead, ProcessRows, ThreadRows
@@ -61,9 +62,9 @@ class ShardBatches:
         option, in its group: what to read (``split``, ``fold``, ``n_folds``, ``split_seed``,
         ``rank``, ``world_size``, ``recordings``), how to batch (``batch_size``, ``shuffle``,
         ``seed``, ``dtype``, ``return_mask``, ``crop_frames``, ``drop_remainder``,
-        ``soft_labels``), ``augment``, how to build (``workers``, ``use_multiprocessing``,
-        ``lookahead``, ``in_memory``) and a set at a URL (``cache_dir``, ``cache_limit``,
-        ``prefetch``)
+        ``soft_labels``, ``targets``, ``target_step``), ``augment``, how to build (``workers``,
+        ``use_multiprocessing``, ``lookahead``, ``in_memory``) and a set at a URL
+        (``cache_dir``, ``cache_limit``, ``prefetch``)
     **kwargs : any of those options by name, over ``options``:
         ``ShardBatches(path, split="val", batch_size=64)``; ConfigError for a name that is none
 
@@ -72,7 +73,9 @@ class ShardBatches:
     model sees, ...); ``options`` holds them as given.
 
     ``x`` is (B, n_mels, crop_frames, 1); ``y`` is (B, n_classes) float32, 1 where a TP event
-    counts in the crop. Windows feature sets (inference) have no labels: y and known are 0.
+    counts in the crop, or with ``targets="frames"`` (B, steps, n_classes), 1 where a TP counts
+    in the step (``loader.frame_targets``); ``known`` has ``y``'s shape (``label_shape``).
+    Windows feature sets (inference) have no labels: y and known are 0.
     """
 
     def __init__(
@@ -108,7 +111,12 @@ class ShardBatches:
         )
         self._order: tuple[int, np.ndarray] | None = None
         self._center = center_offset(config, self.crop_frames)
-        self._labels = CropLabels(self.features, self.crop_frames, self._center)
+        if self.targets == "frames":
+            self._labels = FrameTargets(
+                self.features, self.crop_frames, self.target_step, batch_size=self.batch_size
+            )
+        else:
+            self._labels = CropLabels(self.features, self.crop_frames, self._center)
         self._lookahead = Lookahead(self._build)
         self._rows = self._row_builder(options.build)
 
@@ -122,6 +130,7 @@ class ShardBatches:
         self.shuffle, self.augment = options.shuffle, options.augmentation
         self.dtype = np.dtype(batch.dtype)
         self.return_mask, self.drop_remainder = batch.return_mask, batch.drop_remainder
+        self.targets, self.target_step = batch.targets, batch.target_step
         self.in_memory, self.lookahead = build.in_memory, build.lookahead
 
     def _check_crop(self, crop_frames: int | None) -> int:
@@ -225,6 +234,15 @@ class ShardBatches:
         return self.features.valid[self.example_ids]
 
     @property
+    def label_shape(self) -> tuple[int, ...]:
+        """Shape of one example's ``y`` (and ``known``): ``(n_classes,)``, or ``(steps,
+        n_classes)`` with ``targets="frames"``."""
+        n_classes = self.config.n_classes
+        if self.targets == "frames":
+            return (target_steps(self.crop_frames, self.target_step), n_classes)
+        return (n_classes,)
+
+    @property
     def center_offset(self) -> int:
         """First stored frame of the centred crop (the crop without time shift)."""
         return self._center
@@ -267,6 +285,8 @@ class ShardBatches:
             fingerprint=self.fingerprint,
             batch_size=self.batch_size,
             batches=len(self),
+            targets=self.targets,
+            target_step=self.target_step,
         )
 
     def state_dict(self, *, next_batch: int | None = None) -> dict:
@@ -276,7 +296,8 @@ class ShardBatches:
     def load_state_dict(self, state: LoaderState | dict) -> None:
         """Go to a saved position: ``epoch`` becomes the state's, and the next pass over it starts
         at the state's batch. A state saved with another feature set, seed, rank, world size,
-        batch size or number of batches per epoch is refused (ConfigError naming the field)."""
+        batch size, number of batches per epoch or targets is refused (ConfigError naming the
+        field)."""
         loaded = LoaderState.coerce(state)
         loaded.check_fits(self.loader_state(next_batch=0))
         loaded = loaded.normalized()

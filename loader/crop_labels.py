@@ -75,8 +75,16 @@ def check_soft_labels(soft: np.ndarray | str | os.PathLike, features: FeatureSet
 def fill_unknown(y: np.ndarray, known: np.ndarray, soft: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``y`` with every unknown label that has a soft value (not NaN) set to it; ``known`` as given.
 
-    y, known, soft : np.ndarray [shape=(B, n_classes)]; y is changed in place.
+    y, known : np.ndarray [shape=(B, n_classes)], or frame targets [shape=(B, steps, n_classes)]:
+        then a class unknown on every step (its crop label is unknown: ``loader.frame_targets``)
+        takes its soft value on every step, and a class known somewhere keeps its steps.
+        y is changed in place.
+    soft : np.ndarray [shape=(B, n_classes)]
     """
+    if y.ndim == 3:
+        rows, classes = np.nonzero((known.max(axis=1, initial=0) == 0) & ~np.isnan(soft))
+        y[rows, :, classes] = soft[rows, classes][:, None]
+        return y, known
     fill = (known == 0) & ~np.isnan(soft)
     y[fill] = soft[fill]
     return y, known

@@ -7,7 +7,7 @@
       split    SplitOptions    what to read: split, fold, n_folds, split_seed, rank, world_size,
                                recordings
       batch    BatchOptions    how to batch: batch_size, shuffle, seed, dtype, return_mask,
-                               crop_frames, drop_remainder, soft_labels
+                               crop_frames, drop_remainder, soft_labels, targets, target_step
       augment  Augment         what to change in each example (``loader.augment``)
       build    BuildOptions    how batches are built: workers, use_multiprocessing, lookahead,
                                in_memory
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from loader.augment import Augment
+from loader.frame_targets import TARGETS
 from loader.sampler import check_rank, check_split
 from melshards.checks import check_int
 from melshards.errors import ConfigError
@@ -78,14 +79,21 @@ class BatchOptions:
     shuffle : visit examples in a new order each epoch (None: for the train split only)
     seed : seed of the epoch orders and of every augmentation draw
     dtype : ``"float32"`` or ``"float16"`` for x (float16 lets the model cast on the accelerator)
-    return_mask : also yield ``known`` (B, n_classes) float32: 1 where the label is known
+    return_mask : also yield ``known``, float32 of ``y``'s shape: 1 where the label is known
         (a TP or an FP counts in the crop), 0 where unknown
     crop_frames : frames the model sees (None: the feature set's ``crop_frames``)
     drop_remainder : drop the last incomplete batch
     soft_labels : np.ndarray [shape=(n_examples, n_classes)] or the path of one (``.npy``),
         values in [0, 1] or NaN, rows in the feature set's example order: where a crop's label
         is unknown and the value is not NaN, ``y`` takes it (pseudo labels); known labels stay,
-        and ``known`` is unchanged. Compared by identity, never copied.
+        and ``known`` is unchanged. Compared by identity, never copied. With frame targets a
+        class whose crop label is unknown (every step unknown) takes the value on every step.
+    targets : ``"clip"``: ``y`` (and ``known``) is (B, n_classes), one vector per crop;
+        ``"frames"``: (B, steps, n_classes), one vector per step of ``target_step`` frames
+        (``loader.frame_targets``; the clip labels are their maximum over steps)
+    target_step : frames per step of frame targets, an int >= 1 (a model's time stride; 8:
+        85 ms at the default config's hop); ``steps = ceil(crop_frames / target_step)``, the
+        last step holding what remains
     """
 
     batch_size: int = 32
@@ -96,6 +104,8 @@ class BatchOptions:
     crop_frames: int | None = None
     drop_remainder: bool = False
     soft_labels: np.ndarray | str | os.PathLike | None = dataclasses.field(default=None, compare=False)
+    targets: str = "clip"
+    target_step: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size, low=1))
@@ -108,6 +118,9 @@ class BatchOptions:
             object.__setattr__(self, "shuffle", bool(self.shuffle))
         object.__setattr__(self, "return_mask", bool(self.return_mask))
         object.__setattr__(self, "drop_remainder", bool(self.drop_remainder))
+        if self.targets not in TARGETS:
+            raise ConfigError(f"targets must be one of {TARGETS}, got {self.targets!r}")
+        object.__setattr__(self, "target_step", check_int("target_step", self.target_step, low=1))
 
 
 @dataclasses.dataclass(frozen=True)

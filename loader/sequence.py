@@ -56,8 +56,8 @@ class ShardSequence(ShardBatches, keras.utils.PyDataset):
     Takes what ``loader.batches.ShardBatches`` takes (``options``, a ``LoaderOptions``, and any
     option by name: ``split``, ``fold``, ``batch_size``, ``shuffle``, ``seed``, ``augment``,
     ``dtype``, ``return_mask``, ``in_memory``, ``crop_frames``, ``drop_remainder``,
-    ``lookahead``, ``rank``/``world_size``, ``workers``, ``use_multiprocessing``, ...) and
-    Keras' ``max_queue_size``.
+    ``targets``, ``target_step``, ``lookahead``, ``rank``/``world_size``, ``workers``,
+    ``use_multiprocessing``, ...) and Keras' ``max_queue_size``.
     """
 
     def __init__(
@@ -106,6 +106,12 @@ class ShardSequence(ShardBatches, keras.utils.PyDataset):
         return as_tf_dataset(self, prefetch=prefetch)
 
 
+def _batch_form(seq: ShardSequence) -> tuple:
+    """What two sequences must share for their batches to be concatenated."""
+    step = seq.target_step if seq.targets == "frames" else 1
+    return (seq.return_mask, seq.crop_frames, seq.targets, step)
+
+
 class PairedSequence(keras.utils.PyDataset):
     """Each batch of ``first`` followed by a batch of ``second``, for ``model.fit``.
 
@@ -120,8 +126,10 @@ class PairedSequence(keras.utils.PyDataset):
 
     def __init__(self, first: ShardSequence, second: ShardSequence) -> None:
         super().__init__()
-        if first.return_mask != second.return_mask or first.crop_frames != second.crop_frames:
-            raise ConfigError("paired sequences must agree on return_mask and crop_frames")
+        if _batch_form(first) != _batch_form(second):
+            raise ConfigError(
+                "paired sequences must agree on return_mask, crop_frames, targets and target_step"
+            )
         if first.config.n_mels != second.config.n_mels or len(first.classes) != len(second.classes):
             raise ConfigError(
                 f"{second.features.root} does not fit {first.features.root}: "
@@ -184,6 +192,10 @@ class PairedSequence(keras.utils.PyDataset):
     @property
     def crop_frames(self) -> int:
         return self.first.crop_frames
+
+    @property
+    def label_shape(self) -> tuple[int, ...]:
+        return self.first.label_shape
 
     @property
     def fingerprint(self) -> str:

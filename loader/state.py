@@ -3,7 +3,8 @@
 Every batch is a pure function of ``(seed, epoch, index, rank)`` (``loader.batches``), so a
 loader's position is the whole of its state: ``LoaderState`` holds it (seed, epoch, next batch,
 rank, world size) with what must not change between saving and loading it (the feature set's
-fingerprint, the batch size, the batches per epoch)::
+fingerprint, the batch size, the batches per epoch, the targets: clip labels or frame targets
+and their step)::
 
     state = seq.state_dict(next_batch=17)      # a plain dict
     write_state("runs/x/checkpoint.loader.json", LoaderState.from_dict(state))
@@ -18,10 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from loader.frame_targets import TARGETS
 from melshards.checks import check_int
 from melshards.errors import ConfigError, FormatError
 from melshards.files import atomic_write_text
@@ -31,7 +33,16 @@ STATE_VERSION = 1
 
 # Fields that describe the setup rather than the position: loading a state into a loader whose
 # setup differs would yield other batches than the saved run's, so it is refused.
-SETUP_FIELDS = ("fingerprint", "seed", "rank", "world_size", "batch_size", "batches")
+SETUP_FIELDS = (
+    "fingerprint",
+    "seed",
+    "rank",
+    "world_size",
+    "batch_size",
+    "batches",
+    "targets",
+    "target_step",
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,8 @@ class LoaderState:
     fingerprint : the feature set's fingerprint
     batch_size : examples per batch
     batches : batches per epoch (``len`` of the loader)
+    targets, target_step : ``"clip"`` or ``"frames"`` and the frames per step of frame targets
+        (1 for clip labels); a state written without them is a clip state
     """
 
     seed: int
@@ -56,6 +69,8 @@ class LoaderState:
     fingerprint: str
     batch_size: int
     batches: int
+    targets: str = "clip"
+    target_step: int = 1
 
     def __post_init__(self) -> None:
         lows = {"seed": 0, "epoch": 0, "batch": 0, "rank": 0, "world_size": 1, "batch_size": 1, "batches": 0}
@@ -72,6 +87,10 @@ class LoaderState:
             raise ConfigError(
                 f"loader state: fingerprint must be a non-empty string, got {self.fingerprint!r}"
             )
+        if self.targets not in TARGETS:
+            raise ConfigError(f"loader state: targets must be one of {TARGETS}, got {self.targets!r}")
+        step = check_int("target_step", self.target_step, low=1, where="loader state: ")
+        object.__setattr__(self, "target_step", step if self.targets == "frames" else 1)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict, with the format name and version first."""
@@ -89,11 +108,13 @@ class LoaderState:
                 f"(format {data.get('format')!r}, version {data.get('version')!r})"
             )
         names = [f.name for f in fields(cls)]
-        missing = [name for name in names if name not in data]
+        missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING]
+        if "targets" in data and "target_step" not in data:  # written together, or neither
+            missing.append("target_step")
         if missing:
             raise FormatError(f"{where}: loader state lacks {', '.join(missing)}")
         try:
-            return cls(**{name: data[name] for name in names})
+            return cls(**{name: data[name] for name in names if name in data})
         except ConfigError as err:
             raise FormatError(f"{where}: {err}") from None
 

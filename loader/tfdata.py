@@ -17,7 +17,8 @@ def as_tf_dataset(seq: ShardBatches, *, prefetch: int | None = -1, first_epoch: 
     """A ``tf.data.Dataset`` yielding exactly ``seq[i]`` for each batch of an epoch.
 
     Built with ``from_generator`` and an explicit ``output_signature``: ``x`` (None, n_mels,
-    crop_frames, 1) in the sequence's dtype, ``y`` (None, n_classes) float32, and ``known``
+    crop_frames, 1) in the sequence's dtype, ``y`` (None, n_classes) float32 (with frame
+    targets (None, steps, n_classes): ``seq.label_shape``), and ``known`` of ``y``'s shape
     when ``seq.return_mask``. The k-th pass over the dataset (``model.fit`` makes one per
     epoch) yields epoch ``first_epoch + k`` of the sequence; ``first_epoch`` defaults to
     ``seq.epoch`` when this is called. ``prefetch``: batches to prefetch, -1 for
@@ -32,12 +33,10 @@ def as_tf_dataset(seq: ShardBatches, *, prefetch: int | None = -1, first_epoch: 
     start = seq.epoch if first_epoch is None else int(first_epoch)
     passes = itertools.count(start)
     config = seq.config
-    signature = [
-        tf.TensorSpec((None, config.n_mels, seq.crop_frames, 1), tf.as_dtype(seq.dtype)),
-        tf.TensorSpec((None, config.n_classes), tf.float32),
-    ]
+    labels = tf.TensorSpec((None, *seq.label_shape), tf.float32)
+    signature = [tf.TensorSpec((None, config.n_mels, seq.crop_frames, 1), tf.as_dtype(seq.dtype)), labels]
     if seq.return_mask:
-        signature.append(tf.TensorSpec((None, config.n_classes), tf.float32))
+        signature.append(labels)
 
     def generate():
         epoch = next(passes)

@@ -2,7 +2,8 @@
 
 ``ShardDataset`` is a map-style dataset whose items are whole batches: item ``(epoch, i)``
 is batch ``i`` of ``epoch``, the same arrays ``ShardSequence`` gives for the same settings
-(``loader.batches.ShardBatches`` builds both), as tensors ``(x, y)`` or ``(x, y, known)``.
+(``loader.batches.ShardBatches`` builds both), as tensors ``(x, y)`` or ``(x, y, known)``
+(with ``targets="frames"``, ``y`` and ``known`` are (B, steps, n_classes): ``loader.frame_targets``).
 Its ``loader()`` makes the ``DataLoader``: ``batch_size=None`` (items are batches already) and
 an ``EpochSampler`` that yields ``(epoch, i)`` pairs, so worker processes, persistent or not,
 build the batches of the epoch the main process is in::
