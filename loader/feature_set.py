@@ -12,7 +12,10 @@ open file and pickles cheaply into worker processes.
 ``min_overlap`` rule of ``melshards.labels``), so labels follow the crop, not the stored window.
 
 A set at a URL (``s3://``, ``gs://``, ``https://``) is read through ``melshards.remote``: its
-metadata with range requests, its shards from verified local copies (``ShardCache``).
+metadata with range requests, its shards from verified local copies (``ShardCache``). Where
+that cache lies is logged once per process when the set is opened. A shard whose metadata
+cannot be read that way is fetched whole and checked against the index's size and sha256, so
+an object replaced since its index was written is named as such.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 
 from melshards import codec, remote, shard_cache
 from melshards.config import FeatureConfig, crop_span
+from melshards.errors import FormatError, IntegrityError, StorageError
 from melshards.index import Index, ShardEntry, read_index
 from melshards.labels import overlap_mask
 from melshards.names import EVENT_EXAMPLE, EVENT_FP, EVENT_TP, MEL
@@ -49,9 +53,9 @@ class ShardLayout:
     byte_offsets: np.ndarray | None
     chunk_sizes: np.ndarray | None = None
     compressed: bool = False
-    # (st_dev, st_ino, st_size) of the checked file; None for a shard of a set at a URL, whose
-    # cached copy is checked against the index's sha256 whenever it is fetched
-    identity: tuple[int, int, int] | None = (0, 0, 0)
+    # (st_dev, st_ino, st_size, st_mtime_ns) of the checked file; None for a shard of a set at a
+    # URL, whose cached copy is checked against the index's sha256 whenever it is fetched
+    identity: tuple[int, ...] | None = (0, 0, 0, 0)
 
 
 class FeatureSet:
@@ -84,6 +88,8 @@ class FeatureSet:
         self.index: Index = read_index(
             root, cache_root=None if self.cache is None else self.cache.set_dir(self.url)
         )
+        if self.cache is not None:
+            self.cache.announce(self.url)
         self.root = self.index.root
         if prefetch and self.url is not None:
             self._fetch(self.index.shards)
@@ -134,7 +140,28 @@ class FeatureSet:
         self.event_t_max = _concat([ev["t_max"] for ev in events], np.float64)[order]
 
     def _read_shard(self, entry: ShardEntry, *, first: int, parts: dict[int, bytes] | None):
-        """(metadata, layout) of one shard, checked against its index entry."""
+        """(metadata, layout) of one shard, checked against its index entry.
+
+        For a set at a URL: from its cached copy (pinned while it is read) or its object. When
+        that fails, the shard is fetched whole, which checks the object's size and sha256
+        against the index (IntegrityError naming both when they differ; a damaged cached copy
+        is fetched anew), and read from that copy."""
+        if self.url is None:
+            return self._read_checked(entry, first=first, parts=None)
+        if self.cache.cached(self.url, entry.file, entry.sha256, entry.bytes) is not None:
+            self.cache.pin(self.url, entry.file)
+        try:
+            return self._read_checked(entry, first=first, parts=parts)
+        except (FormatError, StorageError) as err:
+            try:
+                self.cache.use(self.url, entry.file, entry.sha256, entry.bytes)
+            except IntegrityError:
+                raise
+            except (FormatError, StorageError):
+                raise err from None
+        return self._read_checked(entry, first=first, parts=None)
+
+    def _read_checked(self, entry: ShardEntry, *, first: int, parts: dict[int, bytes] | None):
         path, config = self.index.shard_path(entry), self.config
         with open_listed(self.index, entry, url=self.url, cache=self.cache, parts=parts) as h5:
             check_shard(h5, entry, config, path=path, size=self.url is None)
@@ -155,9 +182,14 @@ class FeatureSet:
 
     def local_shard(self, s: int) -> Path:
         """The local file of shard ``s``: for a set at a URL, its verified cached copy (fetched
-        now when it is not in the cache)."""
+        now when it is not in the cache), kept from eviction until this thread asks for another
+        shard, long enough to open or map it."""
         layout = self.shards[s]
-        return layout.path if self.url is None else self._fetch_entry(layout.entry)
+        if self.url is None:
+            return layout.path
+        entry = layout.entry
+        # Pinned: no process evicts it before this thread asks for another shard.
+        return self.cache.use(self.url, entry.file, entry.sha256, entry.bytes)
 
     def prefetch(self, example_ids: np.ndarray | None = None, *, threads: int = 4) -> list[Path]:
         """Fetch into the cache every shard holding one of ``example_ids`` (default: all);
@@ -256,9 +288,10 @@ def open_feature_set(root: str | os.PathLike, **cache) -> FeatureSet:
     return FeatureSet(root, **cache)
 
 
-def file_identity(st: os.stat_result) -> tuple[int, int, int]:
-    """Which file this is: a shard rebuilt or replaced since it was checked has another inode."""
-    return (st.st_dev, st.st_ino, st.st_size)
+def file_identity(st: os.stat_result) -> tuple[int, ...]:
+    """Which file this is: a shard rebuilt or replaced since it was checked has another inode,
+    one rewritten in place another modification time (and often size)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:

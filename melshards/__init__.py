@@ -23,6 +23,7 @@ set at a URL) and hdf5plugin and its decoders (compressed codecs). Its modules:
 - ``shard_check``: checking a shard against its index entry
 - ``shard_read``: reading a checked shard's metadata, and where its ``mel`` chunks lie
 - ``remote``: URLs (``file://``, ``s3://``, ``gs://``, ``http(s)://``) and object storage I/O
+- ``remote_limits``: the timeouts and attempts of every request to object storage
 - ``shard_cache``: the verified local cache of the shards of a set at a URL
 - ``verify``: re-checking a whole feature set against its index
 

@@ -7,11 +7,14 @@ mirrors that directory:
 1. ``pull``: before planning, the stage takes what the URL already holds of earlier runs (the
    index, ``.built.jsonl``, and every finished shard the stage lacks, each checked against the
    sha256 recorded when it was built), so a run resumed on another machine reuses what is
-   there and checks out;
+   there and checks out; then it writes ``.built.jsonl`` back, so a bucket that is missing or
+   refuses writes stops the run before it records a plan;
 2. ``unpublish``: before the first shard changes, the URL's index is deleted, so no reader
    trusts the URL in the middle of a run;
 3. each shard is uploaded by the worker that built it (a Dask or Ray worker on another
-   machine included), then recorded in ``.built.jsonl``, which is uploaded after each shard;
+   machine included), then recorded in ``.built.jsonl``, which is uploaded after each shard; a
+   shard reused from the stage is uploaded again unless the URL holds its very bytes
+   (``upload_missing``: the size, then the hash);
 4. ``publish``: at the end, shards no longer in the plan are deleted, then ``failures.jsonl``
    and, last, ``index.json`` are uploaded.
 
@@ -72,6 +75,9 @@ class RemoteOutput:
         for name in (INDEX_FILE, BUILT_FILE):
             if name in names:
                 write_file_atomic(self.stage / name, remote.read_bytes(self.at(name)))
+        # A bucket that is missing or refuses writes fails here, before a plan is recorded.
+        record = self.stage / BUILT_FILE
+        remote.write_bytes(self.at(BUILT_FILE), record.read_bytes() if record.is_file() else b"")
         fetched = 0
         for file, entry in sorted(read_prior(self.stage).built.items()):
             local = self.stage / file
@@ -80,8 +86,10 @@ class RemoteOutput:
             try:
                 shard_cache.download(self.at(file), local, sha256=entry.sha256, size=entry.bytes)
                 fetched += 1
-            except IntegrityError as err:
-                log.warning(f"{err}; building it again")
+            except IntegrityError:
+                log.warning(
+                    f"{remote.redact(self.at(file))}: not the bytes recorded when it was built; building it again"
+                )
         if fetched:
             log.info(f"took {fetched} finished shard(s) from {self.shown}")
         return fetched
@@ -91,10 +99,16 @@ class RemoteOutput:
         remote.remove(self.at(INDEX_FILE))
 
     def upload_missing(self, files: list[str], sizes: list[int]) -> None:
-        """Upload the stage's shards ``files`` that the URL lacks or holds with another size."""
+        """Upload the stage's shards ``files`` (checked against their recorded sha256 when
+        they were reused) that the URL lacks or holds with other bytes: another size than
+        ``sizes``, or another hash (``remote.holds``)."""
         for file, size in zip(files, sizes, strict=True):
-            if remote.size_of(self.at(file)) != size:
-                remote.upload(self.stage / file, self.at(file))
+            local, url = self.stage / file, self.at(file)
+            if local.stat().st_size == size and remote.holds(url, local):
+                continue
+            if remote.size_of(url) is not None:
+                log.warning(f"{remote.redact(url)}: not the bytes of the shard built; uploading it again")
+            remote.upload(local, url)
 
     def record(self) -> None:
         """Upload ``.built.jsonl``: what a run resumed elsewhere may reuse."""
@@ -130,4 +144,8 @@ def local_output(out: Path | str, stage: Path | None) -> tuple[Path, RemoteOutpu
     target.stage.mkdir(parents=True, exist_ok=True)
     with output_lock(target.stage):
         target.pull()
+    log.info(
+        f"staging the shards of {target.shown} in {target.stage} (a copy of each, kept to resume; "
+        f"--stage or ${shard_cache.CACHE_ENV} moves it, and it may be deleted once the run is done)"
+    )
     return target.stage, target

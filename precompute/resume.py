@@ -98,7 +98,10 @@ class Prior:
 
     @property
     def empty(self) -> bool:
-        return not (self.built or self.planned)
+        """Nothing finished is recorded, nor an index of another version: a run here builds
+        every shard, as a first run does (an earlier run that stopped before finishing a
+        shard, such as one that could not write its output, leaves only its plan)."""
+        return not self.built and (self.setup is None or bool(self.planned))
 
     def assignment(self, setup: str) -> dict[str, int] | None:
         """The shard index of each recording of the last plan, or None unless that plan had ``setup``.
@@ -235,6 +238,8 @@ def _strings(value) -> bool:
 
 def rebuild_reason(job: ShardJob, prior: Prior) -> tuple[str, tuple[str, ...]]:
     """Why ``job``'s shard must be built: one of ``REASONS``, and the recordings it concerns."""
+    if prior.empty:
+        return NEW, job.recording_ids
     if prior.setup is not None and prior.setup != job.setup:
         return SETUP, ()
     planned, record = prior.planned.get(job.file), prior.built.get(job.file)

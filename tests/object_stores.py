@@ -1,11 +1,13 @@
 """Real servers for the object-storage tests: an S3-compatible one (moto's standalone server)
 and a plain HTTP server that answers range requests, each started by the tests and stopped
-after them."""
+after them; the fixtures ``s3_endpoint`` and ``s3`` (a new bucket per test), and the batches a
+set yields, to compare a set at a URL with its local copy."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import re
 import socket
@@ -17,6 +19,12 @@ import urllib.request
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loader.batches import ShardBatches
+from melshards import shard_cache
 
 # What s3fs (through botocore) reads to reach the local server.
 S3_ENV = {
@@ -120,3 +128,47 @@ def http_server(directory: Path, *, delay: float = 0.0, block: int = 65536) -> I
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- fixtures and comparisons ------------------------------------------------------------------
+
+
+# Imported by the test modules under these names; the tests ask for ``s3_endpoint`` and ``s3``.
+@pytest.fixture(scope="module", name="s3_endpoint")
+def s3_endpoint_fixture(tmp_path_factory):
+    server = s3_server(tmp_path_factory.mktemp("moto") / "server.log")
+    try:
+        endpoint = server.__enter__()
+    except RuntimeError as err:
+        pytest.skip(f"no local S3 server: {err}")
+    yield endpoint
+    server.__exit__(None, None, None)
+
+
+@pytest.fixture(name="s3")
+def s3_fixture(s3_endpoint, monkeypatch, tmp_path, request):
+    """A new empty bucket on the local server, as ``s3://NAME``; the AWS variables point s3fs
+    (and any subprocess) at the server; the cache lives in the test's directory."""
+    import fsspec
+
+    for key, value in {**S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv(shard_cache.CACHE_ENV, str(tmp_path / "default-cache"))
+    fsspec.filesystem("s3").clear_instance_cache()  # clients made for another server
+    bucket = "b" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
+    fsspec.filesystem("s3").mkdir(bucket)
+    return f"s3://{bucket}"
+
+
+def batches(source, *, epochs=(0, 1), **options) -> list[tuple[np.ndarray, ...]]:
+    """Every batch of ``epochs`` (augmented, shuffled) of a set, local or at a URL."""
+    options = {"split": "all", "batch_size": 4, "seed": 3, "augment": True, "shuffle": True, **options}
+    with ShardBatches(source, **options) as seq:
+        return [seq.batch(i, epoch=e) for e in epochs for i in range(len(seq))]
+
+
+def assert_same_batches(a, b) -> None:
+    assert len(a) == len(b) > 0
+    for left, right in zip(a, b, strict=True):
+        for u, v in zip(left, right, strict=True):
+            np.testing.assert_array_equal(u, v)

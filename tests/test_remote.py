@@ -14,9 +14,8 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from object_stores import S3_ENV, http_server, s3_server
+from object_stores import assert_same_batches, batches, http_server, s3_endpoint_fixture, s3_fixture  # noqa: F401
 
 from audio_fixtures import TINY, run_tiny
 from loader.batches import ShardBatches
@@ -28,45 +27,6 @@ from melshards.names import INDEX_FILE
 from melshards.verify import verify
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory):
-    server = s3_server(tmp_path_factory.mktemp("moto") / "server.log")
-    try:
-        endpoint = server.__enter__()
-    except RuntimeError as err:
-        pytest.skip(f"no local S3 server: {err}")
-    yield endpoint
-    server.__exit__(None, None, None)
-
-
-@pytest.fixture
-def s3(s3_endpoint, monkeypatch, tmp_path, request):
-    """A new empty bucket on the local server, as ``s3://NAME``; the AWS variables point s3fs
-    (and any subprocess) at the server; the cache lives in the test's directory."""
-    import fsspec
-
-    for key, value in {**S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv(shard_cache.CACHE_ENV, str(tmp_path / "default-cache"))
-    bucket = "b" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
-    fsspec.filesystem("s3").mkdir(bucket)
-    return f"s3://{bucket}"
-
-
-def batches(source, *, epochs=(0, 1), **options) -> list[tuple[np.ndarray, ...]]:
-    """Every batch of ``epochs`` (augmented, shuffled) of a set, local or at a URL."""
-    options = {"split": "all", "batch_size": 4, "seed": 3, "augment": True, "shuffle": True, **options}
-    with ShardBatches(source, **options) as seq:
-        return [seq.batch(i, epoch=e) for e in epochs for i in range(len(seq))]
-
-
-def assert_same_batches(a, b) -> None:
-    assert len(a) == len(b) > 0
-    for left, right in zip(a, b, strict=True):
-        for u, v in zip(left, right, strict=True):
-            np.testing.assert_array_equal(u, v)
 
 
 def run_python(code: str, *, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -305,13 +265,19 @@ def test_a_size_limit_evicts_the_least_recently_used_shards(tiny_run, tmp_path):
 
 
 def test_storage_errors_are_one_line_naming_the_url(s3, tmp_path, monkeypatch):
-    with pytest.raises(FormatError, match=r"^s3://no-such-bucket-here/set/index.json: no index"):
+    with pytest.raises(StorageError) as missing:
         FeatureSet("s3://no-such-bucket-here/set", cache_dir=tmp_path)
+    assert str(missing.value) == (
+        "s3://no-such-bucket-here/set/index.json: bucket 'no-such-bucket-here' does not exist at "
+        f"{os.environ['AWS_ENDPOINT_URL']} (create it, or check AWS_ENDPOINT_URL and the credentials)"
+    )
+    with pytest.raises(FormatError, match=rf"^{s3}/set/index.json: no index"):
+        FeatureSet(f"{s3}/set", cache_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"^http://host/set: HTTP URLs are read-only"):
         run_tiny({"audio": tmp_path, "tp": tmp_path / "tp.csv", "fp": None}, "http://host/set")
     # the network gone: the endpoint no longer answers
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("MELSHARDS_REMOTE_ATTEMPTS", "1")
     import fsspec
 
     fsspec.filesystem("s3").clear_instance_cache()
