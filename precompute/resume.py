@@ -331,7 +331,7 @@ def _existing_kind(out: Path) -> str | None:
     """The kind of feature set ``out`` holds (from its index, else from a shard), or None."""
     try:
         return str(json.loads((out / INDEX_FILE).read_text(encoding="utf-8")).get("kind")) or None
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):  # a hostile index tells nothing
         pass
     for path in sorted(out.glob(f"{SHARD_PREFIX}*{SHARD_SUFFIX}")):
         try:

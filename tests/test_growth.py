@@ -299,3 +299,14 @@ def test_shard_entry_recordings_are_validated(recordings, message):
     assert "recordings" not in ShardEntry.from_dict(entry, source="x").to_dict()
     with pytest.raises(FormatError, match=message):
         ShardEntry.from_dict({**entry, "recordings": recordings}, source="index.json shards[0]")
+
+
+def test_an_index_nested_too_deep_is_rebuilt_not_a_traceback(growth):
+    features(growth)
+    index_path = growth["out"] / "index.json"
+    index_path.write_text("[" * 200_000 + "]" * 200_000)
+    (growth["out"] / BUILT_FILE).unlink()
+    summary = features(growth)
+    assert summary.shards_built == summary.shards
+    assert {r.why for r in summary.rebuilt} == {resume.SETUP}
+    assert json.loads(index_path.read_text())["n_examples"] == summary.examples
