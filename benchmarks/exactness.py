@@ -68,7 +68,7 @@ def stored_vs_reference(features: Path, audio_dir: Path) -> dict:
             if differences[-1] > worst:
                 worst, where = (
                     differences[-1],
-                    (rid, float(start), int(np.unravel_index(d.argmax(), d.shape)[1])),
+                    (str(rid), float(start), int(np.unravel_index(d.argmax(), d.shape)[1])),
                 )
     return {
         "examples": len(differences),

@@ -187,6 +187,7 @@ def mel_power_frames(
     return out
 
 
+@functools.lru_cache(maxsize=8)
 def edge_frames(config: FeatureConfig) -> tuple[int, int]:
     """(leading, trailing) frames of a window whose STFT reaches beyond the window's own samples.
 
