@@ -11,6 +11,9 @@ same array.
 
 Epochs: ``on_epoch_end()`` advances ``epoch`` by one; ``set_epoch(e)`` sets it.
 
+The device path: ``stored_batch(i)`` is batch ``i`` before decoding and augmenting, for the
+accelerator to finish (``loader.stored_batch``); ``on_device`` makes ``get`` give it.
+
 Resuming: ``state_dict(next_batch=b)`` is the position as a ``loader.state.LoaderState`` dict;
 ``load_state_dict(state)`` goes back to it: the next pass over the current epoch
 (``iter_numpy()``, the PyTorch sampler, the Keras sequence) starts at the saved batch, the
@@ -48,6 +51,7 @@ from loader.options import BuildOptions, LoaderOptions
 from loader.reader import MelReader
 from loader.rows import InProcessRows, Lookahead, ProcessRows, ThreadRows
 from loader.state import LoaderState
+from loader.stored_batch import DeviceRecipe, StoredBatch, StoredReads
 from melshards.checks import check_int
 from melshards.config import FeatureConfig, center_offset
 from melshards.errors import ConfigError
@@ -119,6 +123,7 @@ class ShardBatches:
             self._labels = CropLabels(self.features, self.crop_frames, self._center)
         self._lookahead = Lookahead(self._build)
         self._rows = self._row_builder(options.build)
+        self._stored = StoredReads(self.reader, (self.batch_size, config.n_mels, self.crop_frames))
 
     def _take_settings(self, options: LoaderOptions) -> None:
         """The options as the attributes the rest of the class (and its users) read."""
@@ -349,11 +354,37 @@ class ShardBatches:
         self._rows.build(x, ids, params, masks=not mixes)
         if mixes:  # mixup reads rows built by other workers, then the masks (the gain is applied)
             self.augment.apply(x, params, fill=self.fill, gain=False)
-        y, known = self._labels(ids, params.crop_start)
-        if self.soft_labels is not None:
-            y, known = fill_unknown(y, known, self.soft_labels[ids])
+        y, known = self._crop_labels(ids, params.crop_start)
         y, known = self.augment.mix_labels(y, known, params)
         return (x, y, known) if self.return_mask else (x, y)
+
+    def _crop_labels(self, ids: np.ndarray, crop_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        y, known = self._labels(ids, crop_start)
+        if self.soft_labels is not None:
+            y, known = fill_unknown(y, known, self.soft_labels[ids])
+        return y, known
+
+    # -- the device path (loader.stored_batch) ------------------------------------------------
+
+    # Set by an adapter made with ``on_device=True``: ``get`` then gives ``stored_batch``.
+    on_device = False
+
+    def stored_batch(self, index: int, *, epoch: int | None = None) -> StoredBatch:
+        """Batch ``index`` of ``epoch`` as the stored values of its crops, its augmentation draws
+        and its unmixed labels, for a framework to finish on its device (``loader.device_torch``,
+        ``loader.device_keras``) into what ``batch`` gives."""
+        epoch = self.epoch if epoch is None else check_int("epoch", epoch, low=0)
+        index = self._batch_position(index)
+        ids = self.batch_example_ids(index, epoch=epoch)
+        params = self.batch_params(index, ids.shape[0], epoch=epoch)
+        stored, quant = self._stored.read(ids, params.crop_start)
+        y, known = self._crop_labels(ids, params.crop_start)
+        return StoredBatch.of(stored, quant, params, y, known if self.return_mask else None)
+
+    @property
+    def device_recipe(self) -> DeviceRecipe:
+        """What finishing this loader's stored batches needs besides each batch."""
+        return DeviceRecipe.of(self)
 
     def batch_params(self, index: int, size: int, *, epoch: int) -> AugmentParams:
         """The augmentation draws of batch ``index`` of ``epoch`` (``size`` examples).
@@ -375,18 +406,21 @@ class ShardBatches:
             valid=self.features.valid[ids] if ids.shape[0] == size else None,
         )
 
-    def get(self, index: int, *, epoch: int | None = None) -> tuple[np.ndarray, ...]:
-        """``batch(index, epoch=epoch)``, and, with ``lookahead``, start building ``index + 1``."""
+    def get(self, index: int, *, epoch: int | None = None) -> tuple[np.ndarray, ...] | StoredBatch:
+        """``batch(index, epoch=epoch)`` (``stored_batch`` when ``on_device``), and, with
+        ``lookahead``, start building ``index + 1``."""
         epoch = self.epoch if epoch is None else check_int("epoch", epoch, low=0)
         index = self._batch_position(index)
         if not self.lookahead:
-            return self.batch(index, epoch=epoch)
+            return self._build(index, epoch)
         return self._lookahead.get(index, epoch, len(self))
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
         return self.get(index)
 
-    def _build(self, index: int, epoch: int) -> tuple[np.ndarray, ...]:
+    def _build(self, index: int, epoch: int) -> tuple[np.ndarray, ...] | StoredBatch:
+        if self.on_device:
+            return self.stored_batch(index, epoch=epoch)
         return self.batch(index, epoch=epoch)
 
     def iter_numpy(self, *, epoch: int | None = None) -> Iterator[tuple[np.ndarray, ...]]:

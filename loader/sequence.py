@@ -28,6 +28,12 @@ weights drift from the uninterrupted run. The same two calls resume on JAX (chec
 ``experiments.checkpoints.LoaderCheckpoint`` saves the model, its optimizer and the loader's
 position together while ``fit`` runs, and restores them.
 
+Batches built on the accelerator: ``ShardSequence(..., on_device=True)`` yields each batch as
+``(inputs, y[, known])``, ``inputs`` the stored values of its crops and its augmentation draws
+(``loader.stored_batch``), for a ``loader.device_keras.DeviceBatchModel`` that decodes and
+augments them with ``keras.ops`` inside the training step; ``seq.batch(i)`` and
+``as_tf_dataset`` still give finished batches.
+
 Workers: ``workers``/``use_multiprocessing`` are not handed to Keras (its worker processes
 send every batch through a pipe, its threads through a queue); the sequence builds each batch
 with its own threads or shared-memory processes, and Keras iterates it in process.
@@ -57,7 +63,8 @@ class ShardSequence(ShardBatches, keras.utils.PyDataset):
     option by name: ``split``, ``fold``, ``batch_size``, ``shuffle``, ``seed``, ``augment``,
     ``dtype``, ``return_mask``, ``in_memory``, ``crop_frames``, ``drop_remainder``,
     ``targets``, ``target_step``, ``lookahead``, ``rank``/``world_size``, ``workers``,
-    ``use_multiprocessing``, ...) and Keras' ``max_queue_size``.
+    ``use_multiprocessing``, ...) and Keras' ``max_queue_size``. ``on_device=True``: yield
+    stored batches for a ``loader.device_keras.DeviceBatchModel`` (see the module docstring).
     """
 
     def __init__(
@@ -66,12 +73,16 @@ class ShardSequence(ShardBatches, keras.utils.PyDataset):
         options: LoaderOptions | None = None,
         *,
         max_queue_size: int = 10,
+        on_device: bool = False,
         **kwargs: Any,
     ) -> None:
+        if not isinstance(on_device, bool):
+            raise ConfigError(f"ShardSequence: on_device must be True or False, got {on_device!r}")
         # Keras is told nothing about workers: the sequence splits each batch across its own
         # workers instead (``loader.rows``) and Keras builds batches in its in-process path.
         keras.utils.PyDataset.__init__(self, max_queue_size=max_queue_size)
         ShardBatches.__init__(self, path, options, **kwargs)
+        self.on_device = on_device
 
     # True from load_state_dict (or the end of a loaded short epoch) to the on_epoch_end Keras
     # calls before the first epoch of the next fit call.
@@ -99,7 +110,8 @@ class ShardSequence(ShardBatches, keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple:
         index = operator.index(index)
-        return self.get(index + self.start_batch if index >= 0 else index)
+        batch = self.get(index + self.start_batch if index >= 0 else index)
+        return batch.fit_tuple() if self.on_device else batch
 
     def as_tf_dataset(self, *, prefetch: int | None = -1):
         """A ``tf.data.Dataset`` of the same batches (see ``loader.tfdata.as_tf_dataset``)."""
@@ -126,6 +138,8 @@ class PairedSequence(keras.utils.PyDataset):
 
     def __init__(self, first: ShardSequence, second: ShardSequence) -> None:
         super().__init__()
+        if first.on_device or second.on_device:
+            raise ConfigError("paired sequences take finished batches: make both without on_device=True")
         if _batch_form(first) != _batch_form(second):
             raise ConfigError(
                 "paired sequences must agree on return_mask, crop_frames, targets and target_step"
