@@ -13,6 +13,14 @@ Keras passes the third element of a batch to the loss as ``sample_weight``;
 
 The loss is the weighted mean ``sum(w * bce) / sum(w)`` over the batch and classes.
 
+Frame targets (``targets="frames"``) work alike: ``y``, the mask and the model's scores are
+``(B, steps, n_classes)``, each (step, class) a label of its own, and the mean runs over the
+batch, the steps and the classes. A step the loader leaves unknown (no annotation says what
+sounds there, padding beyond a recording, the edge of a call that does not count in the step)
+is a weighted negative or ignored like any unknown label. A frame model trained on clip targets
+(``y`` of ``(B, n_classes)``, scores of ``(B, steps, n_classes)``) is scored by its clip scores,
+the maximum over steps (``experiments.metrics.clip_scores``): weak labels.
+
 With few FP rows (as in RFCX) most known labels are positives, so ``"ignore"`` leaves the
 model almost no negatives and it learns to score everything high; ``"negative"`` with a
 weight below 1 sits between the two.
@@ -32,7 +40,8 @@ from melshards.errors import ConfigError
 def label_weights(mask: Any, *, unknown: str, unknown_weight: float) -> Any:
     """Per-label weights from a known-mask.
 
-    mask : tensor [shape=(B, n_classes)], float, 1 = known (TP or FP), 0 = unknown
+    mask : tensor [shape=(B, n_classes) or (B, steps, n_classes)], float, 1 = known (TP or
+        FP), 0 = unknown
 
     Returns a tensor of the same shape: 1 where known, ``unknown_weight`` (``"negative"``)
     or 0 (``"ignore"``) where unknown.
@@ -54,9 +63,10 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
     from_logits : bool
         Whether ``y_pred`` holds logits rather than probabilities.
 
-    Call it as ``loss(y_true, y_pred, sample_weight=mask)`` with ``mask`` of shape
-    ``(B, n_classes)`` (what ``model.fit`` does with ``(x, y, mask)`` batches). Without a
-    mask every label counts as known, which is plain binary cross-entropy.
+    Call it as ``loss(y_true, y_pred, sample_weight=mask)`` with ``mask`` of the shape of
+    ``y_true``, ``(B, n_classes)`` or ``(B, steps, n_classes)`` (what ``model.fit`` does with
+    ``(x, y, mask)`` batches). Without a mask every label counts as known, which is plain
+    binary cross-entropy.
     """
 
     def __init__(
@@ -78,7 +88,10 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
         self.from_logits = bool(from_logits)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        # Elementwise (B, n_classes): the reduction then weights each label on its own.
+        if len(y_pred.shape) == len(y_true.shape) + 1:  # frame scores, clip targets
+            y_pred = ops.max(y_pred, axis=1)
+        # Elementwise (B, n_classes) or (B, steps, n_classes): the reduction then weights each
+        # label on its own.
         return ops.binary_crossentropy(y_true, y_pred, from_logits=self.from_logits)
 
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:

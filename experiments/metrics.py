@@ -12,6 +12,12 @@ scores never look good. Samples without a positive label do not contribute.
 
 The numpy functions score a whole set at once; the Keras metrics accumulate the same sums
 batch by batch over an epoch and give the same value.
+
+A frame model scores every step, ``(n, steps, n_classes)``; its clip scores are the maximum
+over steps (``clip_scores``), and frame targets give clip truth the same way (a class is
+present in a crop when it is present in one of its steps: the loader's clip labels). The Keras
+metrics pool both before ranking, so LWLRAP of a frame model stays comparable with a clip
+model's.
 """
 
 from __future__ import annotations
@@ -25,6 +31,18 @@ from keras import ops
 from melshards.errors import ConfigError
 
 _CHUNK = 4096  # rows per block: the pairwise comparison costs rows * classes**2 bytes
+
+
+def clip_scores(scores: np.ndarray) -> np.ndarray:
+    """Clip scores of frame scores: the maximum over steps, ``(n, steps, n_classes)`` ->
+    ``(n, n_classes)``; clip scores ``(n, n_classes)`` are returned as they are."""
+    scores = np.asarray(scores)
+    return scores.max(axis=1) if scores.ndim == 3 else scores
+
+
+def _clip(values: Any) -> Any:
+    """``clip_scores`` of a tensor: the maximum over the steps of a (B, steps, n_classes) one."""
+    return ops.max(values, axis=1) if len(values.shape) == 3 else values
 
 
 def _check(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +122,8 @@ class Lwlrap(keras.metrics.Metric):
     LWLRAP ranks classes within each sample, so it is a sum over samples: the metric keeps
     the sum of precisions and the count of positive labels, and the result equals
     ``lwlrap()`` on all the batches concatenated. ``sample_weight`` (the loader's
-    known-mask) is ignored: ``y_true`` already says which species are present.
+    known-mask) is ignored: ``y_true`` already says which species are present. Frame scores
+    and frame targets are pooled to clips first (``clip_scores``).
     """
 
     def __init__(self, name: str = "lwlrap", dtype: Any = None) -> None:
@@ -113,8 +132,8 @@ class Lwlrap(keras.metrics.Metric):
         self.n_positive = self.add_variable(shape=(), initializer="zeros", name="n_positive")
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        truth = ops.cast(ops.greater(ops.cast(y_true, "float32"), 0.5), "float32")
-        scores = ops.cast(y_pred, "float32")
+        truth = ops.cast(ops.greater(ops.cast(_clip(y_true), "float32"), 0.5), "float32")
+        scores = ops.cast(_clip(y_pred), "float32")
         # [b, j, k] = 1 where class k is scored >= class j in sample b
         at_least = ops.cast(
             ops.greater_equal(ops.expand_dims(scores, 1), ops.expand_dims(scores, 2)), "float32"
@@ -137,7 +156,8 @@ class Lwlrap(keras.metrics.Metric):
 class Top1(keras.metrics.Metric):
     """Share of samples with a positive label whose best-scored class is positive.
 
-    Equals ``top1()`` on the concatenated batches; ``sample_weight`` is ignored.
+    Equals ``top1()`` on the concatenated batches; ``sample_weight`` is ignored; frame scores
+    and targets are pooled to clips first, as in ``Lwlrap``.
     """
 
     def __init__(self, name: str = "top1", dtype: Any = None) -> None:
@@ -146,8 +166,8 @@ class Top1(keras.metrics.Metric):
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        truth = ops.cast(ops.greater(ops.cast(y_true, "float32"), 0.5), "float32")
-        best = ops.argmax(y_pred, axis=1)
+        truth = ops.cast(ops.greater(ops.cast(_clip(y_true), "float32"), 0.5), "float32")
+        best = ops.argmax(_clip(y_pred), axis=1)
         hit = ops.sum(truth * ops.one_hot(best, ops.shape(truth)[1]), axis=1)
         has_positive = ops.cast(ops.greater(ops.sum(truth, axis=1), 0.0), "float32")
         self.hits.assign_add(ops.cast(ops.sum(hit * has_positive), self.dtype))

@@ -4,12 +4,20 @@ Every model ends in ``n_classes`` sigmoid units (multi-label: several species ca
 one window) and accepts float16 or float32 input: the input layer is float32, so float16
 batches from the loader are cast inside the model, on whatever device runs it.
 
+A clip model scores a whole crop, ``(batch, n_classes)``; a frame model (``sed``, registered
+with ``frames=True``) scores each step of ``target_step`` frames, ``(batch, steps, n_classes)``
+with ``steps = ceil(frames / target_step)``: the loader's frame targets
+(``BatchOptions(targets="frames")``). A frame model's clip scores are the maximum over its
+steps (``experiments.metrics.clip_scores``): the clip output that LWLRAP, the validation scores
+and the submission read.
+
 The models are built from stock Keras layers only, so a saved ``model.keras`` loads with
 plain ``keras.saving.load_model`` and no project code.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,15 +31,20 @@ from melshards.errors import ConfigError
 ModelBuilder = Callable[..., keras.Model]
 
 MODELS: dict[str, ModelBuilder] = {}
+# The registered frame models: their builders take ``target_step`` too.
+FRAME_MODELS: set[str] = set()
 
 
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Add a builder ``f(*, input_shape, n_classes, **options) -> keras.Model`` to MODELS."""
+def register_model(name: str, *, frames: bool = False) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Add a builder ``f(*, input_shape, n_classes, **options) -> keras.Model`` to MODELS;
+    ``frames``: it scores steps, ``f(..., target_step=N)`` (the module docstring)."""
 
     def add(builder: ModelBuilder) -> ModelBuilder:
         if name in MODELS:
             raise ConfigError(f"model name {name!r} is registered twice")
         MODELS[name] = builder
+        if frames:
+            FRAME_MODELS.add(name)
         return builder
 
     return add
@@ -39,6 +52,11 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
 
 def available_models() -> tuple[str, ...]:
     return tuple(sorted(MODELS))
+
+
+def is_frame_model(name: str) -> bool:
+    """Whether the registered model ``name`` scores steps rather than whole clips."""
+    return name in FRAME_MODELS
 
 
 def load_model_file(path: str | os.PathLike, *, what: str = "") -> keras.Model:
@@ -183,4 +201,98 @@ def wide(*, input_shape: tuple[int, int, int], n_classes: int, dropout: float = 
         time_pool=2,
         dropout=dropout,
         name="wide",
+    )
+
+
+def time_pools(target_step: int) -> tuple[int, int]:
+    """How a frame model pools time by exactly ``target_step``: (the input's average pooling,
+    the first block's max pooling). Most of it at the input, where it is cheapest; the first
+    block takes a factor 2 when there is one, so that a call's onset inside a step still shows."""
+    block = 2 if target_step % 2 == 0 else 1
+    return target_step // block, block
+
+
+def frame_net(
+    *,
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    target_step: int,
+    widths: Sequence[int] = (16, 32, 64),
+    freq_pools: Sequence[int] | None = None,
+    mel_pool: int = 2,
+    context_width: int = 64,
+    context_kernel: int = 5,
+    dropout: float = 0.2,
+    name: str = "frame_net",
+) -> keras.Model:
+    """A CNN that pools frequency and keeps time at one output per ``target_step`` frames.
+
+    - The input is average-pooled by ``mel_pool`` in frequency only, and each mel bin's mean
+      over the crop is subtracted (steady background noise), as in ``conv_net``.
+    - Time is padded with zeros (after the background is removed: zeros are the mean) to
+      ``steps * target_step`` frames, ``steps = ceil(frames / target_step)``, then pooled by
+      exactly ``target_step`` (``time_pools``): step ``j`` sees frames ``j * target_step`` to
+      ``(j + 1) * target_step - 1``, the loader's step ``j``.
+    - Each block is a 3x3 conv, BatchNorm, ReLU and max pooling by ``(freq_pools[b], t)``.
+    - The head keeps frequency: the remaining mel rows and channels become one vector per step,
+      a 1-D conv over ``context_kernel`` steps adds the calls' context in time, and a dense
+      sigmoid layer scores every step: ``(batch, steps, n_classes)``.
+    """
+    target_step = int(target_step)
+    if target_step < 1:
+        raise ConfigError(f"target_step must be an integer >= 1, got {target_step}")
+    freq_pools = tuple(freq_pools) if freq_pools is not None else (2,) * len(widths)
+    if len(freq_pools) != len(widths):
+        raise ConfigError(f"freq_pools {freq_pools} needs one entry per block ({len(widths)})")
+    momentum = 0.9  # as conv_net: the moving statistics settle within a small data set's steps
+    frames = input_shape[1]
+    steps = math.ceil(frames / target_step)
+    input_pool, block_pool = time_pools(target_step)
+    inputs = keras.Input(shape=input_shape, name="log_mel")
+    x = inputs
+    if mel_pool > 1:
+        x = layers.AveragePooling2D((mel_pool, 1), padding="same", name="mel_pool")(x)
+    bin_mean = layers.AveragePooling2D((1, frames), name="bin_mean")(x)
+    x = layers.Subtract(name="remove_background")([x, bin_mean])
+    x = layers.BatchNormalization(momentum=momentum, name="input_bn")(x)
+    if steps * target_step > frames:
+        x = layers.ZeroPadding2D(((0, 0), (0, steps * target_step - frames)), name="pad_to_steps")(x)
+    if input_pool > 1:
+        x = layers.AveragePooling2D((1, input_pool), name="input_pool")(x)
+    for b, (width, freq_pool) in enumerate(zip(widths, freq_pools, strict=True)):
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{b}_conv")(x)
+        x = layers.BatchNormalization(momentum=momentum, name=f"block{b}_bn")(x)
+        x = layers.ReLU(name=f"block{b}_relu")(x)
+        pool = (freq_pool, block_pool if b == 0 else 1)
+        if pool != (1, 1):
+            x = layers.MaxPooling2D(pool, padding="same", name=f"block{b}_pool")(x)
+    n_freq, n_steps, channels = x.shape[1], x.shape[2], x.shape[3]
+    x = layers.Permute((2, 1, 3), name="time_first")(x)
+    x = layers.Reshape((n_steps, n_freq * channels), name="per_step")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    x = layers.Conv1D(context_width, context_kernel, padding="same", activation="relu", name="context")(x)
+    outputs = layers.Dense(n_classes, activation="sigmoid", dtype="float32", name="frame_scores")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+@register_model("sed", frames=True)
+def sed(
+    *, input_shape: tuple[int, int, int], n_classes: int, target_step: int = 8, dropout: float = 0.2
+) -> keras.Model:
+    """Sound events: three blocks (16-32-64) on 64 mel rows, one score per ``target_step``
+    frames (85 ms at 8 and the default config) and class.
+
+    189 k parameters for 24 classes; per 128 x 938 crop at ``target_step`` 8, about 75 M
+    multiply-adds (the first block at 235 time steps, the others at the 118 output steps):
+    an epoch costs about what ``baseline``'s does.
+    """
+    return frame_net(
+        input_shape=input_shape,
+        n_classes=n_classes,
+        target_step=target_step,
+        widths=(16, 32, 64),
+        freq_pools=(2, 2, 2),
+        mel_pool=2,
+        dropout=dropout,
+        name="sed",
     )

@@ -23,6 +23,17 @@ With ``--truth`` (a CSV of 0/1 with the submission's header) the recordings are 
 LWLRAP; with ``--metrics`` too, ``test_lwlrap`` (and ``test_top1``) are added to that
 ``metrics.json``.
 
+Beside the submission, ``events.csv`` (``--events``) holds the sound events found
+(``recording_id,species_id,t_min,t_max,score``): the windows' scores stitched per recording on
+its frame grid, overlapping windows averaged, then thresholded (``--threshold``, 0.5), median
+filtered (``--median``), with short events dropped (``--min-duration``) and close ones merged
+(``--min-gap``): ``experiments.sed_predict``. A frame model (``sed``) scores every step of each
+window; a clip model's window score is spread over the window's crop, the baseline a frame
+model has to beat. With ``--truth-events`` (every call of the recordings, as ``test_events.csv``)
+the events are scored: ``test_segment_f1`` and ``test_event_f1`` (micro averages), added to
+the ``--metrics`` file too. A frame model's clip scores, what the submission holds, are the
+maximum over its steps.
+
 Prediction refuses features the model cannot have been trained for: another window shape
 or class count than the model's input and output, or (when the run's ``metrics.json`` is
 known: ``--metrics``, or the one next to the model) other feature parameters.
@@ -34,8 +45,6 @@ known: ``--metrics``, or the one next to the model) other feature parameters.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -47,11 +56,22 @@ import keras
 import numpy as np
 
 from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, plural, report_error, setup_logging
-from commandline.flags import add_flag, build, groups
-from commandline.parser import CommandParser
+from commandline.flags import build, groups
 from experiments.errors import ExperimentError
+from experiments.metrics import clip_scores
 from experiments.models import load_model_file
+from experiments.predict_options import PredictOptions, build_parser, parse_args
 from experiments.run_files import check_not_directory, write_run_file
+from experiments.sed_events import write_events_csv
+from experiments.sed_predict import (
+    event_labels,
+    frame_step,
+    grid_frames,
+    recording_events,
+    score_events,
+    stitch_windows,
+    window_steps,
+)
 from experiments.sequences import require_windows_set
 from experiments.submission import (
     max_per_recording,
@@ -62,7 +82,6 @@ from experiments.submission import (
     write_submission,
 )
 from loader import ShardSequence
-from melshards.checks import check_int
 from melshards.errors import MelShardsError
 
 # Feature parameters that change the arrays a model sees; a model trained on one value
@@ -81,88 +100,8 @@ SHAPING_KEYS = (
     "normalize",
 )
 PROG = "experiments.predict"
-
-
-@dataclasses.dataclass(frozen=True)
-class PredictOptions:
-    """What to score with what, and where the results go (``predict``'s keywords, the flags).
-
-    features : a windows feature set (``precompute windows``) computed like the model's
-        training features
-    model : a ``model.keras`` written by ``experiments.train``
-    out : the submission CSV to write: ``recording_id`` and a column per class (the training
-        features' class names; ``s0,...`` for RFCX ids), one row per recording, the maximum
-        over its windows
-    truth : a CSV of 0/1 with the submission's header: the recordings are scored against it
-    metrics : the run's ``metrics.json`` (default: the one next to ``model``, if any): its
-        feature config is checked against ``features``; with ``truth`` it gets ``test_lwlrap``,
-        ``test_top1``, ``test_recordings`` and ``test_features``
-    batch_size : windows per batch (>= 1)
-    quiet : no progress bar and no log line, like ``--quiet``
-    """
-
-    features: str | os.PathLike
-    model: str | os.PathLike
-    out: str | os.PathLike
-    truth: str | os.PathLike | None = None
-    metrics: str | os.PathLike | None = None
-    batch_size: int = 64
-    quiet: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size, low=1))
-
-    @property
-    def metrics_path(self) -> Path:
-        """The run's metrics file: ``metrics``, or the one next to the model."""
-        return Path(self.metrics) if self.metrics else Path(self.model).with_name("metrics.json")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The flags by ``dest``: ``predict.FIELD``, the ``PredictOptions`` field each one sets."""
-    p = CommandParser(
-        prog="python -m experiments.predict",
-        description="Score a windows feature set; write one row per recording (max over windows).",
-    )
-    add_flag(
-        p, "--model", field="predict.model", required=True, help="a model.keras written by experiments.train"
-    )
-    add_flag(
-        p,
-        "--features",
-        field="predict.features",
-        required=True,
-        help="windows feature set (precompute windows)",
-    )
-    add_flag(p, "--out", field="predict.out", required=True, help="submission CSV to write")
-    add_flag(
-        p,
-        "--truth",
-        field="predict.truth",
-        help="CSV of 0/1 with the submission's header (recording_id,s0,...) to score against",
-    )
-    add_flag(
-        p,
-        "--metrics",
-        field="predict.metrics",
-        help="metrics.json of the run (default: the one next to --model, if any): its feature "
-        "config is checked against --features; with --truth it gets test_lwlrap",
-    )
-    add_flag(p, "--batch-size", field="predict.batch_size", type=int, default=PredictOptions.batch_size)
-    add_flag(
-        p, "-q", "--quiet", field="predict.quiet", action="store_true", help="no progress bar or log lines"
-    )
-    return p
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The parsed flags, with what argparse cannot check itself checked (``p.error``)."""
-    p = build_parser()
-    args = p.parse_args(argv)
-    batch_size = getattr(args, "predict.batch_size")
-    if batch_size < 1:
-        p.error(f"--batch-size must be >= 1, got {batch_size}")
-    return args
+# Named here too for predict's callers (the options and the command line are predict_options').
+__all__ = ["PredictOptions", "build_parser", "main", "parse_args", "predict", "run_prediction"]
 
 
 def load_model(path: str | Path) -> Any:
@@ -216,8 +155,9 @@ def window_recording_ids(seq: Any) -> np.ndarray:
     return np.asarray(seq.recording_id, dtype=object)
 
 
-def score_windows(model: Any, seq: Any, *, progress: bool = False) -> np.ndarray:
-    """Scores of every window of ``seq`` in order: np.ndarray [shape=(n, n_classes)], float32."""
+def window_outputs(model: Any, seq: Any, *, progress: bool = False) -> np.ndarray:
+    """The model's output for every window of ``seq`` in order: np.ndarray [shape=(n,
+    n_classes)] of a clip model, [shape=(n, steps, n_classes)] of a frame model, float32."""
     from tqdm.auto import tqdm
 
     out = []
@@ -225,7 +165,55 @@ def score_windows(model: Any, seq: Any, *, progress: bool = False) -> np.ndarray
         batch = seq[i]
         x = batch[0] if isinstance(batch, tuple) else batch
         out.append(keras.ops.convert_to_numpy(model(x, training=False)))
-    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, *model.output_shape[1:]), np.float32)
+
+
+def score_windows(model: Any, seq: Any, *, progress: bool = False) -> np.ndarray:
+    """Clip scores of every window of ``seq`` in order: np.ndarray [shape=(n, n_classes)],
+    float32 (a frame model's: the maximum over its steps, ``experiments.metrics.clip_scores``)."""
+    return clip_scores(window_outputs(model, seq, progress=progress))
+
+
+def window_events(
+    outputs: np.ndarray,
+    seq: Any,
+    options: PredictOptions,
+    *,
+    run_metrics: dict | None,
+    columns: Sequence[str],
+    column_of: np.ndarray,
+) -> np.ndarray:
+    """The events of the windows' ``outputs`` (``experiments.sed_predict``): a frame model's
+    steps, or a clip model's scores spread over each crop, stitched per recording, then events
+    with ``options``' threshold, median filter, minimum duration and gap."""
+    crop = seq.crop_frames
+    step = None
+    if outputs.ndim == 3:
+        recorded = (run_metrics or {}).get("config", {}).get("train", {}).get("target_step")
+        step = frame_step(outputs.shape[1], crop, recorded)
+    steps, step = window_steps(outputs, crop, step)
+    stitched = stitch_windows(
+        steps,
+        step,
+        recording_ids=[str(r) for r in seq.recording_id],
+        first_frames=grid_frames(seq.config, seq.start, crop),
+        crop_frames=crop,
+        seconds_per_frame=seq.config.seconds_per_frame,
+    )
+    threshold = options.threshold
+    if len(threshold) not in (1, len(columns)):
+        raise ExperimentError(
+            f"threshold: {len(threshold)} values for {len(columns)} classes (give one, or one per class)"
+        )
+    return recording_events(
+        stitched,
+        column_of=column_of,
+        labels=event_labels(columns),
+        threshold=threshold,
+        median=options.median,
+        min_duration=options.min_duration,
+        min_gap=options.min_gap,
+    )
 
 
 def read_run_metrics(path: Path) -> dict[str, Any]:
@@ -247,22 +235,29 @@ def predict(
     out: str | os.PathLike,
     truth: str | os.PathLike | None = None,
     metrics: str | os.PathLike | None = None,
+    events: str | os.PathLike | None = None,
+    truth_events: str | os.PathLike | None = None,
+    threshold: float | Sequence[float] = (0.5,),
+    median: float = 0.0,
+    min_duration: float = 0.0,
+    min_gap: float = 0.0,
     batch_size: int = 64,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Score every window of ``features``, write the submission CSV; returns counts and test metrics.
+    """Score every window of ``features``, write the submission and the events CSV; returns
+    counts and test metrics.
 
     The keywords are ``PredictOptions``' fields, which document them, with the command line's
     defaults (``python -m experiments.predict``).
 
-    Returns ``recordings`` and ``windows`` (counts); with ``truth`` also ``test_lwlrap``,
-    ``test_top1`` and ``test_recordings``. Raises ExperimentError for a missing or unreadable
-    model, metrics or truth file, or features that do not fit the model; ConfigError when
-    ``batch_size`` is not an integer >= 1.
+    Returns ``recordings``, ``windows`` and ``events`` (counts); with ``truth`` also
+    ``test_lwlrap``, ``test_top1`` and ``test_recordings``; with ``truth_events``,
+    ``test_segment_f1``, ``test_event_f1`` and ``test_reference_events``. Raises
+    ExperimentError for a missing or unreadable model, metrics or truth file, or features that
+    do not fit the model; ConfigError for an option out of range (``batch_size`` not an
+    integer >= 1, a threshold outside [0, 1]).
     """
-    options = PredictOptions(
-        features, model, out, truth=truth, metrics=metrics, batch_size=batch_size, quiet=quiet
-    )
+    options = PredictOptions(**locals())
     return run_prediction(options)
 
 
@@ -280,15 +275,23 @@ def run_prediction(options: PredictOptions) -> dict[str, Any]:
             f"{options.features}: {plural(seq.n_examples, 'window')} of "
             f"{plural(len(np.unique(seq.recording_id)), 'recording')}, {plural(len(seq), 'batch')}"
         )
-    scores = score_windows(net, seq, progress=not options.quiet)
-    ids, table = max_per_recording(window_recording_ids(seq), scores)
+    outputs = window_outputs(net, seq, progress=not options.quiet)
+    ids, table = max_per_recording(window_recording_ids(seq), clip_scores(outputs))
     table = merge_columns(table, column_of, len(columns))
+    events = window_events(
+        outputs, seq, options, run_metrics=run_metrics, columns=columns, column_of=column_of
+    )
     write_submission(options.out, ids, table, columns)
-    result: dict[str, Any] = {"recordings": len(ids), "windows": int(len(scores))}
+    write_events_csv(options.events_path, events)
+    if not options.quiet:
+        log.info(f"{plural(len(events), 'event')} -> {options.events_path}")
+    result: dict[str, Any] = {"recordings": len(ids), "windows": int(len(outputs)), "events": len(events)}
     if truth_table is not None:
         result.update(score_against_truth(ids, table, truth_ids, truth_table, truth_path=options.truth))
-        if options.metrics:
-            _add_test_metrics(options, run_metrics, result, fingerprint=seq.fingerprint)
+    if options.truth_events:
+        result.update(score_events(events, options.truth_events, recordings=ids))
+    if options.metrics and (truth_table is not None or options.truth_events):
+        _add_test_metrics(options, run_metrics, result, fingerprint=seq.fingerprint)
     return result
 
 
@@ -296,6 +299,7 @@ def _checked_inputs(options: PredictOptions) -> tuple[Any, Any]:
     """The model and the sequence of every window of the features, cropped to what it takes
     (and ``out`` not a directory: refused before anything is scored)."""
     check_not_directory(Path(options.out))
+    check_not_directory(options.events_path)
     net = load_model(options.model)
     seq = window_sequence(options.features, net, batch_size=options.batch_size)
     check_fit(net, seq, model_path=options.model, features=options.features)
@@ -335,10 +339,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     line += f" -> {options.out}"
     if "test_lwlrap" in result:
         line += f"; test_lwlrap {result['test_lwlrap']:.4f}, test_top1 {result['test_top1']:.4f}"
-        if options.metrics:
-            line += f" (added to {options.metrics})"
+    if "test_event_f1" in result:
+        line += "; " + ", ".join(f"{k} {_shown(result[k])}" for k in ("test_segment_f1", "test_event_f1"))
+    if options.metrics and ("test_lwlrap" in result or "test_event_f1" in result):
+        line += f" (added to {options.metrics})"
     print(line)
     return EXIT_OK
+
+
+def _shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 if __name__ == "__main__":

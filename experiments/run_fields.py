@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.train_options import RECORDED, VERBOSITY, TrainOptions
+from experiments.train_options import ADDED_OPTIONS, RECORDED, VERBOSITY, TrainOptions
 from melshards.errors import ConfigError, FormatError
 from melshards.index_fields import as_floats, as_hex, as_mapping, check_keys, short
 
@@ -123,7 +123,7 @@ def run_options(document: Any, *, where: str) -> dict[str, Any]:
     option, each of its type and in its range (``TrainOptions.from_kwargs``)."""
     document = as_mapping(document, where)
     check_keys(document, {"train"}, where)
-    options = as_mapping(document["train"], f"{where} train")
+    options = ADDED_OPTIONS | as_mapping(document["train"], f"{where} train")  # a run from before them
     check_keys(options, set(RECORDED) | ({"resume"} & set(options)), f"{where} train")
     for name in TEXT_OPTIONS:
         if not isinstance(options[name], str):

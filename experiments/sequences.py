@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from experiments.errors import ExperimentError
+from experiments.metrics import clip_scores
 from experiments.train_options import TrainOptions, train_augmentation
 from loader import ShardSequence
 from loader.augment import Augment
@@ -183,7 +184,8 @@ def make_sequences(
 
 
 def score_sequence(model: keras.Model, seq: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and 0/1 truth for every batch of ``seq``, in order.
+    """Clip scores and 0/1 clip truth for every batch of ``seq``, in order: a frame model's
+    scores and frame targets pooled over steps (``experiments.metrics.clip_scores``).
 
     Returns (truth, scores), both np.ndarray [shape=(n, n_classes)], float32.
     """
@@ -191,8 +193,8 @@ def score_sequence(model: keras.Model, seq: Any) -> tuple[np.ndarray, np.ndarray
     for i in range(len(seq)):
         batch = seq[i]
         x, y = batch[0], batch[1]
-        scores.append(keras.ops.convert_to_numpy(model(x, training=False)))
-        truths.append(np.asarray(y))
+        scores.append(clip_scores(keras.ops.convert_to_numpy(model(x, training=False))))
+        truths.append(clip_scores(y))
     n_classes = model.output_shape[-1]
     if not scores:
         return np.zeros((0, n_classes), np.float32), np.zeros((0, n_classes), np.float32)

@@ -20,6 +20,7 @@ values to combine; every ``experiments.train`` option can be swept::
     [test]                              # optional: score each run on a windows set too
     features = "features/demo-test"
     truth = "data/demo/test_ground_truth.csv"
+    events = "data/demo/test_events.csv"  # every call: test_segment_f1, test_event_f1
 
 Each configuration and seed trains into its own run directory (``OUT/<configuration>/seed-<k>``;
 configuration names are plain names, never paths, ``experiments.sweep_grid``). A run is
@@ -54,7 +55,7 @@ from commandline.parser import CommandParser
 from experiments.errors import ExperimentError
 from experiments.plots import comparison_title, plot_comparison
 from experiments.sweep_grid import METRICS, Configuration, Grid, read_grid
-from experiments.train_options import FREE_ON_RESUME, RECORDED, TrainOptions
+from experiments.train_options import ADDED_OPTIONS, FREE_ON_RESUME, RECORDED, TrainOptions
 from melshards.errors import FormatError, MelShardsError
 from melshards.files import atomic_write_text
 from melshards.index import read_index
@@ -103,6 +104,7 @@ def run_state(run_dir: Path, config: Configuration, seed: int) -> tuple[dict[str
     if not isinstance(recorded, dict):
         return None, f"its {METRICS_FILE} records no training options"
     wanted = run_options(config, seed, run_dir)
+    recorded = ADDED_OPTIONS | recorded  # a run recorded before targets was trained on clips
     for name in COMPARED:
         if name not in recorded:
             return None, f"it records no {name}"
@@ -121,16 +123,20 @@ def finished(run_dir: Path, config: Configuration, seed: int) -> dict[str, Any] 
 
 def scored(run_dir: Path, metrics: Mapping[str, Any], test: Mapping[str, Any] | None) -> bool:
     """Whether the run is scored on ``test`` (True without one): its submission is there and,
-    with a truth file, its ``metrics.json`` holds the test scores of this test set."""
+    with a truth file (``truth``, ``events``), its ``metrics.json`` holds the test scores of
+    this test set (``test_lwlrap``; ``test_event_f1``)."""
     if test is None:
         return True
     if not (run_dir / SUBMISSION_FILE).is_file():
         return False
-    if test.get("truth") is None:
+    wanted = [
+        key for truth, key in (("truth", "test_lwlrap"), ("events", "test_event_f1")) if test.get(truth)
+    ]
+    if not wanted:
         return True
     seen = metrics.get("test_features")
     fingerprint = seen.get("fingerprint") if isinstance(seen, dict) else None
-    return "test_lwlrap" in metrics and fingerprint == _index_fingerprint(test["features"])
+    return all(key in metrics for key in wanted) and fingerprint == _index_fingerprint(test["features"])
 
 
 def train_run(
@@ -148,7 +154,8 @@ def train_run(
 
 def score_run(run_dir: Path, test: Mapping[str, Any]) -> dict[str, Any]:
     """Score the run's model on the windows set ``test["features"]`` (``experiments.predict``):
-    ``submission.csv``, and with ``test["truth"]`` its test scores in ``metrics.json``; its metrics."""
+    ``submission.csv`` and ``events.csv``, and with ``test["truth"]`` (``test["events"]``) its
+    test scores in ``metrics.json``; its metrics."""
     from experiments.predict import predict
 
     predict(
@@ -156,6 +163,7 @@ def score_run(run_dir: Path, test: Mapping[str, Any]) -> dict[str, Any]:
         model=run_dir / MODEL_FILE,
         out=run_dir / SUBMISSION_FILE,
         truth=test.get("truth"),
+        truth_events=test.get("events"),
         metrics=run_dir / METRICS_FILE,
         quiet=True,
     )

@@ -30,7 +30,7 @@ TRAIN_OPTIONS = tuple(
     name for name in RECORDED if FIELD_GROUP[name] != "keep" and name not in ("features", "seed")
 )
 GRID_KEYS = ("name", "features", "seeds", "metric", "base", "grid", "configs", "test")
-TEST_KEYS = ("features", "truth")
+TEST_KEYS = ("features", "truth", "events")
 # Compared for every configuration (those a run lacks are left out); "lower" ranks ascending.
 METRICS = (
     "val_lwlrap",
@@ -38,6 +38,8 @@ METRICS = (
     "val_loss",
     "test_lwlrap",
     "test_top1",
+    "test_segment_f1",
+    "test_event_f1",
     "best_epoch",
     "epochs_run",
     "seconds_per_epoch",
@@ -194,10 +196,11 @@ def _points(data: Mapping[str, Any], base: Mapping[str, Any], source: str) -> li
 def _test_set(value: Any, source: str) -> dict[str, str] | None:
     if value is None:
         return None
-    test = table(value, f"{source} [test]", what="features = PATH and optionally truth = CSV")
+    what = "features = PATH and optionally truth = CSV, events = CSV"
+    test = table(value, f"{source} [test]", what=what)
     unknown = sorted(set(test) - set(TEST_KEYS))
     if unknown or "features" not in test:
-        raise ConfigError(f"{source} [test]: expected features = PATH and optionally truth = CSV")
+        raise ConfigError(f"{source} [test]: expected {what}")
     for key, path in test.items():
         if not isinstance(path, str):
             raise ConfigError(f"{source} [test]: {key} must be a path, got {path!r}")

@@ -101,6 +101,8 @@ def train(
     patience: int = 10,
     in_memory: bool = False,
     crop_seconds: float | None = None,
+    targets: str = "clip",
+    target_step: int = 8,
     soft_labels: str | os.PathLike | None = None,
     windows: str | os.PathLike | None = None,
     window_labels: str | os.PathLike | None = None,

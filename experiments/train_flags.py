@@ -31,6 +31,7 @@ from experiments.train_options import (
     SplitOptions,
     TrainOptions,
 )
+from loader.frame_targets import TARGETS
 from loader.options import BatchOptions
 
 
@@ -172,7 +173,7 @@ def _add_batch_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_input_flags(p: argparse.ArgumentParser) -> None:
-    """The in-memory cache, the crop, soft labels, windows and the weights to start from."""
+    """The in-memory cache, the crop, the targets, soft labels, windows and the weights to start from."""
     add_flag(
         p,
         "--in-memory",
@@ -187,6 +188,22 @@ def _add_input_flags(p: argparse.ArgumentParser) -> None:
         field="data.crop_seconds",
         type=float,
         help="seconds the model sees (default: the feature set's duration)",
+    )
+    add_flag(
+        p,
+        "--targets",
+        field="batch.targets",
+        choices=TARGETS,
+        default=BatchOptions.targets,
+        help="what the model learns: clip labels, or frame targets per step (a frame model: sed)",
+    )
+    add_flag(
+        p,
+        "--target-step",
+        field="batch.target_step",
+        type=int,
+        default=BatchOptions.target_step,
+        help="frames per step of frame targets: the frame model's time stride",
     )
     add_flag(
         p,
@@ -279,7 +296,7 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--features and --out are required (or --resume RUN)")
     if flat["checkpoint_every"] < 0:
         p.error(f"--checkpoint-every must be >= 0, got {flat['checkpoint_every']}")
-    for name in ("epochs", "batch_size", "workers", "n_folds", "patience"):
+    for name in ("epochs", "batch_size", "workers", "n_folds", "patience", "target_step"):
         if flat[name] < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {flat[name]}")
     if not 0 <= flat["fold"] < flat["n_folds"]:

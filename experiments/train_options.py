@@ -7,7 +7,7 @@ read them from here::
       data   DataOptions    what to train on: features, augment, mixup, crop_seconds,
                             soft_labels, windows, window_labels
       split  SplitOptions   (loader.options) which fold validates: fold, n_folds
-      batch  BatchOptions   (loader.options) batch_size
+      batch  BatchOptions   (loader.options) batch_size, targets, target_step
       build  BuildOptions   (loader.options) how batches are built: workers, in_memory
       model  ModelOptions   which network: model, init_from
       optim  OptimOptions   how it learns: epochs, lr, warmup_epochs, weight_decay, patience, seed
@@ -21,6 +21,9 @@ spelt ``--batch-size``, the command line's flags, whose ``dest`` names the field
 (``"batch.batch_size"``, ``commandline.flags``). Of the loader's groups a run takes only the
 fields named above; it sets the others itself (``experiments.sequences``): the shuffle, the seed
 (``optim.seed``), float16 batches with the known-label mask, the crop and the soft labels.
+``targets="frames"`` trains on the loader's frame targets, one label per step of
+``target_step`` frames: a frame model's (``experiments.models.is_frame_model``), whose builder
+gets the same ``target_step``.
 
 Each group checks its own fields when it is made (``__post_init__``), so a bad value is refused
 before the run directory is touched. What needs Keras or the feature set (a registered model
@@ -207,7 +210,7 @@ OWN_GROUPS: dict[str, type] = {
 }
 LOADER_GROUPS: dict[str, tuple[type, tuple[str, ...]]] = {
     "split": (SplitOptions, ("fold", "n_folds")),
-    "batch": (BatchOptions, ("batch_size",)),
+    "batch": (BatchOptions, ("batch_size", "targets", "target_step")),
     "build": (BuildOptions, ("workers", "in_memory")),
 }
 GROUP_TYPES: dict[str, type] = OWN_GROUPS | {group: cls for group, (cls, _) in LOADER_GROUPS.items()}
@@ -235,6 +238,8 @@ RECORDED = (
     "patience",
     "in_memory",
     "crop_seconds",
+    "targets",
+    "target_step",
     "soft_labels",
     "windows",
     "window_labels",
@@ -244,6 +249,9 @@ RECORDED = (
     "verbose",
     "quiet",
 )
+# Options runs record since frame targets exist: a run recorded before has none of them and was
+# trained with these values (its run.json reads so, and a sweep counts it so).
+ADDED_OPTIONS = {"targets": BatchOptions.targets, "target_step": BatchOptions.target_step}
 # Options a resumed run may change: they do not change what is trained.
 FREE_ON_RESUME = ("out", "workers", "checkpoint_every", "batch_log", "verbose", "quiet")
 

@@ -41,11 +41,12 @@ from experiments.checkpoints import (
 from experiments.errors import ExperimentError
 from experiments.losses import MaskedBinaryCrossentropy
 from experiments.metrics import Lwlrap, Top1, class_lwlrap, lwlrap, top1
-from experiments.models import build_model, load_model_file
+from experiments.models import FRAME_MODELS, MODELS, build_model, is_frame_model, load_model_file
 from experiments.plots import plot_curves, read_history
 from experiments.run_files import save_through_temp, write_run_file
 from experiments.sequences import run_sequences, score_sequence
 from experiments.train_options import LossOptions, OptimOptions, TrainOptions
+from melshards.errors import ConfigError
 from melshards.remote import is_url
 
 
@@ -73,19 +74,37 @@ def input_shape(train_seq: Any) -> tuple[int, int, int]:
     return (train_seq.config.n_mels, train_seq.crop_frames, 1)
 
 
+def model_options(options: TrainOptions) -> dict[str, Any]:
+    """What the model's builder gets besides its input and classes: a frame model's
+    ``target_step`` (the loader's); ConfigError for frame targets and a clip model."""
+    name, batch = options.model.model, options.batch
+    if is_frame_model(name):
+        return {"target_step": batch.target_step}
+    if batch.targets == "frames" and name in MODELS:
+        raise ConfigError(
+            f"model {name!r} scores whole clips; targets 'frames' need a frame model: "
+            f"{', '.join(sorted(FRAME_MODELS))}"
+        )
+    return {}
+
+
 def make_model(options: TrainOptions, train_seq: Any, val_seq: Any) -> keras.Model:
     """The run's model: built, given the ``init_from`` weights, compiled; logged unless quiet."""
     data, name = options.data, options.model.model
-    net = build_model(name, input_shape=input_shape(train_seq), n_classes=len(train_seq.classes))
+    net = build_model(
+        name, input_shape=input_shape(train_seq), n_classes=len(train_seq.classes), **model_options(options)
+    )
     if options.model.init_from is not None:
         start_from(net, Path(options.model.init_from))
     compile_model(net, steps_per_epoch=len(train_seq), optim=options.optim, loss=options.loss)
     if not options.keep.quiet:
+        batch = options.batch
+        frames = f", frame targets every {batch.target_step} frames" if batch.targets == "frames" else ""
         log.info(
             f"{data.features}: {plural(train_seq.n_examples, 'train example')} "
             f"({plural(len(train_seq), 'batch')}), "
             f"{val_seq.n_examples} validation (fold {options.split.fold} of {options.split.n_folds}); "
-            f"model {name}, {net.count_params():,} parameters, input {input_shape(train_seq)}"
+            f"model {name}, {net.count_params():,} parameters, input {input_shape(train_seq)}{frames}"
         )
     return net
 

@@ -133,11 +133,13 @@ def test_train_from_python_refuses_bad_parameters(feature_sets, tmp_path, bad, m
 
 def test_predict_from_python_matches_the_command_line(run_dir, feature_sets, tmp_path, capsys):
     model = run_dir / "model.keras"
-    result = predict.predict(feature_sets["windows"], model=model, out=tmp_path / "py.csv", quiet=True)
-    assert result == {"recordings": 3, "windows": 9}
+    result = predict.predict(feature_sets["windows"], model=model, out=tmp_path / "py" / "s.csv", quiet=True)
+    events = (tmp_path / "py" / "events.csv").read_text()
+    assert result == {"recordings": 3, "windows": 9, "events": events.count("\n") - 1}
     argv = ["--model", str(model), "--features", str(feature_sets["windows"])]
-    assert predict.main([*argv, "--out", str(tmp_path / "cli.csv"), "--quiet"]) == 0
-    assert (tmp_path / "py.csv").read_text() == (tmp_path / "cli.csv").read_text()
+    assert predict.main([*argv, "--out", str(tmp_path / "cli" / "s.csv"), "--quiet"]) == 0
+    assert (tmp_path / "py" / "s.csv").read_text() == (tmp_path / "cli" / "s.csv").read_text()
+    assert (tmp_path / "cli" / "events.csv").read_text() == events
     assert capsys.readouterr().err == ""
     with pytest.raises(ConfigError, match=r"batch_size must be an integer >= 1, got 0"):
         predict.predict(feature_sets["windows"], model=model, out=tmp_path / "x.csv", batch_size=0)
@@ -241,7 +243,7 @@ def test_train_errors_are_one_line(feature_sets, tmp_path, capsys):
     assert train.main(["--features", str(tmp_path / "missing"), *base]) == 2
     assert "no index" in one_error_line(capsys, "experiments.train")
     assert train.main(["--features", str(feature_sets["train"]), "--model", "resnet", *base]) == 2
-    assert "unknown model 'resnet'; available models: baseline, tiny, wide" in one_error_line(
+    assert "unknown model 'resnet'; available models: baseline, sed, tiny, wide" in one_error_line(
         capsys, "experiments.train"
     )
     assert not (tmp_path / "run" / "metrics.json").exists()

@@ -267,3 +267,88 @@ def test_the_picture_is_written(tmp_path):
     rows = close_rows("val_lwlrap")
     path = sweep.write_picture(rows, "val_lwlrap", tmp_path, title="t")
     assert path == tmp_path / sweep.PICTURE and path.stat().st_size > 10_000
+
+
+# -- frame targets and event scores ----------------------------------------------------------------
+
+
+def test_event_scores_are_columns_of_the_comparison(tmp_path):
+    grid = parse_grid(
+        {"features": "f", "seeds": [0, 1], "metric": "test_event_f1", "grid": {"lr": [0.1, 0.2]}}
+    )
+    runs = {
+        "lr=0.1": [
+            {"test_lwlrap": 0.9, "test_segment_f1": s, "test_event_f1": e}
+            for s, e in ((0.5, 0.3), (0.7, 0.5))
+        ],
+        "lr=0.2": [{"test_lwlrap": 0.8, "test_segment_f1": 0.6, "test_event_f1": e} for e in (0.6, 0.6)],
+    }
+    rows = sweep.compare(grid, runs)
+    assert [r["configuration"] for r in rows] == ["lr=0.2", "lr=0.1"]  # best test_event_f1 first
+    assert rows[1]["test_event_f1_mean"] == pytest.approx(0.4)
+    assert rows[1]["test_segment_f1_std"] == pytest.approx(statistics.stdev([0.5, 0.7]))
+    _, md_path = sweep.write_tables(rows, tmp_path)
+    header, _, *lines = md_path.read_text().splitlines()
+    assert header == "| configuration | seeds | test_lwlrap | test_segment_f1 | test_event_f1 |"
+    assert lines[1] == "| lr=0.1 | 2 | 0.9000 ± 0.0000 | 0.6000 ± 0.1414 | 0.4000 ± 0.1414 |"
+
+
+def test_frame_targets_are_grid_options_and_event_truth_is_scored_once(
+    fake, small_set, tmp_path, capsys, monkeypatch
+):
+    import experiments.predict
+
+    scored_with = []
+
+    def predict(features, *, truth_events=None, metrics=None, **options):
+        scored_with.append(truth_events)
+        result = fake.predict(features, metrics=metrics, **options)
+        if truth_events is not None:
+            run = json.loads(metrics.read_text())
+            run |= {
+                "test_segment_f1": 0.5,
+                "test_event_f1": 0.25,
+                "test_features": run.get("test_features", {}),
+            }
+            run["test_features"]["fingerprint"] = sweep._index_fingerprint(features)
+            metrics.write_text(json.dumps(run))
+        return result
+
+    monkeypatch.setattr(experiments.predict, "predict", predict)
+    out = tmp_path / "out"
+    body = 'metric = "test_event_f1"\n[base]\nmodel = "sed"\n[grid]\ntargets = ["clip", "frames"]\n'
+    body += "target_step = [4]\n"
+    grid = write_grid(tmp_path / "grid.toml", small_set, body + f'[test]\nfeatures = "{small_set}"\n')
+    assert sweep.main([str(grid), "--out", str(out)]) == 0
+    recorded = json.loads((out / "targets-frames_target_step-4" / "seed-0" / "metrics.json").read_text())
+    assert (recorded["config"]["train"]["targets"], recorded["config"]["train"]["target_step"]) == (
+        "frames",
+        4,
+    )
+    assert scored_with == [None, None]
+    grid.write_text(grid.read_text() + 'events = "calls.csv"\n')
+    capsys.readouterr()
+    assert sweep.main([str(grid), "--out", str(out)]) == 0  # scored again, for the events
+    err = capsys.readouterr().err
+    assert "run 2/2 targets=frames,target_step=4 seed 0: scored, test_event_f1 0.2500" in err
+    assert scored_with == [None, None, "calls.csv", "calls.csv"] and len(fake.trained) == 2
+    assert sweep.main([str(grid), "--out", str(out)]) == 0  # nothing left to score
+    assert len(scored_with) == 4
+    table = next(csv.DictReader((out / sweep.TABLE_CSV).open()))
+    assert (float(table["test_segment_f1_mean"]), float(table["test_event_f1_mean"])) == (0.5, 0.25)
+
+
+def test_a_run_recorded_before_frame_targets_was_trained_on_clips(fake, small_set, tmp_path, capsys):
+    out = tmp_path / "out"
+    grid = write_grid(tmp_path / "grid.toml", small_set, '[base]\nmodel = "tiny"\n')
+    assert sweep.main([str(grid), "--out", str(out)]) == 0
+    path = out / "base" / "seed-0" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    del metrics["config"]["train"]["targets"], metrics["config"]["train"]["target_step"]
+    path.write_text(json.dumps(metrics))
+    capsys.readouterr()
+    assert sweep.main([str(grid), "--out", str(out)]) == 0
+    assert "1 runs: 1 already finished, 0 trained, 0 failed" in capsys.readouterr().err
+    write_grid(grid, small_set, '[base]\nmodel = "sed"\ntargets = "frames"\n')
+    assert sweep.main([str(grid), "--out", str(out)]) == 0
+    assert "training again, it was trained with model 'tiny', not 'sed'" in capsys.readouterr().err

@@ -20,6 +20,7 @@ def test_path_and_flag_options_are_known_by_their_type():
     assert set(sweep_grid.STRING_OPTIONS) == {
         "model",
         "unknown",
+        "targets",
         "soft_labels",
         "windows",
         "window_labels",
