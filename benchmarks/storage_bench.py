@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from loader import MelReader, ShardSequence, open_feature_set
+from loader import MelReader, ShardSequence, bitshuffle_kernels, open_feature_set
+from loader.decode_pool import default_threads
 from melshards.config import center_offset
 
 # name -> feature parameters changed from the default preset
@@ -45,11 +46,16 @@ def _slug(params: dict[str, object]) -> str:
     return "storage-" + "-".join(f"{k}-{v}" for k, v in sorted(params.items()))
 
 
-def precompute(demo: Path, work: Path, params: dict[str, object]) -> tuple[Path, float]:
-    """A feature set of the demo with ``params``; returns its directory and the seconds it took."""
+def precompute(
+    demo: Path, work: Path, params: dict[str, object], *, reuse: bool = False
+) -> tuple[Path, float]:
+    """A feature set of the demo with ``params``; returns its directory and the seconds it took
+    (``reuse``: a complete set already there is kept, and its time is NaN)."""
     from benchmarks.precompute_bench import features_command, write_config
 
     root = work / _slug(params)
+    if reuse and _complete(root, params):
+        return root, float("nan")
     shutil.rmtree(root, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     toml = write_config(work / f"{root.name}.toml", params)
@@ -58,6 +64,18 @@ def precompute(demo: Path, work: Path, params: dict[str, object]) -> tuple[Path,
         [*features_command(demo, root), "--config", str(toml)], check=True, stdout=subprocess.DEVNULL
     )
     return root, time.perf_counter() - started
+
+
+def _complete(root: Path, params: dict[str, object]) -> bool:
+    """Whether ``root`` holds a finished feature set stored with ``params``."""
+    from melshards.errors import FormatError
+    from melshards.index import read_index
+
+    try:
+        config = read_index(root).config
+    except FormatError:
+        return False
+    return all(getattr(config, key) == value for key, value in params.items())
 
 
 def all_values(root: Path) -> np.ndarray:
@@ -108,11 +126,11 @@ class _Lilcom:
         return self.out
 
 
-def run(demo: Path, work: Path, *, batch_size: int = 32, rounds: int = 5) -> dict:
-    exact_root, _ = precompute(demo, work, EXACT)
+def run(demo: Path, work: Path, *, batch_size: int = 32, rounds: int = 5, reuse: bool = False) -> dict:
+    exact_root, _ = precompute(demo, work, EXACT, reuse=reuse)
     exact = all_values(exact_root)
     raw_float16 = exact.size * 2  # bytes of the values as float16, the unit of "disk"
-    sets = _codec_sets(demo, work, exact)
+    sets = _codec_sets(demo, work, exact, reuse=reuse)
 
     sequences = {
         name: ShardSequence(
@@ -169,14 +187,70 @@ def run(demo: Path, work: Path, *, batch_size: int = 32, rounds: int = 5) -> dic
         "rounds": rounds,
         "codecs": rows,
         "targets": _targets(rows, ratio),
+        "decode_ms_per_batch": decode_figures(sets, batch_size, crop, rounds=rounds),
     }
 
 
-def _codec_sets(demo: Path, work: Path, exact: np.ndarray) -> dict[str, dict]:
+def decode_figures(sets: dict[str, dict], batch_size: int, crop: int, *, rounds: int) -> dict[str, dict]:
+    """Where a batch's time goes in the reader alone (no sequence, labels or look-ahead), ms per
+    shuffled float32 batch, medians over rounds taken in turn: ``read_1`` (one thread) and
+    ``read_pool`` (the default decoding threads), whole reads, checksums already verified; and,
+    for the compressed codecs, ``decompress``: the chunks' decompression alone (the loader's
+    decoder), one thread."""
+
+    names = [n for n in sets if n == "float16" or "+" in n]
+    readers, decoders, batches = {}, {}, {}
+    for name in names:
+        features = open_feature_set(sets[name]["root"])
+        config = features.config
+        order = np.random.default_rng(1).permutation(features.n_examples)
+        batches[name] = [order[k : k + batch_size] for k in range(0, order.size - batch_size + 1, batch_size)]
+        readers[name] = {"read_1": MelReader(features, decode_threads=1), "read_pool": MelReader(features)}
+        decode = bitshuffle_kernels.chunk_decoder(config)
+        if decode is not None:
+            decoders[name] = (decode, _chunks(features))
+    out = np.empty((batch_size, config.n_mels, crop, 1), dtype=np.float32)
+    start = np.full(batch_size, center_offset(config, crop), dtype=np.int64)
+    seconds: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds + 1):  # the first round verifies checksums and warms the page cache
+        for name in names:
+            for kind, reader in readers[name].items():
+                started = time.perf_counter()
+                for ids in batches[name]:
+                    reader.read(ids, start, out)
+                seconds.setdefault((name, kind), []).append(time.perf_counter() - started)
+            if name in decoders:
+                decode, chunks = decoders[name]
+                started = time.perf_counter()
+                for ids in batches[name]:
+                    for i in ids.tolist():
+                        decode(chunks[i], "")
+                seconds.setdefault((name, "decompress"), []).append(time.perf_counter() - started)
+    for pair in readers.values():
+        for reader in pair.values():
+            reader.close()
+    figures: dict[str, dict] = {name: {} for name in names}
+    for (name, kind), times in seconds.items():
+        figures[name][kind] = 1e3 * float(np.median(times[1:])) / len(batches[name])
+    figures["decode_threads"] = default_threads()
+    return figures
+
+
+def _chunks(features) -> list[np.ndarray]:
+    """Every example's stored chunk (without its checksum), in RAM."""
+    chunks = []
+    for layout in features.shards:
+        raw = np.fromfile(layout.path, dtype=np.uint8)
+        for offset, size in zip(layout.byte_offsets.tolist(), layout.chunk_sizes.tolist(), strict=True):
+            chunks.append(raw[offset : offset + size - 4].copy())
+    return chunks
+
+
+def _codec_sets(demo: Path, work: Path, exact: np.ndarray, *, reuse: bool = False) -> dict[str, dict]:
     """Each codec's feature set of the demo: where, its size, its error against ``exact``."""
     sets: dict[str, dict] = {}
     for name, params in CODECS.items():
-        root, seconds = precompute(demo, work, params)
+        root, seconds = precompute(demo, work, params, reuse=reuse)
         index = open_feature_set(root).index
         sets[name] = {
             "root": root,
@@ -286,6 +360,16 @@ def table(result: dict) -> list[str]:
             f"{name:<44}{row['disk_vs_float16']:>9.3f}{row['max_error']:>9.4f}{row['rms_error']:>9.4f}"
             f"{row['samples_per_s']:>11.0f}{row['vs_float16_loader']:>8.2f}{row['vs_copy_bound']:>9.2f}"
         )
+    decode = result.get("decode_ms_per_batch")
+    if decode:
+        lines.append(
+            f"{'reader alone, ms per batch':<44}{'decompress':>11}{'read, 1 thread':>16}"
+            f"{'read, ' + str(decode['decode_threads']) + ' threads':>16}"
+        )
+        for name, fig in decode.items():
+            if name != "decode_threads":
+                squeeze = f"{fig['decompress']:>11.2f}" if "decompress" in fig else f"{'':>11}"
+                lines.append(f"{name:<44}{squeeze}{fig['read_1']:>16.2f}{fig['read_pool']:>16.2f}")
     first = result.get("first_batch")
     if first:
         for case, fig in first.items():
@@ -295,3 +379,31 @@ def table(result: dict) -> list[str]:
                 f"{fig['import_s']:.1f} s, model {fig['model_s']:.1f} s)"
             )
     return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The storage section alone: ``python -m benchmarks.storage_bench [--reuse]``."""
+    import argparse
+    import os
+
+    root = Path(__file__).parent
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--demo", type=Path, default=root.parent / "data" / "demo")
+    parser.add_argument("--work", type=Path, default=root / "work")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--reuse", action="store_true", help="keep the codec sets already in --work")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
+    result = run(args.demo, args.work, rounds=args.rounds, reuse=args.reuse)
+    result["load"] = [load, os.getloadavg()[0]]
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    print("\n".join(table(result)))
+    print("targets:", json.dumps({k: round(v, 3) for k, v in result["targets"].items()}))
+    print(f"load average (1 min) before {load:.2f}, after {result['load'][1]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

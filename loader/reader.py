@@ -5,16 +5,20 @@ known byte offset (``loader.feature_set.ShardLayout``), skips HDF5's filter pipe
 uncompressed chunk is gathered, cropped and cast (or, for uint8 codes, decoded with its
 example's offset and scale) by one compiled loop (``loader.read_kernels``, through
 ``loader.targets``); a chunk compressed by a plugin filter (``zstd``, ``bitshuffle-lz4``) is
-decompressed into a small scratch array of codes and then goes through the same loop, so no
-float array is made on the way. The fast path checks each chunk's Fletcher-32 itself the first
-time this process reads that chunk. Shards written with gzip, lzf or another layout are read
-with h5py ``read_direct``, one sorted run of rows at a time, into a preallocated buffer.
+decompressed into a small array of stored values and then goes through the same loop, so no
+float array is made on the way. A batch's compressed chunks are decoded side by side by the
+reader's ``loader.decode_pool.DecodePool`` (``decode_threads``; the codecs and the loop release
+the GIL), with the same bytes as one after another. The fast path checks each chunk's
+Fletcher-32 itself the first time this process reads that chunk. Shards written with gzip, lzf
+or another layout are read with h5py ``read_direct``, one sorted run of rows at a time, into a
+preallocated buffer.
 
 Process rules: h5py handles are opened lazily and belong to the process that opened them
 (keyed by ``os.getpid()``); a forked child never uses or closes its parent's handles, and
 nothing with a handle is pickled. Memory maps, checksum bitmaps and the in-RAM cache are
 plain memory, safe to inherit through ``fork``; they are dropped when pickling (``spawn``).
-A user's plain ``h5py.File`` on a shard, opened before or after this reader's, does not clash
+Decoding threads belong to the process that started them (a child starts its own); ``close``
+stops them, and so does collecting the reader. A user's plain ``h5py.File`` on a shard, opened before or after this reader's, does not clash
 with it (``melshards.shard_open.open_shard``).
 
 Shards changed under an open reader: the per-example metadata and chunk offsets were read when
@@ -29,15 +33,17 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 
 import h5py
 import numpy as np
 
-from loader import read_kernels
+from loader import bitshuffle_kernels, read_kernels
+from loader.decode_pool import DecodePool, default_threads
 from loader.feature_set import FeatureSet, file_identity
 from loader.targets import CopyTarget, Target, stored_view
-from melshards import codec
+from melshards.checks import check_int
 from melshards.errors import FormatError, IntegrityError
 from melshards.names import MEL
 from melshards.shard_check import check_shard
@@ -80,6 +86,8 @@ class MelReader:
     cache_ids : example ids to hold in RAM (loaded once per process on first read), or None;
         uint8 sets keep their codes in RAM (decompressed), a quarter of float32
     direct : read through memory maps where the shard layout allows; False forces h5py
+    decode_threads : threads decoding a batch's compressed chunks side by side (default: one
+        per core, at most 4); 1 decodes them in the calling thread
     """
 
     def __init__(
@@ -88,17 +96,20 @@ class MelReader:
         *,
         cache_ids: np.ndarray | None = None,
         direct: bool = True,
+        decode_threads: int | None = None,
     ) -> None:
         self.features = features
         self.cache_ids = None if cache_ids is None else np.asarray(cache_ids, dtype=np.int64)
         self.direct = bool(direct)
+        threads = default_threads() if decode_threads is None else decode_threads
+        self.decode_threads = check_int("decode_threads", threads, low=1)
         self._reset_local_state()
 
     def _reset_local_state(self) -> None:
         config = self.features.config
         self._n_frames = config.n_frames
         self._dtype = np.dtype(config.dtype)
-        self._decode = codec.chunk_decoder(config)
+        self._decode = bitshuffle_kernels.chunk_decoder(config)
         self._pid = os.getpid()
         self._handles: dict[int, h5py.File] = {}
         self._inherited_handles: list[dict[int, h5py.File]] = []
@@ -107,13 +118,11 @@ class MelReader:
         # (path, identity) of each shard, for ``_check_unchanged``: the path as bytes, since
         # os.stat spends longer converting a Path than in the system call
         self._identities = [(os.fsencode(lay.path), lay.identity) for lay in self.features.shards]
+        self._pool = DecodePool(self.decode_threads, limit_openmp=bitshuffle_kernels.uses_openmp(config))
+        self._stop_pool = weakref.finalize(self, self._pool.close)  # the reader collected
 
     def __getstate__(self) -> dict:
-        return {
-            "features": self.features,
-            "cache_ids": self.cache_ids,
-            "direct": self.direct,
-        }
+        return {key: self.__dict__[key] for key in ("features", "cache_ids", "direct", "decode_threads")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -180,7 +189,9 @@ class MelReader:
             return mapped
 
     def close(self) -> None:
-        """Drop this process's handles, maps and cache (they reopen on the next read)."""
+        """Drop this process's handles, maps and cache and stop its decoding threads (they
+        reopen and restart on the next read)."""
+        self._stop_pool()
         with _open_lock:
             if self._pid == os.getpid():
                 for h5 in self._handles.values():
@@ -250,9 +261,16 @@ class MelReader:
             if self._is_direct(s):  # a map of a file cut short since would fault (SIGBUS)
                 self._check_unchanged(s)
         try:
+            compressed = []  # positions in ``order`` of the chunks to decompress, in order
             for s, lo, hi in zip(shards, bounds[:-1], bounds[1:], strict=True):
+                if self._is_direct(s) and self.features.shards[s].compressed:
+                    compressed.append(order[lo:hi])
+                    continue
                 group = order[lo:hi]
                 self._read_shard(s, rows[group], crop_start[group], group, target)
+            if compressed:
+                chosen = np.concatenate(compressed)
+                self._read_compressed(ids[chosen], crop_start[chosen], chosen, target)
         finally:
             # A rewrite before or during the reads: the rows (or the error a read raised, such
             # as a checksum failing) came from another file's bytes at this file's offsets.
@@ -296,17 +314,32 @@ class MelReader:
             target.fill(values, offsets, starts, out_pos, n_frames, quant)
             return
         mapped = self._mapped(s)
-        if layout.compressed:
-            self._read_compressed(s, mapped, rows, starts, out_pos, target, quant)
-            return
         self._verify(s, mapped, rows)
         target.fill(mapped.values, mapped.element_offsets[rows], starts, out_pos, n_frames, quant)
 
-    def _read_compressed(self, s, mapped, rows, starts, out_pos, target, quant) -> None:
-        """Each chunk: checksum (first read), decompress into codes, then the same fill as uncompressed."""
-        layout = self.features.shards[s]
+    def _read_compressed(self, ids: np.ndarray, starts: np.ndarray, out_pos: np.ndarray, target) -> None:
+        """Compressed chunks of examples ``ids`` (by shard, rows sorted): each one's checksum
+        (first read), decompressed, then the same fill as uncompressed; on the decode pool."""
+        quant = self._quant(ids)
+        shards = self.features.shard_of[ids].tolist()
+        rows = self.features.row_of[ids].tolist()
         zero = np.zeros(1, dtype=np.int64)
-        for k, row in enumerate(rows.tolist()):
+        # Mapped here, in order: the threads never take the open lock, which this thread may
+        # hold (loading the cache). A shard that does not map fails after the chunks before it.
+        maps: dict[int, _MappedShard] = {}
+        n_mapped, failure = len(rows), None
+        for k, s in enumerate(shards):
+            if s not in maps:
+                try:
+                    maps[s] = self._mapped(s)
+                except (OSError, FormatError, IntegrityError) as err:
+                    n_mapped, failure = k, err
+                    break
+
+        def decode(k: int) -> None:
+            s, row = shards[k], rows[k]
+            layout = self.features.shards[s]
+            mapped = maps[s]
             offset = int(layout.byte_offsets[row])
             raw = mapped.raw[offset : offset + int(layout.chunk_sizes[row])]
             if not mapped.verified[row]:
@@ -316,6 +349,10 @@ class MelReader:
             values = stored_view(self._decode(raw[:-4], f"{layout.path}: example {row}"), self._dtype)
             one = None if quant is None else (quant[0][k : k + 1], quant[1][k : k + 1])
             target.fill(values, zero, starts[k : k + 1], out_pos[k : k + 1], self._n_frames, one)
+
+        self._pool.run(decode, n_mapped)
+        if failure is not None:
+            raise failure
 
     def _verify(self, s: int, mapped: _MappedShard, rows: np.ndarray) -> None:
         if mapped.all_verified:

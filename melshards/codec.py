@@ -12,7 +12,9 @@ And the HDF5 filters on ``mel`` (``FeatureConfig.compression``): h5py's ``gzip``
 and ``zstd`` and ``bitshuffle-lz4`` from the ``hdf5plugin`` package, which plain h5py reads
 once ``import hdf5plugin`` has registered them. Every example is one chunk, so the loader
 decodes a plugin-compressed chunk itself (``chunk_decoder``) straight from the file's bytes,
-skipping HDF5's per-call cost; ``zstandard`` and ``bitshuffle`` do the decoding.
+skipping HDF5's per-call cost; ``zstandard`` and ``bitshuffle`` do the decoding (the loader
+decodes uint8 codes under bitshuffle-lz4 with its own compiled decoder,
+``loader.bitshuffle_kernels``, which gives the same bytes).
 
 The optional packages are imported only when a feature set uses them; a missing one is a
 ConfigError saying what to install.
