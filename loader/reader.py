@@ -208,12 +208,14 @@ class MelReader:
         *,
         gain: np.ndarray | None = None,
         clip: tuple[float, float] | None = None,
+        stored: bool = False,
     ) -> None:
         """Fill ``out`` with crops of examples ``ids``.
 
         ids : np.ndarray [shape=(B,)], int -- global example ids, any order
         crop_start : np.ndarray [shape=(B,)], int -- first stored frame of each crop
-        out : np.ndarray [shape=(B, n_mels, crop, 1)], float32 or float16, C-contiguous
+        out : np.ndarray [shape=(B, n_mels, crop, 1)], float32 or float16, C-contiguous; with
+            ``stored``, (B, n_mels, crop) of the stored dtype, which gets the values undecoded
         gain : np.ndarray [shape=(B,)], float32 -- multiply each example, then ``clip``
         """
         ids = np.asarray(ids, dtype=np.int64)
@@ -228,7 +230,7 @@ class MelReader:
             raise ValueError(
                 f"read: crops of {crop} frames from {crop_start} exceed {config.n_frames} stored"
             )
-        target = Target(out, gain, clip)
+        target = CopyTarget(out) if stored else Target(out, gain, clip)
         if self.cache_ids is not None:
             values, position = self._cached()
             where = position[ids]

@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from loader.buffers import BufferPool
-from loader.targets import CopyTarget
 
 if TYPE_CHECKING:
     from loader.augment import AugmentParams
@@ -185,32 +184,10 @@ def read_stored(reader: MelReader, ids: np.ndarray, crop_start: np.ndarray, out:
     Reads as ``MelReader.read`` does (memory maps, compressed chunks, h5py, the in-RAM cache,
     every chunk's checksum), with a copying target instead of a decoding one.
     """
-    ids = np.asarray(ids, dtype=np.int64)
-    crop_start = np.asarray(crop_start, dtype=np.int64)
     config = reader.features.config
-    b, n_mels, crop = out.shape
-    if ids.shape != (b,) or crop_start.shape != (b,) or n_mels != config.n_mels:
-        raise ValueError(
-            f"read_stored: ids {ids.shape}, starts {crop_start.shape} and out {out.shape} disagree"
-        )
     if out.dtype != np.dtype(config.dtype) or not out.flags.c_contiguous:
         raise ValueError(f"read_stored: out must be C-contiguous {config.dtype}, got {out.dtype}")
-    if b == 0:
-        return
-    if crop_start.min() < 0 or crop_start.max() + crop > config.n_frames:
-        raise ValueError(
-            f"read_stored: crops of {crop} frames from {crop_start} exceed {config.n_frames} stored"
-        )
-    target = CopyTarget(out)
-    if reader.cache_ids is None:
-        reader._read_by_shard(ids, crop_start, target)
-        return
-    values, position = reader._cached()
-    where = position[ids]
-    if (where < 0).any():
-        raise ValueError("read_stored: example ids outside the in-memory cache")
-    offsets = where * (n_mels * config.n_frames)
-    target.fill(values, offsets, crop_start, np.arange(b, dtype=np.int64), config.n_frames)
+    reader.read(ids, crop_start, out, stored=True)
 
 
 class StoredReads:
