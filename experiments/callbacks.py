@@ -165,21 +165,40 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-class HistoryLog(keras.callbacks.Callback):
-    """``history.csv``: a row per epoch, as ``keras.callbacks.CSVLogger(path, append=True)``
-    writes it (the header ``epoch`` and the logs' names sorted, rows ending in CRLF), appended
-    to the run's own file (``run_files.AppendLog``) and fsynced at every epoch."""
+class _AppendedLog(keras.callbacks.Callback):
+    """A callback that appends to one run file (``run_files.AppendLog``), opened anew when
+    training begins and closed when it ends."""
 
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = Path(path)
         self._log: AppendLog | None = None
-        self._keys: list[str] | None = None
-        self._header = False
 
     def on_train_begin(self, logs: Any = None) -> None:
         self.close()
         self._log = AppendLog(self.path)
+
+    def on_train_end(self, logs: Any = None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class HistoryLog(_AppendedLog):
+    """``history.csv``: a row per epoch, as ``keras.callbacks.CSVLogger(path, append=True)``
+    writes it (the header ``epoch`` and the logs' names sorted, rows ending in CRLF), appended
+    to the run's own file (``run_files.AppendLog``) and fsynced at every epoch."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self._keys: list[str] | None = None
+        self._header = False
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        super().on_train_begin(logs)
         self._keys, self._header = None, self._log.size == 0
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
@@ -197,16 +216,8 @@ class HistoryLog(keras.callbacks.Callback):
         writer.writerow([epoch, *(_csv_value(logs.get(k, "NA")) for k in self._keys)])
         self._log.write(text.getvalue().encode("utf-8"))
 
-    def on_train_end(self, logs: Any = None) -> None:
-        self.close()
 
-    def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
-class BatchLog(keras.callbacks.Callback):
+class BatchLog(_AppendedLog):
     """``batches.log``: one line ``epoch index sha256`` per trained batch (``--batch-log``).
 
     ``sequence`` is what ``fit`` gets: the training sequence, noting the digest of every batch
@@ -215,15 +226,10 @@ class BatchLog(keras.callbacks.Callback):
     """
 
     def __init__(self, seq: Any, path: Path) -> None:
-        super().__init__()
-        self.path, self.digests = Path(path), {}
+        super().__init__(path)
+        self.digests = {}
         self.sequence = _DigestedSequence(seq, self.digests)
         self._epoch, self._first = 0, 0
-        self._log: AppendLog | None = None
-
-    def on_train_begin(self, logs: Any = None) -> None:
-        self.close()
-        self._log = AppendLog(self.path)
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         seq = self.sequence.seq
@@ -233,14 +239,6 @@ class BatchLog(keras.callbacks.Callback):
         index = self._first + batch
         line = f"{self._epoch} {index} {self.digests.pop((self._epoch, index))}\n"
         self._log.write(line.encode("utf-8"))
-
-    def on_train_end(self, logs: Any = None) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 class _DigestedSequence(keras.utils.PyDataset):
