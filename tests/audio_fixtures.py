@@ -27,6 +27,19 @@ TINY = FeatureConfig(
     shard_size=3,
 )
 
+# TINY as command-line flags (n_classes and min_overlap left to each test), one job.
+TINY_FLAGS = [
+    "--set=sample_rate=16000",
+    "--set=n_fft=512",
+    "--set=hop_length=256",
+    "--set=n_mels=32",
+    "--set=fmax=8000",
+    "--set=duration=2",
+    "--set=context=0.25",
+    "--set=shard_size=3",
+    "--jobs=1",
+]
+
 
 def tone_recording(
     seconds: float, *, sr: int, tones: list[tuple[float, float, float]], seed: int = 0

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from audio_fixtures import HEADER, read_arrays, write_dataset
+from audio_fixtures import HEADER, TINY_FLAGS, read_arrays, write_dataset
 from melshards.errors import ConfigError
 from melshards.index import read_index
 from melshards.names import EVENT_FP, EVENT_TP, FAILURES_FILE
@@ -25,19 +25,7 @@ from precompute.inputs.references import file_reference
 from precompute.inspection import inspect_lines
 
 # The TINY config of the tone dataset (tests/audio_fixtures.py), n_classes left to the data.
-CONFIG = [
-    "--set=sample_rate=16000",
-    "--set=n_fft=512",
-    "--set=hop_length=256",
-    "--set=n_mels=32",
-    "--set=fmax=8000",
-    "--set=duration=2",
-    "--set=context=0.25",
-    "--set=min_overlap=0.2",
-    "--set=shard_size=3",
-    "--jobs=1",
-    "--quiet",
-]
+CONFIG = [*TINY_FLAGS, "--set=min_overlap=0.2", "--quiet"]
 # The tone dataset's events: recording -> (species, t_min, t_max, TP?) (audio_fixtures.write_dataset).
 EVENTS = {
     "rec0": [(0, 1.0, 2.0, True), (1, 5.0, 6.5, True), (2, 1.2, 1.8, False)],

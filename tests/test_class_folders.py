@@ -5,22 +5,12 @@ import shutil
 
 import pytest
 
-from audio_fixtures import read_arrays, write_dataset
+from audio_fixtures import TINY_FLAGS, read_arrays, write_dataset
 from melshards.index import read_index
 from precompute.cli import main
 from precompute.inputs.classes import ClassCoder, ClassSpec
 
-CONFIG = [
-    "--set=sample_rate=16000",
-    "--set=n_fft=512",
-    "--set=hop_length=256",
-    "--set=n_mels=32",
-    "--set=fmax=8000",
-    "--set=duration=2",
-    "--set=context=0.25",
-    "--set=shard_size=3",
-    "--jobs=1",
-]
+CONFIG = TINY_FLAGS
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ duplicate, rejected with its line and the line it repeats."""
 
 import json
 
-from audio_fixtures import read_arrays, write_dataset
+from audio_fixtures import TINY_FLAGS, read_arrays, write_dataset
 from melshards.index import read_index
 from melshards.names import EVENT_TP, FAILURES_FILE
 from precompute.cli import main
@@ -16,20 +16,8 @@ from precompute.inputs.manifest import iter_manifest
 from precompute.inputs.row_table import RowTable, drop_duplicates
 
 HEADER = "Selection\tView\tChannel\tBegin File\tBegin Time (s)\tEnd Time (s)\tLow Freq (Hz)\tHigh Freq (Hz)\tSpecies"
-# The tone config of tests/test_annotations.py.
-CONFIG = [
-    "--set=sample_rate=16000",
-    "--set=n_fft=512",
-    "--set=hop_length=256",
-    "--set=n_mels=32",
-    "--set=fmax=8000",
-    "--set=duration=2",
-    "--set=context=0.25",
-    "--set=min_overlap=0.2",
-    "--set=shard_size=3",
-    "--jobs=1",
-    "--quiet",
-]
+# The TINY config of the tone dataset (tests/audio_fixtures.py), n_classes left to the data.
+CONFIG = [*TINY_FLAGS, "--set=min_overlap=0.2", "--quiet"]
 
 
 def table(path, *rows: str):
