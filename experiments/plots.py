@@ -86,15 +86,7 @@ def curves_figure(history: Mapping[str, Sequence[float]], *, title: str = ""):
 
 def plot_curves(history: Mapping[str, Sequence[float]], out: str | Path, *, title: str = "") -> Path:
     """Write ``curves_figure(history, title=title)`` to ``out`` as a PNG."""
-    import matplotlib.pyplot as plt
-
-    fig = curves_figure(history, title=title)
-    out = Path(out)
-    try:
-        fig.savefig(out, dpi=100)
-    finally:
-        plt.close(fig)
-    return out
+    return _write_png(curves_figure(history, title=title), out)
 
 
 def comparison_title(what: str, metric: str, seeds: Sequence[int]) -> str:
@@ -158,9 +150,13 @@ def comparison_figure(rows: Sequence[Mapping], metric: str, *, title: str):
 
 def plot_comparison(rows: Sequence[Mapping], metric: str, out: str | Path, *, title: str) -> Path:
     """Write ``comparison_figure(rows, metric, title=title)`` to ``out`` as a PNG."""
+    return _write_png(comparison_figure(rows, metric, title=title), out)
+
+
+def _write_png(fig, out: str | Path) -> Path:
+    """Save ``fig`` to ``out`` as a PNG and close it."""
     import matplotlib.pyplot as plt
 
-    fig = comparison_figure(rows, metric, title=title)
     out = Path(out)
     try:
         fig.savefig(out, dpi=100)
