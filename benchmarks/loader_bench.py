@@ -128,6 +128,37 @@ def _sequence_seconds(features: Path, batch_size: int) -> dict[str, float]:
     return out
 
 
+def frame_target_cost(features: Path, batch_size: int, *, rounds: int = 5) -> dict[str, float]:
+    """Seconds per batch with clip labels and with frame targets (``targets="frames"``, the
+    default ``target_step``), augmented (time shifts: crops off centre), timed in turn round
+    after round on the same batches; the medians, and the frame targets' cost as a share of
+    the clip batch's time: as the consumer waits for a batch (wall) and in CPU time of the
+    process (``cpu``, every thread: the look-ahead builds the next batch in the background)."""
+    sequences = {
+        name: ShardSequence(
+            features, split="all", batch_size=batch_size, shuffle=True, seed=0, augment=True, targets=name
+        )
+        for name in ("clip", "frames")
+    }
+    for seq in sequences.values():  # a first epoch each: page cache, checksums, tables
+        for i in range(len(seq)):
+            seq[i]
+    wall: dict[str, list[float]] = {name: [] for name in sequences}
+    cpu: dict[str, list[float]] = {name: [] for name in sequences}
+    for _ in range(rounds):
+        for name, seq in sequences.items():
+            began = time.process_time()
+            wall[name].append(_time_batches(seq.__getitem__, len(seq), repeats=1))
+            cpu[name].append((time.process_time() - began) / len(seq))
+    out = {}
+    for name in sequences:
+        out[f"{name}_ms"] = float(np.median(wall[name])) * 1e3
+        out[f"{name}_cpu_ms"] = float(np.median(cpu[name])) * 1e3
+    out["frame_targets_cost"] = out["frames_ms"] / out["clip_ms"] - 1
+    out["frame_targets_cpu_cost"] = out["frames_cpu_ms"] / out["clip_cpu_ms"] - 1
+    return out
+
+
 def run(features: Path, demo: Path, *, batch_size: int = 32, n_batches: int = 16) -> dict:
     index = read_index(features)
     config = index.config
@@ -195,7 +226,11 @@ def run(features: Path, demo: Path, *, batch_size: int = 32, n_batches: int = 16
         "float32_vs_naive_h5py": ratio("shards_float32", "naive_h5py_fancy_index"),
         "tf_dataset_vs_in_ram": ratio("as_tf_dataset_float32", "in_ram_float32_reference"),
     }
+    frames = frame_target_cost(features, batch_size)
     return {
+        "frame_targets": frames,
+        "frame_targets_cost": frames["frame_targets_cost"],
+        "frame_targets_cpu_cost": frames["frame_targets_cpu_cost"],
         "batch": [batch_size, config.n_mels, crop, 1],
         "examples": n,
         "copy_bandwidth_gb_s": bandwidth / 1e9,
