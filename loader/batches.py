@@ -195,9 +195,11 @@ class ShardBatches:
         return self._rows.workers
 
     def close(self) -> None:
-        """Stop this sequence's look-ahead thread and workers (they restart on the next batch)."""
+        """Stop this sequence's look-ahead thread, workers and decoding threads, and close its
+        files (all restart or reopen on the next batch)."""
         self._lookahead.close()
         self._rows.close()
+        self.reader.close()
 
     def __enter__(self) -> ShardBatches:
         return self

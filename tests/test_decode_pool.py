@@ -278,7 +278,10 @@ def test_pool_threads_stop_with_the_reader_and_with_the_loader(tmp_path, no_deco
     loader = ShardBatches(root, split="all", batch_size=8, seed=0, lookahead=False)
     loader.batch(0)
     assert decode_threads_alive() == default_threads() - 1
-    loader.close()
+    loader.close()  # stops them at once, not only when collected or idle
+    assert decode_threads_alive() == 0 and threading.active_count() == baseline
+    loader.batch(1)  # and they start again with the next batch
+    assert decode_threads_alive() == default_threads() - 1
     del loader
     gc.collect()
     assert decode_threads_alive() == 0 and threading.active_count() == baseline
