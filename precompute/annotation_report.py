@@ -54,7 +54,7 @@ def log_annotations(planned: Planned, inputs: Sequence[Annotations], classes: Cl
     n_tp = sum(int((k == EVENT_TP).sum()) for k in kinds)
     n_fp = sum(k.size for k in kinds) - n_tp
     tp = ", ".join(str(item.path) for item in inputs if item.kind == EVENT_TP)
-    fp = ", ".join(str(item.path) for item in inputs if item.kind == EVENT_FP)
+    fp = ", ".join(str(item.path) for item in inputs if item.kind == EVENT_FP or item.format == "reviews")
     names = planned.class_names
     shown = ", ".join(names[:6]) + (f", ... {names[-1]}" if len(names) > 6 else "")
     log.info(

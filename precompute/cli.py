@@ -151,6 +151,7 @@ def _add_annotation_options(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="a Raven selection table, or a folder of them",
     )
+    _add_review_options(g)
     add_flag(
         g,
         "--clips",
@@ -171,7 +172,7 @@ def _add_annotation_options(p: argparse.ArgumentParser) -> None:
         "--label-column",
         field="annotations.label_column",
         metavar="NAME",
-        help="the labels' column in --raven/--clips (default: Annotation, Species, label, category, ...)",
+        help="the labels' column in --raven/--reviews/--clips (default: Annotation, Species, label, category, ...)",
     )
     add_flag(
         g,
@@ -187,6 +188,25 @@ def _add_annotation_options(p: argparse.ArgumentParser) -> None:
         metavar="LIST",
         help="the class list, in order (a,b,c; other labels are rejected), or species_songtype "
         "(a class per species and songtype); default: the labels found, or --set n_classes=N ids",
+    )
+
+
+def _add_review_options(g) -> None:
+    add_flag(
+        g,
+        "--reviews",
+        field="annotations.reviews",
+        type=Path,
+        metavar="PATH",
+        help="reviewed Raven tables (a table or a folder): yes -> call, no -> confirmed negative, "
+        "a class name -> relabelled, empty -> skipped",
+    )
+    add_flag(
+        g,
+        "--review-column",
+        field="annotations.review_column",
+        metavar="NAME",
+        help="the reviewers' verdicts column in --reviews (default Review)",
     )
 
 
@@ -241,7 +261,7 @@ def _add_features_command(sub, quiet: argparse.ArgumentParser) -> None:
         help="labelled slices (annotated events) -> shards",
         description="One window per annotated event, from RFCX manifests, event CSVs, Raven selection "
         "tables or clip-level labels (docs/annotations.md). Give at least one of --tp, --raven, "
-        "--clips, --class-folders; they may be combined.",
+        "--reviews, --clips, --class-folders; they may be combined.",
     )
     p.add_argument("--audio-dir", type=Path, required=True, help="folder of <recording_id>.flac/.wav/...")
     p.add_argument(

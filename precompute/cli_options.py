@@ -11,9 +11,9 @@ keep the name of the keyword argument they are passed as.
 group                   flags
 ======================  ============================================================
 ``config``              ``--preset --config --set --shard-size`` (``ConfigOptions``)
-``annotations``         ``--tp --fp --columns --raven --clips --class-folders
-                        --label-column --label-separator --classes``
-                        (``AnnotationOptions``)
+``annotations``         ``--tp --fp --columns --raven --reviews --clips
+                        --class-folders --label-column --label-separator
+                        --review-column --classes`` (``AnnotationOptions``)
 ``run``                 ``--jobs --backend --scheduler/--address --on-error --overwrite
                         --stage`` (``RunOptions``)
 ``windows``             ``--step --files`` (``WindowOptions``)
@@ -65,6 +65,7 @@ NOT_EMPTY = {
     "columns": ("--columns", "give field=column pairs, e.g. recording_id=file,t_min=start"),
     "label_column": ("--label-column", "give the name of the labels' column"),
     "label_separator": ("--label-separator", "give the text between several labels of one clip"),
+    "review_column": ("--review-column", "give the name of the reviewers' verdicts column"),
     "classes": ("--classes", "give class names (a,b,c) or species_songtype"),
 }
 
@@ -80,10 +81,12 @@ class AnnotationOptions:
     fp: Path | None = None
     columns: str | None = None  # "field=column,..."
     raven: Path | None = None
+    reviews: Path | None = None  # reviewed Raven tables
     clips: Path | None = None
     class_folders: bool = False
     label_column: str | None = None
     label_separator: str | None = None
+    review_column: str | None = None
     classes: str | None = None  # "a,b,c" or "species_songtype"
 
     def __post_init__(self) -> None:
@@ -94,7 +97,7 @@ class AnnotationOptions:
 
     @property
     def any_input(self) -> bool:
-        return bool(self.tp or self.raven or self.clips or self.class_folders)
+        return bool(self.tp or self.raven or self.reviews or self.clips or self.class_folders)
 
 
 @dataclass(frozen=True)

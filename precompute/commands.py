@@ -111,7 +111,8 @@ def _log_config(config: FeatureConfig) -> None:
 
 
 def _annotations(given: AnnotationOptions, from_file: dict, *, audio_dir) -> list:
-    """The annotation inputs the options name, in reading order: --tp, --fp, --raven, --clips, folders.
+    """The annotation inputs the options name, in reading order: --tp, --fp, --raven, --reviews,
+    --clips, folders.
 
     ``from_file`` holds the config file's ``[annotations]`` options, used where a flag is not given.
     """
@@ -120,12 +121,16 @@ def _annotations(given: AnnotationOptions, from_file: dict, *, audio_dir) -> lis
     columns = parse_columns(given.columns) if given.columns else from_file.get("columns", {})
     label = given.label_column or from_file.get("label_column")
     separator = given.label_separator or from_file.get("label_separator") or ";"
+    review = {"review_column": given.review_column or from_file.get("review_column") or "Review"}
     if not given.any_input:
-        raise ConfigError("no annotations: give --tp CSV, --raven PATH, --clips CSV or --class-folders")
+        raise ConfigError(
+            "no annotations: give --tp CSV, --raven PATH, --reviews PATH, --clips CSV or --class-folders"
+        )
     csv_format = "events" if columns else "rfcx"
     inputs = [Annotations(csv_format, given.tp, columns=columns)] if given.tp else []
     inputs += [Annotations(csv_format, given.fp, kind=EVENT_FP, columns=columns)] if given.fp else []
-    inputs += [Annotations("raven", given.raven, label_column=label)] if given.raven else []
+    inputs += [Annotations("raven", given.raven, label_column=label, **review)] if given.raven else []
+    inputs += [Annotations("reviews", given.reviews, label_column=label, **review)] if given.reviews else []
     if given.clips:
         inputs.append(
             Annotations("clips", given.clips, columns=columns, label_column=label, separator=separator)

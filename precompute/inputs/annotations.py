@@ -1,6 +1,6 @@
 """Annotation formats: every way labelled audio comes in, read into the same manifest rows.
 
-Four formats, each a ``Layout`` (``precompute.inputs.layout``) over one row parser, so every row
+Five formats, each a ``Layout`` (``precompute.inputs.layout``) over one row parser, so every row
 of every format is validated, coded to a class and reported the same way:
 
 ``rfcx``
@@ -17,7 +17,13 @@ of every format is validated, coded to a class and reported the same way:
     column; with ``File Offset (s)`` the times are taken relative to that file. The label
     column is ``label_column`` or the first of ``RAVEN_LABELS`` present. A selection listed
     once per view (``Waveform 1``, ``Spectrogram 1``) is read once; its number alone does not
-    identify it (``Layout.selection``).
+    identify it (``Layout.selection``). A table whose ``Review`` column (``review_column``)
+    holds a verdict is refused: read as selections, its rejected ones would become calls.
+``reviews``
+    Raven tables a reviewer has filled a verdict column of (``Review``), read as ``raven``
+    with each selection taken by its verdict: a call, a confirmed negative, a call of another
+    class and a confirmed negative of its own, or not reviewed (skipped and counted); see
+    ``precompute.inputs.reviews``. Labels are class names as written: ``s7`` is class ``s7``.
 ``clips``
     Clip-level labels: a CSV of a file column (``FILE_COLUMNS``) and a label column
     (``LABEL_COLUMNS``) holding one label or several separated by ``separator``; or
@@ -43,6 +49,7 @@ from typing import Any
 
 import soundfile as sf
 
+from commandline.console import log
 from melshards.config import FeatureConfig
 from melshards.errors import ConfigError
 from melshards.names import EVENT_FP, EVENT_TP
@@ -52,9 +59,10 @@ from precompute.inputs.class_folders import folder_rows
 from precompute.inputs.classes import ClassCoder, ClassSpec, parse_class_option
 from precompute.inputs.layout import FIELDS, RFCX, Layout
 from precompute.inputs.manifest import iter_manifest
+from precompute.inputs.reviews import REVIEW_COLUMN, unreviewed_line
 from precompute.inputs.row_table import Row, RowFailure
 
-FORMATS = ("rfcx", "events", "raven", "clips", "class_folders")
+FORMATS = ("rfcx", "events", "raven", "reviews", "clips", "class_folders")
 
 # Raven's columns (as Raven Pro writes them), field -> column.
 RAVEN_COLUMNS = {
@@ -82,8 +90,10 @@ class Annotations:
         audio directory
     kind : ``EVENT_TP``, or ``EVENT_FP`` for confirmed false positives (CSV formats)
     columns : field -> column of the file (``events``, ``clips``)
-    label_column : the column holding the labels (``raven``, ``clips``)
+    label_column : the column holding the labels (``raven``, ``reviews``, ``clips``)
     separator : between several labels of one clip (``clips``)
+    review_column : the column of the reviewer's verdicts (``reviews``; a filled one refuses
+        a ``raven`` table)
     """
 
     format: str
@@ -92,6 +102,7 @@ class Annotations:
     columns: Mapping[str, str] = field(default_factory=dict)
     label_column: str | None = None
     separator: str = ";"
+    review_column: str = REVIEW_COLUMN
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -104,6 +115,8 @@ class Annotations:
         object.__setattr__(self, "columns", check_columns(self.columns, source="columns"))
         if not self.separator:
             raise ConfigError("the label separator must not be empty")
+        if not (isinstance(self.review_column, str) and self.review_column.strip()):
+            raise ConfigError(f"the review column must be a column name, got {self.review_column!r}")
 
     def describe(self) -> dict[str, Any]:
         """What the index's ``source`` records of this input."""
@@ -113,6 +126,8 @@ class Annotations:
             data["columns"] = dict(self.columns)
         if self.label_column:
             data["label_column"] = self.label_column
+        if self.format == "reviews" or self.review_column != REVIEW_COLUMN:
+            data["review_column"] = self.review_column
         return data
 
 
@@ -145,14 +160,15 @@ def parse_columns(text: str, *, source: str = "--columns") -> dict[str, str]:
 
 # -- options of the config file's [annotations] table --------------------------------------------
 
-OPTION_KEYS = ("columns", "label_column", "label_separator", "classes")
+OPTION_KEYS = ("columns", "label_column", "label_separator", "review_column", "classes")
 
 
 def read_annotation_options(path: str | Path | None) -> dict[str, Any]:
     """The ``[annotations]`` table of a config TOML file (empty without one), checked.
 
     Keys: ``columns`` (a table field = column, or ``"field=column,..."``), ``label_column``,
-    ``label_separator``, ``classes`` (``"species_songtype"`` or a list of class names).
+    ``label_separator``, ``review_column``, ``classes`` (``"species_songtype"`` or a list of
+    class names).
     """
     if path is None:
         return {}
@@ -173,7 +189,7 @@ def read_annotation_options(path: str | Path | None) -> dict[str, Any]:
         options["columns"] = parse_columns(options["columns"], source=f"{source} columns")
     elif "columns" in options:
         options["columns"] = check_columns(options["columns"], source=f"{source} columns")
-    for key in ("label_column", "label_separator"):
+    for key in ("label_column", "label_separator", "review_column"):
         if key in options and not (isinstance(options[key], str) and options[key]):
             raise ConfigError(f"{source}: {key} must be a non-empty string, got {options[key]!r}")
     if "classes" in options:
@@ -204,18 +220,21 @@ def iter_annotations(
     on_error: str,
     failures: list[RowFailure],
     ignored: dict[str, list[str]],
+    unreviewed: dict[str, int] | None = None,
 ) -> Iterator[Row]:
-    """Validated rows of every input, in order, as one stream (see ``iter_manifest``)."""
+    """Validated rows of every input, in order, as one stream (see ``iter_manifest``).
+
+    unreviewed : receives ``{table: selections without a verdict}`` of ``reviews`` inputs;
+        each such input's count is logged once it is read ("N selections not reviewed, skipped")
+    """
     nyquist = config.sample_rate / 2
     common = {"classes": classes, "on_error": on_error, "failures": failures, "ignored": ignored}
     for item in inputs:
         if item.format in ("rfcx", "events"):
             layout = events_layout(item.columns, nyquist=nyquist) if item.columns else Layout(nyquist=nyquist)
             yield from iter_manifest(item.path, kind=item.kind, layout=layout, **common)
-        elif item.format == "raven":
-            for table, source in raven_tables(item.path):
-                layout = raven_layout(table, label_column=item.label_column, nyquist=nyquist)
-                yield from iter_manifest(table, kind=EVENT_TP, layout=layout, source=source, **common)
+        elif item.format in ("raven", "reviews"):
+            yield from raven_rows(item, nyquist=nyquist, unreviewed=unreviewed, common=common)
         elif item.format == "clips":
             layout = clips_layout(item, nyquist=nyquist, lengths=clip_lengths(audio_dir))
             yield from iter_manifest(item.path, kind=EVENT_TP, layout=layout, **common)
@@ -238,6 +257,29 @@ def events_layout(columns: Mapping[str, str], *, nyquist: float) -> Layout:
     )
 
 
+def raven_rows(
+    item: Annotations, *, nyquist: float, unreviewed: dict[str, int] | None, common: dict
+) -> Iterator[Row]:
+    """The rows of a ``raven`` or ``reviews`` input, table by table; logs the unreviewed count."""
+    counts: dict[str, int] = {}
+    for table, source in raven_tables(item.path):
+        layout = raven_layout(
+            table,
+            label_column=item.label_column,
+            nyquist=nyquist,
+            review=item.review_column,
+            reviewed=item.format == "reviews",
+        )
+        yield from iter_manifest(
+            table, kind=EVENT_TP, layout=layout, source=source, unreviewed=counts, **common
+        )
+    if unreviewed is not None:
+        unreviewed.update(counts)
+    line = unreviewed_line(item.path, counts)
+    if line:
+        log.info(line)
+
+
 def raven_tables(path: Path) -> list[tuple[Path, str]]:
     """The Raven tables of ``path`` (a table, or a folder searched with its sub-folders):
     (file, name in messages), sorted by name."""
@@ -258,7 +300,15 @@ def raven_recording(table: Path) -> str:
     return RAVEN_SUFFIX.sub("", table.name)
 
 
-def raven_layout(table: Path, *, label_column: str | None, nyquist: float) -> Layout:
+def raven_layout(
+    table: Path,
+    *,
+    label_column: str | None,
+    nyquist: float,
+    review: str = REVIEW_COLUMN,
+    reviewed: bool = False,
+) -> Layout:
+    """A Raven table's layout; ``reviewed``: a reviewed table's, its labels class names as written."""
     labels = (label_column,) if label_column else RAVEN_LABELS
     return Layout(
         name="Raven table",
@@ -271,6 +321,9 @@ def raven_layout(table: Path, *, label_column: str | None, nyquist: float) -> La
         view="View",
         offset="File Offset (s)",
         nyquist=nyquist,
+        label_names=reviewed,
+        review=review,
+        reviewed=reviewed,
     )
 
 

@@ -48,6 +48,10 @@ class Layout:
     nyquist : the default ``f_max`` (Hz); None makes an ``f_max`` column required
     label_names : labels are class names as written (class folders): ``3`` is class ``3``,
         never the id 3 (class ``s3``)
+    review : a column of a reviewer's verdicts (Raven's ``Review``; ``precompute.inputs.reviews``).
+        With ``reviewed`` it is required and each row is read by its verdict; without, a
+        filled verdict refuses the whole table (a rejected selection is never read as a call)
+    reviewed : rows are read by their verdicts (the ``reviews`` format)
     """
 
     name: str = "RFCX manifest"
@@ -65,11 +69,15 @@ class Layout:
     clip_seconds: Callable[[str, str | None], float] | None = None
     nyquist: float | None = None
     label_names: bool = False
+    review: str | None = None
+    reviewed: bool = False
 
     def required(self) -> tuple[str, ...]:
         fields = [f for f in REQUIRED if not (f == "recording_id" and self.recording is not None)]
         if self.clip_seconds is not None:
             fields = [f for f in fields if f not in ("t_min", "t_max")]
+        if self.reviewed:
+            fields.append("review")
         return (*fields, "f_max") if self.nyquist is None else tuple(fields)
 
     def defaults(self) -> dict[str, str]:

@@ -14,7 +14,8 @@ frequencies decimal or exponent floats (``12.5``, ``1e3``). Python's ``int`` and
 also accept underscores (``1_0`` is 10) and non-ASCII digits; a manifest field with either is
 not a number. Labels become class indexes through a ``precompute.inputs.classes.ClassCoder``:
 integer ids (``3``, class ``s3``) or names (``"wren"``). Rows come as a stream
-(``iter_manifest``), which ``precompute.inputs.row_table.RowTable`` stores compactly.
+(``iter_manifest``), which ``precompute.inputs.row_table.RowTable`` stores compactly. A
+reviewed table's row is read by its verdict (``Layout.review``, ``precompute.inputs.reviews``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from precompute.errors import ManifestError
 from precompute.inputs.classes import ClassCoder, ClassSpec
 from precompute.inputs.layout import COLUMNS, FIELDS, RFCX, Layout
 from precompute.inputs.references import row_recording
+from precompute.inputs.reviews import ACCEPTED, REJECTED, UNREVIEWED, reviewed_table_message, verdict
 from precompute.inputs.row_table import SONGTYPE_MAX, SONGTYPE_MIN, Row, RowFailure
 
 
@@ -112,6 +114,7 @@ def iter_manifest(
     layout: Layout = RFCX,
     source: str | None = None,
     ignored: dict[str, list[str]] | None = None,
+    unreviewed: dict[str, int] | None = None,
 ) -> Iterator[Row]:
     """Validated rows of one table, read as a stream; rejected rows are appended to ``failures``.
 
@@ -126,8 +129,11 @@ def iter_manifest(
     layout : where each field is (``Layout``)
     source : the table's name in messages (default: the file name)
     ignored : receives ``{source: [columns the layout does not use]}``
+    unreviewed : a reviewed table's (``layout.reviewed``): receives ``{source: rows without
+        a verdict}``, which are skipped
 
-    A file-level problem raises ManifestError at the first ``next()``.
+    A file-level problem raises ManifestError at the first ``next()``; a filled verdict in a
+    table read as not reviewed (``layout.review``), at its row.
     """
     path = Path(path)
     source = source or path.name
@@ -146,7 +152,14 @@ def iter_manifest(
                 csv.reader(fh, delimiter=layout.delimiter),
                 source=source,
                 context=_Context(
-                    kind, coder, layout, on_error, failures, ignored, defaults=layout.defaults()
+                    kind,
+                    coder,
+                    layout,
+                    on_error,
+                    failures,
+                    ignored,
+                    defaults=layout.defaults(),
+                    unreviewed={} if unreviewed is None else unreviewed,
                 ),
             )
         except UnicodeDecodeError:
@@ -173,6 +186,7 @@ class _Context:
     # (selection number, field texts) -> records of it read per view (``layout.selection``)
     views: dict[tuple[str, ...], dict[str, int]] = dataclasses.field(default_factory=dict)
     defaults: dict[str, str] = dataclasses.field(default_factory=dict)  # ``layout.defaults()``
+    unreviewed: dict[str, int] = dataclasses.field(default_factory=dict)  # source -> rows skipped
 
 
 def _rows(reader, *, source: str, context: _Context) -> Iterator[Row]:
@@ -222,6 +236,9 @@ def _record_rows(
     ``missing`` holds the default text of each field the table has no column for.
     """
     layout = context.layout
+    at = positions.get("review")
+    if not layout.reviewed and at is not None and at < len(record) and record[at].strip():
+        raise ManifestError(reviewed_table_message(source, layout.review))
     try:
         if len(record) != len(header):
             raise ValueError(f"{len(record)} fields, header has {len(header)}")
@@ -229,6 +246,8 @@ def _record_rows(
         fields.update(missing)
         if ("selection" in fields or "view" in fields) and _another_view(fields, context.views):
             return []
+        if layout.reviewed:
+            return _reviewed_rows(fields, names, source=source, line=line, context=context)
         kind, coder = context.kind, context.coder
         if not layout.separator:
             return [
@@ -262,6 +281,34 @@ def _record_rows(
         return []
 
 
+def _reviewed_rows(
+    fields: dict[str, str], names: dict[str, str], *, source: str, line: int, context: _Context
+) -> list[Row]:
+    """The rows of one reviewed selection by its verdict (``precompute.inputs.reviews``): a call
+    of its class, a confirmed negative of it, a call of the class named and a confirmed negative
+    of its own, or none (not reviewed: counted in ``context.unreviewed``)."""
+    text = fields.pop("review").strip()
+    said = verdict(text)
+    if said == UNREVIEWED:
+        context.unreviewed[source] = context.unreviewed.get(source, 0) + 1
+        return []
+    common = {"source": source, "line": line, "classes": context.coder, "layout": context.layout}
+    own = parse_row(fields, kind=EVENT_TP if said == ACCEPTED else EVENT_FP, names=names, **common)
+    if said in (ACCEPTED, REJECTED):
+        return [own]
+    try:
+        named = parse_row(
+            {**fields, "species_id": text},
+            kind=EVENT_TP,
+            names={**names, "species_id": names["review"]},
+            **common,
+        )
+    except ValueError as err:
+        raise ValueError(f"{names['review']} {text!r} is not yes or no, and {err}") from None
+    # Relabelled as its own class: accepted (never a call and a negative of one class).
+    return [named] if named.species_id == own.species_id else [named, own]
+
+
 def _another_view(fields: dict[str, str], views: dict[tuple[str, ...], dict[str, int]]) -> bool:
     """Whether the record is a selection read before, listed again for another view.
 
@@ -291,6 +338,8 @@ def _resolve_header(
         wanted["view"] = (layout.view,)
     if layout.offset:
         wanted["offset"] = (layout.offset,)
+    if layout.review:
+        wanted["review"] = (layout.review,)
     for name, candidates in wanted.items():
         found = next((c for c in candidates if c in header), None)
         if found is not None:
@@ -316,7 +365,7 @@ def _missing_text(missing: list[str], header: list[str], layout: Layout) -> str:
     if others:
         listed = []
         for f in others:
-            candidates = layout.columns.get(f, (f,))
+            candidates = layout.columns.get(f, (layout.review,) if f == "review" else (f,))
             named = " or ".join(repr(c) for c in candidates[:3])
             listed.append(f if candidates == (f,) else f"{f} ({named})")
         parts.append(f"missing column(s) {', '.join(listed)}")
