@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["storage"]["first_batch"] = storage_bench.first_batch(args.features)
                 results["storage"]["targets"]["first_batch_ms"] = results["storage"]["first_batch"][
                     "after-model"
-                ]["first_batch_ms"]
+                ]["warm"]["total_ms"]
             elif section == "loader":
                 results["loader"] = loader_bench.run(args.features, args.demo)
             elif section == "remote":  # the same set from a local S3 server

@@ -9,17 +9,20 @@ rounds. lilcom (Lhotse's lossy codec) runs on the same exact values where it is 
 compressed bytes sit in RAM and each batch decompresses its examples and crops them, so only
 its decoding is timed.
 
-Also here: the first batch in a fresh process (``first_batch``), in two cases: asked for right
-after the imports, and after building and compiling the baseline model, as a training script
-does.
+Also here: the first batch in a fresh process (``first_batch``; alone with ``--first-batch
+FEATURES``), in two cases: asked for right after the imports, and after building and compiling
+the baseline model, as a training script does; each cold (the set's parsed metadata not kept
+yet) and warm (kept by an earlier process, ``loader.meta_cache``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -321,30 +324,61 @@ seq[1]
 second = time.perf_counter() - done
 print(json.dumps({"import_s": imported - t0, "model_s": made - imported, "warming_at_sequence": warming,
                   "sequence_ms": 1e3 * (built - made), "first_batch_ms": 1e3 * (done - built),
-                  "second_batch_ms": 1e3 * second}))
+                  "total_ms": 1e3 * (done - made), "second_batch_ms": 1e3 * second}))
 """
 
 
 def first_batch(features: Path, *, repeats: int = 3) -> dict:
-    """A fresh process's first batch (default augmentation): medians over ``repeats`` processes."""
-    out = {}
-    for case in ("right-after-imports", "after-model"):
-        runs = []
-        for _ in range(repeats):
-            done = subprocess.run(
-                [sys.executable, "-c", _FIRST_BATCH, str(features), case],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        out[case] = {
-            key: float(np.median([r[key] for r in runs]))
-            if key != "warming_at_sequence"
-            else [r[key] for r in runs]
-            for key in runs[0]
-        }
+    """A fresh process's first batch (default augmentation): medians over ``repeats`` processes,
+    ``cold`` (no parsed metadata of the set kept by an earlier process, ``loader.meta_cache``:
+    every shard is read, then the cache written) and ``warm`` (the cache there). ``total_ms`` is
+    the sequence's construction plus its first batch, the figure of the ``first_batch_ms``
+    ceiling (warm, after the model)."""
+    out: dict = {"load": [os.getloadavg()[0]]}
+    with tempfile.TemporaryDirectory(prefix="first-batch-") as tmp:
+        warm = {**os.environ, "MELSHARDS_CACHE": f"{tmp}/warm", "MELSHARDS_META_CACHE": "1"}
+        out["warm_cache"] = _warm_up(features, warm, Path(tmp) / "warm" / "meta")
+        for case in ("right-after-imports", "after-model"):
+            out[case] = {}
+            for state in ("cold", "warm"):
+                runs = []
+                for i in range(repeats):
+                    env = warm if state == "warm" else {**warm, "MELSHARDS_CACHE": f"{tmp}/cold-{case}-{i}"}
+                    done = subprocess.run(
+                        [sys.executable, "-c", _FIRST_BATCH, str(features), case],
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                        env=env,
+                    )
+                    runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                out[case][state] = {
+                    key: float(np.median([r[key] for r in runs]))
+                    if key != "warming_at_sequence"
+                    else [r[key] for r in runs]
+                    for key in runs[0]
+                }
+    out["load"].append(os.getloadavg()[0])
     return out
+
+
+def _warm_up(features: Path, env: dict, meta: Path) -> bool:
+    """Open the set once in a process of its own, so that its metadata is kept; whether it was
+    (a set written within ``RECENT_NS`` is not kept: then wait that long and open it again)."""
+    from loader.meta_cache import RECENT_NS
+
+    opening = [
+        sys.executable,
+        "-c",
+        "import sys; from loader import open_feature_set; open_feature_set(sys.argv[1])",
+    ]
+    for attempt in range(2):
+        if attempt:
+            time.sleep(RECENT_NS / 1e9)
+        subprocess.run([*opening, str(features)], check=True, capture_output=True, env=env)
+        if any(meta.glob("*.meta")):
+            return True
+    return False
 
 
 def table(result: dict) -> list[str]:
@@ -372,12 +406,24 @@ def table(result: dict) -> list[str]:
                 lines.append(f"{name:<44}{squeeze}{fig['read_1']:>16.2f}{fig['read_pool']:>16.2f}")
     first = result.get("first_batch")
     if first:
-        for case, fig in first.items():
-            lines.append(
-                f"first batch in a fresh process, {case}: {fig['first_batch_ms']:.0f} ms (sequence "
-                f"{fig['sequence_ms']:.0f} ms, second batch {fig['second_batch_ms']:.0f} ms; imports "
-                f"{fig['import_s']:.1f} s, model {fig['model_s']:.1f} s)"
-            )
+        lines += first_batch_table(first)
+    return lines
+
+
+def first_batch_table(first: dict) -> list[str]:
+    """The lines of ``first_batch``'s figures: construction + first batch, cold and warm."""
+    lines = [
+        f"{'first batch in a fresh process (ms)':<44}{'cold':>8}{'sequence':>10}{'batch':>8}"
+        f"{'warm':>8}{'sequence':>10}{'batch':>8}"
+    ]
+    for case in ("right-after-imports", "after-model"):
+        cold, warm = first[case]["cold"], first[case]["warm"]
+        lines.append(
+            f"{case:<44}{cold['total_ms']:>8.1f}{cold['sequence_ms']:>10.1f}{cold['first_batch_ms']:>8.1f}"
+            f"{warm['total_ms']:>8.1f}{warm['sequence_ms']:>10.1f}{warm['first_batch_ms']:>8.1f}"
+        )
+    load = ", ".join(f"{x:.2f}" for x in first["load"])
+    lines.append(f"(cache kept for warm: {first['warm_cache']}; load average before, after: {load})")
     return lines
 
 
@@ -393,7 +439,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reuse", action="store_true", help="keep the codec sets already in --work")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--first-batch",
+        type=Path,
+        metavar="FEATURES",
+        help="only the first batch in a fresh process, of this set",
+    )
     args = parser.parse_args(argv)
+    if args.first_batch:
+        first = first_batch(args.first_batch)
+        if args.json:
+            args.json.write_text(json.dumps(first, indent=1) + "\n")
+        print("\n".join(first_batch_table(first)))
+        return 0
     load = os.getloadavg()[0]
     result = run(args.demo, args.work, rounds=args.rounds, reuse=args.reuse)
     result["load"] = [load, os.getloadavg()[0]]

@@ -8,6 +8,10 @@ memory-mapped reads of ``loader.reader.MelReader``). Everything is concatenated 
 arrays in global example order (shard by shard in index order), so a ``FeatureSet`` holds no
 open file and pickles cheaply into worker processes.
 
+What a local set's shards gave is kept between processes (``loader.meta_cache``): a shard that
+is still the very file read then (device, inode, size, modification and change times, and its
+index entry) is not opened again; any other is read and checked as above.
+
 ``FeatureSet.crop_labels`` gives the labels of what a crop shows, from the stored events (the
 ``min_overlap`` rule of ``melshards.labels``), so labels follow the crop, not the stored window.
 
@@ -24,8 +28,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
+from loader.meta_cache import MetaCache, ParsedShard, cache_key
 from melshards import codec, remote, shard_cache
 from melshards.config import FeatureConfig, crop_span
 from melshards.errors import FormatError, IntegrityError, StorageError
@@ -94,12 +100,20 @@ class FeatureSet:
         if prefetch and self.url is not None:
             self._fetch(self.index.shards)
         parts = metadata_parts(self.index.shards, url=self.url, cache=self.cache)
+        # A local set's shards as read by an earlier process, while each is still that file.
+        kept = None if self.url is not None else MetaCache.of(self.index, cache_dir)
         metas, layouts, first = [], [], 0
         for entry in self.index.shards:
-            meta, layout = self._read_shard(entry, first=first, parts=parts.pop(entry.file, None))
-            metas.append(meta)
-            layouts.append(layout)
+            shard = None if kept is None else kept.get(entry)
+            if shard is None:
+                shard = self._read_shard(entry, parts=parts.pop(entry.file, None))
+                if kept is not None:
+                    kept.put(entry, shard)
+            metas.append(shard.meta)
+            layouts.append(_layout(entry, self.index.shard_path(entry), first, shard))
             first += entry.n
+        if kept is not None:
+            kept.save()
         self.shards: tuple[ShardLayout, ...] = tuple(layouts)
         self._gather(metas)
         self._gather_events([meta.events for meta in metas])
@@ -139,19 +153,19 @@ class FeatureSet:
         self.event_t_min = _concat([ev["t_min"] for ev in events], np.float64)[order]
         self.event_t_max = _concat([ev["t_max"] for ev in events], np.float64)[order]
 
-    def _read_shard(self, entry: ShardEntry, *, first: int, parts: dict[int, bytes] | None):
-        """(metadata, layout) of one shard, checked against its index entry.
+    def _read_shard(self, entry: ShardEntry, *, parts: dict[int, bytes] | None) -> ParsedShard:
+        """One shard read from its file, checked against its index entry.
 
         For a set at a URL: from its cached copy (pinned while it is read) or its object. When
         that fails, the shard is fetched whole, which checks the object's size and sha256
         against the index (IntegrityError naming both when they differ; a damaged cached copy
         is fetched anew), and read from that copy."""
         if self.url is None:
-            return self._read_checked(entry, first=first, parts=None)
+            return self._read_checked(entry, parts=None)
         if self.cache.cached(self.url, entry.file, entry.sha256, entry.bytes) is not None:
             self.cache.pin(self.url, entry.file)
         try:
-            return self._read_checked(entry, first=first, parts=parts)
+            return self._read_checked(entry, parts=parts)
         except (FormatError, StorageError) as err:
             try:
                 self.cache.use(self.url, entry.file, entry.sha256, entry.bytes)
@@ -159,26 +173,21 @@ class FeatureSet:
                 raise
             except (FormatError, StorageError):
                 raise err from None
-        return self._read_checked(entry, first=first, parts=None)
+        return self._read_checked(entry, parts=None)
 
-    def _read_checked(self, entry: ShardEntry, *, first: int, parts: dict[int, bytes] | None):
+    def _read_checked(self, entry: ShardEntry, *, parts: dict[int, bytes] | None) -> ParsedShard:
         path, config = self.index.shard_path(entry), self.config
+        before = _stat(path) if self.url is None else None
         with open_listed(self.index, entry, url=self.url, cache=self.cache, parts=parts) as h5:
-            check_shard(h5, entry, config, path=path, size=self.url is None)
-            meta = read_metadata(h5, entry, config, path=path)
-            chunks = mel_chunks(h5[MEL], config, file_size=entry.bytes)
-            identity = file_identity(os.stat(path)) if self.url is None else None
-        layout = ShardLayout(
-            entry=entry,
-            path=path,
-            n=entry.n,
-            first=first,
-            byte_offsets=None if chunks is None else chunks.offsets,
-            chunk_sizes=None if chunks is None else chunks.sizes,
-            compressed=chunks is not None and chunks.compressed,
-            identity=identity,
+            datasets = check_shard(h5, entry, config, path=path, size=self.url is None)
+            meta = read_metadata(h5, entry, config, path=path, datasets=datasets)
+            chunks = mel_chunks(h5py.Dataset(datasets[MEL]), config, file_size=entry.bytes)
+            if self.url is not None:
+                return ParsedShard(meta=meta, chunks=chunks, identity=None)
+            after = os.stat(path)
+        return ParsedShard(
+            meta=meta, chunks=chunks, identity=file_identity(after), key=cache_key(before, after)
         )
-        return meta, layout
 
     def local_shard(self, s: int) -> Path:
         """The local file of shard ``s``: for a set at a URL, its verified cached copy (fetched
@@ -284,7 +293,8 @@ class FeatureSet:
 
 def open_feature_set(root: str | os.PathLike, **cache) -> FeatureSet:
     """Read a feature set's index and metadata (validating every shard against the index);
-    ``cache``: ``cache_dir`` and ``cache_limit`` for a set at a URL."""
+    ``cache``: ``cache_dir`` (also where a local set's parsed metadata is kept,
+    ``loader.meta_cache``) and ``cache_limit`` for a set at a URL."""
     return FeatureSet(root, **cache)
 
 
@@ -292,6 +302,27 @@ def file_identity(st: os.stat_result) -> tuple[int, ...]:
     """Which file this is: a shard rebuilt or replaced since it was checked has another inode,
     one rewritten in place another modification time (and often size)."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _layout(entry: ShardEntry, path: Path, first: int, shard: ParsedShard) -> ShardLayout:
+    chunks = shard.chunks
+    return ShardLayout(
+        entry=entry,
+        path=path,
+        n=entry.n,
+        first=first,
+        byte_offsets=None if chunks is None else chunks.offsets,
+        chunk_sizes=None if chunks is None else chunks.sizes,
+        compressed=chunks is not None and chunks.compressed,
+        identity=shard.identity,
+    )
 
 
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:

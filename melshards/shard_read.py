@@ -11,12 +11,13 @@ checksums themselves.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
+from h5py import h5d, h5s
 
 from melshards import codec
 from melshards.config import FeatureConfig
@@ -38,7 +39,7 @@ from melshards.names import (
     START,
     VALID,
 )
-from melshards.shard_check import quant_problem, valid_problem
+from melshards.shard_check import events_problem, quant_problem, valid_problem
 
 
 @dataclass(frozen=True)
@@ -58,37 +59,49 @@ class ShardMetadata:
     mel_scale: np.ndarray | None = None  # (n,) float32, dtype uint8 only
 
 
-def read_metadata(h5: h5py.File, entry: ShardEntry, config: FeatureConfig, *, path: Path) -> ShardMetadata:
+def read_metadata(
+    h5: h5py.File,
+    entry: ShardEntry,
+    config: FeatureConfig,
+    *,
+    path: Path,
+    datasets: Mapping[str, h5d.DatasetID] | None = None,
+) -> ShardMetadata:
     """Read a checked shard's metadata, each chunk through its checksum.
 
-    Raises IntegrityError when a chunk fails its checksum, FormatError when events point outside
-    the shard or the config, or ``valid`` outside the stored frames.
+    ``datasets``: the shard's datasets open already (what ``check_shard`` returns); others are
+    looked up by name. Raises IntegrityError when a chunk fails its checksum, FormatError when
+    events point outside the shard or the config, or ``valid`` outside the stored frames.
     """
-    example = read_checked(h5, f"{EVENTS}/{EVENT_EXAMPLE}", path=path).astype(np.int64)
-    if example.size and (example.min() < 0 or example.max() >= entry.n):
-        raise FormatError(f"{path}: {EVENTS}/{EVENT_EXAMPLE} points outside the shard's {entry.n} rows")
-    species = read_checked(h5, f"{EVENTS}/species_id", path=path).astype(np.int64)
-    if species.size and (species.min() < 0 or species.max() >= config.n_classes):
-        raise FormatError(f"{path}: {EVENTS}/species_id outside [0, {config.n_classes}) of the config")
+    found = {} if datasets is None else datasets
+
+    def read(name: str) -> np.ndarray:
+        return read_checked(h5, name, path=path, dataset=found.get(name))
+
+    example = read(f"{EVENTS}/{EVENT_EXAMPLE}").astype(np.int64)
+    species = read(f"{EVENTS}/species_id").astype(np.int64)
+    problem = events_problem(example, species, n=entry.n, n_classes=config.n_classes)
+    if problem:
+        raise FormatError(f"{path}: {problem}")
     events = {EVENT_EXAMPLE: example, "species_id": species}
     for key in EVENT_FIELDS:
         if key not in events:
-            events[key] = read_checked(h5, f"{EVENTS}/{key}", path=path)
+            events[key] = read(f"{EVENTS}/{key}")
     quant = {}
     if codec.is_quantized(config):
-        quant = {name: read_checked(h5, name, path=path).astype(np.float32) for name in QUANT_DATASETS}
+        quant = {name: read(name).astype(np.float32) for name in QUANT_DATASETS}
         for name, values in quant.items():
             problem = quant_problem(name, values)
             if problem:
                 raise FormatError(f"{path}: {problem}")
-    valid = read_checked(h5, VALID, path=path)
+    valid = read(VALID)
     problem = valid_problem(valid, config.n_frames)
     if problem:
         raise FormatError(f"{path}: {problem}")
     return ShardMetadata(
-        recording_id=read_checked(h5, RECORDING_ID, path=path),
-        start=read_checked(h5, START, path=path),
-        labels=read_checked(h5, LABELS, path=path),
+        recording_id=read(RECORDING_ID),
+        start=read(START),
+        labels=read(LABELS),
         events=events,
         valid=valid,
         mel_offset=quant.get(MEL_OFFSET),
@@ -96,14 +109,25 @@ def read_metadata(h5: h5py.File, entry: ShardEntry, config: FeatureConfig, *, pa
     )
 
 
-def read_checked(h5: h5py.File, name: str, *, path: Path | None = None) -> np.ndarray:
+def read_checked(
+    h5: h5py.File, name: str, *, path: Path | None = None, dataset: h5d.DatasetID | None = None
+) -> np.ndarray:
     """The whole dataset ``name`` (strings as an object array of ``str``), checksums verified.
 
     HDF5 checks each chunk's fletcher32 as it reads; a mismatch is an IntegrityError naming the
-    shard and the dataset.
+    shard and the dataset. ``dataset``: the dataset open already (a low-level id), else it is
+    looked up by ``name``.
     """
-    ds = h5[name]
     try:
+        dsid = h5[name].id if dataset is None else dataset
+        dtype = dsid.dtype
+        if dtype.kind in "iuf" and dtype.fields is None and dsid.shape:
+            # numbers: straight into an array of the stored type, as h5py's ``ds[()]`` reads them
+            values = np.empty(dsid.shape, dtype=dtype)
+            if values.size:
+                dsid.read(h5s.ALL, h5s.ALL, values)
+            return values
+        ds = h5py.Dataset(dsid)
         if ds.dtype.kind == "S" or h5py.check_string_dtype(ds.dtype) is not None:
             return np.asarray(ds.asstr()[()], dtype=object)
         return ds[()]
@@ -187,12 +211,21 @@ def mel_chunks(ds: h5py.Dataset, config: FeatureConfig, *, file_size: int) -> Me
     else:
         for i in range(ds.id.get_num_chunks()):
             visit(ds.id.get_chunk_info(i))
-    if (
-        not ok
-        or (offsets < 0).any()
+    chunks = MelChunks(offsets=offsets, sizes=sizes, compressed=compressed)
+    return chunks if ok and chunks_fit(chunks, config, file_size=file_size) else None
+
+
+def chunks_fit(chunks: MelChunks, config: FeatureConfig, *, file_size: int | np.ndarray) -> bool:
+    """Whether every chunk of ``chunks`` lies inside a file of ``file_size`` bytes (one size, or
+    one per chunk), holds more than its checksum, and (uncompressed) is ``n_mels * n_frames``
+    values at an aligned offset."""
+    offsets, sizes = chunks.offsets, chunks.sizes
+    itemsize = np.dtype(config.dtype).itemsize
+    plain = config.n_mels * config.n_frames * itemsize + CHECKSUM_BYTES
+    return not (
+        (offsets < 0).any()
         or (sizes <= CHECKSUM_BYTES).any()
-        or (not compressed and (offsets % dtype.itemsize).any())
-        or (offsets + sizes > file_size).any()
-    ):
-        return None
-    return MelChunks(offsets=offsets, sizes=sizes, compressed=compressed)
+        or (not chunks.compressed and ((offsets % itemsize).any() or (sizes != plain).any()))
+        or (sizes > file_size).any()
+        or (offsets > file_size - sizes).any()  # not offsets + sizes, which may overflow
+    )

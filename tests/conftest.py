@@ -23,6 +23,17 @@ from synthetic_features import LABELLED_SET, make_feature_set
 if TYPE_CHECKING:
     from precompute.run import Summary
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_in_tmp(tmp_path_factory):
+    """Every cache the tests write (feature-set metadata, remote shards) goes to a temporary
+    directory, never to the user's ``~/.cache/melshards``; a test may move it again."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MELSHARDS_CACHE", str(tmp_path_factory.mktemp("melshards-cache")))
+    yield
+    mp.undo()
+
+
 # -- synthetic feature sets (synthetic_features.py) ----------------------------------------------
 
 
