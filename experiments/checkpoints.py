@@ -46,6 +46,7 @@ from experiments.run_files import (
     save_through_temp,
     write_run_file,
 )
+from experiments.thresholds import THRESHOLDS_FILE, VALIDATION_FILE
 from experiments.train_options import FREE_ON_RESUME
 from loader.state import read_state, write_state
 from melshards.errors import ConfigError
@@ -60,6 +61,7 @@ RUN_FILE = "run.json"
 BATCH_LOG_FILE = "batches.log"
 # What a run writes, whose temp files a new start clears.
 RUN_FILES = (MODEL_FILE, HISTORY_FILE, METRICS_FILE, CURVES_FILE, RUN_FILE, BATCH_LOG_FILE)
+RUN_FILES += (THRESHOLDS_FILE, VALIDATION_FILE)
 
 
 class LoaderCheckpoint(keras.callbacks.Callback):
@@ -215,7 +217,7 @@ def start_run(out: Path, options: dict[str, Any]) -> None:
     (``TrainOptions.to_kwargs()``) in ``run.json``."""
     out.mkdir(parents=True, exist_ok=True)
     # A stale metrics.json would mark this run finished before it is; the logs are appended to.
-    for name in (METRICS_FILE, HISTORY_FILE, BATCH_LOG_FILE):
+    for name in (METRICS_FILE, HISTORY_FILE, BATCH_LOG_FILE, THRESHOLDS_FILE, VALIDATION_FILE):
         (out / name).unlink(missing_ok=True)
     remove_checkpoints(out)
     remove_temp_files(out, RUN_FILES)

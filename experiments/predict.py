@@ -25,13 +25,16 @@ LWLRAP; with ``--metrics`` too, ``test_lwlrap`` (and ``test_top1``) are added to
 
 Beside the submission, ``events.csv`` (``--events``) holds the sound events found
 (``recording_id,species_id,t_min,t_max,score``): the windows' scores stitched per recording on
-its frame grid, overlapping windows averaged, then thresholded (``--threshold``, 0.5), median
+its frame grid, overlapping windows averaged, then thresholded (``--threshold``; by default the
+run's ``thresholds.json`` beside the model, else 0.5: ``experiments.thresholds_run``), median
 filtered (``--median``), with short events dropped (``--min-duration``) and close ones merged
 (``--min-gap``): ``experiments.sed_predict``. A frame model (``sed``) scores every step of each
 window; a clip model's window score is spread over the window's crop, the baseline a frame
 model has to beat. With ``--truth-events`` (every call of the recordings, as ``test_events.csv``)
 the events are scored: ``test_segment_f1`` and ``test_event_f1`` (micro averages), added to
-the ``--metrics`` file too. A frame model's clip scores, what the submission holds, are the
+the ``--metrics`` file too. The events are also written as Raven Pro selection tables, one per
+recording, and ``detections.csv``, into ``--detections`` (``detections/`` beside the submission;
+``experiments.detection_tables``). A frame model's clip scores, what the submission holds, are the
 maximum over its steps.
 
 Prediction refuses features the model cannot have been trained for: another window shape
@@ -45,6 +48,7 @@ known: ``--metrics``, or the one next to the model) other feature parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -57,6 +61,7 @@ import numpy as np
 
 from commandline.console import EXIT_INTERRUPTED, EXIT_OK, log, plural, report_error, setup_logging
 from commandline.flags import build, groups
+from experiments.detection_tables import check_detections_dir, write_detections
 from experiments.errors import ExperimentError
 from experiments.metrics import clip_scores
 from experiments.models import load_model_file
@@ -81,6 +86,7 @@ from experiments.submission import (
     submission_columns,
     write_submission,
 )
+from experiments.thresholds_run import predict_thresholds
 from loader import ShardSequence
 from melshards.errors import MelShardsError
 
@@ -236,8 +242,9 @@ def predict(
     truth: str | os.PathLike | None = None,
     metrics: str | os.PathLike | None = None,
     events: str | os.PathLike | None = None,
+    detections: str | os.PathLike | None = None,
     truth_events: str | os.PathLike | None = None,
-    threshold: float | Sequence[float] = (0.5,),
+    threshold: float | Sequence[float] | None = None,
     median: float = 0.0,
     min_duration: float = 0.0,
     min_gap: float = 0.0,
@@ -275,6 +282,7 @@ def run_prediction(options: PredictOptions) -> dict[str, Any]:
             f"{options.features}: {plural(seq.n_examples, 'window')} of "
             f"{plural(len(np.unique(seq.recording_id)), 'recording')}, {plural(len(seq), 'batch')}"
         )
+    options = _with_thresholds(options, run_metrics, n_outputs=net.output_shape[-1], column_of=column_of)
     outputs = window_outputs(net, seq, progress=not options.quiet)
     ids, table = max_per_recording(window_recording_ids(seq), clip_scores(outputs))
     table = merge_columns(table, column_of, len(columns))
@@ -285,6 +293,13 @@ def run_prediction(options: PredictOptions) -> dict[str, Any]:
     write_events_csv(options.events_path, events)
     if not options.quiet:
         log.info(f"{plural(len(events), 'event')} -> {options.events_path}")
+    tables, found = write_detections(
+        options.detections_path, events, class_names=columns, config=seq.config, recordings=ids
+    )
+    if not options.quiet:
+        log.info(
+            f"{plural(len(tables), 'Raven table')}, {plural(found, 'detection')} -> {options.detections_path}"
+        )
     result: dict[str, Any] = {"recordings": len(ids), "windows": int(len(outputs)), "events": len(events)}
     if truth_table is not None:
         result.update(score_against_truth(ids, table, truth_ids, truth_table, truth_path=options.truth))
@@ -295,11 +310,27 @@ def run_prediction(options: PredictOptions) -> dict[str, Any]:
     return result
 
 
+def _with_thresholds(options: PredictOptions, run_metrics, *, n_outputs: int, column_of) -> PredictOptions:
+    """``options`` with the thresholds the events use (``thresholds_run.predict_thresholds``), logged."""
+    threshold, came_from = predict_thresholds(
+        options.threshold,
+        model=options.model,
+        run_metrics=run_metrics,
+        n_outputs=n_outputs,
+        column_of=column_of,
+        n_columns=int(column_of.max()) + 1,
+    )
+    if not options.quiet:
+        log.info(f"thresholds: {came_from}")
+    return dataclasses.replace(options, threshold=threshold)
+
+
 def _checked_inputs(options: PredictOptions) -> tuple[Any, Any]:
     """The model and the sequence of every window of the features, cropped to what it takes
     (and ``out`` not a directory: refused before anything is scored)."""
     check_not_directory(Path(options.out))
     check_not_directory(options.events_path)
+    check_detections_dir(options.detections_path)
     net = load_model(options.model)
     seq = window_sequence(options.features, net, batch_size=options.batch_size)
     check_fit(net, seq, model_path=options.model, features=options.features)

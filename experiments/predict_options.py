@@ -20,6 +20,7 @@ from melshards.errors import ConfigError
 
 METRICS_FILE = "metrics.json"
 EVENTS_FILE = "events.csv"
+DETECTIONS_DIR = "detections"
 
 
 def _thresholds(value: Any) -> tuple[float, ...]:
@@ -52,10 +53,13 @@ class PredictOptions:
         ``test_segment_f1`` and ``test_event_f1``
     events : the events CSV to write (default: ``events.csv`` beside ``out``):
         ``recording_id,species_id,t_min,t_max,score`` (``experiments.sed_predict``)
+    detections : the folder of the events as Raven selection tables, one per recording, and
+        ``detections.csv`` (default: ``detections/`` beside ``out``; ``experiments.detection_tables``)
     truth_events : a CSV of every call of the recordings (``recording_id,species_id,t_min,
         t_max``, as ``test_events.csv``): the events are scored against it
     threshold : a frame is active above it: one number in [0, 1] for every class, or one per
-        submission column
+        submission column; None: the run's ``thresholds.json`` beside ``model`` (by class name),
+        else 0.5 (``experiments.thresholds_run.predict_thresholds``)
     median : seconds the median filter over active frames spans (rounded to an odd number of
         frames; 0: none)
     min_duration, min_gap : seconds: shorter events are dropped, events this close merged
@@ -69,8 +73,9 @@ class PredictOptions:
     truth: str | os.PathLike | None = None
     metrics: str | os.PathLike | None = None
     events: str | os.PathLike | None = None
+    detections: str | os.PathLike | None = None
     truth_events: str | os.PathLike | None = None
-    threshold: float | tuple[float, ...] = (0.5,)
+    threshold: float | tuple[float, ...] | None = None
     median: float = 0.0
     min_duration: float = 0.0
     min_gap: float = 0.0
@@ -80,7 +85,7 @@ class PredictOptions:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "batch_size", check_int("batch_size", self.batch_size, low=1))
-        set_(self, "threshold", _thresholds(self.threshold))
+        set_(self, "threshold", None if self.threshold is None else _thresholds(self.threshold))
         for name in ("median", "min_duration", "min_gap"):
             set_(self, name, check_number(name, getattr(self, name), low=0))
 
@@ -93,6 +98,11 @@ class PredictOptions:
     def events_path(self) -> Path:
         """The events CSV: ``events``, or ``events.csv`` beside the submission."""
         return Path(self.events) if self.events else Path(self.out).with_name(EVENTS_FILE)
+
+    @property
+    def detections_path(self) -> Path:
+        """The folder of Raven tables: ``detections``, or ``detections/`` beside the submission."""
+        return Path(self.detections) if self.detections else Path(self.out).with_name(DETECTIONS_DIR)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +151,13 @@ def _add_event_flags(p: argparse.ArgumentParser) -> None:
     )
     add_flag(
         p,
+        "--detections",
+        field="predict.detections",
+        help="folder of Raven selection tables (one per recording) and detections.csv "
+        "(default: detections/ beside --out)",
+    )
+    add_flag(
+        p,
         "--truth-events",
         field="predict.truth_events",
         help="CSV of every call (recording_id,species_id,t_min,t_max) to score the events against: "
@@ -153,7 +170,8 @@ def _add_event_flags(p: argparse.ArgumentParser) -> None:
         type=float,
         nargs="+",
         default=PredictOptions.threshold,
-        help="a frame is active above it: one for every class, or one per class",
+        help="a frame is active above it: one for every class, or one per class "
+        "(default: the run's thresholds.json beside --model, else 0.5)",
     )
     for flag, what in (
         ("--median", "median filter over active frames, in seconds (0: none)"),
@@ -176,7 +194,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("median", "min_duration", "min_gap"):
         if getattr(args, f"predict.{name}") < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, f'predict.{name}')}")
-    bad = [v for v in getattr(args, "predict.threshold") if not 0 <= v <= 1]
+    bad = [v for v in getattr(args, "predict.threshold") or () if not 0 <= v <= 1]
     if bad:
         p.error(f"--threshold must be in [0, 1], got {bad[0]}")
     return args

@@ -25,6 +25,10 @@ audio. Writes into the run directory ``--out`` (``out=`` from Python):
   in output order and the class scheme, which ``experiments.predict`` reads), timings and
   versions;
 - ``curves.png``: loss and LWLRAP per epoch;
+- ``thresholds.json``: a threshold per class fitted on the validation split by
+  ``--threshold-rule`` (``f1``, or ``precision:P``), which ``experiments.predict`` uses, and
+  ``validation_scores.npz``, the validation scores they were fitted on
+  (``experiments.thresholds``);
 - ``run.json``: these options, written when the run starts;
 - while it runs, ``checkpoint.loader.json`` and the ``checkpoint-*.keras`` it names: the model
   with its optimizer and the loader's position, every ``--checkpoint-every`` batches and at
@@ -110,6 +114,7 @@ def train(
     checkpoint_every: int = 100,
     resume: bool = False,
     batch_log: bool = False,
+    threshold_rule: str = "f1",
     verbose: int = 2,
     quiet: bool = False,
 ) -> dict[str, Any]:
@@ -122,7 +127,7 @@ def train(
     ``batch_size``, ``workers``, ``in_memory``); the model (``ModelOptions``: ``model``,
     ``init_from``); ``OptimOptions`` (``epochs``, ``lr``, ``warmup_epochs``, ``weight_decay``,
     ``patience``, ``seed``); ``LossOptions`` (``unknown``, ``unknown_weight``); ``KeepOptions``
-    (``out``, ``checkpoint_every``, ``batch_log``, ``verbose``, ``quiet``).
+    (``out``, ``checkpoint_every``, ``batch_log``, ``threshold_rule``, ``verbose``, ``quiet``).
 
     ``resume``: go on with the unfinished run in ``out`` from its last checkpoint. The options
     must be those in ``out/run.json`` (``workers``, ``checkpoint_every``, ``batch_log``,

@@ -259,6 +259,14 @@ def _add_keeping_flags(p: argparse.ArgumentParser) -> None:
     )
     add_flag(
         p,
+        "--threshold-rule",
+        field="keep.threshold_rule",
+        default=KeepOptions.threshold_rule,
+        help="how the per-class thresholds (thresholds.json) are fitted on the validation split at the "
+        "end: f1, or precision:P (the lowest threshold of precision >= P)",
+    )
+    add_flag(
+        p,
         "--verbose",
         field="keep.verbose",
         type=int,

@@ -13,7 +13,7 @@ read them from here::
       optim  OptimOptions   how it learns: epochs, lr, warmup_epochs, weight_decay, patience, seed
       loss   LossOptions    how unannotated labels count: unknown, unknown_weight
       keep   KeepOptions    where and how the run is kept: out, checkpoint_every, batch_log,
-                            verbose, quiet
+                            threshold_rule, verbose, quiet
 
 Every field has a flat name, unique across the groups: the keywords of ``train()``, the keys of
 ``run.json`` and of ``metrics.json``'s ``config["train"]`` (``from_kwargs`` / ``to_kwargs``), and,
@@ -36,6 +36,7 @@ import dataclasses
 import os
 from typing import Any
 
+from experiments.thresholds import check_rule
 from loader.augment import Augment
 from loader.options import BatchOptions, BuildOptions, SplitOptions
 from melshards.checks import check_int, check_number
@@ -177,6 +178,8 @@ class KeepOptions:
     checkpoint_every : checkpoint (model, optimizer, loader position) every that many batches of
         an epoch, besides the end of every epoch; 0: epoch ends only
     batch_log : write ``batches.log``: epoch, index and sha256 of every trained batch
+    threshold_rule : how the per-class thresholds of ``thresholds.json`` are fitted on the
+        validation split when the run ends: ``f1`` or ``precision:P`` (``experiments.thresholds``)
     verbose : Keras ``fit`` output on stderr: 0 none, 1 progress bar, 2 one line per epoch
     quiet : no log line and no Keras output (``verbose`` becomes 0)
     """
@@ -184,6 +187,7 @@ class KeepOptions:
     out: str
     checkpoint_every: int = 100
     batch_log: bool = False
+    threshold_rule: str = "f1"
     verbose: int = 2
     quiet: bool = False
 
@@ -192,6 +196,7 @@ class KeepOptions:
         set_(self, "out", os.fspath(self.out))
         set_(self, "checkpoint_every", check_int("checkpoint_every", self.checkpoint_every, low=0))
         set_(self, "batch_log", bool(self.batch_log))
+        check_rule(self.threshold_rule)
         if self.verbose not in VERBOSITY or isinstance(self.verbose, bool):
             raise ConfigError(f"verbose must be 0, 1 or 2, got {self.verbose!r}")
         set_(self, "quiet", bool(self.quiet))
@@ -246,12 +251,17 @@ RECORDED = (
     "init_from",
     "checkpoint_every",
     "batch_log",
+    "threshold_rule",
     "verbose",
     "quiet",
 )
-# Options runs record since frame targets exist: a run recorded before has none of them and was
-# trained with these values (its run.json reads so, and a sweep counts it so).
-ADDED_OPTIONS = {"targets": BatchOptions.targets, "target_step": BatchOptions.target_step}
+# Options runs record since frame targets (then thresholds) exist: a run recorded before has
+# none of them and was trained with these values (its run.json reads so, and a sweep counts it so).
+ADDED_OPTIONS = {
+    "targets": BatchOptions.targets,
+    "target_step": BatchOptions.target_step,
+    "threshold_rule": "f1",
+}
 # Options a resumed run may change: they do not change what is trained.
 FREE_ON_RESUME = ("out", "workers", "checkpoint_every", "batch_log", "verbose", "quiet")
 

@@ -5,8 +5,9 @@ The steps, each a function here: read the sequences (``experiments.sequences``),
 the masked loss, LWLRAP and top-1), start the run directory or restore its last checkpoint
 (``experiments.checkpoints``), ``fit_run`` (Keras ``fit`` with the run's callbacks,
 ``experiments.callbacks``), then ``finish_run``: score the best epoch's saved model on the whole
-validation split, draw the curves, write ``metrics.json`` (``run_metrics``) and remove the
-checkpoint.
+validation split, draw the curves, fit the per-class thresholds on those scores
+(``thresholds.json``, ``experiments.thresholds_run.keep_thresholds``), write ``metrics.json``
+(``run_metrics``) and remove the checkpoint.
 
 ``experiments.train`` is the front: ``train()``'s keywords and the command line both end here.
 """
@@ -45,6 +46,7 @@ from experiments.models import FRAME_MODELS, MODELS, build_model, is_frame_model
 from experiments.plots import plot_curves, read_history
 from experiments.run_files import save_through_temp, write_run_file
 from experiments.sequences import run_sequences, score_sequence
+from experiments.thresholds_run import keep_thresholds
 from experiments.train_options import LossOptions, OptimOptions, TrainOptions
 from melshards.errors import ConfigError
 from melshards.remote import is_url
@@ -229,6 +231,15 @@ def finish_run(options: TrainOptions, *, ledger: FitLedger, train_seq, val_seq, 
     save_through_temp(out / CURVES_FILE, lambda tmp: plot_curves(history, tmp, title=title))
     metrics = run_metrics(
         truth, scores, ledger=ledger, train_seq=train_seq, val_seq=val_seq, best_epoch=best_epoch
+    )
+    keep_thresholds(
+        out,
+        truth=truth,
+        scores=scores,
+        val_seq=val_seq,
+        class_names=class_names(train_seq),
+        rule=options.keep.threshold_rule,
+        quiet=options.keep.quiet,
     )
     metrics.update(
         model=options.model.model,

@@ -105,6 +105,8 @@ def test_the_untouched_checkpoint_resumes(run, capsys):
         "metrics.json",
         "model.keras",
         "run.json",
+        "thresholds.json",
+        "validation_scores.npz",
     ]
 
 
@@ -279,6 +281,8 @@ WRITTEN = [
     "metrics.json",
     "run.json",
     "batches.log",
+    "thresholds.json",
+    "validation_scores.npz",
     CHECKPOINT_STATE,
 ]
 

@@ -13,6 +13,7 @@ from melshards.errors import ConfigError
 def test_train_options_are_the_train_signature():
     own = {"features", "out", "seed", "verbose", "quiet"}
     own |= {"checkpoint_every", "resume", "batch_log"}  # how a run is kept, not what it trains
+    own |= {"threshold_rule"}
     assert set(sweep_grid.TRAIN_OPTIONS) == set(inspect.signature(train).parameters) - own
 
 
