@@ -4,7 +4,12 @@
   ``train_flags``) makes an ``options.TrainOptions`` and hands it to ``run``, which reads the
   ``sequences``, fits with the ``callbacks`` and keeps its ``checkpoints``;
 - the network: ``models``, ``losses``, ``metrics``; ``plots`` draws the curves;
-- scoring: ``predict`` writes the ``submission`` table of a windows feature set;
+- scoring: ``predict`` writes the ``submission`` table of a windows feature set, its events
+  with the per-class ``thresholds`` a run fits on its validation split, and ``detection_tables``
+  (one Raven table per recording);
+- the review loop: ``review`` picks the detections to review next (``review_files`` writes
+  them); ``review_loop`` runs rounds of pick, review (``review_sim``), grow and retrain, and
+  ``review_report`` compares the strategies;
 - many runs: ``sweep`` (a grid over seeds), ``pseudo`` (pseudo-label rounds);
 - pictures: ``pictures`` draws the examples ``picks`` chooses; ``preview`` is the
   ``precompute preview`` command.

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from commandline.flags import build, groups, parser_flags
-from experiments import predict, preview, pseudo, sweep, train_flags
+from experiments import predict, preview, pseudo, review, review_loop, sweep, thresholds, train_flags
 from experiments.train_options import GROUP_TYPES, TrainOptions
 from precompute import cli as precompute_cli
 from precompute.cli_options import (
@@ -63,6 +63,17 @@ COMMANDS = {
     ),
     "experiments.preview": (preview.build_parser, {"preview": preview.PreviewOptions}, ["--out", "o", "f"]),
     "experiments.sweep": (sweep.build_parser, {}, ["g"]),
+    "experiments.thresholds": (thresholds.build_parser, {}, ["r"]),
+    "experiments.review pick": (
+        review.build_parser,
+        {"pick": review.PickOptions},
+        ["pick", "--model", "m", "--windows", "w", "--n", "5", "--out", "o"],
+    ),
+    "experiments.review_loop": (
+        review_loop.build_parser,
+        {"inputs": review_loop.Inputs, "plan": review_loop.Plan},
+        ["--data", "d", "--out", "o", "--test", "t", "--truth", "g"],
+    ),
 }
 # Flags that belong to the command itself, by command (dest without a group).
 OWN = {
@@ -77,12 +88,21 @@ OWN = {
     "experiments.pseudo": {"recipe", "verbose", "quiet"},
     "experiments.preview": {"quiet"},
     "experiments.sweep": {"grid", "out", "verbose", "quiet"},
+    "experiments.thresholds": {"run", "rule", "min_positives", "quiet"},
+    "experiments.review pick": set(),
+    "experiments.review_loop": {"recipe", "measure_cost", "quiet"},
 }
+
+
+# Flags whose text is checked beyond its type, with a value of their own that passes.
+CHECKED_TEXT = {"keep.threshold_rule": "precision:0.9"}
 
 
 def own_value(action: argparse.Action) -> tuple[list[str], object]:
     """Command-line words that give ``action`` a value other than its default, and that value."""
     flag = action.option_strings[-1] if action.option_strings else None
+    if action.dest in CHECKED_TEXT:
+        return [flag, CHECKED_TEXT[action.dest]], CHECKED_TEXT[action.dest]
     if isinstance(action, argparse.BooleanOptionalAction):  # option_strings: --x, --no-x
         value = not action.default
         return [action.option_strings[0 if value else 1]], value
@@ -104,7 +124,7 @@ def own_value(action: argparse.Action) -> tuple[list[str], object]:
 
 def flags_of(command: str) -> list[argparse.Action]:
     make_parser = COMMANDS[command][0]
-    sub = command.split(" ", 1)[1] if command.startswith("precompute ") else ""
+    sub = command.partition(" ")[2]  # a subcommand: "precompute features", "experiments.review pick"
     return [action for where, action in parser_flags(make_parser()) if where == sub]
 
 
@@ -137,7 +157,9 @@ def test_a_flag_reaches_the_field_it_names(command, dest):
         base = base[:-1]
     parsed = make_parser().parse_args([*base, *words])
     group, _, name = dest.rpartition(".")
-    options = build(types[group], groups(parsed)[group])
+    # A flag left at None keeps the field's default, as the commands do with a recipe's plan.
+    given = {k: v for k, v in groups(parsed)[group].items() if v is not None}
+    options = build(types[group], given)
     assert plain(getattr(options, name)) == plain(value)
 
 
