@@ -307,11 +307,13 @@ def _lilcom_readers(exact: np.ndarray, batch_size: int, crop: int, first: int) -
 _FIRST_BATCH = """
 import json, sys, time
 t0 = time.perf_counter()
+if sys.argv[2] == "loader-first":  # the loader's kernels warm while Keras imports
+    from loader import ShardSequence, read_kernels
 import keras
 from loader import ShardSequence, read_kernels
 from experiments.models import build_model
 imported = time.perf_counter()
-if sys.argv[2] == "after-model":
+if sys.argv[2] != "right-after-imports":
     model = build_model("baseline", input_shape=(128, 938, 1), n_classes=24)
     model.compile(optimizer="adam", loss="binary_crossentropy")
 made = time.perf_counter()
@@ -333,12 +335,14 @@ def first_batch(features: Path, *, repeats: int = 3) -> dict:
     ``cold`` (no parsed metadata of the set kept by an earlier process, ``loader.meta_cache``:
     every shard is read, then the cache written) and ``warm`` (the cache there). ``total_ms`` is
     the sequence's construction plus its first batch, the figure of the ``first_batch_ms``
-    ceiling (warm, after the model)."""
+    ceiling (warm, after the model). The cases: ``right-after-imports`` (Keras, then the loader,
+    no model), ``after-model`` (the same, then a model built and compiled: the ceiling's case)
+    and ``loader-first`` (the loader imported before Keras, then the model)."""
     out: dict = {"load": [os.getloadavg()[0]]}
     with tempfile.TemporaryDirectory(prefix="first-batch-") as tmp:
         warm = {**os.environ, "MELSHARDS_CACHE": f"{tmp}/warm", "MELSHARDS_META_CACHE": "1"}
         out["warm_cache"] = _warm_up(features, warm, Path(tmp) / "warm" / "meta")
-        for case in ("right-after-imports", "after-model"):
+        for case in ("right-after-imports", "after-model", "loader-first"):
             out[case] = {}
             for state in ("cold", "warm"):
                 runs = []

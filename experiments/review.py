@@ -1,7 +1,7 @@
 """What to review next: windows of unannotated recordings a reviewer's answer teaches most.
 
     python -m experiments.review pick --model runs/base/model.keras --windows features/pool \\
-        --n 24 --out reviews/round-1 [--per-recording 1] [--strategy uncertainty|random] \\
+        --n 24 --out reviews/round-1 [--per-recording 1] [--strategy uncertainty|top|random] \\
         [--seed 0] [--asked reviews/round-1/asked.csv] [--round round-1]
 
 Every window of a windows feature set (``precompute windows``) is scored by the model (a frame
@@ -14,6 +14,12 @@ submission's columns as ``experiments.predict`` does. Then, by ``strategy``:
     ``experiments.predict`` maps it, else 0.5): 1 at the threshold, 0 at the score farthest
     from it. Pairs go by ``u`` descending; ties by the higher score, then
     recording, window start and class (its column).
+``top``
+    each class's highest-scoring windows, the classes in turn: every class's best window first
+    (classes by their best score, highest first), then every class's second best, and so on;
+    ties by recording, window start and class. A review of each class's top detections, as
+    reviewers of a detector's output work; it asks where the calls most likely are, spread over
+    the classes.
 ``random``
     windows in a random order drawn from ``seed``, each asked about its top-scoring class: the
     control a strategy has to beat.
@@ -64,7 +70,7 @@ from melshards.config import center_offset, crop_span
 from melshards.errors import ConfigError, MelShardsError
 
 PROG = "experiments.review"
-STRATEGIES = ("uncertainty", "random")
+STRATEGIES = ("uncertainty", "top", "random")
 METRICS_FILE = "metrics.json"
 
 
@@ -125,7 +131,24 @@ def pick_order(
     windows = np.repeat(np.arange(n_windows), n_classes)
     classes = np.tile(np.arange(n_classes), n_windows)
     _, rank = np.unique(recordings.astype(str), return_inverse=True)
+    if strategy == "top":
+        return _class_turns(scores, windows, classes, rank)
     order = np.lexsort((classes, starts[windows], rank[windows], -scores.ravel(), -u.ravel()))
+    return windows[order], classes[order]
+
+
+def _class_turns(
+    scores: np.ndarray, windows: np.ndarray, classes: np.ndarray, rank: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``top`` order: within each class by score (ties by recording rank, then window
+    order), then the classes in turn, by their best score."""
+    flat = scores.ravel()
+    within = np.lexsort((windows, rank[windows], -flat, classes))  # class, then its best first
+    place = np.empty(len(flat), dtype=np.int64)
+    starts_of = np.searchsorted(classes[within], np.arange(scores.shape[1]))
+    place[within] = np.arange(len(flat)) - starts_of[classes[within]]
+    best = -scores.max(axis=0)  # the classes' turn: by their best score, highest first
+    order = np.lexsort((classes, best[classes], place))
     return windows[order], classes[order]
 
 

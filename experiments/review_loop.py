@@ -9,7 +9,7 @@ The loop a user runs by hand with their own reviewers (docs/review.md), with the
 truth as the reviewer (``experiments.review_sim.Reviewer``). At the start only the first
 ``start`` train recordings of a sparse demo are labelled (their TP and FP rows); the others form
 the pool, scored as a windows feature set (computed once). Round 0 trains one model per seed
-on the start set. Then, for each strategy (``uncertainty`` and the control ``random``,
+on the start set. Then, for each strategy (``uncertainty``, ``top`` and the control ``random``,
 ``experiments.review.pick_windows``) and seed, each round:
 
 1. picks ``n`` windows of the pool with the model of the round before and writes them as Raven

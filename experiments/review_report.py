@@ -13,7 +13,8 @@ from typing import Any
 
 from melshards.files import atomic_write_text
 
-STRATEGIES = ("uncertainty", "random")
+STRATEGIES = ("uncertainty", "top", "random")  # experiments.review's, the control last
+CONTROL = "random"
 ANSWERS = ("yes", "no", "relabelled", "repeat")  # a round's answers (experiments.review_sim)
 
 
@@ -27,22 +28,21 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def compare(records: Sequence[Mapping[str, Any]], rounds: int) -> list[dict[str, Any]]:
     """One row per round and strategy: test LWLRAP over seeds, the windows reviewed up to that
-    round and the answers of the round (means over seeds), the round's seconds; and per round the paired
-    difference of the strategies (uncertainty - random, seed by seed)."""
+    round and the answers of the round (means over seeds), the round's seconds; and per round,
+    beside each strategy, its paired difference with the control (strategy - random, seed by
+    seed)."""
     rows = [_row("start (round 0)", 0, [x for x in records if x["round"] == 0], reviewed=0)]
     for r in range(1, rounds + 1):
         by = {s: _runs(records, r, s) for s in STRATEGIES}
-        for strategy in STRATEGIES:
+        for strategy in (s for s in STRATEGIES if by[s]):  # a strategy not run has no row
             so_far = [
                 x["reviewed"] for x in records if x.get("strategy") == strategy and 1 <= x["round"] <= r
             ]
-            seeds = max(len(by[strategy]), 1)
-            rows.append(_row(strategy, r, by[strategy], reviewed=sum(so_far) / seeds))
-        pairs = [
-            a["test_lwlrap"] - b["test_lwlrap"] for a, b in zip(by["uncertainty"], by["random"], strict=True)
-        ]
-        if pairs:
-            rows[-2]["paired_gain"] = mean_std(pairs)
+            row = _row(strategy, r, by[strategy], reviewed=sum(so_far) / len(by[strategy]))
+            if strategy != CONTROL and [x["seed"] for x in by[strategy]] == [x["seed"] for x in by[CONTROL]]:
+                pairs = zip(by[strategy], by[CONTROL], strict=True)
+                row["paired_gain"] = mean_std([a["test_lwlrap"] - b["test_lwlrap"] for a, b in pairs])
+            rows.append(row)
     return rows
 
 
@@ -65,7 +65,7 @@ def _row(name: str, r: int, runs: Sequence[Mapping[str, Any]], *, reviewed: floa
 
 def write_comparison(rows: Sequence[Mapping[str, Any]], out: Path, *, cost: Mapping[str, Any] | None) -> Path:
     """``loop.md`` (and ``loop.csv``): the comparison as tables."""
-    head = "| round | strategy | test LWLRAP (mean ± std) | per seed | uncertainty - random (paired) | reviewed | yes / no / relabelled / repeat | examples | precompute s | training s |"
+    head = "| round | strategy | test LWLRAP (mean ± std) | per seed | minus random (paired) | reviewed | yes / no / relabelled / repeat | examples | precompute s | training s |"
     lines = [head, "|" + "---|" * 10]
     csv_lines = [
         "round,strategy,seeds,test_lwlrap_mean,test_lwlrap_std,reviewed,yes,no,relabelled,repeat,examples,precompute_s,train_s"

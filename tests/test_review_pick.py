@@ -64,6 +64,30 @@ def test_uncertainty_order_is_exact_with_its_ties():
     assert classes.tolist() == [0, 1]
 
 
+def test_top_asks_each_class_about_its_best_windows_in_turn():
+    scores = np.array([[0.9, 0.1, 0.2], [0.8, 0.3, 0.1], [0.2, 0.05, 0.7], [0.1, 0.6, 0.1]])
+    windows, classes = pick_order(
+        scores, np.array(list("abcd"), dtype=object), np.zeros(4), None, strategy="top", seed=0
+    )
+    # The classes' best: c0 0.9 (w0), c2 0.7 (w2), c1 0.6 (w3); their second best: c0 0.8 (w1),
+    # c2 0.2 (w0), c1 0.3 (w1); ...
+    assert list(zip(windows.tolist(), classes.tolist(), strict=True))[:6] == [
+        (0, 0),
+        (2, 2),
+        (3, 1),
+        (1, 0),
+        (0, 2),
+        (1, 1),
+    ]
+    assert sorted(zip(windows.tolist(), classes.tolist(), strict=True)) == [
+        (w, c) for w in range(4) for c in range(3)
+    ]
+    # One pick per recording, w0 and w1 both a's: c0 takes w0, c2 w2 (b), c1 w3 (c), and then
+    # every window left is a's.
+    picks = pick_windows(scores, list("aabc"), [0, 5, 0, 0], [4, 9, 4, 4], n=4, strategy="top")
+    assert pairs(picks) == [(0, 0), (2, 2), (3, 1)]
+
+
 def test_picks_follow_the_order_under_the_diversity_rule():
     common = {"thresholds": THRESHOLDS, "strategy": "uncertainty"}
     assert pairs(pick_windows(SCORES, RECORDINGS, STARTS, ENDS, n=2, per_recording=1, **common)) == [
@@ -123,7 +147,7 @@ def test_random_strategy_is_reproducible_by_seed_and_differs_by_seed():
     [
         ({"n": 0}, r"^n must be an integer >= 1, got 0$"),
         ({"per_recording": 0}, r"^per_recording must be an integer >= 1, got 0$"),
-        ({"strategy": "margin"}, r"^strategy must be one of uncertainty, random, got 'margin'$"),
+        ({"strategy": "margin"}, r"^strategy must be one of uncertainty, top, random, got 'margin'$"),
         ({"thresholds": 1.5}, r"^thresholds must be in \[0, 1\], got 1.5$"),
         ({"ends": [1.0, 1.0, 0.5]}, r"^window starts and ends must be finite, each end after its start$"),
     ],
