@@ -183,6 +183,25 @@ def make_sequences(
     return build_sequences(features, train, val, windows=windows, window_labels=window_labels)
 
 
+def step_rows(model: keras.Model, seq: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A frame model's scores, 0/1 frame targets and known mask over a frame-target sequence
+    that returns its mask (a run's validation sequence), one row per step of each crop, in
+    order: what a frame model's events are thresholded on.
+
+    Returns (scores, truth, known), np.ndarray [shape=(n * steps, n_classes)], float32 each.
+    """
+    n_classes = model.output_shape[-1]
+    rows: list[list[np.ndarray]] = [[], [], []]
+    for i in range(len(seq)):
+        x, y, known = seq[i][:3]
+        got = keras.ops.convert_to_numpy(model(x, training=False))
+        for kept, values in zip(rows, (got, np.asarray(y) > 0.5, known), strict=True):
+            kept.append(np.asarray(values, dtype=np.float32).reshape(-1, n_classes))
+    if not rows[0]:
+        return tuple(np.zeros((0, n_classes), np.float32) for _ in rows)
+    return tuple(np.concatenate(kept) for kept in rows)
+
+
 def score_sequence(model: keras.Model, seq: Any) -> tuple[np.ndarray, np.ndarray]:
     """Clip scores and 0/1 clip truth for every batch of ``seq``, in order: a frame model's
     scores and frame targets pooled over steps (``experiments.metrics.clip_scores``).

@@ -293,9 +293,13 @@ def write_validation(
     labels: np.ndarray,
     known: np.ndarray,
     class_names: Sequence[str],
+    rows: str = "example",
+    unknown: str = "ignore",
 ) -> None:
-    """The validation clip scores (float32), labels and known mask (uint8) and class names as
-    an ``.npz``, what ``read_validation`` gives back."""
+    """The validation scores (float32), labels and known mask (uint8), class names, what a row
+    is (``example``: a clip; ``step``: a step of a frame model's crop) and how unknown labels
+    count in the fit (``negative`` or ``ignore``, the run's ``unknown``) as an ``.npz``, what
+    ``read_validation`` gives back."""
     buffer = io.BytesIO()
     np.savez(
         buffer,
@@ -303,36 +307,43 @@ def write_validation(
         labels=np.asarray(labels, dtype=np.uint8),
         known=np.asarray(known, dtype=np.uint8),
         class_names=np.asarray(list(class_names), dtype=str),
+        rows=np.asarray(rows),
+        unknown=np.asarray(unknown),
     )
     write_run_file(path, buffer.getvalue())
 
 
 def read_validation(path: str | os.PathLike) -> dict[str, Any]:
-    """``scores``, ``labels``, ``known`` (arrays) and ``class_names`` (a list) of a
-    ``write_validation`` file; ExperimentError naming it when absent or unreadable."""
+    """``scores``, ``labels``, ``known`` (arrays), ``class_names`` (a list), ``rows`` and
+    ``unknown`` of a ``write_validation`` file; ExperimentError naming it when absent or
+    unreadable."""
     data = read_run_file(path)
     if data is None:
         raise ExperimentError(f"{path}: no such file (the run kept no validation scores)")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as stored:
             found = {key: stored[key] for key in ("scores", "labels", "known", "class_names")}
+            found["rows"] = str(stored["rows"]) if "rows" in stored else "example"
+            found["unknown"] = str(stored["unknown"]) if "unknown" in stored else "ignore"
     except (OSError, ValueError, KeyError) as err:
         raise ExperimentError(f"{path}: not a validation scores file: {err}") from None
     found["class_names"] = [str(c) for c in found["class_names"]]
     return found
 
 
-def refit(run_dir: str | os.PathLike, *, rule: str = "f1", min_positives: int = 3) -> tuple[Thresholds, int]:
+def refit(run_dir: str | os.PathLike, *, rule: str = "f1", min_positives: int = 3) -> tuple[Thresholds, str]:
     """Fit the thresholds of a run from its ``validation_scores.npz`` and write them as its
-    ``thresholds.json``; the thresholds and the number of validation examples."""
+    ``thresholds.json``; the thresholds and what they were fitted on (``110 validation
+    examples``, or a frame model's ``5,720 validation steps``)."""
     check_rule(rule)
     check_int("min_positives", min_positives, low=1)
     stored = read_validation(Path(run_dir) / VALIDATION_FILE)
     try:
+        known = np.ones_like(stored["known"]) if stored["unknown"] == "negative" else stored["known"]
         thresholds = fit_thresholds(
             stored["scores"],
             stored["labels"],
-            stored["known"],
+            known,
             rule=rule,
             min_positives=min_positives,
             class_names=stored["class_names"],
@@ -340,13 +351,14 @@ def refit(run_dir: str | os.PathLike, *, rule: str = "f1", min_positives: int = 
     except ConfigError as err:
         raise ExperimentError(f"{Path(run_dir) / VALIDATION_FILE}: {err}") from None
     write_thresholds(Path(run_dir) / THRESHOLDS_FILE, thresholds)
-    return thresholds, int(stored["scores"].shape[0])
+    return thresholds, plural(int(stored["scores"].shape[0]), f"validation {stored['rows']}")
 
 
-def summary_line(thresholds: Thresholds, *, examples: int, path: str | os.PathLike) -> str:
-    """``thresholds (f1 on 120 validation examples): 20 classes fitted, 4 pooled -> PATH``."""
+def summary_line(thresholds: Thresholds, *, rows: str, path: str | os.PathLike) -> str:
+    """``thresholds (f1 on 120 validation examples): 20 classes fitted, 4 pooled -> PATH``, with
+    ``rows`` what they were fitted on (``120 validation examples``)."""
     line = (
-        f"thresholds ({thresholds.rule} on {plural(examples, 'validation example')}): "
+        f"thresholds ({thresholds.rule} on {rows}): "
         f"{plural(thresholds.count('fitted'), 'class')} fitted, {thresholds.count('pooled')} pooled"
     )
     if thresholds.count("default"):
@@ -401,14 +413,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(quiet=args.quiet)
     try:
         rule = args.rule if args.rule is not None else recorded_rule(args.run)
-        thresholds, examples = refit(args.run, rule=rule, min_positives=args.min_positives)
+        thresholds, rows = refit(args.run, rule=rule, min_positives=args.min_positives)
     except (MelShardsError, OSError) as err:
         return report_error(PROG, err)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     print("\n".join(table_lines(thresholds)))
-    log.info(summary_line(thresholds, examples=examples, path=Path(args.run) / THRESHOLDS_FILE))
+    log.info(summary_line(thresholds, rows=rows, path=Path(args.run) / THRESHOLDS_FILE))
     return EXIT_OK
 
 

@@ -3,7 +3,11 @@
 ``keep_thresholds`` is the last step of a training run before ``metrics.json``: the kept model's
 validation clip scores (those the validation metrics use) with the validation split's clip
 labels and known mask go to ``validation_scores.npz``, and the thresholds the run's
-``threshold_rule`` fits on them to ``thresholds.json`` (``experiments.thresholds``).
+``threshold_rule`` fits on them to ``thresholds.json`` (``experiments.thresholds``); unknown
+labels count as the run's loss counted them (``unknown``: as negatives, or not at all). A run on
+frame targets keeps its validation steps instead, each step of each crop one row (its score,
+frame target and known mask): a frame model's events are its steps above the threshold, and
+a clip's maximum over steps, the clip score, would set it too low for them.
 
 ``predict_thresholds`` is what ``experiments.predict`` thresholds the events with: the given
 ``threshold``, else the run's ``thresholds.json`` beside the model, else 0.5 for every class;
@@ -18,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from commandline.console import log
+from commandline.console import log, plural
 from experiments.errors import ExperimentError
 from experiments.thresholds import (
     DEFAULT_THRESHOLD,
@@ -53,27 +57,38 @@ def keep_thresholds(
     val_seq: Any,
     class_names: Sequence[str],
     rule: str,
+    steps: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    unknown: str = "ignore",
     quiet: bool = False,
 ) -> Thresholds | None:
     """Write ``validation_scores.npz`` and ``thresholds.json`` of a finished run into ``out``.
 
-    truth, scores : the kept model's validation clip truth and scores (``score_best``),
+    truth, scores : the kept model's validation clip truth and scores (``score_sequence``),
         np.ndarray [shape=(n, n_classes)]
+    steps : a frame-target run's validation steps, ``(scores, truth, known)`` one row per step
+        (``experiments.sequences.step_rows``): the rows kept and fitted on instead
+    unknown : the run's ``unknown`` option: ``negative`` fits with the unknown labels as
+        negatives, as the run's loss took them; ``ignore`` on the known labels alone
     Without validation examples neither file is left in ``out`` and None is returned. Logs one
     line (``experiments.thresholds.summary_line``) unless ``quiet``.
     """
+    if steps is not None:
+        (scores, truth, known), rows = steps, "step"
     if len(scores) == 0:
         for name in (THRESHOLDS_FILE, VALIDATION_FILE):
             (out / name).unlink(missing_ok=True)
         if not quiet:
             log.info(f"thresholds: no validation examples, so no {THRESHOLDS_FILE} (predict uses 0.5)")
         return None
-    _, known = validation_known(val_seq)
-    write_validation(out / VALIDATION_FILE, scores, truth, known, class_names)
-    thresholds = fit_thresholds(scores, truth, known, rule=rule, class_names=class_names)
+    if steps is None:
+        known, rows = validation_known(val_seq)[1], "example"
+    write_validation(out / VALIDATION_FILE, scores, truth, known, class_names, rows=rows, unknown=unknown)
+    fit_on = np.ones_like(known) if unknown == "negative" else known
+    thresholds = fit_thresholds(scores, truth, fit_on, rule=rule, class_names=class_names)
     write_thresholds(out / THRESHOLDS_FILE, thresholds)
     if not quiet:
-        log.info(summary_line(thresholds, examples=len(scores), path=out / THRESHOLDS_FILE))
+        fitted_on = plural(len(scores), f"validation {rows}")
+        log.info(summary_line(thresholds, rows=fitted_on, path=out / THRESHOLDS_FILE))
     return thresholds
 
 

@@ -45,7 +45,7 @@ from experiments.metrics import Lwlrap, Top1, class_lwlrap, lwlrap, top1
 from experiments.models import FRAME_MODELS, MODELS, build_model, is_frame_model, load_model_file
 from experiments.plots import plot_curves, read_history
 from experiments.run_files import save_through_temp, write_run_file
-from experiments.sequences import run_sequences, score_sequence
+from experiments.sequences import run_sequences, score_sequence, step_rows
 from experiments.thresholds_run import keep_thresholds
 from experiments.train_options import LossOptions, OptimOptions, TrainOptions
 from melshards.errors import ConfigError
@@ -222,7 +222,8 @@ def finish_run(options: TrainOptions, *, ledger: FitLedger, train_seq, val_seq, 
     finished), then remove the checkpoint; returns the metrics."""
     out = Path(options.keep.out)
     fit_seconds = ledger.fit_seconds()
-    truth, scores, best_epoch = score_best(out, ledger, val_seq)
+    best, best_epoch = load_best(out, ledger)
+    truth, scores = score_sequence(best, val_seq)
     history = read_history(out / HISTORY_FILE)
     title = (
         f"run {out.name}: model {options.model.model} on {Path(options.data.features).name}, "
@@ -237,6 +238,8 @@ def finish_run(options: TrainOptions, *, ledger: FitLedger, train_seq, val_seq, 
         truth=truth,
         scores=scores,
         val_seq=val_seq,
+        steps=step_rows(best, val_seq) if options.batch.targets == "frames" else None,
+        unknown=options.loss.unknown,
         class_names=class_names(train_seq),
         rule=options.keep.threshold_rule,
         quiet=options.keep.quiet,
@@ -255,13 +258,12 @@ def finish_run(options: TrainOptions, *, ledger: FitLedger, train_seq, val_seq, 
     return metrics
 
 
-def score_best(out: Path, ledger: FitLedger, val_seq) -> tuple[np.ndarray, np.ndarray, int]:
-    """Validation truth and scores of the saved model (not the in-memory one: metrics.json
-    describes model.keras), and its epoch (1-based; 0 without validation history)."""
+def load_best(out: Path, ledger: FitLedger) -> tuple[keras.Model, int]:
+    """The saved model (not the in-memory one: metrics.json describes model.keras) and its
+    epoch (1-based; 0 without validation history)."""
     best = keras.saving.load_model(out / MODEL_FILE, compile=False)  # written by this run (BestModel)
-    truth, scores = score_sequence(best, val_seq)
     val_history = ledger.history.get("val_lwlrap", [])
-    return truth, scores, int(np.argmax(val_history)) + 1 if val_history else 0
+    return best, int(np.argmax(val_history)) + 1 if val_history else 0
 
 
 def run_metrics(

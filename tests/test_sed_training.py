@@ -27,6 +27,7 @@ from experiments.sed_predict import (
     window_steps,
 )
 from experiments.sequences import score_sequence
+from experiments.thresholds import fit_thresholds, read_thresholds, read_validation, refit
 from experiments.train_options import TrainOptions
 from loader import ShardSequence
 from loader.state import read_state
@@ -155,6 +156,43 @@ def test_score_sequence_pools_frame_scores_and_frame_targets(frame_run, feature_
     truth, scores = score_sequence(model, frames)
     np.testing.assert_array_equal(truth, np.concatenate([y for _, y in clips]))
     assert scores.shape == truth.shape
+
+
+def test_a_frame_run_fits_its_thresholds_on_validation_steps(frame_run, feature_sets):
+    # Events are steps above the threshold: the run fits it on the validation steps (score,
+    # frame target, known mask of each step of each centred crop), not on the clip maxima.
+    model = keras.saving.load_model(frame_run / "model.keras", compile=False)
+    val = ShardSequence(
+        feature_sets["train"],
+        split="val",
+        fold=0,
+        shuffle=False,
+        augment=False,
+        targets="frames",
+        target_step=8,
+        return_mask=True,
+    )
+    batches = [val[i] for i in range(len(val))]
+    scores = np.concatenate([model.predict(b[0], verbose=0) for b in batches]).reshape(-1, 4)
+    labels = np.concatenate([b[1] for b in batches]).reshape(-1, 4)
+    known = np.concatenate([b[2] for b in batches]).reshape(-1, 4)
+    n_val = json.loads((frame_run / "metrics.json").read_text())["n_val"]
+    stored = read_validation(frame_run / "validation_scores.npz")
+    assert stored["rows"] == "step" and stored["scores"].shape == (n_val * 13, 4)
+    np.testing.assert_allclose(stored["scores"], scores, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(stored["labels"], labels > 0.5)
+    np.testing.assert_array_equal(stored["known"], known)
+    assert 0 < labels.sum() < labels.size and 0 < known.sum() < known.size
+    written = read_thresholds(frame_run / "thresholds.json")
+    # The run's unknown labels counted as negatives (unknown="negative", the default): so here.
+    assert stored["unknown"] == "negative"
+    fit_on = np.ones_like(stored["known"])
+    assert written == fit_thresholds(
+        stored["scores"], stored["labels"], fit_on, class_names=stored["class_names"]
+    )
+    assert written.positives == tuple(int(n) for n in ((labels > 0.5) & (known > 0)).sum(axis=0))
+    _, said = refit(frame_run)
+    assert said == f"{n_val * 13} validation steps"
 
 
 def test_frame_targets_need_a_frame_model(feature_sets, tmp_path, capsys):

@@ -17,7 +17,14 @@ from experiments.checkpoints import start_run
 from experiments.errors import ExperimentError
 from experiments.run_fields import run_options
 from experiments.sed_events import read_events_csv
-from experiments.thresholds import Thresholds, fit_thresholds, read_thresholds, write_thresholds
+from experiments.thresholds import (
+    Thresholds,
+    fit_thresholds,
+    read_thresholds,
+    read_validation,
+    refit,
+    write_thresholds,
+)
 from experiments.thresholds_run import column_thresholds, keep_thresholds, validation_known
 from experiments.train_options import TrainOptions
 from loader import ShardSequence
@@ -299,6 +306,10 @@ def tiny(tmp_path_factory):
     out = root / "runs" / "tiny"
     argv = ["--features", str(labelled), "--model", "tiny", "--epochs", "1", "--fold", "0", "--out", str(out)]
     argv += ["--batch-size", "8", "--verbose", "0", "--seed", "1", "--threshold-rule", "precision:0.5"]
+    argv += [
+        "--unknown",
+        "ignore",
+    ]  # the fit on known labels alone (the default counts unknowns as negatives)
     with contextlib.redirect_stderr(io.StringIO()) as log:
         assert train.main(argv) == 0
     return {"train": labelled, "windows": windows, "run": out, "log": log.getvalue()}
@@ -328,6 +339,34 @@ def test_training_writes_thresholds_fitted_on_its_validation_scores(tiny):
     labels, known = validation_known(val)
     np.testing.assert_array_equal(known, stored["known"])
     assert 0 < known.sum() < known.size  # the synthetic set has unknown labels
+
+
+def test_unknown_labels_count_as_the_runs_loss_counted_them(tmp_path):
+    # Scores of 6 rows, one class: positives 0.9, 0.8, 0.7; an unknown 0.6 (truly negative); a
+    # known negative at 0.1 and an unknown 0.05. On the known labels alone, F1 takes every
+    # positive with the threshold under 0.7 and above 0.1: half-way, 0.4; with the unknown
+    # labels as negatives, 0.6 must stay below it: 0.65.
+    scores = np.array([[0.9], [0.8], [0.7], [0.6], [0.1], [0.05]], dtype=np.float32)
+    labels = np.array([[1], [1], [1], [0], [0], [0]], dtype=np.float32)
+    known = np.array([[1], [1], [1], [0], [1], [0]], dtype=np.float32)
+    for unknown, expected in (("ignore", 0.4), ("negative", 0.65)):
+        run = tmp_path / unknown
+        run.mkdir()
+        kept = keep_thresholds(
+            run,
+            truth=None,
+            scores=None,
+            val_seq=None,
+            class_names=["s0"],
+            rule="f1",
+            steps=(scores, labels, known),
+            unknown=unknown,
+            quiet=True,
+        )
+        assert kept.values == pytest.approx((expected,)) and kept.source == ("fitted",)
+        assert refit(run, rule="f1")[0] == kept  # the stored rows and mode refit the same
+        assert read_validation(run / "validation_scores.npz")["unknown"] == unknown
+        np.testing.assert_array_equal(read_validation(run / "validation_scores.npz")["known"], known)
 
 
 def test_the_training_log_names_the_thresholds(tiny):
