@@ -304,6 +304,7 @@ def _lilcom_readers(exact: np.ndarray, batch_size: int, crop: int, first: int) -
     return {f"lilcom tick {tick}": _Lilcom(exact, tick, batch_size, crop, first) for tick in LILCOM_TICKS}
 
 
+FIRST_BATCH_CASES = ("right-after-imports", "after-model", "loader-first")  # see first_batch
 _FIRST_BATCH = """
 import json, sys, time
 t0 = time.perf_counter()
@@ -342,7 +343,7 @@ def first_batch(features: Path, *, repeats: int = 3) -> dict:
     with tempfile.TemporaryDirectory(prefix="first-batch-") as tmp:
         warm = {**os.environ, "MELSHARDS_CACHE": f"{tmp}/warm", "MELSHARDS_META_CACHE": "1"}
         out["warm_cache"] = _warm_up(features, warm, Path(tmp) / "warm" / "meta")
-        for case in ("right-after-imports", "after-model", "loader-first"):
+        for case in FIRST_BATCH_CASES:
             out[case] = {}
             for state in ("cold", "warm"):
                 runs = []
@@ -420,7 +421,7 @@ def first_batch_table(first: dict) -> list[str]:
         f"{'first batch in a fresh process (ms)':<44}{'cold':>8}{'sequence':>10}{'batch':>8}"
         f"{'warm':>8}{'sequence':>10}{'batch':>8}"
     ]
-    for case in ("right-after-imports", "after-model"):
+    for case in FIRST_BATCH_CASES:
         cold, warm = first[case]["cold"], first[case]["warm"]
         lines.append(
             f"{case:<44}{cold['total_ms']:>8.1f}{cold['sequence_ms']:>10.1f}{cold['first_batch_ms']:>8.1f}"
