@@ -21,6 +21,13 @@ is a weighted negative or ignored like any unknown label. A frame model trained 
 (``y`` of ``(B, n_classes)``, scores of ``(B, steps, n_classes)``) is scored by its clip scores,
 the maximum over steps (``experiments.metrics.clip_scores``): weak labels.
 
+``clip_weight`` adds, for frame targets, a clip term to the frame term: the BCE of each crop's
+maximum score over steps against its maximum target over steps (the clip label), weighted by
+``clip_weight``. A clip is a known positive when a step is positive, a negative with the
+smallest weight of its steps otherwise. The frame term spreads a crop's loss over its steps, so
+one high step for an absent class costs little there; the clip term charges that step in full,
+as the recording's score (the maximum over its windows and steps) will.
+
 With few FP rows (as in RFCX) most known labels are positives, so ``"ignore"`` leaves the
 model almost no negatives and it learns to score everything high; ``"negative"`` with a
 weight below 1 sits between the two.
@@ -62,6 +69,8 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
         Weight of an unknown label under ``unknown="negative"`` (1.0 = plain BCE).
     from_logits : bool
         Whether ``y_pred`` holds logits rather than probabilities.
+    clip_weight : float >= 0
+        Weight of the clip term added for frame targets (see the module docstring); 0: none.
 
     Call it as ``loss(y_true, y_pred, sample_weight=mask)`` with ``mask`` of the shape of
     ``y_true``, ``(B, n_classes)`` or ``(B, steps, n_classes)`` (what ``model.fit`` does with
@@ -74,6 +83,7 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
         unknown: str = "negative",
         unknown_weight: float = 1.0,
         from_logits: bool = False,
+        clip_weight: float = 0.0,
         name: str = "masked_bce",
         reduction: str = "mean_with_sample_weight",
         dtype: str | None = None,
@@ -86,6 +96,9 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
         self.unknown = unknown
         self.unknown_weight = float(unknown_weight)
         self.from_logits = bool(from_logits)
+        if not clip_weight >= 0:
+            raise ConfigError(f"clip_weight must be >= 0, got {clip_weight!r}")
+        self.clip_weight = float(clip_weight)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         if len(y_pred.shape) == len(y_true.shape) + 1:  # frame scores, clip targets
@@ -98,9 +111,30 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
         if sample_weight is not None:
             mask = ops.cast(sample_weight, self.dtype)
             sample_weight = label_weights(mask, unknown=self.unknown, unknown_weight=self.unknown_weight)
-        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
+        loss = super().__call__(y_true, y_pred, sample_weight=sample_weight)
+        if self.clip_weight and len(y_true.shape) == 3 and len(y_pred.shape) == 3:
+            loss = loss + self.clip_weight * self.clip_term(y_true, y_pred, sample_weight)
+        return loss
+
+    def clip_term(self, y_true: Any, y_pred: Any, weights: Any = None) -> Any:
+        """The weighted mean BCE of the crops' maximum scores over steps against their
+        maximum targets; ``weights`` are the frame labels' (``label_weights``), None: all 1."""
+        y_pred = ops.cast(y_pred, self.dtype)
+        clip_true = ops.max(ops.cast(y_true, self.dtype), axis=1)
+        bce = ops.binary_crossentropy(clip_true, ops.max(y_pred, axis=1), from_logits=self.from_logits)
+        if weights is None:
+            return ops.mean(bce)
+        known = ops.maximum(
+            ops.cast(clip_true > 0, self.dtype), ops.min(ops.cast(weights, self.dtype), axis=1)
+        )
+        return ops.sum(known * bce) / ops.maximum(ops.sum(known), keras.backend.epsilon())
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(unknown=self.unknown, unknown_weight=self.unknown_weight, from_logits=self.from_logits)
+        config.update(
+            unknown=self.unknown,
+            unknown_weight=self.unknown_weight,
+            from_logits=self.from_logits,
+            clip_weight=self.clip_weight,
+        )
         return config

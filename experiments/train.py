@@ -102,6 +102,7 @@ def train(
     mixup: float = 0.5,
     unknown: str = "negative",
     unknown_weight: float = 1.0,
+    clip_weight: float = 0.0,
     patience: int = 10,
     in_memory: bool = False,
     crop_seconds: float | None = None,
@@ -126,7 +127,8 @@ def train(
     ``soft_labels``, ``windows``, ``window_labels``); the loader's (``fold``, ``n_folds``,
     ``batch_size``, ``workers``, ``in_memory``); the model (``ModelOptions``: ``model``,
     ``init_from``); ``OptimOptions`` (``epochs``, ``lr``, ``warmup_epochs``, ``weight_decay``,
-    ``patience``, ``seed``); ``LossOptions`` (``unknown``, ``unknown_weight``); ``KeepOptions``
+    ``patience``, ``seed``); ``LossOptions`` (``unknown``, ``unknown_weight``,
+    ``clip_weight``); ``KeepOptions``
     (``out``, ``checkpoint_every``, ``batch_log``, ``threshold_rule``, ``verbose``, ``quiet``).
 
     ``resume``: go on with the unfinished run in ``out`` from its last checkpoint. The options

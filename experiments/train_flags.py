@@ -164,6 +164,15 @@ def _add_batch_flags(p: argparse.ArgumentParser) -> None:
     )
     add_flag(
         p,
+        "--clip-weight",
+        field="loss.clip_weight",
+        type=float,
+        default=LossOptions.clip_weight,
+        help="with --targets frames: weight of a clip term added to the loss (each crop's maximum "
+        "score over steps against its clip label); 0: the frame term alone",
+    )
+    add_flag(
+        p,
         "--patience",
         field="optim.patience",
         type=int,
@@ -315,6 +324,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--mixup must be in [0, 1], got {flat['mixup']}")
     if flat["unknown_weight"] < 0:
         p.error(f"--unknown-weight must be >= 0, got {flat['unknown_weight']}")
+    if flat["clip_weight"] < 0:
+        p.error(f"--clip-weight must be >= 0, got {flat['clip_weight']}")
 
 
 def _flat(args: argparse.Namespace) -> dict[str, Any]:

@@ -11,7 +11,7 @@ read them from here::
       build  BuildOptions   (loader.options) how batches are built: workers, in_memory
       model  ModelOptions   which network: model, init_from
       optim  OptimOptions   how it learns: epochs, lr, warmup_epochs, weight_decay, patience, seed
-      loss   LossOptions    how unannotated labels count: unknown, unknown_weight
+      loss   LossOptions    how unannotated labels count: unknown, unknown_weight; clip_weight
       keep   KeepOptions    where and how the run is kept: out, checkpoint_every, batch_log,
                             threshold_rule, verbose, quiet
 
@@ -159,15 +159,19 @@ class LossOptions:
 
     unknown : ``"negative"`` (weighted by ``unknown_weight``) or ``"ignore"``
     unknown_weight : loss weight (>= 0) of an unknown label under ``unknown="negative"``
+    clip_weight : weight (>= 0) of the clip term added to the loss of frame targets (each crop's
+        maximum score over steps against its clip label); 0, the default: the frame term alone
     """
 
     unknown: str = "negative"
     unknown_weight: float = 1.0
+    clip_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.unknown not in UNKNOWN_MODES:
             raise ConfigError(f"unknown must be one of {', '.join(UNKNOWN_MODES)}, got {self.unknown!r}")
         object.__setattr__(self, "unknown_weight", _number("unknown_weight", self.unknown_weight, low=0))
+        object.__setattr__(self, "clip_weight", _number("clip_weight", self.clip_weight, low=0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +244,7 @@ RECORDED = (
     "mixup",
     "unknown",
     "unknown_weight",
+    "clip_weight",
     "patience",
     "in_memory",
     "crop_seconds",
@@ -261,6 +266,7 @@ ADDED_OPTIONS = {
     "targets": BatchOptions.targets,
     "target_step": BatchOptions.target_step,
     "threshold_rule": "f1",
+    "clip_weight": 0.0,
 }
 # Options a resumed run may change: they do not change what is trained.
 FREE_ON_RESUME = ("out", "workers", "checkpoint_every", "batch_log", "verbose", "quiet")
@@ -295,6 +301,11 @@ class TrainOptions:
                 raise ConfigError(
                     f"train options: {group} must be a {cls.__name__}, got {getattr(self, group)!r}"
                 )
+        if self.loss.clip_weight and self.batch.targets != "frames":
+            raise ConfigError(
+                f"clip_weight {self.loss.clip_weight:g} adds a clip term to frame targets; "
+                f"targets are {self.batch.targets!r} (use targets 'frames' or clip_weight 0)"
+            )
 
     @classmethod
     def from_kwargs(cls, **flat: Any) -> TrainOptions:

@@ -141,7 +141,9 @@ def compile_model(
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=optim.weight_decay),
-        loss=MaskedBinaryCrossentropy(unknown=loss.unknown, unknown_weight=loss.unknown_weight),
+        loss=MaskedBinaryCrossentropy(
+            unknown=loss.unknown, unknown_weight=loss.unknown_weight, clip_weight=loss.clip_weight
+        ),
         metrics=[Lwlrap(), Top1()],
     )
 

@@ -72,6 +72,38 @@ def test_frame_scores_against_clip_targets_are_pooled_by_the_maximum():
     assert float(loss(y, P, sample_weight=known)) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize(("unknown", "fill"), [("ignore", 0.0), ("negative", 0.25)])
+def test_the_clip_term_charges_each_crops_maximum_against_its_clip_label(unknown, fill):
+    loss = MaskedBinaryCrossentropy(unknown=unknown, unknown_weight=0.25, clip_weight=0.5)
+    weight = KNOWN + (1 - KNOWN) * fill
+    frame = (weight * bce(Y, P)).sum() / weight.sum()
+    # Clip labels: crop 0 holds class 0 and 1, crop 1 class 1. A positive clip counts in full;
+    # a negative one (none here) would count with its smallest step weight.
+    clip_y, clip_p = Y.max(axis=1), P.max(axis=1)
+    clip_w = np.maximum(clip_y, weight.min(axis=1))
+    np.testing.assert_array_equal(clip_w, [[1, 1], [fill, 1]])
+    clip = (clip_w * bce(clip_y, clip_p)).sum() / clip_w.sum()
+    got = float(loss(Y, P, sample_weight=KNOWN))
+    assert got == pytest.approx(frame + 0.5 * clip, rel=1e-5)
+    # Without a mask every clip counts; with weight 0 the frame term stands alone.
+    plain = bce(Y, P).mean() + 0.5 * bce(clip_y, clip_p).mean()
+    assert float(loss(Y, P)) == pytest.approx(plain, rel=1e-5)
+    assert float(
+        MaskedBinaryCrossentropy(unknown=unknown, unknown_weight=0.25)(Y, P, sample_weight=KNOWN)
+    ) == (pytest.approx(frame, rel=1e-5))
+
+
+def test_the_clip_term_leaves_clip_targets_and_the_config_as_they_were():
+    loss = MaskedBinaryCrossentropy(unknown="ignore", clip_weight=2.0)
+    y, known = Y.max(axis=1), KNOWN.max(axis=1)
+    expected = (known * bce(y, P.max(axis=1))).sum() / known.sum()
+    assert float(loss(y, P, sample_weight=known)) == pytest.approx(expected, rel=1e-5)
+    again = MaskedBinaryCrossentropy.from_config(loss.get_config())
+    assert (again.clip_weight, again.unknown) == (2.0, "ignore")
+    with pytest.raises(ConfigError, match=r"^clip_weight must be >= 0, got -1$"):
+        MaskedBinaryCrossentropy(clip_weight=-1)
+
+
 def test_lwlrap_of_frame_scores_is_that_of_their_clip_scores():
     metric = Lwlrap()
     metric.update_state(Y, P)
@@ -214,6 +246,20 @@ def test_frame_targets_need_a_frame_model(feature_sets, tmp_path, capsys):
         == "experiments.train: error: model 'tiny' scores whole clips; targets 'frames' need a frame model: sed"
     )
     assert not out.exists()
+
+
+def test_the_clip_weight_needs_frame_targets(feature_sets, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--features", str(feature_sets["train"]), "--out", str(out), "--clip-weight", "0.5"]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "experiments.train: error: clip_weight 0.5 adds a clip term to frame targets; "
+        "targets are 'clip' (use targets 'frames' or clip_weight 0)"
+    )
+    assert not out.exists()
+    options = TrainOptions.from_kwargs(features="f", out="o", targets="frames", clip_weight=0.5)
+    assert options.loss.clip_weight == 0.5 and options.to_kwargs()["clip_weight"] == 0.5
 
 
 def test_a_frame_run_resumes_to_the_uninterrupted_result(frame_run, feature_sets, tmp_path, monkeypatch):
