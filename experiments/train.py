@@ -127,9 +127,9 @@ def train(
     ``soft_labels``, ``windows``, ``window_labels``); the loader's (``fold``, ``n_folds``,
     ``batch_size``, ``workers``, ``in_memory``); the model (``ModelOptions``: ``model``,
     ``init_from``); ``OptimOptions`` (``epochs``, ``lr``, ``warmup_epochs``, ``weight_decay``,
-    ``patience``, ``seed``); ``LossOptions`` (``unknown``, ``unknown_weight``,
-    ``clip_weight``); ``KeepOptions``
-    (``out``, ``checkpoint_every``, ``batch_log``, ``threshold_rule``, ``verbose``, ``quiet``).
+    ``patience``, ``seed``); ``LossOptions`` (``unknown``, ``unknown_weight``, ``clip_weight``);
+    ``KeepOptions`` (``out``, ``checkpoint_every``, ``batch_log``, ``threshold_rule``, ``verbose``,
+    ``quiet``).
 
     ``resume``: go on with the unfinished run in ``out`` from its last checkpoint. The options
     must be those in ``out/run.json`` (``workers``, ``checkpoint_every``, ``batch_log``,
