@@ -223,6 +223,7 @@ def frame_net(
     context_width: int = 64,
     context_kernel: int = 5,
     dropout: float = 0.2,
+    clip_gate: bool = False,
     name: str = "frame_net",
 ) -> keras.Model:
     """A CNN that pools frequency and keeps time at one output per ``target_step`` frames.
@@ -237,6 +238,7 @@ def frame_net(
     - The head keeps frequency: the remaining mel rows and channels become one vector per step,
       a 1-D conv over ``context_kernel`` steps adds the calls' context in time, and a dense
       sigmoid layer scores every step: ``(batch, steps, n_classes)``.
+    - ``clip_gate``: the step scores are multiplied by a clip score of their class (``gated``).
     """
     target_step = int(target_step)
     if target_step < 1:
@@ -269,10 +271,40 @@ def frame_net(
     n_freq, n_steps, channels = x.shape[1], x.shape[2], x.shape[3]
     x = layers.Permute((2, 1, 3), name="time_first")(x)
     x = layers.Reshape((n_steps, n_freq * channels), name="per_step")(x)
+    features = x
     x = layers.Dropout(dropout, name="dropout")(x)
     x = layers.Conv1D(context_width, context_kernel, padding="same", activation="relu", name="context")(x)
-    outputs = layers.Dense(n_classes, activation="sigmoid", dtype="float32", name="frame_scores")(x)
-    return keras.Model(inputs, outputs, name=name)
+    if not clip_gate:
+        outputs = layers.Dense(n_classes, activation="sigmoid", dtype="float32", name="frame_scores")(x)
+        return keras.Model(inputs, outputs, name=name)
+    step_scores = layers.Dense(n_classes, activation="sigmoid", dtype="float32", name="step_scores")(x)
+    return keras.Model(inputs, gated(features, step_scores, dropout=dropout), name=name)
+
+
+def gated(
+    features: keras.KerasTensor, step_scores: keras.KerasTensor, *, dropout: float
+) -> keras.KerasTensor:
+    """Frame scores as a clip score times a step score: ``(batch, steps, n_classes)``.
+
+    ``features`` ``(batch, steps, F)`` are pooled over the crop (maximum and mean, as
+    ``conv_net``'s head) into one sigmoid score per class, the chance that the class calls in
+    the crop; ``step_scores`` say where. Their product is what the model outputs, so a frame
+    score is high only where the crop as a whole says the class is there, and the crop's
+    maximum over steps (its clip score) is the clip score times the best step's. A single
+    high step of an absent class, which the frame loss spreads thin, has to get past the clip
+    score, which a whole crop's evidence decides.
+    """
+    n_classes = step_scores.shape[-1]
+    pooled = layers.Concatenate(name="crop_pool")(
+        [
+            layers.GlobalMaxPooling1D(name="crop_max")(features),
+            layers.GlobalAveragePooling1D(name="crop_mean")(features),
+        ]
+    )
+    pooled = layers.Dropout(dropout, name="crop_dropout")(pooled)
+    clip = layers.Dense(n_classes, activation="sigmoid", dtype="float32", name="clip_gate")(pooled)
+    clip = layers.Reshape((1, n_classes), name="gate_per_step")(clip)
+    return layers.Multiply(dtype="float32", name="frame_scores")([step_scores, clip])
 
 
 @register_model("sed", frames=True)
@@ -295,4 +327,25 @@ def sed(
         mel_pool=2,
         dropout=dropout,
         name="sed",
+    )
+
+
+@register_model("sed_gated", frames=True)
+def sed_gated(
+    *, input_shape: tuple[int, int, int], n_classes: int, target_step: int = 8, dropout: float = 0.2
+) -> keras.Model:
+    """``sed`` with a clip gate (``gated``): each step's score is a clip score of the crop, from
+    the per-step features' maximum and mean, times a score of the step. 214 k parameters for 24
+    classes: the gate's 25 k, and well under 1 % more multiply-adds than ``sed``.
+    """
+    return frame_net(
+        input_shape=input_shape,
+        n_classes=n_classes,
+        target_step=target_step,
+        widths=(16, 32, 64),
+        freq_pools=(2, 2, 2),
+        mel_pool=2,
+        dropout=dropout,
+        clip_gate=True,
+        name="sed_gated",
     )

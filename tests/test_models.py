@@ -43,7 +43,7 @@ def test_saved_model_loads_without_project_code(tmp_path):
 
 def test_unknown_model_lists_names():
     with pytest.raises(
-        ConfigError, match=r"unknown model 'resnet'; available models: baseline, sed, tiny, wide"
+        ConfigError, match=r"unknown model 'resnet'; available models: baseline, sed, sed_gated, tiny, wide"
     ):
         build_model("resnet", input_shape=(16, 50, 1), n_classes=3)
 

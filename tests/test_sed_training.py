@@ -125,14 +125,30 @@ def test_lwlrap_of_frame_scores_is_that_of_their_clip_scores():
         ((128, 938, 1), 8, 118),
     ],
 )
-def test_sed_gives_one_score_per_step_of_target_step_frames(shape, target_step, steps):
-    model = build_model("sed", input_shape=shape, n_classes=5, target_step=target_step)
+@pytest.mark.parametrize("name", ["sed", "sed_gated"])
+def test_sed_gives_one_score_per_step_of_target_step_frames(name, shape, target_step, steps):
+    model = build_model(name, input_shape=shape, n_classes=5, target_step=target_step)
     assert model.output_shape == (None, steps, 5)
     x = np.random.default_rng(0).random((2, *shape)).astype("float16")
     scores = keras.ops.convert_to_numpy(model(x, training=False))
     assert scores.shape == (2, steps, 5) and scores.dtype == np.float32
     assert np.all((scores > 0) & (scores < 1))
-    assert is_frame_model("sed") and not is_frame_model("baseline")
+    assert is_frame_model(name) and not is_frame_model("baseline")
+
+
+def test_sed_gated_scores_are_the_clip_gate_times_the_step_scores(tmp_path):
+    model = build_model("sed_gated", input_shape=(16, 50, 1), n_classes=3, target_step=4)
+    parts = keras.Model(model.inputs, [model.get_layer(n).output for n in ("step_scores", "clip_gate")])
+    x = np.random.default_rng(4).normal(size=(3, 16, 50, 1)).astype("float32")
+    scores = keras.ops.convert_to_numpy(model(x, training=False))
+    steps, clip = (keras.ops.convert_to_numpy(t) for t in parts(x, training=False))
+    assert steps.shape == (3, 13, 3) and clip.shape == (3, 3)
+    np.testing.assert_allclose(scores, steps * clip[:, None, :], rtol=1e-6)
+    # A crop's clip score (its maximum over steps) never exceeds the gate of its class.
+    assert np.all(scores.max(axis=1) <= clip)
+    model.save(tmp_path / "gated.keras")
+    again = keras.saving.load_model(tmp_path / "gated.keras", compile=False)  # stock layers only
+    np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
 def test_sed_refuses_a_target_step_below_one():
