@@ -4,9 +4,9 @@ Every model ends in ``n_classes`` sigmoid units (multi-label: several species ca
 one window) and accepts float16 or float32 input: the input layer is float32, so float16
 batches from the loader are cast inside the model, on whatever device runs it.
 
-A clip model scores a whole crop, ``(batch, n_classes)``; a frame model (``sed``, registered
-with ``frames=True``) scores each step of ``target_step`` frames, ``(batch, steps, n_classes)``
-with ``steps = ceil(frames / target_step)``: the loader's frame targets
+A clip model scores a whole crop, ``(batch, n_classes)``; a frame model (``sed``,
+``sed_gated``, registered with ``frames=True``) scores each step of ``target_step`` frames,
+``(batch, steps, n_classes)`` with ``steps = ceil(frames / target_step)``: the loader's frame targets
 (``BatchOptions(targets="frames")``). A frame model's clip scores are the maximum over its
 steps (``experiments.metrics.clip_scores``): the clip output that LWLRAP, the validation scores
 and the submission read.

@@ -204,7 +204,7 @@ def _add_input_flags(p: argparse.ArgumentParser) -> None:
         field="batch.targets",
         choices=TARGETS,
         default=BatchOptions.targets,
-        help="what the model learns: clip labels, or frame targets per step (a frame model: sed)",
+        help="what the model learns: clip labels, or frame targets per step (a frame model: sed, sed_gated)",
     )
     add_flag(
         p,

@@ -243,7 +243,7 @@ def test_train_errors_are_one_line(feature_sets, tmp_path, capsys):
     assert train.main(["--features", str(tmp_path / "missing"), *base]) == 2
     assert "no index" in one_error_line(capsys, "experiments.train")
     assert train.main(["--features", str(feature_sets["train"]), "--model", "resnet", *base]) == 2
-    assert "unknown model 'resnet'; available models: baseline, sed, tiny, wide" in one_error_line(
+    assert "unknown model 'resnet'; available models: baseline, sed, sed_gated, tiny, wide" in one_error_line(
         capsys, "experiments.train"
     )
     assert not (tmp_path / "run" / "metrics.json").exists()

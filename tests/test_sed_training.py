@@ -259,7 +259,7 @@ def test_frame_targets_need_a_frame_model(feature_sets, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert (
         err
-        == "experiments.train: error: model 'tiny' scores whole clips; targets 'frames' need a frame model: sed"
+        == "experiments.train: error: model 'tiny' scores whole clips; targets 'frames' need a frame model: sed, sed_gated"
     )
     assert not out.exists()
 
