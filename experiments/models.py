@@ -6,10 +6,10 @@ batches from the loader are cast inside the model, on whatever device runs it.
 
 A clip model scores a whole crop, ``(batch, n_classes)``; a frame model (``sed``,
 ``sed_gated``, registered with ``frames=True``) scores each step of ``target_step`` frames,
-``(batch, steps, n_classes)`` with ``steps = ceil(frames / target_step)``: the loader's frame targets
-(``BatchOptions(targets="frames")``). A frame model's clip scores are the maximum over its
-steps (``experiments.metrics.clip_scores``): the clip output that LWLRAP, the validation scores
-and the submission read.
+``(batch, steps, n_classes)`` with ``steps = ceil(frames / target_step)``: the loader's frame
+targets (``BatchOptions(targets="frames")``). A frame model's clip scores are the maximum over
+its steps (``experiments.metrics.clip_scores``): the clip output that LWLRAP, the validation
+scores and the submission read.
 
 The models are built from stock Keras layers only, so a saved ``model.keras`` loads with
 plain ``keras.saving.load_model`` and no project code.
@@ -52,6 +52,11 @@ def register_model(name: str, *, frames: bool = False) -> Callable[[ModelBuilder
 
 def available_models() -> tuple[str, ...]:
     return tuple(sorted(MODELS))
+
+
+def frame_models() -> tuple[str, ...]:
+    """The registered frame models' names, sorted."""
+    return tuple(sorted(FRAME_MODELS))
 
 
 def is_frame_model(name: str) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 from commandline.flags import add_flag, build, groups
 from commandline.parser import CommandParser
 from experiments.checkpoints import RUN_FILE
-from experiments.models import available_models
+from experiments.models import available_models, frame_models
 from experiments.train_options import (
     GROUP_TYPES,
     UNKNOWN_MODES,
@@ -204,7 +204,7 @@ def _add_input_flags(p: argparse.ArgumentParser) -> None:
         field="batch.targets",
         choices=TARGETS,
         default=BatchOptions.targets,
-        help="what the model learns: clip labels, or frame targets per step (a frame model: sed, sed_gated)",
+        help=f"what the model learns: clip labels, or frame targets per step (a frame model: {', '.join(frame_models())})",
     )
     add_flag(
         p,

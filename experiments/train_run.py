@@ -42,7 +42,7 @@ from experiments.checkpoints import (
 from experiments.errors import ExperimentError
 from experiments.losses import MaskedBinaryCrossentropy
 from experiments.metrics import Lwlrap, Top1, class_lwlrap, lwlrap, top1
-from experiments.models import FRAME_MODELS, MODELS, build_model, is_frame_model, load_model_file
+from experiments.models import MODELS, build_model, frame_models, is_frame_model, load_model_file
 from experiments.plots import plot_curves, read_history
 from experiments.run_files import save_through_temp, write_run_file
 from experiments.sequences import run_sequences, score_sequence, step_rows
@@ -85,7 +85,7 @@ def model_options(options: TrainOptions) -> dict[str, Any]:
     if batch.targets == "frames" and name in MODELS:
         raise ConfigError(
             f"model {name!r} scores whole clips; targets 'frames' need a frame model: "
-            f"{', '.join(sorted(FRAME_MODELS))}"
+            f"{', '.join(frame_models())}"
         )
     return {}
 
