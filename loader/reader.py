@@ -6,9 +6,10 @@ uncompressed chunk is gathered, cropped and cast (or, for uint8 codes, decoded w
 example's offset and scale) by one compiled loop (``loader.read_kernels``, through
 ``loader.targets``); a chunk compressed by a plugin filter (``zstd``, ``bitshuffle-lz4``) is
 decompressed into a small array of stored values and then goes through the same loop, so no
-float array is made on the way. A batch's compressed chunks are decoded side by side by the
-reader's ``loader.decode_pool.DecodePool`` (``decode_threads``; the codecs and the loop release
-the GIL), with the same bytes as one after another. The fast path checks each chunk's
+float array is made on the way. The reader's ``loader.decode_pool.DecodePool``
+(``decode_threads``; the codecs and the loop release the GIL) works on a batch side by side:
+it decodes the compressed chunks and gathers the mapped ones in interleaved parts, with the
+same bytes as one thread. The fast path checks each chunk's
 Fletcher-32 itself the first time this process reads that chunk. Shards written with gzip, lzf
 or another layout are read with h5py ``read_direct``, one sorted run of rows at a time, into a
 preallocated buffer.
@@ -18,8 +19,8 @@ Process rules: h5py handles are opened lazily and belong to the process that ope
 nothing with a handle is pickled. Memory maps, checksum bitmaps and the in-RAM cache are
 plain memory, safe to inherit through ``fork``; they are dropped when pickling (``spawn``).
 Decoding threads belong to the process that started them (a child starts its own); ``close``
-stops them, and so does collecting the reader. A user's plain ``h5py.File`` on a shard, opened before or after this reader's, does not clash
-with it (``melshards.shard_open.open_shard``).
+stops them, and so does collecting the reader. A user's plain ``h5py.File`` on a shard, opened
+before or after this reader's, does not clash with it (``melshards.shard_open.open_shard``).
 
 Shards changed under an open reader: the per-example metadata and chunk offsets were read when
 the feature set was opened, so every read of a shard checks (``os.stat``, microseconds) that
@@ -42,7 +43,7 @@ import numpy as np
 from loader import bitshuffle_kernels, read_kernels
 from loader.decode_pool import DecodePool, default_threads
 from loader.feature_set import FeatureSet, file_identity
-from loader.targets import CopyTarget, Target, stored_view
+from loader.targets import CopyTarget, Target, fill_side_by_side, stored_view
 from melshards.checks import check_int
 from melshards.errors import FormatError, IntegrityError
 from melshards.names import MEL
@@ -86,8 +87,8 @@ class MelReader:
     cache_ids : example ids to hold in RAM (loaded once per process on first read), or None;
         uint8 sets keep their codes in RAM (decompressed), a quarter of float32
     direct : read through memory maps where the shard layout allows; False forces h5py
-    decode_threads : threads decoding a batch's compressed chunks side by side (default: one
-        per core, at most 4); 1 decodes them in the calling thread
+    decode_threads : threads filling a batch side by side (default: one per core, at most 4);
+        1 fills it in the calling thread
     """
 
     def __init__(
@@ -236,10 +237,8 @@ class MelReader:
             where = position[ids]
             if (where < 0).any():
                 raise ValueError("read: example ids outside the in-memory cache")
-            offsets = where * (n_mels * config.n_frames)
-            target.fill(
-                values, offsets, crop_start, np.arange(b, dtype=np.int64), config.n_frames, self._quant(ids)
-            )
+            fill = (values, where * (n_mels * config.n_frames), crop_start, np.arange(b), config.n_frames)
+            fill_side_by_side(self._pool.run, target, [(*fill, self._quant(ids))], self.decode_threads)
             return
         self._read_by_shard(ids, crop_start, target)
 
@@ -264,12 +263,14 @@ class MelReader:
                 self._check_unchanged(s)
         try:
             compressed = []  # positions in ``order`` of the chunks to decompress, in order
+            fills = []  # the other shards' fills, run side by side once all are found
             for s, lo, hi in zip(shards, bounds[:-1], bounds[1:], strict=True):
                 if self._is_direct(s) and self.features.shards[s].compressed:
                     compressed.append(order[lo:hi])
                     continue
                 group = order[lo:hi]
-                self._read_shard(s, rows[group], crop_start[group], group, target)
+                fills.append(self._shard_fill(s, rows[group], crop_start[group], group))
+            fill_side_by_side(self._pool.run, target, fills, self.decode_threads)
             if compressed:
                 chosen = np.concatenate(compressed)
                 self._read_compressed(ids[chosen], crop_start[chosen], chosen, target)
@@ -305,19 +306,17 @@ class MelReader:
             "open it again"
         )
 
-    def _read_shard(
-        self, s: int, rows: np.ndarray, starts: np.ndarray, out_pos: np.ndarray, target: Target | CopyTarget
-    ) -> None:
-        layout = self.features.shards[s]
-        n_frames = self._n_frames
-        quant = self._quant(layout.first + rows)
-        if not self._is_direct(s):
+    def _shard_fill(self, s: int, rows: np.ndarray, starts: np.ndarray, out_pos: np.ndarray) -> tuple:
+        """The arguments of ``fill`` for rows of shard ``s``: from its memory map (checksums
+        verified), or read through h5py."""
+        quant = self._quant(self.features.shards[s].first + rows)
+        if self._is_direct(s):
+            mapped = self._mapped(s)
+            self._verify(s, mapped, rows)
+            values, offsets = mapped.values, mapped.element_offsets[rows]
+        else:
             values, offsets = self._read_rows_h5(s, rows)
-            target.fill(values, offsets, starts, out_pos, n_frames, quant)
-            return
-        mapped = self._mapped(s)
-        self._verify(s, mapped, rows)
-        target.fill(mapped.values, mapped.element_offsets[rows], starts, out_pos, n_frames, quant)
+        return values, offsets, starts, out_pos, self._n_frames, quant
 
     def _read_compressed(self, ids: np.ndarray, starts: np.ndarray, out_pos: np.ndarray, target) -> None:
         """Compressed chunks of examples ``ids`` (by shard, rows sorted): each one's checksum

@@ -268,6 +268,7 @@ def test_lookahead_builds_the_next_batch_in_its_thread_and_gives_up_on_a_shuffle
         return (np.full(3, 10 * epoch + index),)
 
     ahead = Lookahead(build)
+    ahead.MIN_GAP_S = 0.0  # as if the caller trained between asks
     in_order = [ahead.get(i, 0, 4)[0][0] for i in range(4)]
     assert in_order == [0, 1, 2, 3]
     # batch 0 in the caller, 1..3 ahead of time in the look-ahead thread, none past the end
@@ -279,6 +280,40 @@ def test_lookahead_builds_the_next_batch_in_its_thread_and_gives_up_on_a_shuffle
     # guesses 3 and 1 were wrong: after the second miss nothing more is built ahead
     assert sum(1 for _, _, thread in built if thread) <= 2
     assert [i for i, _, thread in built if not thread] == [2, 0, 3, 1]
+
+
+def test_lookahead_builds_ahead_only_for_a_caller_that_spends_time_between_asks():
+    import threading
+
+    from loader.rows import Lookahead
+
+    now = [0.0]
+    built = []
+
+    def build(index, epoch):
+        built.append((index, threading.current_thread().name.startswith("shard-lookahead")))
+        return (index,)
+
+    ahead = Lookahead(build)
+    ahead.clock = lambda: now[0]
+    ahead.MIN_GAP_S = 1e-3
+
+    def ask(index, epoch=0, gap=0.0):
+        now[0] += gap
+        return ahead.get(index, epoch, 8)[0]
+
+    # first ask of the epoch: batch 1 is built ahead; the caller asks at once after each batch
+    assert [ask(0), ask(1), ask(2), ask(3)] == [0, 1, 2, 3]
+    assert built == [(0, False), (1, True), (2, False), (3, False)]
+    built.clear()
+    # a caller that trains 5 ms between asks gets each next batch built ahead
+    assert [ask(k, gap=5e-3) for k in (4, 5, 6, 7)] == [4, 5, 6, 7]
+    assert built == [(4, False), (5, True), (6, True), (7, True)]  # none past the last batch
+    built.clear()
+    # a new epoch asks ahead again, even at once
+    assert [ask(0, epoch=1), ask(1, epoch=1), ask(2, epoch=1)] == [0, 1, 2]
+    ahead.close()
+    assert built == [(0, False), (1, True), (2, False)]
 
 
 def test_sequence_lookahead_gives_the_batches_of_batch(labelled_set):

@@ -1,5 +1,5 @@
-"""Compressed chunks decoded side by side (``loader.decode_pool``) and the compiled
-bitshuffle-lz4 decoder (``loader.bitshuffle_kernels``).
+"""Batches filled side by side (``loader.decode_pool``): compressed chunks decoded, mapped ones
+gathered; and the compiled bitshuffle-lz4 decoder (``loader.bitshuffle_kernels``).
 
 The pool must give the bytes the serial path gives, for every codec and output dtype, raise
 what the serial order meets first, stop its threads with its reader or loader, and start its
@@ -40,6 +40,10 @@ COMPRESSED = [
 ]
 
 
+# (dtype, quant_bits) of uncompressed sets, read from their memory maps
+UNCOMPRESSED = [("float16", 8), ("float32", 8), ("uint8", 8), ("uint8", 5)]
+
+
 def decode_threads_alive() -> int:
     return sum(t.name.startswith(THREAD_NAME) for t in threading.enumerate())
 
@@ -76,6 +80,36 @@ def read(features, ids, starts, crop, out_dtype, **kwargs) -> bytes:
 
 
 # -- the same bytes --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=UNCOMPRESSED, ids=lambda c: f"{c[0]}-{c[1]}")
+def mapped_set(request, tmp_path_factory):
+    dtype, bits = request.param
+    root = make_feature_set(tmp_path_factory.mktemp("set"), dtype=dtype, quant_bits=bits, **LABELLED_SET)
+    return open_feature_set(root)
+
+
+@pytest.mark.parametrize("out_dtype", [np.float32, np.float16])
+def test_mapped_chunks_filled_side_by_side_give_the_serial_and_h5py_bytes(mapped_set, out_dtype):
+    """Uncompressed chunks are gathered on the pool too, in interleaved parts of each shard's
+    examples (``loader.targets.fill_side_by_side``): the same bytes as one thread, as h5py's
+    reads and as the in-RAM cache, whatever the number of threads."""
+    config = mapped_set.config
+    rng = np.random.default_rng(11)
+    ids = rng.permutation(mapped_set.n_examples)
+    crop = config.n_frames - 4
+    starts = rng.integers(0, 5, ids.size)
+    serial = read(mapped_set, ids, starts, crop, out_dtype, decode_threads=1)
+    assert read(mapped_set, ids, starts, crop, out_dtype, direct=False) == serial
+    for threads in (2, 3, 8):
+        assert read(mapped_set, ids, starts, crop, out_dtype, decode_threads=threads) == serial
+        cached = read(
+            mapped_set, ids, starts, crop, out_dtype, decode_threads=threads, cache_ids=np.arange(ids.size)
+        )
+        assert cached == serial
+    # and one example, one thread's worth, goes through the same path
+    one = read(mapped_set, ids[:1], starts[:1], crop, out_dtype, decode_threads=2)
+    assert one == np.frombuffer(serial, dtype=out_dtype)[: len(one) // np.dtype(out_dtype).itemsize].tobytes()
 
 
 @pytest.mark.parametrize("out_dtype", [np.float32, np.float16])

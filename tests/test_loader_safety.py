@@ -252,12 +252,12 @@ def test_a_shard_rewritten_while_it_is_read_is_an_error(tmp_path, monkeypatch):
     # The check before a mapped read passes; the rewrite lands between it and the copy of the
     # rows (here, just before it): the check after the read refuses what was read.
     batches, other, _ = opened_before_the_copy(tmp_path, "same size")
-    read_shard = MelReader._read_shard
+    read_shard = MelReader._shard_fill
 
     def rewritten_first(self, s, *args, **kwargs):
         if s == 2:
             overwrite_in_place(other, batches.features.shards[2].path)
         return read_shard(self, s, *args, **kwargs)
 
-    monkeypatch.setattr(MelReader, "_read_shard", rewritten_first)
+    monkeypatch.setattr(MelReader, "_shard_fill", rewritten_first)
     assert in_child(lambda: str(batches.batch(2)[0].shape)) == replaced(batches)
