@@ -310,10 +310,14 @@ def test_lookahead_builds_ahead_only_for_a_caller_that_spends_time_between_asks(
     assert [ask(k, gap=5e-3) for k in (4, 5, 6, 7)] == [4, 5, 6, 7]
     assert built == [(4, False), (5, True), (6, True), (7, True)]  # none past the last batch
     built.clear()
-    # a new epoch asks ahead again, even at once
-    assert [ask(0, epoch=1), ask(1, epoch=1), ask(2, epoch=1)] == [0, 1, 2]
-    ahead.close()
+    # an epoch's first ask goes by the last gap between two batches in order (5 ms): ahead
+    assert [ask(0, epoch=1, gap=1.0), ask(1, epoch=1), ask(2, epoch=1)] == [0, 1, 2]
     assert built == [(0, False), (1, True), (2, False)]
+    built.clear()
+    # a pause before starting over says nothing of the caller: the last gap (at once) holds
+    assert [ask(0, epoch=1, gap=1.0), ask(1, epoch=1)] == [0, 1]
+    ahead.close()
+    assert built == [(0, False), (1, False)]
 
 
 def test_sequence_lookahead_gives_the_batches_of_batch(labelled_set):
