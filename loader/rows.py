@@ -351,9 +351,9 @@ class Lookahead:
     ask out of that order, such as an epoch's first, goes by the last such gap; the very first
     builds ahead). Training loops spend more than that: Keras on JAX 0.3-1.8 ms between
     asks (its step dispatched), ``tf.data``'s thread 0.4-2.7 ms (10th to 90th percentiles,
-    ``model.fit`` of the tiny model on that machine), where building ahead pays (Keras on JAX:
-    0.91-1.11x the rate of free batches with it, 0.31-0.33x without). A loop that only collects
-    batches gets each one built in its own thread.
+    ``model.fit`` of the tiny model on that machine); where the host loop is the limit, on a
+    GPU, building ahead pays. A loop that only collects batches gets each one built in its own
+    thread.
 
     A forked child never waits for its parent's thread: it forgets the batch being built ahead
     (its thread does not exist in the child, and its future's lock may be held for good), builds
