@@ -7,12 +7,11 @@ example's offset and scale) by one compiled loop (``loader.read_kernels``, throu
 ``loader.targets``); a chunk compressed by a plugin filter (``zstd``, ``bitshuffle-lz4``) is
 decompressed into a small array of stored values and then goes through the same loop, so no
 float array is made on the way. The reader's ``loader.decode_pool.DecodePool``
-(``decode_threads``; the codecs and the loop release the GIL) works on a batch side by side:
-it decodes the compressed chunks and gathers the mapped ones in interleaved parts, with the
-same bytes as one thread. The fast path checks each chunk's
-Fletcher-32 itself the first time this process reads that chunk. Shards written with gzip, lzf
-or another layout are read with h5py ``read_direct``, one sorted run of rows at a time, into a
-preallocated buffer.
+(``decode_threads``; the codecs and the loop release the GIL) works on a batch side by side: it
+decodes the compressed chunks and gathers the mapped ones in interleaved parts, with the same
+bytes as one thread. The fast path checks each chunk's Fletcher-32 itself the first time this
+process reads that chunk. Shards written with gzip, lzf or another layout are read with h5py
+``read_direct``, one sorted run of rows at a time, into a preallocated buffer.
 
 Process rules: h5py handles are opened lazily and belong to the process that opened them
 (keyed by ``os.getpid()``); a forked child never uses or closes its parent's handles, and
@@ -53,6 +52,8 @@ from melshards.shard_open import open_shard, regular_file_problem
 # Each memory map keeps a file descriptor; beyond this many, the oldest map is dropped (its
 # memory stays valid for whoever still holds an array into it).
 MAX_OPEN_MAPS = 256
+# What h5py's error says when a chunk is damaged: a failing checksum, or a filter refusing it.
+_DAMAGE_WORDS = ("fletcher32", "checksum", "filter returned failure")
 
 # Guards lazy opening (maps, handles, the cache); reentrant because loading the cache reads
 # through the same path.
@@ -237,8 +238,8 @@ class MelReader:
             where = position[ids]
             if (where < 0).any():
                 raise ValueError("read: example ids outside the in-memory cache")
-            fill = (values, where * (n_mels * config.n_frames), crop_start, np.arange(b), config.n_frames)
-            fill_side_by_side(self._pool.run, target, [(*fill, self._quant(ids))], self.decode_threads)
+            fill = (values, where * (n_mels * config.n_frames), crop_start, np.arange(b, dtype=np.int64))
+            fill_side_by_side(self._pool, target, [(*fill, config.n_frames, self._quant(ids))])
             return
         self._read_by_shard(ids, crop_start, target)
 
@@ -263,14 +264,18 @@ class MelReader:
                 self._check_unchanged(s)
         try:
             compressed = []  # positions in ``order`` of the chunks to decompress, in order
-            fills = []  # the other shards' fills, run side by side once all are found
+            mapped = []  # fills from memory maps, run side by side once all are found
             for s, lo, hi in zip(shards, bounds[:-1], bounds[1:], strict=True):
                 if self._is_direct(s) and self.features.shards[s].compressed:
                     compressed.append(order[lo:hi])
                     continue
                 group = order[lo:hi]
-                fills.append(self._shard_fill(s, rows[group], crop_start[group], group))
-            fill_side_by_side(self._pool.run, target, fills, self.decode_threads)
+                fill = self._shard_fill(s, rows[group], crop_start[group], group)
+                if self._is_direct(s):
+                    mapped.append(fill)
+                else:  # rows read through h5py, filled now: one shard's buffer held at a time
+                    fill_side_by_side(self._pool, target, [fill])
+            fill_side_by_side(self._pool, target, mapped)
             if compressed:
                 chosen = np.concatenate(compressed)
                 self._read_compressed(ids[chosen], crop_start[chosen], chosen, target)
@@ -307,8 +312,7 @@ class MelReader:
         )
 
     def _shard_fill(self, s: int, rows: np.ndarray, starts: np.ndarray, out_pos: np.ndarray) -> tuple:
-        """The arguments of ``fill`` for rows of shard ``s``: from its memory map (checksums
-        verified), or read through h5py."""
+        """``fill``'s arguments for rows of shard ``s``: its memory map (checksums verified) or h5py's."""
         quant = self._quant(self.features.shards[s].first + rows)
         if self._is_direct(s):
             mapped = self._mapped(s)
@@ -406,10 +410,7 @@ class MelReader:
             try:
                 ds.read_direct(buffer, source_sel=np.s_[r0:r1], dest_sel=np.s_[k : k + r1 - r0])
             except OSError as err:
-                # A failing checksum, or a compression filter refusing a damaged chunk.
-                if any(
-                    word in str(err).lower() for word in ("fletcher32", "checksum", "filter returned failure")
-                ):
+                if any(word in str(err).lower() for word in _DAMAGE_WORDS):
                     bad = self._find_bad_row(ds, run)
                     raise self._integrity_error(s, bad, f" ({err})") from err
                 raise FormatError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from loader import read_kernels
+from loader.decode_pool import DecodePool
 from melshards import codec
 
 
@@ -115,23 +116,22 @@ class CopyTarget:
         read_kernels.copy_crop(values, offsets, starts, n_frames, self.view, out_pos)
 
 
-def fill_side_by_side(run, target: Target | CopyTarget, fills: list[tuple], parts: int) -> None:
-    """``target.fill(*args)`` of every ``args`` in ``fills``, each cut into ``parts`` interleaved
-    parts (examples ``k, k + parts, ...``) that ``run(fn, n)`` (``DecodePool.run``) runs side by
-    side. The parts write disjoint rows of the target, so the batch comes out the same as filled
-    in one call. Interleaved rather than in halves: two threads reading neighbouring examples
-    measured 1.1 ms per float16 batch (32 x 128 x 938) against 1.2-1.4 ms for halves and 1.6 ms
-    for one thread, on the 2-core machine of docs/performance.md.
+def fill_side_by_side(pool: DecodePool, target: Target | CopyTarget, fills: list[tuple]) -> None:
+    """``target.fill(*args)`` of every ``args`` in ``fills``, each cut into one interleaved part
+    per thread of ``pool`` (examples ``k, k + threads, ...``), which runs them side by side. The
+    parts write disjoint rows of the target, so the batch comes out the same as filled in one
+    call. Interleaved rather than in halves: two threads reading neighbouring examples measured
+    1.1 ms per float16 batch (32 x 128 x 938) against 1.2-1.4 ms for halves and 1.6 ms for one
+    thread, on the 2-core machine of docs/performance.md.
 
     fills : ``(values, offsets, starts, out_pos, n_frames, quant)`` per source array
     """
     pieces = []
     for values, offsets, starts, out_pos, n_frames, quant in fills:
-        n = min(parts, offsets.shape[0])
+        n = min(pool.threads, offsets.shape[0])
         for k in range(n):
-            part = slice(k, None, n)
-            q = None if quant is None else (quant[0][part].copy(), quant[1][part].copy())
-            pieces.append(
-                (values, offsets[part].copy(), starts[part].copy(), out_pos[part].copy(), n_frames, q)
-            )
-    run(lambda k: target.fill(*pieces[k]), len(pieces))
+            # contiguous, as the compiled loops take them (a copy only for a strided part)
+            part = [np.ascontiguousarray(a[k::n]) for a in (offsets, starts, out_pos)]
+            q = None if quant is None else tuple(np.ascontiguousarray(a[k::n]) for a in quant)
+            pieces.append((values, *part, n_frames, q))
+    pool.run(lambda k: target.fill(*pieces[k]), len(pieces))
