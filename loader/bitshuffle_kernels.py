@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import carray, njit, types
 from numba.extending import intrinsic
 
+from loader.read_kernels import gather_codes
 from melshards import codec
 from melshards.errors import IntegrityError
 
@@ -135,9 +136,10 @@ def lz4_block(src, p, end, dst, size):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def unshuffle_bytes(planes, n, out, o):  # pragma: no cover
-    """Bit planes of ``n`` one-byte values (``n`` a multiple of 8; plane ``b`` is
-    ``planes[b * n // 8 : (b + 1) * n // 8]``) into ``out[o : o + n]``.
+def unshuffle_bytes(planes, n, out, o, g0, g1):  # pragma: no cover
+    """Groups ``g0`` to ``g1 - 1`` (values ``8 * g0`` to ``8 * g1 - 1``) of the bit planes of ``n``
+    one-byte values (``n`` a multiple of 8; plane ``b`` is ``planes[b * n // 8 : (b + 1) * n //
+    8]``) into ``out[o + 8 * g0 : o + 8 * g1]``; ``g0 = 0, g1 = n // 8`` for them all.
 
     Each group of 8 values is an 8x8 bit matrix: one byte from each plane packed into a 64-bit
     word (plane ``b`` in byte ``b``), transposed by three masked exchanges so that byte ``k``
@@ -147,21 +149,29 @@ def unshuffle_bytes(planes, n, out, o):  # pragma: no cover
     mask1 = np.uint64(0x00AA00AA00AA00AA)
     mask2 = np.uint64(0x0000CCCC0000CCCC)
     mask4 = np.uint64(0x00000000F0F0F0F0)
-    for j in range(m):
-        x = np.uint64(0)
-        for b in range(8):
-            x |= np.uint64(planes[b * m + j]) << np.uint64(8 * b)
+    # one slice per plane: with the planes' bytes at fixed offsets from one index, LLVM keeps
+    # the loop vectorized (2.5x the speed of indexing ``planes[b * m + j]`` in an inner loop)
+    p0, p1 = planes[g0:g1], planes[m + g0 : m + g1]
+    p2, p3 = planes[2 * m + g0 : 2 * m + g1], planes[3 * m + g0 : 3 * m + g1]
+    p4, p5 = planes[4 * m + g0 : 4 * m + g1], planes[5 * m + g0 : 5 * m + g1]
+    p6, p7 = planes[6 * m + g0 : 6 * m + g1], planes[7 * m + g0 : 7 * m + g1]
+    first = o + 8 * g0
+    for i in range(g1 - g0):
+        x = np.uint64(p0[i]) | (np.uint64(p1[i]) << np.uint64(8)) | (np.uint64(p2[i]) << np.uint64(16))
+        x |= (np.uint64(p3[i]) << np.uint64(24)) | (np.uint64(p4[i]) << np.uint64(32))
+        x |= (np.uint64(p5[i]) << np.uint64(40)) | (np.uint64(p6[i]) << np.uint64(48))
+        x |= np.uint64(p7[i]) << np.uint64(56)
         t = (x ^ (x >> np.uint64(7))) & mask1
         x = x ^ t ^ (t << np.uint64(7))
         t = (x ^ (x >> np.uint64(14))) & mask2
         x = x ^ t ^ (t << np.uint64(14))
         t = (x ^ (x >> np.uint64(28))) & mask4
         x = x ^ t ^ (t << np.uint64(28))
-        _store8(out, o + 8 * j, x)
+        _store8(out, first + 8 * i, x)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def decode_chunk(raw, total, block, out, scratch):  # pragma: no cover
+def decode_chunk(raw, total, block, out, scratch, row, start, crop):  # pragma: no cover
     """Decode a bitshuffle-lz4 chunk of ``total`` one-byte values in blocks of ``block`` into
     ``out[:total]``; returns -1 when it decodes, else the index of the first corrupt block
     (the number of blocks for bytes missing or left over at the end).
@@ -169,6 +179,10 @@ def decode_chunk(raw, total, block, out, scratch):  # pragma: no cover
     raw : np.ndarray [shape=(k,)], uint8 -- the chunk, header included
     out : np.ndarray [shape=(>= total,)], uint8
     scratch : np.ndarray [shape=(>= block + SLACK,)], uint8 -- one block's bit planes
+    row, start, crop : the values are rows of ``row`` values, and only the ``crop`` values of
+        each row from ``start`` are needed: the bit planes of the others are not transposed
+        (their bytes in ``out`` are left as they were); ``total, 0, total`` for every value.
+        Every block is still decompressed and checked.
     """
     end = raw.shape[0]
     p = 12
@@ -185,7 +199,11 @@ def decode_chunk(raw, total, block, out, scratch):  # pragma: no cover
         p += 4
         if p + c > end or lz4_block(raw, p, p + c, scratch, size) != size:
             return k
-        unshuffle_bytes(scratch, size, out, o)
+        for m in range(o // row, (o + size - 1) // row + 1):
+            a = max(m * row + start, o)
+            b = min(m * row + start + crop, o + size)
+            if a < b:
+                unshuffle_bytes(scratch, size, out, o, (a - o) // 8, (b - o - 1) // 8 + 1)
         p += c
         o += size
     if end - p != total - o:
@@ -193,6 +211,83 @@ def decode_chunk(raw, total, block, out, scratch):  # pragma: no cover
     for i in range(total - o):
         out[o + i] = raw[p + i]
     return -1
+
+
+@intrinsic
+def _pointer(typingctx, address):
+    """The integer ``address`` as a pointer to bytes, for ``carray``."""
+    if not isinstance(address, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+
+    return types.CPointer(types.uint8)(address), codegen
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _big_endian(raw, p, n):  # pragma: no cover
+    value = np.int64(0)
+    for i in range(n):
+        value = (value << 8) | np.int64(raw[p + i])
+    return value
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def decode_fill(
+    addresses, sizes, expected, starts, n_frames, base, step, out, out_pos, gain, lo, hi, scale, buf, scratch
+):  # pragma: no cover
+    """Decode bitshuffle-lz4 chunks of uint8 codes and gather their crops into ``out``, one
+    chunk after another in one call: ``decode_chunk`` into ``buf``, then ``gather_codes``.
+    Returns -1, or the index of the first chunk that does not decode (its header disagreeing
+    with ``expected`` values included); the chunks before it are filled.
+
+    addresses, sizes : np.ndarray [shape=(k,)], int64 -- each chunk's bytes (its checksum
+        left out) in memory the caller holds alive: a memory map checked to hold them
+    buf : np.ndarray [shape=(>= expected,)], uint8; scratch : one block's planes (grown here
+        when a chunk's blocks are larger)
+    The other arguments are ``gather_codes``'s, per chunk.
+    """
+    first = np.zeros(1, dtype=np.int64)
+    crop = out.shape[2]
+    for k in range(addresses.shape[0]):
+        raw = carray(_pointer(addresses[k]), (sizes[k],))
+        if sizes[k] < HEADER:
+            return k
+        block = _big_endian(raw, 8, 4)
+        if _big_endian(raw, 0, 8) != expected or block == 0 or block % 8:
+            return k
+        if scratch.shape[0] < block + SLACK:
+            scratch = np.empty(block + SLACK, dtype=np.uint8)
+        if decode_chunk(raw, expected, block, buf, scratch, n_frames, starts[k], crop) >= 0:
+            return k
+        gather_codes(
+            buf,
+            first,
+            starts[k : k + 1],
+            n_frames,
+            base[k : k + 1],
+            step[k : k + 1],
+            out,
+            out_pos[k : k + 1],
+            gain,
+            lo,
+            hi,
+            scale,
+        )
+    return -1
+
+
+_local = threading.local()  # each thread's buffers for ``decode_fill``
+
+
+def thread_buffers(expected: int) -> tuple[np.ndarray, np.ndarray]:
+    """The calling thread's ``buf`` (``expected`` values) and ``scratch`` for ``decode_fill``."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.shape[0] != expected:
+        buf = _local.buf = np.empty(expected, dtype=np.uint8)
+        _local.scratch = np.empty(8192 + SLACK, dtype=np.uint8)
+    return buf, _local.scratch
 
 
 def chunk_decoder(config: FeatureConfig) -> Callable[[np.ndarray, str], np.ndarray] | None:
@@ -228,7 +323,7 @@ def byte_decoder(expected: int) -> Callable[[np.ndarray, str], np.ndarray]:
         scratch = getattr(local, "scratch", None)
         if scratch is None or scratch.shape[0] < block + SLACK:
             scratch = local.scratch = np.empty(block + SLACK, dtype=np.uint8)
-        bad = decode_chunk(raw, expected, block, out, scratch)
+        bad = decode_chunk(raw, expected, block, out, scratch, expected, 0, expected)
         if bad >= 0:
             raise IntegrityError(f"{where}: bitshuffle-lz4 chunk does not decode (block {bad} is corrupt)")
         return out

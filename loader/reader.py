@@ -40,6 +40,7 @@ import h5py
 import numpy as np
 
 from loader import bitshuffle_kernels, read_kernels
+from loader.compressed import Chunks, fill_compressed
 from loader.decode_pool import DecodePool, default_threads
 from loader.feature_set import FeatureSet, file_identity
 from loader.targets import CopyTarget, Target, fill_side_by_side, stored_view
@@ -323,12 +324,10 @@ class MelReader:
         return values, offsets, starts, out_pos, self._n_frames, quant
 
     def _read_compressed(self, ids: np.ndarray, starts: np.ndarray, out_pos: np.ndarray, target) -> None:
-        """Compressed chunks of examples ``ids`` (by shard, rows sorted): each one's checksum
-        (first read), decompressed, then the same fill as uncompressed; on the decode pool."""
-        quant = self._quant(ids)
+        """Compressed chunks of examples ``ids`` (by shard, rows sorted): checked, decompressed
+        and filled on the decode pool (``loader.compressed``)."""
         shards = self.features.shard_of[ids].tolist()
         rows = self.features.row_of[ids].tolist()
-        zero = np.zeros(1, dtype=np.int64)
         # Mapped here, in order: the threads never take the open lock, which this thread may
         # hold (loading the cache). A shard that does not map fails after the chunks before it.
         maps: dict[int, _MappedShard] = {}
@@ -340,22 +339,19 @@ class MelReader:
                 except (OSError, FormatError, IntegrityError) as err:
                     n_mapped, failure = k, err
                     break
-
-        def decode(k: int) -> None:
-            s, row = shards[k], rows[k]
-            layout = self.features.shards[s]
-            mapped = maps[s]
-            offset = int(layout.byte_offsets[row])
-            raw = mapped.raw[offset : offset + int(layout.chunk_sizes[row])]
-            if not mapped.verified[row]:
-                if not read_kernels.chunk_ok(raw):
-                    raise self._integrity_error(s, row)
-                mapped.verified[row] = True
-            values = stored_view(self._decode(raw[:-4], f"{layout.path}: example {row}"), self._dtype)
-            one = None if quant is None else (quant[0][k : k + 1], quant[1][k : k + 1])
-            target.fill(values, zero, starts[k : k + 1], out_pos[k : k + 1], self._n_frames, one)
-
-        self._pool.run(decode, n_mapped)
+        shards = shards[:n_mapped]
+        chunks = Chunks(
+            [maps[s] for s in shards],
+            [self.features.shards[s] for s in shards],
+            rows[:n_mapped],
+            self._decode,
+            lambda k: self._integrity_error(shards[k], rows[k]),
+        )
+        quant = self._quant(ids[:n_mapped])
+        fused = self.features.config.compression == "bitshuffle-lz4" and self._dtype == np.uint8
+        fill_compressed(
+            self._pool, chunks, target, starts, out_pos, self._n_frames, self._dtype, quant, fused=fused
+        )
         if failure is not None:
             raise failure
 

@@ -129,6 +129,35 @@ def test_the_pool_gives_the_serial_bytes(compressed_set, out_dtype):
     assert cached == serial
 
 
+@pytest.mark.parametrize("out_dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_chunks_decoded_and_gathered_in_one_call_give_hdf5s_bytes(
+    compressed_set, out_dtype, threads, monkeypatch
+):
+    """uint8 + bitshuffle-lz4 chunks go through ``decode_fill`` (decoding only the bit planes a
+    crop needs); the bytes are those of the chunk-by-chunk path and of HDF5's own filter."""
+    from loader import compressed, reader
+
+    config = compressed_set.config
+    rng = np.random.default_rng(3)
+    ids = rng.permutation(compressed_set.n_examples)
+    for crop in (config.n_frames - 5, config.n_frames // 2 - 3, 1):
+        starts = rng.integers(0, config.n_frames - crop + 1, ids.size)
+        got = read(compressed_set, ids, starts, crop, out_dtype, decode_threads=threads)
+        assert got == read(compressed_set, ids, starts, crop, out_dtype, direct=False)
+        calls = []
+
+        def chunk_by_chunk(*args, fused, **kwargs):
+            calls.append(fused)
+            return compressed.fill_compressed(*args, fused=False, **kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(reader, "fill_compressed", chunk_by_chunk)
+            assert read(compressed_set, ids, starts, crop, out_dtype, decode_threads=threads) == got
+        fused = config.compression == "bitshuffle-lz4" and config.dtype == "uint8"
+        assert calls and set(calls) == {fused}
+
+
 def test_the_compiled_bitshuffle_decoder_matches_the_package_on_stored_chunks(tmp_path):
     root = make_feature_set(tmp_path / "set", dtype="uint8", compression="bitshuffle-lz4", **LABELLED_SET)
     features = open_feature_set(root)
