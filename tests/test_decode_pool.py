@@ -147,7 +147,7 @@ def test_chunks_decoded_and_gathered_in_one_call_give_hdf5s_bytes(
         assert got == read(compressed_set, ids, starts, crop, out_dtype, direct=False)
         calls = []
 
-        def chunk_by_chunk(*args, fused, **kwargs):
+        def chunk_by_chunk(*args, fused, calls=calls, **kwargs):
             calls.append(fused)
             return compressed.fill_compressed(*args, fused=False, **kwargs)
 
