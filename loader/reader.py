@@ -55,6 +55,7 @@ from melshards.shard_open import open_shard, regular_file_problem
 MAX_OPEN_MAPS = 256
 # What h5py's error says when a chunk is damaged: a failing checksum, or a filter refusing it.
 _DAMAGE_WORDS = ("fletcher32", "checksum", "filter returned failure")
+_ZERO = np.zeros(1, dtype=np.int64)
 
 # Guards lazy opening (maps, handles, the cache); reentrant because loading the cache reads
 # through the same path.
@@ -264,9 +265,12 @@ class MelReader:
             if self._is_direct(s):  # a map of a file cut short since would fault (SIGBUS)
                 self._check_unchanged(s)
         try:
+            groups = list(zip(shards, bounds[:-1], bounds[1:], strict=True))
+            plain = {s for s in shards if self._is_direct(s) and not self.features.shards[s].compressed}
+            self._verify([(s, rows[order[lo:hi]]) for s, lo, hi in groups if s in plain])
             compressed = []  # positions in ``order`` of the chunks to decompress, in order
             mapped = []  # fills from memory maps, run side by side once all are found
-            for s, lo, hi in zip(shards, bounds[:-1], bounds[1:], strict=True):
+            for s, lo, hi in groups:
                 if self._is_direct(s) and self.features.shards[s].compressed:
                     compressed.append(order[lo:hi])
                     continue
@@ -316,8 +320,7 @@ class MelReader:
         """``fill``'s arguments for rows of shard ``s``: its memory map (checksums verified) or h5py's."""
         quant = self._quant(self.features.shards[s].first + rows)
         if self._is_direct(s):
-            mapped = self._mapped(s)
-            self._verify(s, mapped, rows)
+            mapped = self._mapped(s)  # its chunks' checksums verified by ``_verify``
             values, offsets = mapped.values, mapped.element_offsets[rows]
         else:
             values, offsets = self._read_rows_h5(s, rows)
@@ -355,35 +358,34 @@ class MelReader:
         if failure is not None:
             raise failure
 
-    def _verify(self, s: int, mapped: _MappedShard, rows: np.ndarray) -> None:
-        if mapped.all_verified:
+    def _verify(self, groups: list[tuple[int, np.ndarray]]) -> None:
+        """The checksums of the chunks of ``(shard, rows)`` groups not verified yet in this
+        process, one chunk per pool position (a first read's time goes mostly to faulting in the
+        pages, which threads share); IntegrityError for the first bad one in shard and row order."""
+        todo = []
+        for s, rows in groups:
+            mapped = self._mapped(s)
+            if not mapped.all_verified:
+                todo += [(s, mapped, row) for row in np.unique(rows[~mapped.verified[rows]]).tolist()]
+        if not todo:
             return
-        todo = rows[~mapped.verified[rows]]
-        if not todo.size:
-            return
-        layout = self.features.shards[s]
-        n_bytes = int(layout.chunk_sizes[0]) - 4
-        if n_bytes % 2 == 0 and not (layout.byte_offsets[todo] % 2).any():
-            bad = read_kernels.first_bad_chunk(
-                mapped.raw[: mapped.raw.shape[0] // 2 * 2].view(np.uint16),
-                layout.byte_offsets[todo] // 2,
-                n_bytes // 2,
-            )
-        else:  # chunks of an odd number of bytes (uint8 codes): one at a time
-            bad = next(
-                (
-                    j
-                    for j, row in enumerate(todo.tolist())
-                    if not read_kernels.chunk_ok(
-                        mapped.raw[layout.byte_offsets[row] : layout.byte_offsets[row] + n_bytes + 4]
-                    )
-                ),
-                -1,
-            )
-        if bad >= 0:
-            raise self._integrity_error(s, int(todo[bad]))
-        mapped.verified[todo] = True
-        mapped.all_verified = bool(mapped.verified.all())
+
+        def check(k: int) -> None:
+            s, mapped, row = todo[k]
+            layout = self.features.shards[s]
+            first, n_bytes = int(layout.byte_offsets[row]), int(layout.chunk_sizes[row]) - 4
+            if n_bytes % 2 == 0 and first % 2 == 0:
+                words = mapped.raw[first : first + n_bytes + 4].view(np.uint16)
+                ok = read_kernels.first_bad_chunk(words, _ZERO, n_bytes // 2) < 0
+            else:  # chunks of an odd number of bytes (uint8 codes)
+                ok = read_kernels.chunk_ok(mapped.raw[first : first + n_bytes + 4])
+            if not ok:
+                raise self._integrity_error(s, row)
+            mapped.verified[row] = True
+
+        self._pool.run(check, len(todo))
+        for mapped in {id(m): m for _, m, _ in todo}.values():
+            mapped.all_verified = bool(mapped.verified.all())
 
     def _integrity_error(self, s: int, row: int, detail: str = "") -> IntegrityError:
         layout = self.features.shards[s]

@@ -258,6 +258,38 @@ def flip_byte(layout, row: int) -> None:
         fh.write(bytes([byte[0] ^ 0x10]))
 
 
+@pytest.mark.parametrize("dtype", ["float16", "uint8"])
+def test_mapped_chunks_are_checked_side_by_side_and_the_first_bad_one_named(tmp_path, dtype):
+    root = make_feature_set(tmp_path / "set", dtype=dtype, **LABELLED_SET)
+    layouts = open_feature_set(root).shards
+    flip_byte(layouts[2], 1)
+    flip_byte(layouts[1], 6)  # the first bad chunk in shard and row order
+    flip_byte(layouts[1], 3)
+    features = open_feature_set(root)
+    config = features.config
+    ids = np.random.default_rng(2).permutation(features.n_examples)
+    out = np.empty((ids.size, config.n_mels, config.n_frames, 1), dtype=np.float32)
+    first = layouts[1].first + 3
+    for threads in (1, 3):
+        reader = MelReader(features, decode_threads=threads)
+        with pytest.raises(IntegrityError) as caught:
+            reader.read(ids, np.zeros(ids.size, dtype=np.int64), out)
+        assert str(caught.value) == (
+            f"{layouts[1].path}: example 3 (global id {first}, recording "
+            f"{features.recording_id[first]}) fails its fletcher32 checksum; the shard is corrupt"
+        )
+        # the good chunks were verified and stay readable; the bad ones fail each time
+        good = ids[~np.isin(ids, [first, layouts[1].first + 6, layouts[2].first + 1])]
+        zeros = np.zeros(good.size, dtype=np.int64)
+        reader.read(good, zeros, out[: good.size])
+        through_h5py = np.empty_like(out[: good.size])
+        MelReader(features, direct=False).read(good, zeros, through_h5py)
+        assert np.array_equal(out[: good.size], through_h5py)
+        with pytest.raises(IntegrityError, match="example 1 "):
+            reader.read(np.array([layouts[2].first + 1]), np.zeros(1, dtype=np.int64), out[:1])
+        reader.close()
+
+
 @pytest.mark.parametrize("compression", ["zstd", "bitshuffle-lz4"])
 def test_a_corrupt_chunk_raises_the_serial_error_from_the_pool(tmp_path, compression):
     root = make_feature_set(tmp_path / "set", dtype="uint8", compression=compression, **LABELLED_SET)
